@@ -399,10 +399,16 @@ impl Config {
                         None
                     }
                     (Some(_), None) => {
-                        return Err(invalid("admin.key", "admin.cert is set but not admin.key".into()))
+                        return Err(invalid(
+                            "admin.key",
+                            "admin.cert is set but not admin.key".into(),
+                        ))
                     }
                     (None, Some(_)) => {
-                        return Err(invalid("admin.cert", "admin.key is set but not admin.cert".into()))
+                        return Err(invalid(
+                            "admin.cert",
+                            "admin.key is set but not admin.cert".into(),
+                        ))
                     }
                 };
                 AdminConfig { listen, tls }
@@ -415,7 +421,10 @@ impl Config {
         };
 
         if raw.parks.is_empty() {
-            return Err(invalid("parks", "at least one park must be configured".into()));
+            return Err(invalid(
+                "parks",
+                "at least one park must be configured".into(),
+            ));
         }
         let mut parks = BTreeMap::new();
         for (id, p) in raw.parks {
@@ -437,7 +446,9 @@ impl Config {
                 Ok(_) => {
                     return Err(invalid(
                         &format!("{key}.endpoint"),
-                        format!("`{endpoint}` must be an https:// URL (records travel over mutual TLS)"),
+                        format!(
+                            "`{endpoint}` must be an https:// URL (records travel over mutual TLS)"
+                        ),
                     ))
                 }
                 Err(e) => {
@@ -482,9 +493,8 @@ impl Config {
             Some(p) => {
                 let mut settings = BTreeMap::new();
                 for (k, v) in p.settings.unwrap_or_default() {
-                    let json = serde_json::to_value(&v).map_err(|e| {
-                        invalid(&format!("policies.settings.{k}"), e.to_string())
-                    })?;
+                    let json = serde_json::to_value(&v)
+                        .map_err(|e| invalid(&format!("policies.settings.{k}"), e.to_string()))?;
                     settings.insert(k, json);
                 }
                 PoliciesConfig {
@@ -498,7 +508,10 @@ impl Config {
         let a = raw.audit;
         let checkpoint_every_entries = a.checkpoint_every_entries.unwrap_or(1000);
         if checkpoint_every_entries == 0 {
-            return Err(invalid("audit.checkpoint_every_entries", "must be at least 1".into()));
+            return Err(invalid(
+                "audit.checkpoint_every_entries",
+                "must be at least 1".into(),
+            ));
         }
         let max_batch = a.max_batch.unwrap_or(1024);
         if max_batch == 0 {
@@ -509,7 +522,9 @@ impl Config {
             signing_key: resolve(&a.signing_key),
             fsync: a.fsync.unwrap_or(FsyncPolicy::Always),
             checkpoint_every_entries,
-            checkpoint_interval: Duration::from_secs(a.checkpoint_interval_secs.unwrap_or(60).max(1)),
+            checkpoint_interval: Duration::from_secs(
+                a.checkpoint_interval_secs.unwrap_or(60).max(1),
+            ),
             segment_max_bytes: a.segment_max_bytes.unwrap_or(256 * 1024 * 1024).max(4096),
             max_batch,
         };
@@ -534,9 +549,15 @@ impl Config {
                 .map_err(|m| invalid("limits.max_json_depth", m))?,
             max_header_bytes: positive("limits.max_header_bytes", l.max_header_bytes, 16 * 1024)
                 .map_err(|m| invalid("limits.max_header_bytes", m))?,
-            header_read_timeout: Duration::from_millis(l.header_read_timeout_ms.unwrap_or(10_000).max(1)),
-            handshake_timeout: Duration::from_millis(l.handshake_timeout_ms.unwrap_or(10_000).max(1)),
-            body_read_timeout: Duration::from_millis(l.body_read_timeout_ms.unwrap_or(30_000).max(1)),
+            header_read_timeout: Duration::from_millis(
+                l.header_read_timeout_ms.unwrap_or(10_000).max(1),
+            ),
+            handshake_timeout: Duration::from_millis(
+                l.handshake_timeout_ms.unwrap_or(10_000).max(1),
+            ),
+            body_read_timeout: Duration::from_millis(
+                l.body_read_timeout_ms.unwrap_or(30_000).max(1),
+            ),
             idle_timeout: Duration::from_secs(l.idle_timeout_secs.unwrap_or(60).max(1)),
             max_connections: positive("limits.max_connections", l.max_connections, 10_000)
                 .map_err(|m| invalid("limits.max_connections", m))?,
@@ -588,7 +609,10 @@ impl Config {
             Some(r) => {
                 let per = r.per_org_per_second.unwrap_or(0.0);
                 if !per.is_finite() || per < 0.0 {
-                    return Err(invalid("rate_limit.per_org_per_second", "must be 0 or more".into()));
+                    return Err(invalid(
+                        "rate_limit.per_org_per_second",
+                        "must be 0 or more".into(),
+                    ));
                 }
                 let burst = r.burst.unwrap_or(per.max(1.0));
                 if !burst.is_finite() || burst < 0.0 {
@@ -682,7 +706,10 @@ signing_key = "audit-signing.key"
     fn skeleton_from_spec_loads_with_safe_defaults() {
         let c = Config::parse(SKELETON, Path::new("/etc/hetao/gateway.toml")).unwrap();
         assert_eq!(c.server.cert, PathBuf::from("/etc/hetao/gateway.pem"));
-        assert_eq!(c.parks["sz"].crl, vec![PathBuf::from("/etc/hetao/sz-crl.pem")]);
+        assert_eq!(
+            c.parks["sz"].crl,
+            vec![PathBuf::from("/etc/hetao/sz-crl.pem")]
+        );
         assert!(c.parks["hk"].crl.is_empty());
         assert_eq!(c.audit.log, PathBuf::from("/etc/hetao/audit/audit.jsonl"));
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
@@ -694,19 +721,25 @@ signing_key = "audit-signing.key"
     #[test]
     fn errors_name_the_file_and_key() {
         let bad = SKELETON.replace("https://127.0.0.1:9002", "http://127.0.0.1:9002");
-        let err = Config::parse(&bad, Path::new("/x/gateway.toml")).unwrap_err().to_string();
+        let err = Config::parse(&bad, Path::new("/x/gateway.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("/x/gateway.toml"), "{err}");
         assert!(err.contains("parks.hk.endpoint"), "{err}");
 
         let bad = SKELETON.replace("127.0.0.1:8443", "localhost");
-        let err = Config::parse(&bad, Path::new("g.toml")).unwrap_err().to_string();
+        let err = Config::parse(&bad, Path::new("g.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("server.listen"), "{err}");
     }
 
     #[test]
     fn unknown_keys_are_refused() {
         let bad = format!("{SKELETON}\n[limits]\nmax_bodybytes = 3\n");
-        let err = Config::parse(&bad, Path::new("g.toml")).unwrap_err().to_string();
+        let err = Config::parse(&bad, Path::new("g.toml"))
+            .unwrap_err()
+            .to_string();
         assert!(err.contains("max_bodybytes"), "{err}");
     }
 }

@@ -1,1 +1,285 @@
-//! (being built: issue 2/6)
+//! The one place that turns a refusal into an HTTP answer: status, machine-readable `error` code,
+//! a sentence for people, and the details that let a sender fix the record.
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+use http_body_util::Full;
+use serde_json::{json, Value};
+
+use crate::audit::Receipt;
+use crate::policy::MatchedRule;
+use crate::schema::SchemaViolation;
+
+/// Why the gateway did not forward a record (or did and the endpoint failed).
+#[derive(Debug, Clone)]
+pub enum Refusal {
+    NotFound,
+    MethodNotAllowed,
+    UnsupportedMediaType {
+        content_type: Option<String>,
+    },
+    PayloadTooLarge {
+        limit: usize,
+    },
+    BodyTimeout,
+    BodyRead(String),
+    MalformedJson(String),
+    TooDeep {
+        limit: usize,
+    },
+    InvalidEnvelope(Vec<SchemaViolation>),
+    UnknownPark {
+        pointer: &'static str,
+        park: String,
+    },
+    SamePark(String),
+    SchemaViolation(Vec<SchemaViolation>),
+    OriginMismatch {
+        claimed: String,
+        certificate_park: String,
+    },
+    Replay,
+    RateLimited {
+        retry_after_secs: u64,
+    },
+    PolicyDenied {
+        rules: Vec<MatchedRule>,
+        policy_version: String,
+        receipt: Box<Receipt>,
+    },
+    AuditUnavailable(String),
+    UpstreamFailed {
+        park: String,
+        message: String,
+        upstream_status: Option<u16>,
+        audit_seq: u64,
+    },
+    UpstreamTimeout {
+        park: String,
+        audit_seq: u64,
+    },
+    ShuttingDown,
+}
+
+impl Refusal {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Refusal::NotFound => StatusCode::NOT_FOUND,
+            Refusal::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Refusal::UnsupportedMediaType { .. } => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Refusal::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Refusal::BodyRead(_)
+            | Refusal::MalformedJson(_)
+            | Refusal::TooDeep { .. }
+            | Refusal::InvalidEnvelope(_)
+            | Refusal::UnknownPark { .. }
+            | Refusal::SamePark(_) => StatusCode::BAD_REQUEST,
+            Refusal::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
+            Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
+            Refusal::Replay => StatusCode::CONFLICT,
+            Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Refusal::AuditUnavailable(_) | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
+            Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// The machine-readable code in the answer's `error` field and in the audit entry.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Refusal::NotFound => "not_found",
+            Refusal::MethodNotAllowed => "method_not_allowed",
+            Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Refusal::PayloadTooLarge { .. } => "payload_too_large",
+            Refusal::BodyTimeout => "body_timeout",
+            Refusal::BodyRead(_) => "body_unreadable",
+            Refusal::MalformedJson(_) => "malformed_json",
+            Refusal::TooDeep { .. } => "json_too_deep",
+            Refusal::InvalidEnvelope(_) => "invalid_envelope",
+            Refusal::UnknownPark { .. } => "unknown_park",
+            Refusal::SamePark(_) => "same_park",
+            Refusal::SchemaViolation(_) => "schema_violation",
+            Refusal::OriginMismatch { .. } => "origin_mismatch",
+            Refusal::Replay => "replay",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::PolicyDenied { .. } => "policy_denied",
+            Refusal::AuditUnavailable(_) => "audit_unavailable",
+            Refusal::UpstreamFailed { .. } => "upstream_failed",
+            Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::ShuttingDown => "shutting_down",
+        }
+    }
+
+    /// The audit log's `decision` for a record refused before (or instead of) a policy decision.
+    pub fn audit_decision(&self) -> &'static str {
+        match self {
+            Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => "deny",
+            Refusal::Replay => "replay",
+            Refusal::RateLimited { .. } => "rate_limited",
+            Refusal::PayloadTooLarge { .. } => "too_large",
+            Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
+            Refusal::AuditUnavailable(_) | Refusal::ShuttingDown => "unavailable",
+            Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
+            _ => "invalid",
+        }
+    }
+
+    pub fn message(&self) -> String {
+        match self {
+            Refusal::NotFound => "no such resource; records go to POST /v1/records".into(),
+            Refusal::MethodNotAllowed => "records are sent with POST /v1/records".into(),
+            Refusal::UnsupportedMediaType { content_type } => format!(
+                "records must be sent as content-type application/json (got {})",
+                content_type.as_deref().unwrap_or("none")
+            ),
+            Refusal::PayloadTooLarge { limit } => {
+                format!("the record is larger than the gateway's limit of {limit} bytes")
+            }
+            Refusal::BodyTimeout => "the record was not received in time".into(),
+            Refusal::BodyRead(e) => format!("the record could not be read: {e}"),
+            Refusal::MalformedJson(e) => format!("the body is not valid JSON: {e}"),
+            Refusal::TooDeep { limit } => {
+                format!("the JSON nests deeper than the gateway's limit of {limit} levels")
+            }
+            Refusal::InvalidEnvelope(_) => {
+                "the record envelope is invalid; see violations".into()
+            }
+            Refusal::UnknownPark { pointer, park } => format!(
+                "`{park}` at {pointer} is not a park this gateway serves"
+            ),
+            Refusal::SamePark(p) => {
+                format!("from and to are both `{p}`: a record must cross the boundary")
+            }
+            Refusal::SchemaViolation(v) => format!(
+                "the record breaks the schema of its kind in {} place(s); see violations",
+                v.len()
+            ),
+            Refusal::OriginMismatch {
+                claimed,
+                certificate_park,
+            } => format!(
+                "the record claims to come from `{claimed}` but the client certificate was issued by the `{certificate_park}` park CA"
+            ),
+            Refusal::Replay => "this record_id has already been decided".into(),
+            Refusal::RateLimited { retry_after_secs } => format!(
+                "too many records from this organisation; retry after {retry_after_secs} s"
+            ),
+            Refusal::PolicyDenied { rules, .. } => {
+                let denying: Vec<&str> = rules
+                    .iter()
+                    .filter(|r| r.effect == crate::policy::Effect::Deny)
+                    .map(|r| r.id.as_str())
+                    .collect();
+                format!("denied by policy: {}", denying.join(", "))
+            }
+            Refusal::AuditUnavailable(_) => {
+                "the audit log cannot record decisions right now; nothing was forwarded".into()
+            }
+            Refusal::UpstreamFailed { park, message, .. } => {
+                format!("the endpoint of park `{park}` failed: {message}")
+            }
+            Refusal::UpstreamTimeout { park, .. } => {
+                format!("the endpoint of park `{park}` did not answer in time")
+            }
+            Refusal::ShuttingDown => "the gateway is shutting down; retry shortly".into(),
+        }
+    }
+
+    /// The JSON answer for the sender.
+    pub fn body(&self, record_id: Option<&str>) -> Value {
+        let mut body = json!({
+            "record_id": record_id,
+            "error": self.code(),
+            "message": self.message(),
+        });
+        let obj = match body.as_object_mut() {
+            Some(o) => o,
+            None => return body,
+        };
+        match self {
+            Refusal::InvalidEnvelope(v) | Refusal::SchemaViolation(v) => {
+                obj.insert("violations".into(), json!(v));
+            }
+            Refusal::UnknownPark { pointer, park } => {
+                obj.insert(
+                    "violations".into(),
+                    json!([{ "pointer": pointer, "rule": "configured_park",
+                             "message": format!("`{park}` is not a configured park") }]),
+                );
+            }
+            Refusal::OriginMismatch { .. } => {
+                obj.insert("decision".into(), json!("deny"));
+                obj.insert(
+                    "rules".into(),
+                    json!([{ "id": "gateway.origin-mismatch", "effect": "deny",
+                             "reason": self.message(),
+                             "regulation": "SPEC: `from` must be the park whose CA issued the client certificate" }]),
+                );
+            }
+            Refusal::PolicyDenied {
+                rules,
+                policy_version,
+                receipt,
+            } => {
+                obj.insert("decision".into(), json!("deny"));
+                obj.insert("rules".into(), json!(rules));
+                obj.insert("policy_version".into(), json!(policy_version));
+                obj.insert("audit_seq".into(), json!(receipt.audit_seq));
+                obj.insert("receipt".into(), json!(receipt));
+            }
+            Refusal::AuditUnavailable(reason) => {
+                obj.insert("reason".into(), json!(reason));
+            }
+            Refusal::UpstreamFailed {
+                upstream_status,
+                audit_seq,
+                ..
+            } => {
+                obj.insert("decision".into(), json!("allow"));
+                obj.insert("upstream_status".into(), json!(upstream_status));
+                obj.insert("audit_seq".into(), json!(audit_seq));
+            }
+            Refusal::UpstreamTimeout { audit_seq, .. } => {
+                obj.insert("decision".into(), json!("allow"));
+                obj.insert("audit_seq".into(), json!(audit_seq));
+            }
+            Refusal::RateLimited { retry_after_secs } => {
+                obj.insert("retry_after_secs".into(), json!(retry_after_secs));
+            }
+            _ => {}
+        }
+        body
+    }
+
+    /// The complete HTTP answer.
+    pub fn to_response(&self, record_id: Option<&str>) -> Response<Full<Bytes>> {
+        let mut response = json_response(self.status(), &self.body(record_id));
+        match self {
+            Refusal::MethodNotAllowed => {
+                response
+                    .headers_mut()
+                    .insert(header::ALLOW, HeaderValue::from_static("POST"));
+            }
+            Refusal::RateLimited { retry_after_secs } => {
+                if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
+                    response.headers_mut().insert(header::RETRY_AFTER, v);
+                }
+            }
+            _ => {}
+        }
+        response
+    }
+}
+
+/// A JSON answer with the given status.
+pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
+    let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
+    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    *response.status_mut() = status;
+    response.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    response
+}

@@ -1,1 +1,245 @@
-//! (being built: issue 2/6)
+//! Prometheus metrics, named and labelled by Prometheus conventions (`_total` counters, `_seconds`
+//! histograms, base units).
+
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
+    Opts, Registry, TextEncoder,
+};
+
+/// Every metric the gateway exports.
+#[derive(Clone)]
+pub struct Metrics {
+    registry: Registry,
+    pub records: IntCounterVec,
+    pub rule_matches: IntCounterVec,
+    pub answers: IntCounterVec,
+    pub request_duration: HistogramVec,
+    pub upstream_duration: HistogramVec,
+    pub upstream_errors: IntCounterVec,
+    pub tls_handshake_failures: IntCounterVec,
+    pub connections_refused: IntCounterVec,
+    pub inflight_requests: IntGauge,
+    pub open_connections: IntGauge,
+    pub audit_fsync_duration: Histogram,
+    pub audit_batch_size: Histogram,
+    pub policy_info: GaugeVec,
+    pub last_reload_timestamp: Gauge,
+    pub last_reload_success: IntGauge,
+}
+
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let registry = Registry::new();
+        // Registration only fails on duplicate names, which would be a programming error caught by
+        // the unit test below; the metric still works unregistered.
+        fn reg<T: prometheus::core::Collector + Clone + 'static>(r: &Registry, m: T) -> T {
+            let _ = r.register(Box::new(m.clone()));
+            m
+        }
+        fn counter(r: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+            reg(
+                r,
+                IntCounterVec::new(Opts::new(name, help), labels)
+                    .unwrap_or_else(|_| unreachable_metric(name)),
+            )
+        }
+        fn histogram(
+            r: &Registry,
+            name: &str,
+            help: &str,
+            labels: &[&str],
+            buckets: &[f64],
+        ) -> HistogramVec {
+            reg(
+                r,
+                HistogramVec::new(
+                    HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                    labels,
+                )
+                .unwrap_or_else(|_| unreachable_metric(name)),
+            )
+        }
+        let records = counter(
+            &registry,
+            "hetao_records_total",
+            "Records by kind, route and decision (allow, deny, invalid, replay, ...).",
+            &["kind", "route", "decision"],
+        );
+        let rule_matches = counter(
+            &registry,
+            "hetao_rule_matches_total",
+            "Policy rules that matched a record, by rule id and effect.",
+            &["rule", "effect"],
+        );
+        let answers = counter(
+            &registry,
+            "hetao_answers_total",
+            "HTTP answers to senders by status code and error code.",
+            &["status", "error"],
+        );
+        let request_duration = histogram(
+            &registry,
+            "hetao_request_duration_seconds",
+            "Time from request to answer, by kind and decision.",
+            &["kind", "decision"],
+            LATENCY_BUCKETS,
+        );
+        let upstream_duration = histogram(
+            &registry,
+            "hetao_upstream_duration_seconds",
+            "Time for a park endpoint to accept a forwarded record.",
+            &["park"],
+            LATENCY_BUCKETS,
+        );
+        let upstream_errors = counter(
+            &registry,
+            "hetao_upstream_errors_total",
+            "Forwarding failures by destination park and kind of failure.",
+            &["park", "error"],
+        );
+        let tls_handshake_failures = counter(
+            &registry,
+            "hetao_tls_handshake_failures_total",
+            "Inbound TLS handshakes that failed, by reason.",
+            &["reason"],
+        );
+        let connections_refused = counter(
+            &registry,
+            "hetao_connections_refused_total",
+            "Inbound connections refused before TLS, by reason.",
+            &["reason"],
+        );
+        let inflight_requests = reg(
+            &registry,
+            IntGauge::new("hetao_inflight_requests", "Requests being processed.")
+                .unwrap_or_else(|_| unreachable_metric("hetao_inflight_requests")),
+        );
+        let open_connections = reg(
+            &registry,
+            IntGauge::new("hetao_open_connections", "Open inbound connections.")
+                .unwrap_or_else(|_| unreachable_metric("hetao_open_connections")),
+        );
+        let audit_fsync_duration = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hetao_audit_fsync_duration_seconds",
+                    "Time to write and fsync one group-commit batch of audit entries.",
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
+            )
+            .unwrap_or_else(|_| unreachable_metric("hetao_audit_fsync_duration_seconds")),
+        );
+        let audit_batch_size = reg(
+            &registry,
+            Histogram::with_opts(
+                HistogramOpts::new(
+                    "hetao_audit_batch_size",
+                    "Audit entries written per group commit.",
+                )
+                .buckets(vec![
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ]),
+            )
+            .unwrap_or_else(|_| unreachable_metric("hetao_audit_batch_size")),
+        );
+        let policy_info = reg(
+            &registry,
+            GaugeVec::new(
+                Opts::new(
+                    "hetao_policy_info",
+                    "The loaded policy set (value 1) labelled with its version and schema hash.",
+                ),
+                &["version", "schema_hash"],
+            )
+            .unwrap_or_else(|_| unreachable_metric("hetao_policy_info")),
+        );
+        let last_reload_timestamp = reg(
+            &registry,
+            Gauge::new(
+                "hetao_last_reload_timestamp_seconds",
+                "Unix time of the last reload attempt (or of the start).",
+            )
+            .unwrap_or_else(|_| unreachable_metric("hetao_last_reload_timestamp_seconds")),
+        );
+        let last_reload_success = reg(
+            &registry,
+            IntGauge::new(
+                "hetao_last_reload_success",
+                "1 if the last reload succeeded, 0 if it was refused.",
+            )
+            .unwrap_or_else(|_| unreachable_metric("hetao_last_reload_success")),
+        );
+        Metrics {
+            registry,
+            records,
+            rule_matches,
+            answers,
+            request_duration,
+            upstream_duration,
+            upstream_errors,
+            tls_handshake_failures,
+            connections_refused,
+            inflight_requests,
+            open_connections,
+            audit_fsync_duration,
+            audit_batch_size,
+            policy_info,
+            last_reload_timestamp,
+            last_reload_success,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        let encoder = TextEncoder::new();
+        if encoder.encode(&self.registry.gather(), &mut buf).is_err() {
+            return String::new();
+        }
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+/// Metric construction only fails on an invalid name or label set, fixed at compile time.
+fn unreachable_metric<T>(name: &str) -> T {
+    panic!("metric {name} has an invalid definition")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_renders_in_text_format() {
+        let m = Metrics::new();
+        m.records
+            .with_label_values(&["data", "sz->hk", "allow"])
+            .inc();
+        m.tls_handshake_failures
+            .with_label_values(&["unknown_ca"])
+            .inc();
+        m.audit_fsync_duration.observe(0.001);
+        let text = m.render();
+        assert!(
+            text.contains(
+                "hetao_records_total{decision=\"allow\",kind=\"data\",route=\"sz->hk\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("hetao_tls_handshake_failures_total{reason=\"unknown_ca\"} 1"));
+        assert!(text.contains("hetao_audit_fsync_duration_seconds_bucket"));
+        assert!(text.contains("# TYPE hetao_inflight_requests gauge"));
+    }
+}

@@ -48,11 +48,19 @@ impl ParkCa {
         unimplemented!()
     }
     /// A server certificate with the given DNS names / IP addresses as SANs.
-    pub fn issue_server(&self, _sans: &[String], _validity: Validity) -> Result<IssuedCert, rcgen::Error> {
+    pub fn issue_server(
+        &self,
+        _sans: &[String],
+        _validity: Validity,
+    ) -> Result<IssuedCert, rcgen::Error> {
         unimplemented!()
     }
     /// A CRL revoking `serials`, valid until `next_update_in` from now (negative = already stale).
-    pub fn crl_pem(&self, _serials: &[Vec<u8>], _next_update_in: chrono::Duration) -> Result<String, rcgen::Error> {
+    pub fn crl_pem(
+        &self,
+        _serials: &[Vec<u8>],
+        _next_update_in: chrono::Duration,
+    ) -> Result<String, rcgen::Error> {
         unimplemented!()
     }
 }

@@ -1,1 +1,291 @@
-//! (being built: issue 2/6)
+//! The partner-facing listener: connection cap, TLS handshake with a timeout, identity from the
+//! verified certificate, HTTP/1.1 and HTTP/2 (ALPN) with hyper-util, idle cut-off and graceful
+//! drain.
+//!
+//! [`run`] is the one entry point for `serve`, `demo` and the tests: give it bound listeners and
+//! a shutdown signal.
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Semaphore};
+use tokio_rustls::TlsAcceptor;
+
+use crate::pipeline::{self, ConnectionCtx};
+use crate::state::Gateway;
+
+/// Starts nothing by itself: sends `true` to stop the servers started by [`run`].
+pub type ShutdownSender = watch::Sender<bool>;
+
+/// Runs the gateway's partner listener and admin listener until `shutdown` turns true, then
+/// stops accepting, drains in-flight requests for up to the configured grace period, and writes
+/// the audit log's final signed checkpoint.
+pub async fn run(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    admin_listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let admin = tokio::spawn(crate::admin::serve(
+        gateway.clone(),
+        admin_listener,
+        shutdown.clone(),
+    ));
+    let drained = serve_records(gateway.clone(), listener, shutdown).await;
+    if !drained {
+        tracing::warn!(
+            target: "hetao::server",
+            "grace period over: connections still open are cut off"
+        );
+    }
+    if let Err(e) = gateway.audit.close().await {
+        tracing::error!(target: "hetao::audit", error = %e, "could not write the final checkpoint");
+    }
+    let _ = admin.await;
+    tracing::info!(target: "hetao::server", "stopped");
+    Ok(())
+}
+
+/// Accepts partner connections until shutdown; returns whether every connection drained in time.
+pub async fn serve_records(
+    gateway: Arc<Gateway>,
+    listener: TcpListener,
+    shutdown: watch::Receiver<bool>,
+) -> bool {
+    let shutdown_rx = shutdown.clone();
+    let mut shutdown = shutdown;
+    let limits = gateway.config.limits.clone();
+    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let builder = Arc::new(http_builder(&gateway));
+    if let Ok(addr) = listener.local_addr() {
+        tracing::info!(target: "hetao::server", %addr, "accepting partner connections (mutual TLS)");
+    }
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (tcp, remote) = match accepted {
+                    Ok(pair) => pair,
+                    Err(e) => {
+                        // Out of file descriptors and similar: back off instead of spinning.
+                        tracing::warn!(target: "hetao::server", error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    gateway.metrics.connections_refused.with_label_values(&["max_connections"]).inc();
+                    tracing::warn!(target: "hetao::server", %remote,
+                        max = limits.max_connections, "connection refused: connection cap reached");
+                    drop(tcp);
+                    continue;
+                };
+                let gateway = gateway.clone();
+                let builder = builder.clone();
+                let conn_shutdown = shutdown_rx.clone();
+                tokio::spawn(async move {
+                    gateway.metrics.open_connections.inc();
+                    serve_connection(&gateway, &builder, tcp, remote, conn_shutdown).await;
+                    gateway.metrics.open_connections.dec();
+                    drop(permit);
+                });
+            }
+            _ = shutdown.wait_for(|stop| *stop) => break,
+        }
+    }
+    drop(listener);
+    gateway.begin_shutdown();
+    tracing::info!(target: "hetao::server", grace = ?limits.shutdown_grace,
+        "shutting down: no new connections, draining in-flight requests");
+    // Every connection holds a permit; all permits back means all connections are done.
+    let all = u32::try_from(limits.max_connections).unwrap_or(u32::MAX);
+    let drained = tokio::time::timeout(limits.shutdown_grace, connections.acquire_many(all))
+        .await
+        .is_ok();
+    drained
+}
+
+fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
+    let limits = &gateway.config.limits;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_buf_size(limits.max_header_bytes.max(8192))
+        .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.max_concurrent_streams)
+        // Rapid-reset protection (CVE-2023-44487): cap streams reset before being served.
+        .max_pending_accept_reset_streams(Some(limits.max_pending_reset_streams))
+        .max_header_list_size(u32::try_from(limits.max_header_bytes).unwrap_or(u32::MAX))
+        .keep_alive_interval(Some(limits.idle_timeout))
+        .keep_alive_timeout(Duration::from_secs(20));
+    builder
+}
+
+async fn serve_connection(
+    gateway: &Arc<Gateway>,
+    builder: &auto::Builder<TokioExecutor>,
+    tcp: TcpStream,
+    remote: SocketAddr,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let _ = tcp.set_nodelay(true);
+    // One snapshot of the TLS setup per connection: a reload affects new connections only.
+    let inbound = gateway.tls.load_full();
+    let acceptor = TlsAcceptor::from(inbound.server_config.clone());
+    let limits = &gateway.config.limits;
+    let tls = match tokio::time::timeout(limits.handshake_timeout, acceptor.accept(tcp)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            let reason = handshake_failure_reason(&e);
+            gateway
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&[reason])
+                .inc();
+            tracing::info!(target: "hetao::tls", %remote, reason, error = %e, "handshake refused");
+            return;
+        }
+        Err(_) => {
+            gateway
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&["timeout"])
+                .inc();
+            tracing::info!(target: "hetao::tls", %remote, "handshake timed out");
+            return;
+        }
+    };
+    let identity = {
+        let (_, session) = tls.get_ref();
+        match session.peer_certificates() {
+            Some([end_entity, intermediates @ ..]) => {
+                inbound.verifier.identity_of(end_entity, intermediates)
+            }
+            _ => Err(crate::tls::park_verifier::IdentityError::UnknownPark),
+        }
+    };
+    let identity = match identity {
+        Ok(id) => id,
+        Err(e) => {
+            gateway
+                .metrics
+                .tls_handshake_failures
+                .with_label_values(&["no_identity"])
+                .inc();
+            tracing::warn!(target: "hetao::tls", %remote, error = %e, "no identity after handshake");
+            return;
+        }
+    };
+    tracing::debug!(target: "hetao::tls", %remote, park = %identity.park,
+        org = %identity.organisation, "client authenticated");
+
+    let activity = Arc::new(Activity::new());
+    let conn_ctx = Arc::new(ConnectionCtx { identity, remote });
+    let service = {
+        let gateway = gateway.clone();
+        let activity = activity.clone();
+        service_fn(move |req| {
+            let gateway = gateway.clone();
+            let conn_ctx = conn_ctx.clone();
+            let activity = activity.clone();
+            async move {
+                activity.begin();
+                let answer = pipeline::handle(gateway, conn_ctx, req).await;
+                activity.end();
+                answer
+            }
+        })
+    };
+    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let mut conn = std::pin::pin!(conn);
+    let idle_timeout = limits.idle_timeout;
+    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    let mut closing = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(target: "hetao::server", %remote, error = %e, "connection ended with an error");
+                }
+                break;
+            }
+            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = tick.tick(), if !closing => {
+                if activity.idle_for() >= idle_timeout {
+                    tracing::debug!(target: "hetao::server", %remote, "closing idle connection");
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
+        }
+    }
+}
+
+/// Requests in flight on one connection and when the last one ended: a connection is idle only
+/// with nothing in flight.
+struct Activity {
+    in_flight: AtomicUsize,
+    epoch: Instant,
+    last_ms: AtomicU64,
+}
+
+impl Activity {
+    fn new() -> Self {
+        Activity {
+            in_flight: AtomicUsize::new(0),
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+        }
+    }
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+    fn begin(&self) {
+        self.in_flight.fetch_add(1, Ordering::SeqCst);
+    }
+    fn end(&self) {
+        self.last_ms.store(self.now_ms(), Ordering::SeqCst);
+        self.in_flight.fetch_sub(1, Ordering::SeqCst);
+    }
+    fn idle_for(&self) -> Duration {
+        if self.in_flight.load(Ordering::SeqCst) > 0 {
+            return Duration::ZERO;
+        }
+        Duration::from_millis(
+            self.now_ms()
+                .saturating_sub(self.last_ms.load(Ordering::SeqCst)),
+        )
+    }
+}
+
+/// A short label for the metrics: why a handshake failed.
+fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
+    use rustls::{CertificateError, Error};
+    let Some(tls) = e.get_ref().and_then(|inner| inner.downcast_ref::<Error>()) else {
+        return "io";
+    };
+    match tls {
+        Error::NoCertificatesPresented => "no_client_certificate",
+        Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
+        Error::InvalidCertificate(CertificateError::Expired) => "expired_certificate",
+        Error::InvalidCertificate(CertificateError::Revoked) => "revoked_certificate",
+        Error::InvalidCertificate(CertificateError::ExpiredRevocationList) => "expired_crl",
+        Error::InvalidCertificate(_) => "invalid_certificate",
+        Error::PeerIncompatible(_) => "incompatible_peer",
+        Error::NoApplicationProtocol => "no_alpn_match",
+        _ => "protocol",
+    }
+}

@@ -1,1 +1,204 @@
-//! (being built: issue 2/6)
+//! The gateway's shared state: what was loaded from the configuration, swapped atomically on
+//! reload, and the long-lived parts (audit log, replay guard, metrics).
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use arc_swap::ArcSwap;
+
+use crate::audit::{AuditError, AuditLog};
+use crate::config::{Config, ConfigError};
+use crate::metrics::Metrics;
+use crate::policy::{PolicyEngine, PolicyLoadError};
+use crate::rate_limit::RateLimiter;
+use crate::replay::ReplayGuard;
+use crate::schema::{SchemaLoadError, SchemaSet};
+use crate::tls::{InboundTls, TlsError};
+use crate::upstream::Upstreams;
+
+/// Why the gateway could not start, or a reload was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Schema(#[from] SchemaLoadError),
+    #[error(transparent)]
+    Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Audit(#[from] AuditError),
+}
+
+/// Schemas and policies of one load: a request is decided entirely under one `RuleSet`, even if
+/// a reload swaps in another while it is in flight.
+pub struct RuleSet {
+    pub schemas: SchemaSet,
+    pub policies: PolicyEngine,
+}
+
+impl RuleSet {
+    pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
+        let schemas = SchemaSet::load(&config.schemas.dir)?;
+        let policies = PolicyEngine::load(
+            &config.policies.dir,
+            &schemas,
+            &config.policies.settings,
+            config.policies.pseudonymisation_key.as_deref(),
+        )?;
+        Ok(RuleSet { schemas, policies })
+    }
+}
+
+/// Everything a reload replaces, built completely before anything is swapped.
+struct Loaded {
+    rules: RuleSet,
+    tls: InboundTls,
+    upstreams: Upstreams,
+}
+
+fn load_reloadable(config: &Config) -> Result<Loaded, LoadError> {
+    Ok(Loaded {
+        rules: RuleSet::load(config)?,
+        tls: crate::tls::inbound(config)?,
+        upstreams: Upstreams::new(config)?,
+    })
+}
+
+/// The gateway: shared by every connection and request.
+pub struct Gateway {
+    /// The configuration as started. Listeners and limits keep these values until restart;
+    /// rules, certificates and upstreams follow reloads.
+    pub config: Config,
+    pub rules: ArcSwap<RuleSet>,
+    pub tls: ArcSwap<InboundTls>,
+    pub upstreams: ArcSwap<Upstreams>,
+    pub audit: AuditLog,
+    pub replay: ReplayGuard,
+    pub metrics: Metrics,
+    pub rate_limiter: RateLimiter,
+    shutting_down: AtomicBool,
+    reload_lock: tokio::sync::Mutex<()>,
+}
+
+/// What a successful reload installed.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReloadReport {
+    pub policy_version: String,
+    pub policy_hash: String,
+    pub schema_hash: String,
+}
+
+impl Gateway {
+    /// Loads everything the configuration names and opens the audit log.
+    pub fn build(config: Config) -> Result<Gateway, LoadError> {
+        let loaded = load_reloadable(&config)?;
+        for warning in loaded.rules.policies.warnings() {
+            tracing::warn!(target: "hetao::policy", "{warning}");
+        }
+        let audit = AuditLog::open(&config.audit)?;
+        let replay = ReplayGuard::with_decided(audit.decided_record_ids());
+        let metrics = Metrics::new();
+        let rate_limiter = RateLimiter::new(&config.rate_limit);
+        let gateway = Gateway {
+            rules: ArcSwap::from_pointee(loaded.rules),
+            tls: ArcSwap::from_pointee(loaded.tls),
+            upstreams: ArcSwap::from_pointee(loaded.upstreams),
+            audit,
+            replay,
+            metrics,
+            rate_limiter,
+            config,
+            shutting_down: AtomicBool::new(false),
+            reload_lock: tokio::sync::Mutex::new(()),
+        };
+        gateway.note_rules_loaded(true);
+        Ok(gateway)
+    }
+
+    /// Re-reads the configuration file and reloads policies, schemas, park CAs, CRLs, certificates
+    /// and upstream clients. All or nothing: a broken new set is refused and the last good one
+    /// stays in force. Requests in flight finish under the set they started with.
+    pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        let source: PathBuf = self.config.source.clone();
+        let result = tokio::task::spawn_blocking(move || {
+            let config = Config::load(&source)?;
+            load_reloadable(&config)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(LoadError::Config(ConfigError::Parse {
+                path: self.config.source.clone(),
+                message: format!("reload task failed: {e}"),
+            }))
+        });
+        match result {
+            Ok(loaded) => {
+                for warning in loaded.rules.policies.warnings() {
+                    tracing::warn!(target: "hetao::policy", "{warning}");
+                }
+                self.rules.store(Arc::new(loaded.rules));
+                self.tls.store(Arc::new(loaded.tls));
+                self.upstreams.store(Arc::new(loaded.upstreams));
+                self.note_rules_loaded(true);
+                let report = self.report();
+                tracing::info!(
+                    target: "hetao::reload",
+                    policy_version = %report.policy_version,
+                    schema_hash = %report.schema_hash,
+                    "reload succeeded: new policies, schemas, certificates and upstreams in force"
+                );
+                Ok(report)
+            }
+            Err(e) => {
+                self.note_rules_loaded(false);
+                tracing::error!(
+                    target: "hetao::reload",
+                    error = %e,
+                    policy_version = %self.rules.load().policies.version(),
+                    "reload refused; the last good set stays in force"
+                );
+                Err(e)
+            }
+        }
+    }
+
+    /// Versions of what is in force.
+    pub fn report(&self) -> ReloadReport {
+        let rules = self.rules.load();
+        ReloadReport {
+            policy_version: rules.policies.version().to_string(),
+            policy_hash: rules.policies.hash().to_string(),
+            schema_hash: rules.schemas.hash().to_string(),
+        }
+    }
+
+    fn note_rules_loaded(&self, success: bool) {
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_secs_f64())
+            .unwrap_or(0.0);
+        self.metrics.last_reload_timestamp.set(now);
+        self.metrics.last_reload_success.set(i64::from(success));
+        if success {
+            let rules = self.rules.load();
+            self.metrics.policy_info.reset();
+            self.metrics
+                .policy_info
+                .with_label_values(&[rules.policies.version(), rules.schemas.hash()])
+                .set(1.0);
+        }
+    }
+
+    pub fn begin_shutdown(&self) {
+        self.shutting_down.store(true, Ordering::SeqCst);
+    }
+
+    pub fn is_shutting_down(&self) -> bool {
+        self.shutting_down.load(Ordering::SeqCst)
+    }
+}

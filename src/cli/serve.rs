@@ -1,10 +1,109 @@
-//! `hetao-gateway serve`. (being built: issue 2)
+//! `hetao-gateway serve --config FILE`: run the gateway.
 
+use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::Context;
+use tokio::net::TcpListener;
+
+use crate::config::Config;
+use crate::state::{Gateway, RuleSet};
 
 #[derive(clap::Args, Debug)]
-pub struct ServeArgs {}
+#[command(
+    after_help = "Signals: SIGHUP reloads policies, schemas and certificates; \
+SIGTERM/SIGINT drain in-flight requests, write a final signed audit checkpoint and exit."
+)]
+pub struct ServeArgs {
+    /// The gateway's TOML configuration (paths inside are relative to it).
+    #[arg(long, short = 'c', value_name = "FILE")]
+    pub config: PathBuf,
+    /// Validate the configuration, certificates, schemas and policies, then exit (0 if usable).
+    #[arg(long, short = 't')]
+    pub check: bool,
+}
 
-pub async fn run(_args: ServeArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
+    let config = Config::load(&args.config)?;
+    crate::telemetry::init(&config.logging);
+    if args.check {
+        return check(&config);
+    }
+    let listener = bind(&config.server.listen, "server.listen").await?;
+    let admin_listener = bind(&config.admin.listen, "admin.listen").await?;
+    if let Some(tls) = &config.admin.tls {
+        crate::admin::admin_tls(tls)?;
+    }
+    let gateway = Arc::new(Gateway::build(config)?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    spawn_signal_handlers(gateway.clone(), stop)?;
+    crate::server::run(gateway, listener, admin_listener, stopped).await?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Binds a listener; "address in use" gets a sentence saying what to do.
+pub async fn bind(addr: &std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|e| {
+        if e.kind() == std::io::ErrorKind::AddrInUse {
+            anyhow::anyhow!(
+                "{key} = {addr}: the address is already in use (another gateway running?); \
+                 stop it or choose another port"
+            )
+        } else {
+            anyhow::anyhow!("{key} = {addr}: cannot listen: {e}")
+        }
+    })
+}
+
+fn check(config: &Config) -> anyhow::Result<ExitCode> {
+    let rules = RuleSet::load(config)?;
+    crate::tls::inbound(config)?;
+    crate::upstream::Upstreams::new(config)?;
+    if let Some(tls) = &config.admin.tls {
+        crate::admin::admin_tls(tls)?;
+    }
+    std::fs::read(&config.audit.signing_key).with_context(|| {
+        format!(
+            "audit.signing_key = {}: cannot read the audit signing key",
+            config.audit.signing_key.display()
+        )
+    })?;
+    for warning in rules.policies.warnings() {
+        println!("warning: {warning}");
+    }
+    println!(
+        "{}: configuration usable (parks: {}; policy {}; schemas {})",
+        config.source.display(),
+        config.parks.keys().cloned().collect::<Vec<_>>().join(", "),
+        rules.policies.version(),
+        &rules.schemas.hash()[..12.min(rules.schemas.hash().len())],
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+fn spawn_signal_handlers(
+    gateway: Arc<Gateway>,
+    stop: tokio::sync::watch::Sender<bool>,
+) -> anyhow::Result<()> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut hangup = signal(SignalKind::hangup()).context("cannot install the SIGHUP handler")?;
+    let mut terminate =
+        signal(SignalKind::terminate()).context("cannot install the SIGTERM handler")?;
+    let mut interrupt =
+        signal(SignalKind::interrupt()).context("cannot install the SIGINT handler")?;
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                _ = hangup.recv() => {
+                    tracing::info!(target: "hetao::reload", "SIGHUP: reloading");
+                    let _ = gateway.reload().await;
+                }
+                _ = terminate.recv() => { tracing::info!(target: "hetao::server", "SIGTERM"); break; }
+                _ = interrupt.recv() => { tracing::info!(target: "hetao::server", "SIGINT"); break; }
+            }
+        }
+        let _ = stop.send(true);
+    });
+    Ok(())
 }
