@@ -176,7 +176,8 @@ where
         to: &head.to,
         now: Utc::now(),
     });
-    let (decision, forwarded_record, applied) = apply_obligations(&rules, decision, record);
+    let (decision, forwarded_record, applied) =
+        apply_obligations(&rules, decision, record, body);
     for rule in &decision.matched {
         gateway
             .metrics
@@ -325,15 +326,21 @@ fn check_route(gateway: &Gateway, ctx: &RequestCtx, head: &EnvelopeHead) -> Resu
     Ok(())
 }
 
-/// Applies the obligations of an allow decision to a copy of the record. A record whose
-/// obligations cannot be met is denied (fail closed), with the reason among the matched rules.
+/// Applies the obligations of an allow decision to the record. Without obligations the record
+/// leaves exactly as it arrived, byte for byte (its SHA-256 in the audit log matches what the
+/// endpoint receives). A record whose obligations cannot be met is denied (fail closed), with the
+/// reason among the matched rules.
 fn apply_obligations(
     rules: &RuleSet,
     decision: Decision,
     record: Value,
+    body: Bytes,
 ) -> (Decision, Option<Bytes>, Vec<String>) {
     if decision.effect != Effect::Allow {
         return (decision, None, Vec::new());
+    }
+    if decision.obligations.is_empty() {
+        return (decision, Some(body), Vec::new());
     }
     let mut record = record;
     match rules.policies.apply_obligations(&decision, &mut record) {

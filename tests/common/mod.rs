@@ -1,0 +1,332 @@
+//! Test harness: a PKI generated at test time, two mTLS park endpoints and the real gateway, all
+//! on 127.0.0.1:0, with real files in a temporary folder.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use hetao_gateway::client::RecordClient;
+use hetao_gateway::config::Config;
+use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use hetao_gateway::pki::{AuditSigningKey, GatewayCa, IssuedCert, ParkCa, Validity};
+use hetao_gateway::state::Gateway;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub const YEAR: Duration = Duration::from_secs(365 * 24 * 3600);
+
+/// The certificates of one test world.
+pub struct TestPki {
+    pub sz: ParkCa,
+    pub hk: ParkCa,
+    pub gateway_ca: GatewayCa,
+    /// Senders: one organisation per park.
+    pub sz_org: IssuedCert,
+    pub hk_org: IssuedCert,
+}
+
+impl TestPki {
+    pub fn new() -> TestPki {
+        let sz = ParkCa::new("sz").unwrap();
+        let hk = ParkCa::new("hk").unwrap();
+        let gateway_ca = GatewayCa::new().unwrap();
+        let sz_org = sz
+            .issue_client("Shenzhen Bay Genomics Institute", "lims-01", Validity::For(YEAR))
+            .unwrap();
+        let hk_org = hk
+            .issue_client("HKSTP Biomedical Ltd.", "sender-01", Validity::For(YEAR))
+            .unwrap();
+        TestPki {
+            sz,
+            hk,
+            gateway_ca,
+            sz_org,
+            hk_org,
+        }
+    }
+
+    pub fn park(&self, park: &str) -> &ParkCa {
+        match park {
+            "sz" => &self.sz,
+            _ => &self.hk,
+        }
+    }
+}
+
+/// Knobs for one test gateway.
+#[derive(Default, Clone)]
+pub struct Options {
+    /// Extra TOML appended to the generated config.
+    pub extra_toml: String,
+    /// Serials revoked in the sz CRL (a CRL is written when this is `Some`).
+    pub sz_crl: Option<(Vec<Vec<u8>>, chrono::Duration)>,
+    /// Replace the audit section (e.g. to point the log somewhere unwritable).
+    pub audit_toml: Option<String>,
+}
+
+/// A running gateway with its two park endpoints.
+pub struct TestGateway {
+    pub dir: tempfile::TempDir,
+    pub pki: TestPki,
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub sz_endpoint: RunningEndpoint,
+    pub hk_endpoint: RunningEndpoint,
+    pub config_path: PathBuf,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+pub fn repo(path: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join(path)
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p
+}
+
+async fn start_endpoint(pki: &TestPki, park: &str) -> RunningEndpoint {
+    let cert = pki
+        .park(park)
+        .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+        .unwrap();
+    ParkEndpoint::start(EndpointOptions {
+        listen: "127.0.0.1:0".parse().unwrap(),
+        cert_pem: cert.cert_pem,
+        key_pem: cert.key_pem,
+        client_ca_pem: pki.gateway_ca.cert_pem().to_string(),
+        behaviour: EndpointBehaviour::default(),
+        log_file: None,
+    })
+    .await
+    .unwrap()
+}
+
+impl TestGateway {
+    pub async fn start() -> TestGateway {
+        Self::start_with(Options::default()).await
+    }
+
+    pub async fn start_with(opts: Options) -> TestGateway {
+        let pki = TestPki::new();
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let sz_endpoint = start_endpoint(&pki, "sz").await;
+        let hk_endpoint = start_endpoint(&pki, "hk").await;
+
+        write(d, "sz-ca.pem", pki.sz.cert_pem());
+        write(d, "hk-ca.pem", pki.hk.cert_pem());
+        write(d, "gateway-ca.pem", pki.gateway_ca.cert_pem());
+        let server = pki
+            .gateway_ca
+            .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+            .unwrap();
+        write(d, "gateway.pem", &server.cert_pem);
+        write(d, "gateway.key", &server.key_pem);
+        let upstream = pki.gateway_ca.issue_upstream_client(Validity::For(YEAR)).unwrap();
+        write(d, "gateway-client.pem", &upstream.cert_pem);
+        write(d, "gateway-client.key", &upstream.key_pem);
+        let signing = AuditSigningKey::generate().unwrap();
+        write(d, "audit-signing.key", &signing.private_pem);
+        write(d, "audit-signing.pub", &signing.public_pem);
+        write(d, "pseudonymisation.key", &"ab".repeat(32));
+        let crl_line = match &opts.sz_crl {
+            Some((serials, next)) => {
+                write(d, "sz-crl.pem", &pki.sz.crl_pem(serials, *next).unwrap());
+                "crl = \"sz-crl.pem\"\n"
+            }
+            None => "",
+        };
+        let audit = opts.audit_toml.clone().unwrap_or_else(|| {
+            "[audit]\nlog = \"audit/audit.jsonl\"\nsigning_key = \"audit-signing.key\"\n".into()
+        });
+        let config_text = format!(
+            r#"[server]
+listen = "127.0.0.1:0"
+cert = "gateway.pem"
+key = "gateway.key"
+[admin]
+listen = "127.0.0.1:0"
+[upstream_client]
+cert = "gateway-client.pem"
+key = "gateway-client.key"
+[parks.sz]
+client_ca = "sz-ca.pem"
+endpoint = "https://127.0.0.1:{sz_port}"
+endpoint_ca = "sz-ca.pem"
+{crl_line}[parks.hk]
+client_ca = "hk-ca.pem"
+endpoint = "https://127.0.0.1:{hk_port}"
+endpoint_ca = "hk-ca.pem"
+[schemas]
+dir = "{schemas}"
+[policies]
+dir = "{policies}"
+pseudonymisation_key = "pseudonymisation.key"
+{audit}
+[upstream]
+connect_timeout_ms = 2000
+request_timeout_ms = 2000
+{extra}
+"#,
+            sz_port = sz_endpoint.local_addr().port(),
+            hk_port = hk_endpoint.local_addr().port(),
+            schemas = repo("schemas").display(),
+            policies = repo("policies").display(),
+            extra = opts.extra_toml,
+        );
+        let config_path = write(d, "gateway.toml", &config_text);
+        let config = Config::load(&config_path).unwrap();
+        let listener = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin_listener = TcpListener::bind(config.admin.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::build(config).unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(hetao_gateway::server::run(
+            gateway.clone(),
+            listener,
+            admin_listener,
+            stopped,
+        ));
+        TestGateway {
+            dir,
+            pki,
+            addr,
+            admin_addr,
+            gateway,
+            sz_endpoint,
+            hk_endpoint,
+            config_path,
+            stop,
+            task: Some(task),
+        }
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://localhost:{}/v1/records", self.addr.port())
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("https://localhost:{}", self.addr.port())
+    }
+
+    pub fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    pub fn audit_log(&self) -> PathBuf {
+        self.path("audit/audit.jsonl")
+    }
+
+    /// A client presenting `cert`, trusting the gateway CA.
+    pub fn client_with(&self, cert: &IssuedCert) -> RecordClient {
+        RecordClient::from_pem(
+            self.pki.gateway_ca.cert_pem(),
+            &cert.cert_pem,
+            &cert.key_pem,
+        )
+        .unwrap()
+    }
+
+    /// A client of a Shenzhen-park organisation.
+    pub fn sz_client(&self) -> RecordClient {
+        self.client_with(&self.pki.sz_org)
+    }
+
+    /// A client of a Hong Kong-park organisation.
+    pub fn hk_client(&self) -> RecordClient {
+        self.client_with(&self.pki.hk_org)
+    }
+
+    /// Sends a JSON value as a record.
+    pub async fn send(&self, client: &RecordClient, record: &serde_json::Value) -> Answer {
+        let body = Bytes::from(serde_json::to_vec(record).unwrap());
+        self.send_bytes(client, body).await
+    }
+
+    pub async fn send_bytes(&self, client: &RecordClient, body: Bytes) -> Answer {
+        let a = client.send(&self.url(), body).await.unwrap();
+        Answer {
+            status: a.status,
+            json: a.json.unwrap_or(serde_json::Value::Null),
+        }
+    }
+
+    /// Plain HTTP GET on the admin listener.
+    pub async fn admin_get(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin_addr, "GET", path).await
+    }
+
+    pub async fn admin_post(&self, path: &str) -> (u16, String) {
+        admin_request(self.admin_addr, "POST", path).await
+    }
+
+    /// Stops the gateway as SIGTERM would: drain, final checkpoint.
+    pub async fn stop(&mut self) {
+        let _ = self.stop.send(true);
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(30), task)
+                .await
+                .expect("gateway stops within 30 s")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    /// Audit log lines as JSON values.
+    pub fn audit_entries(&self) -> Vec<serde_json::Value> {
+        let text = std::fs::read_to_string(self.audit_log()).unwrap_or_default();
+        text.lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect()
+    }
+}
+
+/// Status and JSON body of an answer.
+#[derive(Debug)]
+pub struct Answer {
+    pub status: u16,
+    pub json: serde_json::Value,
+}
+
+impl Answer {
+    pub fn error(&self) -> &str {
+        self.json["error"].as_str().unwrap_or("")
+    }
+}
+
+async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let req = format!(
+        "{method} {path} HTTP/1.1\r\nhost: localhost\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    s.read_to_end(&mut buf).await.unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let status = text
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+    (status, body)
+}
+
+/// An example record from `examples/records/`, with a fresh record id.
+pub fn example(name: &str) -> serde_json::Value {
+    let text = std::fs::read_to_string(repo("examples/records").join(name))
+        .unwrap_or_else(|e| panic!("examples/records/{name}: {e}"));
+    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    v["record_id"] = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
+    v
+}
