@@ -11,6 +11,7 @@ pub mod audit;
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod endpoint;
 pub mod envelope;
 pub mod error;
 pub mod json_limits;

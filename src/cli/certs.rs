@@ -1,13 +1,257 @@
-//! `hetao-gateway certs ...`. INTERFACE STUB: to be implemented (see issue 5).
+//! `hetao-gateway certs ...`: the development PKI.
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::Context;
+
+use crate::pki::{self, DevPkiOptions, ParkCa, Validity};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Not built yet.
-    Init {},
+    /// Write a development PKI and a ready gateway.toml: one CA per park, the gateway CA with the
+    /// gateway's server and upstream-client certificates, a server certificate per park
+    /// endpoint, a client certificate per sample organisation, empty CRLs, the audit signing
+    /// key and the pseudonymisation key. FOR DEVELOPMENT AND TESTS ONLY.
+    Init(InitArgs),
+    /// Issue one more client certificate from a park CA written by `certs init`.
+    IssueClient(IssueClientArgs),
 }
 
-pub async fn run(_cmd: CertsCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(clap::Args, Debug)]
+pub struct InitArgs {
+    /// Folder to write into (created if missing).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Park ids, comma separated.
+    #[arg(long, value_delimiter = ',', default_value = "sz,hk")]
+    pub parks: Vec<String>,
+    /// Organisations as PARK:NAME, comma separated or repeated
+    /// (default: two sample organisations per park).
+    #[arg(long, value_delimiter = ',')]
+    pub orgs: Vec<String>,
+    /// DNS names / IP addresses of the gateway and endpoint server certificates
+    /// (default: localhost, 127.0.0.1, ::1).
+    #[arg(long = "san", value_delimiter = ',')]
+    pub sans: Vec<String>,
+    /// Schemas folder written into gateway.toml (default: the repository's schemas/).
+    #[arg(long)]
+    pub schemas: Option<PathBuf>,
+    /// Policies folder written into gateway.toml (default: the repository's policies/).
+    #[arg(long)]
+    pub policies: Option<PathBuf>,
+    /// Overwrite files from an earlier `certs init` in the same folder.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct IssueClientArgs {
+    /// The park whose CA issues the certificate (reads PARK-ca.pem and PARK-ca.key from --dir).
+    #[arg(long)]
+    pub park: String,
+    /// Folder written by `certs init`.
+    #[arg(long, default_value = ".")]
+    pub dir: PathBuf,
+    /// Organisation (Subject O): the gateway's policies match on it.
+    #[arg(long)]
+    pub org: String,
+    /// Person or system (Subject CN).
+    #[arg(long)]
+    pub cn: String,
+    /// Days of validity; 0 issues an already expired certificate (for tests).
+    #[arg(long, default_value_t = 365)]
+    pub days: u64,
+    /// Output path stem: writes STEM.pem and STEM.key (default: DIR/orgs/PARK-<org-slug>-<cn-slug>).
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+}
+
+pub async fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        CertsCommand::Init(args) => init(args),
+        CertsCommand::IssueClient(args) => issue_client(args),
+    }
+}
+
+fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
+    let parks: Vec<String> = args.parks.iter().map(|p| p.trim().to_string()).collect();
+    let orgs = if args.orgs.is_empty() {
+        pki::default_orgs(&parks)
+    } else {
+        args.orgs
+            .iter()
+            .map(|o| match o.split_once(':') {
+                Some((park, name)) => Ok((park.trim().to_string(), name.trim().to_string())),
+                None => anyhow::bail!(
+                    "--orgs `{o}`: write PARK:NAME, e.g. --orgs \"sz:Shenzhen Bay Genomics Institute\""
+                ),
+            })
+            .collect::<anyhow::Result<_>>()?
+    };
+    let opts = DevPkiOptions {
+        parks,
+        orgs,
+        gateway_sans: if args.sans.is_empty() {
+            pki::default_gateway_sans()
+        } else {
+            args.sans
+        },
+        force: args.force,
+        schemas_dir: args.schemas.map(absolute).transpose()?,
+        policies_dir: args.policies.map(absolute).transpose()?,
+        ..DevPkiOptions::default()
+    };
+    let out = absolute(args.out)?;
+    let files = pki::init_dev_pki(&out, &opts)
+        .with_context(|| format!("certs init --out {}", out.display()))?;
+
+    let show = |p: &Path| p.strip_prefix(&out).unwrap_or(p).display().to_string();
+    println!(
+        "Development PKI written to {} — for development and tests only, never production.",
+        out.display()
+    );
+    println!();
+    println!(
+        "  gateway CA         {}  (+ {})",
+        show(&files.gateway_ca_cert),
+        show(&files.gateway_ca_key)
+    );
+    println!(
+        "  gateway server     {}  {}",
+        show(&files.gateway_cert),
+        show(&files.gateway_key)
+    );
+    println!(
+        "  gateway → parks    {}  {}",
+        show(&files.gateway_client_cert),
+        show(&files.gateway_client_key)
+    );
+    for p in &files.parks {
+        println!(
+            "  {:<18} {}  (+ {}), CRL {}",
+            format!("{} park CA", p.park),
+            show(&p.ca_cert),
+            show(&p.ca_key),
+            show(&p.crl)
+        );
+        println!(
+            "  {:<18} {}  {}  ({})",
+            format!("{} endpoint", p.park),
+            show(&p.endpoint_cert),
+            show(&p.endpoint_key),
+            p.endpoint_url
+        );
+    }
+    for o in &files.orgs {
+        println!(
+            "  {:<18} {}  {}  ({})",
+            format!("{} sender", o.park),
+            show(&o.cert),
+            show(&o.key),
+            o.organisation
+        );
+    }
+    println!(
+        "  audit signing key  {}  (public: {}, key id {})",
+        show(&files.audit_signing_key),
+        show(&files.audit_public_key),
+        files.audit_key_id
+    );
+    println!("  pseudonymisation   {}", show(&files.pseudonymisation_key));
+    println!("  configuration      {}", show(&files.config));
+    println!();
+    println!("Private keys are readable by you only (mode 0600).");
+    for (what, dir) in [
+        ("schemas", &files.schemas_dir),
+        ("policies", &files.policies_dir),
+    ] {
+        if !dir.is_dir() {
+            println!(
+                "warning: the {what} folder {} does not exist yet; pass --{what} DIR or edit gateway.toml",
+                dir.display()
+            );
+        }
+    }
+    println!();
+    println!("Next:");
+    println!("  hetao-gateway serve --config {}", files.config.display());
+    if let Some(org) = files.orgs.first() {
+        let url = format!("https://{}/v1/records", opts.gateway_listen);
+        println!(
+            "  hetao-gateway send --url {url} --ca {} --cert {} --key {} RECORD.json",
+            files.gateway_ca_cert.display(),
+            org.cert.display(),
+            org.key.display()
+        );
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
+    let cert = args.dir.join(format!("{}-ca.pem", args.park));
+    let key = args.dir.join(format!("{}-ca.key", args.park));
+    let ca = ParkCa::from_files(&args.park, &cert, &key)
+        .context("run `hetao-gateway certs init --out DIR` first and pass --dir DIR")?;
+    let validity = if args.days == 0 {
+        Validity::Expired
+    } else {
+        Validity::For(Duration::from_secs(args.days * 24 * 3600))
+    };
+    let issued = ca.issue_client(&args.org, &args.cn, validity)?;
+    let stem = match args.out {
+        Some(stem) => stem,
+        None => args.dir.join("orgs").join(format!(
+            "{}-{}-{}",
+            args.park,
+            pki::org_slug(&args.org),
+            pki::org_slug(&args.cn)
+        )),
+    };
+    let cert_path = stem.with_extension("pem");
+    let key_path = stem.with_extension("key");
+    if let Some(parent) = cert_path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)
+            .with_context(|| format!("cannot create {}", parent.display()))?;
+    }
+    for p in [&cert_path, &key_path] {
+        if p.exists() {
+            anyhow::bail!("{} already exists; choose another --out", p.display());
+        }
+    }
+    std::fs::write(&cert_path, &issued.cert_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    write_secret(&key_path, issued.key_pem.as_bytes())?;
+    println!(
+        "Issued a development client certificate of park {} for O={}, CN={} (serial {}):",
+        args.park,
+        args.org,
+        args.cn,
+        hex::encode(&issued.serial)
+    );
+    println!("  {}\n  {}", cert_path.display(), key_path.display());
+    Ok(ExitCode::SUCCESS)
+}
+
+fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .with_context(|| format!("cannot write {}", path.display()))?;
+    file.write_all(bytes)
+        .with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// gateway.toml must name the schemas and policies folders absolutely: it lives elsewhere.
+fn absolute(p: PathBuf) -> anyhow::Result<PathBuf> {
+    if p.is_absolute() {
+        return Ok(p);
+    }
+    let cwd = std::env::current_dir().context("cannot read the current folder")?;
+    Ok(cwd.join(p))
 }
