@@ -8,7 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hetao_gateway::client::RecordClient;
+use hetao_gateway::client::{ClientOptions, RecordClient};
 use hetao_gateway::config::Config;
 use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
 use hetao_gateway::pki::{AuditSigningKey, GatewayCa, IssuedCert, ParkCa, Validity};
@@ -228,10 +228,15 @@ request_timeout_ms = 2000
 
     /// A client presenting `cert`, trusting the gateway CA.
     pub fn client_with(&self, cert: &IssuedCert) -> RecordClient {
-        RecordClient::from_pem(
-            self.pki.gateway_ca.cert_pem(),
-            &cert.cert_pem,
-            &cert.key_pem,
+        self.client_with_options(cert, ClientOptions::default())
+    }
+
+    pub fn client_with_options(&self, cert: &IssuedCert, options: ClientOptions) -> RecordClient {
+        RecordClient::new(
+            self.pki.gateway_ca.cert_pem().as_bytes(),
+            cert.cert_pem.as_bytes(),
+            cert.key_pem.as_bytes(),
+            options,
         )
         .unwrap()
     }
