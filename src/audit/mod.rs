@@ -1,13 +1,42 @@
 //! The tamper-evident audit log: hash-chained JSON Lines, group commit, signed checkpoints,
 //! receipts, recovery, verification and queries.
-//! INTERFACE STUB: to be implemented (see issue 4).
+//!
+//! - [`entry`]: one line, its hash over the exact bytes.
+//! - [`keys`]: the Ed25519 signing key, checkpoint and receipt signatures.
+//! - [`chain`]: segment files, scanning, link checks, [`verify_logs`].
+//! - [`writer`]: the writer thread (group commit, checkpoints, rotation, fail closed).
+//! - [`query`]: an auditor's filters and statistics.
+//!
+//! The format and the guarantees are described in `docs/audit.md`.
 
 use std::collections::HashSet;
+use std::fs::OpenOptions;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::AuditConfig;
 use crate::tls::identity::ClientIdentity;
+
+pub mod chain;
+pub mod entry;
+pub mod keys;
+pub mod query;
+pub mod writer;
+
+pub use chain::{segment_paths, verify_logs, VerifyProblem, VerifyReport};
+pub use entry::{AuditEntry, AuditEntryType, ZERO_HASH};
+pub use keys::{
+    generate_signing_key, public_key_pem_from_signing_key_file, AuditPublicKey, AuditSigner,
+    KeyError,
+};
+pub use query::{query_logs, QueryFilter, QueryStats};
+
+use chain::{scan_file, ChainChecker, ScanEnd, ScanError};
+use writer::{sync_dir, ChainHead, Command, StatsCells, Writer, BATCH_BUCKETS, FSYNC_BUCKETS};
 
 /// What an entry records. A decision entry is written before anything is forwarded; an outcome
 /// entry follows for forwarded records and refers to its decision entry.
@@ -81,33 +110,448 @@ pub enum AuditError {
     Open { path: String, message: String },
 }
 
+/// Counters for metrics (Prometheus-style: bucket counts are cumulative, bounds are upper bounds).
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct AuditStats {
+    /// Decision and outcome entries made durable.
+    pub entries: u64,
+    pub checkpoints: u64,
+    /// Group commits that carried at least one entry.
+    pub batches: u64,
+    pub batch_entries_sum: u64,
+    pub batch_size_buckets: Vec<(f64, u64)>,
+    pub fsyncs: u64,
+    pub fsync_seconds_sum: f64,
+    pub fsync_seconds_buckets: Vec<(f64, u64)>,
+    pub rotations: u64,
+    /// The log has failed (sticky) and refuses appends.
+    pub failed: bool,
+}
+
 /// Handle to the log; cheap to clone.
 #[derive(Clone)]
-pub struct AuditLog {}
+pub struct AuditLog {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    log: PathBuf,
+    tx: mpsc::Sender<Command>,
+    signer: Arc<AuditSigner>,
+    failure: Arc<Mutex<Option<String>>>,
+    stats: Arc<StatsCells>,
+    decided: HashSet<String>,
+    closed: AtomicBool,
+}
+
+/// What recovery found in the existing segments.
+struct Recovered {
+    head: Option<(u64, String)>,
+    unsigned: u64,
+    /// Number of the active segment, if the active file has its segment_start.
+    active_segment: Option<u64>,
+    last_archive: Option<u64>,
+    active_len: u64,
+    decided: HashSet<String>,
+    /// `(bytes, side file)` of a torn tail set aside.
+    torn: Option<(u64, PathBuf)>,
+}
+
+fn open_error(path: &Path, message: impl Into<String>) -> AuditError {
+    AuditError::Open {
+        path: path.display().to_string(),
+        message: message.into(),
+    }
+}
+
+/// Reads every segment back, checks the chain, sets a torn last line aside.
+fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
+    let segments = segment_paths(&cfg.log)
+        .map_err(|e| open_error(&cfg.log, format!("cannot list segments: {e}")))?;
+    let mut checker = ChainChecker::default();
+    let mut decided = HashSet::new();
+    let mut active_segment = None;
+    let mut last_archive = None;
+    let mut active_len = 0;
+    let mut torn = None;
+    for (number, path) in &segments {
+        if number.is_some() {
+            last_archive = *number;
+        }
+        let is_active = number.is_none();
+        let mut first = true;
+        let end = scan_file(path, |entry, _line, _offset| {
+            checker.check(&entry, first, None)?;
+            if first && is_active {
+                active_segment = entry.segment;
+            }
+            first = false;
+            note_decision(&mut decided, &entry);
+            Ok(())
+        })
+        .map_err(|e| match e {
+            ScanError::Io { path, message } => open_error(&path, message),
+            ScanError::Chain {
+                path,
+                line,
+                message,
+            } => open_error(
+                &path,
+                format!("line {line}: {message}; the log was altered and needs an operator (run `hetao-gateway audit verify`)"),
+            ),
+        })?;
+        match end {
+            ScanEnd { bad: None, len } => {
+                if is_active {
+                    active_len = len;
+                }
+            }
+            ScanEnd {
+                bad: Some((bad, true)),
+                len,
+            } if is_active => {
+                let side = set_aside_torn_tail(path, bad.offset, len)?;
+                tracing::warn!(
+                    log = %path.display(),
+                    line = bad.line,
+                    bytes = len - bad.offset,
+                    side_file = %side.display(),
+                    reason = %bad.error,
+                    "audit log: torn last line (crash mid-write) set aside; the chain continues from the last good entry"
+                );
+                active_len = bad.offset;
+                torn = Some((len - bad.offset, side));
+            }
+            ScanEnd { bad: Some((bad, _)), .. } => {
+                let seq = bad
+                    .seq
+                    .or_else(|| checker.head().map(|(s, _)| s + 1))
+                    .unwrap_or(0);
+                return Err(open_error(
+                    path,
+                    format!(
+                        "seq {seq} (line {}): {}; an entry inside the log is corrupt and is not repaired automatically: an operator must look (run `hetao-gateway audit verify`)",
+                        bad.line, bad.error
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(Recovered {
+        head: checker.head().map(|(s, h)| (s, h.to_string())),
+        unsigned: checker.unsigned,
+        active_segment,
+        last_archive,
+        active_len,
+        decided,
+        torn,
+    })
+}
+
+/// Record ids a replay must be refused for: decided allow or deny, unless the latest outcome
+/// says the upstream failed (then the sender may retry).
+fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
+    let Some(id) = &e.record_id else { return };
+    match (e.entry_type, e.decision.as_deref()) {
+        (AuditEntryType::Decision, Some("allow" | "deny")) => {
+            decided.insert(id.clone());
+        }
+        (AuditEntryType::Outcome, Some("upstream_failed")) => {
+            decided.remove(id);
+        }
+        _ => {}
+    }
+}
+
+/// Moves bytes `[offset, len)` of the active segment to `<log>.torn-<UTC time>` and truncates.
+fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, AuditError> {
+    let io = |what: &str, e: std::io::Error| open_error(path, format!("recovering a torn tail: {what}: {e}"));
+    let mut file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .map_err(|e| io("open", e))?;
+    file.seek(SeekFrom::Start(offset)).map_err(|e| io("seek", e))?;
+    let mut torn = Vec::with_capacity((len - offset) as usize);
+    file.read_to_end(&mut torn).map_err(|e| io("read", e))?;
+    let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
+    let mut name = path.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".torn-{stamp}"));
+    let side = path.with_file_name(name);
+    let mut side_file = OpenOptions::new()
+        .create_new(true)
+        .write(true)
+        .open(&side)
+        .map_err(|e| io(&format!("create {}", side.display()), e))?;
+    side_file.write_all(&torn).map_err(|e| io("write side file", e))?;
+    side_file.sync_all().map_err(|e| io("fsync side file", e))?;
+    // The torn bytes are safe in the side file before they leave the log.
+    file.set_len(offset).map_err(|e| io("truncate", e))?;
+    file.sync_all().map_err(|e| io("fsync", e))?;
+    sync_dir(path).map_err(|e| io("fsync folder", e))?;
+    Ok(side)
+}
 
 impl AuditLog {
     /// Opens (or creates) the log, recovers a torn tail, and starts the writer.
-    pub fn open(_cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
-        unimplemented!()
+    pub fn open(cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
+        let signer = Arc::new(
+            AuditSigner::from_pem_file(&cfg.signing_key)
+                .map_err(|e| open_error(&cfg.signing_key, format!("signing key: {e}")))?,
+        );
+        if let Some(dir) = cfg.log.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)
+                .map_err(|e| open_error(&cfg.log, format!("cannot create folder {}: {e}", dir.display())))?;
+        }
+        let rec = recover(cfg)?;
+        let file = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&cfg.log)
+            .map_err(|e| open_error(&cfg.log, format!("cannot open for appending: {e}")))?;
+        let (next_seq, head_hash) = match &rec.head {
+            Some((seq, hash)) => (seq + 1, hash.clone()),
+            None => (0, ZERO_HASH.to_string()),
+        };
+        let needs_start = rec.active_len == 0;
+        let segment = match (needs_start, rec.active_segment) {
+            (false, Some(n)) => n,
+            _ => rec.last_archive.map(|n| n + 1).unwrap_or(1),
+        };
+        let failure = Arc::new(Mutex::new(None));
+        let stats = Arc::new(StatsCells::default());
+        let mut writer = Writer::new(
+            cfg,
+            file,
+            ChainHead {
+                next_seq,
+                head_hash,
+                unsigned: rec.unsigned,
+                segment,
+                segment_bytes: rec.active_len,
+            },
+            signer.clone(),
+            failure.clone(),
+            stats.clone(),
+        );
+        // Entries owed by the start itself, made durable before anyone can append.
+        let mut buf = Vec::new();
+        if needs_start {
+            let start = writer.segment_start_entry(segment);
+            writer.push(start, &mut buf).map_err(|m| open_error(&cfg.log, m))?;
+        }
+        if let Some((bytes, side)) = &rec.torn {
+            let mut e = AuditEntry::new(
+                0,
+                chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true),
+                AuditEntryType::Recovery,
+                String::new(),
+            );
+            e.torn_bytes = Some(*bytes);
+            e.side_file = side.file_name().map(|n| n.to_string_lossy().into_owned());
+            writer.push(e, &mut buf).map_err(|m| open_error(&cfg.log, m))?;
+        }
+        if !buf.is_empty() {
+            writer.commit(&buf, true).map_err(|m| open_error(&cfg.log, m))?;
+            if needs_start {
+                sync_dir(&cfg.log)
+                    .map_err(|e| open_error(&cfg.log, format!("cannot fsync its folder: {e}")))?;
+            }
+        }
+        let (tx, rx) = mpsc::channel();
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))
+            .map_err(|e| open_error(&cfg.log, format!("cannot start the writer thread: {e}")))?;
+        tracing::info!(
+            log = %cfg.log.display(),
+            next_seq,
+            key_id = signer.key_id(),
+            decided = rec.decided.len(),
+            "audit log open"
+        );
+        Ok(AuditLog {
+            inner: Arc::new(Inner {
+                log: cfg.log.clone(),
+                tx,
+                signer,
+                failure,
+                stats,
+                decided: rec.decided,
+                closed: AtomicBool::new(false),
+            }),
+        })
     }
+
     /// Appends one entry; resolves once it is durable under the configured fsync policy.
-    pub async fn append(&self, _event: AuditEvent) -> Result<Appended, AuditError> {
-        unimplemented!()
+    pub async fn append(&self, event: AuditEvent) -> Result<Appended, AuditError> {
+        self.health().map_err(AuditError::Unavailable)?;
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Append(Box::new(event), reply))
+            .map_err(|_| AuditError::Unavailable("audit log is closed".into()))?;
+        answer
+            .await
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
     }
+
     /// Signs a receipt for an appended entry.
-    pub fn receipt(&self, _appended: &Appended, _record_id: &str) -> Receipt {
-        unimplemented!()
+    pub fn receipt(&self, appended: &Appended, record_id: &str) -> Receipt {
+        Receipt {
+            audit_seq: appended.seq,
+            entry_hash: appended.hash.clone(),
+            record_id: record_id.to_string(),
+            signature: self
+                .inner
+                .signer
+                .sign_receipt(appended.seq, &appended.hash, record_id),
+            key_id: self.inner.signer.key_id().to_string(),
+        }
     }
+
     /// Record ids that already have a decision (allow or deny) in the log, read at open.
     pub fn decided_record_ids(&self) -> HashSet<String> {
-        unimplemented!()
+        self.inner.decided.clone()
     }
+
     /// `Err(reason)` once the log has failed; the gateway then refuses to forward.
     pub fn health(&self) -> Result<(), String> {
-        unimplemented!()
+        if let Some(reason) = self.inner.failure.lock().ok().and_then(|f| f.clone()) {
+            return Err(reason);
+        }
+        if self.inner.closed.load(Ordering::Acquire) {
+            return Err("audit log is closed".into());
+        }
+        Ok(())
     }
+
     /// Writes a final signed checkpoint and stops the writer.
     pub async fn close(&self) -> Result<(), AuditError> {
-        unimplemented!()
+        if self.inner.closed.swap(true, Ordering::AcqRel) {
+            return Ok(());
+        }
+        let (reply, answer) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Close(reply))
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
+        answer
+            .await
+            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
+    }
+
+    /// The public key auditors and senders check signatures with (PEM `PUBLIC KEY`).
+    pub fn public_key_pem(&self) -> String {
+        self.inner.signer.public_key().to_pem()
+    }
+
+    pub fn public_key(&self) -> AuditPublicKey {
+        self.inner.signer.public_key()
+    }
+
+    pub fn key_id(&self) -> &str {
+        self.inner.signer.key_id()
+    }
+
+    /// The active segment's path.
+    pub fn path(&self) -> &Path {
+        &self.inner.log
+    }
+
+    /// Counters and histograms for `/metrics`.
+    pub fn stats(&self) -> AuditStats {
+        let s = &self.inner.stats;
+        let cumulative = |bounds: &[f64], cells: &[std::sync::atomic::AtomicU64]| {
+            let mut acc = 0;
+            bounds
+                .iter()
+                .zip(cells)
+                .map(|(b, c)| {
+                    acc += c.load(Ordering::Relaxed);
+                    (*b, acc)
+                })
+                .collect::<Vec<_>>()
+        };
+        AuditStats {
+            entries: s.entries.load(Ordering::Relaxed),
+            checkpoints: s.checkpoints.load(Ordering::Relaxed),
+            batches: s.batches.load(Ordering::Relaxed),
+            batch_entries_sum: s.batch_entries_sum.load(Ordering::Relaxed),
+            batch_size_buckets: cumulative(&BATCH_BUCKETS, &s.batch_buckets),
+            fsyncs: s.fsyncs.load(Ordering::Relaxed),
+            fsync_seconds_sum: s.fsync_nanos_sum.load(Ordering::Relaxed) as f64 / 1e9,
+            fsync_seconds_buckets: cumulative(&FSYNC_BUCKETS, &s.fsync_buckets),
+            rotations: s.rotations.load(Ordering::Relaxed),
+            failed: self.inner.failure.lock().map(|f| f.is_some()).unwrap_or(true),
+        }
     }
 }
+
+/// Why a receipt does not hold.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ReceiptError {
+    #[error("receipt signed by key {receipt}, not by the given public key {given}")]
+    WrongKey { receipt: String, given: String },
+    #[error("bad receipt signature: the receipt was altered or not issued by this gateway")]
+    BadSignature,
+    #[error("the log has no entry seq {0}")]
+    NotInLog(u64),
+    #[error("the log's entry seq {seq} does not match the receipt: {what}")]
+    Mismatch { seq: u64, what: String },
+    #[error("cannot read the log: {0}")]
+    Log(String),
+}
+
+/// Checks a receipt's signature with the gateway's public key.
+pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), ReceiptError> {
+    if receipt.key_id != key.key_id() {
+        return Err(ReceiptError::WrongKey {
+            receipt: receipt.key_id.clone(),
+            given: key.key_id().to_string(),
+        });
+    }
+    if !key.verify_receipt(
+        receipt.audit_seq,
+        &receipt.entry_hash,
+        &receipt.record_id,
+        &receipt.signature,
+    ) {
+        return Err(ReceiptError::BadSignature);
+    }
+    Ok(())
+}
+
+/// Checks that the log holds the entry a receipt names (same hash, same record id). With a
+/// verified log this also proves the entry was not cut off.
+pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), ReceiptError> {
+    let ordered = chain::order_by_first_seq(paths).map_err(|p| ReceiptError::Log(p.to_string()))?;
+    let mut found = None;
+    for path in &ordered {
+        scan_file(path, |e, _, _| {
+            if e.seq == receipt.audit_seq {
+                found = Some(e);
+            }
+            Ok(())
+        })
+        .map_err(|e| ReceiptError::Log(e.to_string()))?;
+        if found.is_some() {
+            break;
+        }
+    }
+    let entry = found.ok_or(ReceiptError::NotInLog(receipt.audit_seq))?;
+    if entry.hash != receipt.entry_hash {
+        return Err(ReceiptError::Mismatch {
+            seq: entry.seq,
+            what: format!("hash {} in the log, {} in the receipt", entry.hash, receipt.entry_hash),
+        });
+    }
+    if entry.record_id.as_deref() != Some(receipt.record_id.as_str()) {
+        return Err(ReceiptError::Mismatch {
+            seq: entry.seq,
+            what: "different record id".into(),
+        });
+    }
+    Ok(())
+}
+

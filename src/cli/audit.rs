@@ -1,13 +1,437 @@
-//! `hetao-gateway audit ...`. INTERFACE STUB: to be implemented (see issue 4).
+//! `hetao-gateway audit ...`: verify, query, check receipts.
 
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+
+use anyhow::Context;
+use chrono::{DateTime, Utc};
+
+use crate::audit::{
+    find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
+    verify_logs, verify_receipt, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
+    QueryStats, Receipt, VerifyReport,
+};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AuditCommand {
-    /// Not built yet.
-    Verify {},
+    /// Check every hash, link, sequence and checkpoint signature, and that the tail is signed.
+    /// Exits 0 when intact, 1 naming the first bad sequence.
+    Verify(VerifyArgs),
+    /// Filter entries (all filters combine) or count them with --stats.
+    Query(QueryArgs),
+    /// Receipts given to senders.
+    #[command(subcommand)]
+    Receipt(ReceiptCommand),
+    /// Print the public key (PEM) of a signing key: what auditors and senders need.
+    PublicKey {
+        /// The audit signing key (PEM PKCS#8).
+        #[arg(long, value_name = "FILE")]
+        signing_key: PathBuf,
+    },
 }
 
-pub async fn run(_cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(clap::Args, Debug)]
+pub struct VerifyArgs {
+    /// Log segment files. The active log (`audit.jsonl`) brings its archived segments
+    /// (`audit.jsonl.000001`, ...) along; files may be given in any order.
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
+    /// The gateway's audit public key (PEM); without it signatures are not checked.
+    #[arg(long, value_name = "FILE")]
+    pub public_key: Option<PathBuf>,
+    /// Accept entries after the last checkpoint (a log that is still being written).
+    #[arg(long)]
+    pub allow_unsigned_tail: bool,
+    /// Print the report as JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum OutputFormat {
+    Table,
+    Json,
+    Csv,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct QueryArgs {
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
+    /// Entries at or after this time (RFC 3339, e.g. 2024-05-01T00:00:00Z).
+    #[arg(long, value_parser = parse_time)]
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time (RFC 3339).
+    #[arg(long, value_parser = parse_time)]
+    pub until: Option<DateTime<Utc>>,
+    /// Entry type: decision, outcome, checkpoint, recovery, segment_start.
+    #[arg(long = "type", value_parser = parse_entry_type)]
+    pub entry_type: Option<AuditEntryType>,
+    /// Record kind.
+    #[arg(long)]
+    pub kind: Option<String>,
+    /// Source park.
+    #[arg(long)]
+    pub from: Option<String>,
+    /// Destination park.
+    #[arg(long)]
+    pub to: Option<String>,
+    /// Sending organisation (certificate Subject O).
+    #[arg(long)]
+    pub org: Option<String>,
+    /// Decision (allow, deny, invalid, ...) or outcome (forwarded, upstream_failed).
+    #[arg(long)]
+    pub decision: Option<String>,
+    /// A matched rule id.
+    #[arg(long)]
+    pub rule: Option<String>,
+    #[arg(long)]
+    pub record_id: Option<String>,
+    #[arg(long, value_enum, default_value = "table")]
+    pub format: OutputFormat,
+    /// Counts by type, kind, route, decision, rule and organisation instead of entries.
+    #[arg(long)]
+    pub stats: bool,
+}
+
+#[derive(clap::Subcommand, Debug)]
+pub enum ReceiptCommand {
+    /// Check a receipt's signature (and with --log, that the log holds its entry).
+    /// Exits 0 when it holds, 1 when it does not.
+    Verify {
+        /// The receipt JSON, or a whole gateway answer containing a `receipt` member.
+        #[arg(value_name = "RECEIPT")]
+        receipt: PathBuf,
+        #[arg(long, value_name = "FILE")]
+        public_key: PathBuf,
+        /// Log segments to look the entry up in.
+        #[arg(long = "log", value_name = "LOG")]
+        logs: Vec<PathBuf>,
+    },
+}
+
+fn parse_time(s: &str) -> Result<DateTime<Utc>, String> {
+    DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .map_err(|e| format!("`{s}` is not an RFC 3339 time like 2024-05-01T00:00:00Z: {e}"))
+}
+
+fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
+    serde_json::from_value(serde_json::Value::String(s.to_string())).map_err(|_| {
+        format!("`{s}` is not one of decision, outcome, checkpoint, recovery, segment_start")
+    })
+}
+
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify(a) => verify(a),
+        AuditCommand::Query(a) => query(a),
+        AuditCommand::Receipt(ReceiptCommand::Verify {
+            receipt,
+            public_key,
+            logs,
+        }) => receipt_verify(&receipt, &public_key, &logs),
+        AuditCommand::PublicKey { signing_key } => {
+            print!("{}", public_key_pem_from_signing_key_file(&signing_key)?);
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// The active log brings its archived segments; explicit paths are kept; duplicates dropped.
+pub fn expand_segments(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for path in paths {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let is_archive = name
+            .rsplit_once('.')
+            .is_some_and(|(_, n)| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()));
+        let group = if is_archive || name.contains(".torn-") {
+            vec![path.clone()]
+        } else {
+            let mut g: Vec<PathBuf> = segment_paths(path)
+                .with_context(|| format!("cannot list the segments of {}", path.display()))?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            if g.is_empty() {
+                g.push(path.clone());
+            }
+            g
+        };
+        for p in group {
+            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if seen.insert(key) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+    let key = a
+        .public_key
+        .as_deref()
+        .map(AuditPublicKey::from_pem_file)
+        .transpose()?;
+    let files = expand_segments(&a.logs)?;
+    let report = verify_logs(&files, key.as_ref());
+    let intact = report.is_intact(a.allow_unsigned_tail);
+    if a.json {
+        let mut v = serde_json::to_value(&report)?;
+        v["intact"] = intact.into();
+        v["tail_problem"] = report.tail_problem().into();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+    } else {
+        print_verify(&report, key.as_ref(), a.allow_unsigned_tail);
+    }
+    Ok(if intact {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn print_verify(r: &VerifyReport, key: Option<&AuditPublicKey>, allow_unsigned_tail: bool) {
+    println!("files (chain order):");
+    for f in &r.files {
+        println!("  {}", f.display());
+    }
+    match (r.first_seq, r.last_seq) {
+        (Some(first), Some(last)) => println!(
+            "entries: {} (seq {first}..={last}), head {}",
+            r.entries,
+            r.head_hash.as_deref().unwrap_or("-")
+        ),
+        _ => println!("entries: 0"),
+    }
+    match key {
+        Some(k) => println!(
+            "checkpoints: {}, signatures verified: {} with key {}",
+            r.checkpoints,
+            r.signatures_verified,
+            k.key_id()
+        ),
+        None => println!(
+            "checkpoints: {} (signed by key {}); signatures NOT checked: give --public-key to check them (without it, anyone able to recompute SHA-256 could have rewritten the log)",
+            r.checkpoints,
+            if r.key_ids.is_empty() { "-".to_string() } else { r.key_ids.join(", ") }
+        ),
+    }
+    for n in &r.notes {
+        println!("note: {n}");
+    }
+    if let Some(p) = &r.problem {
+        println!("FAILED: {p}");
+        return;
+    }
+    match r.tail_problem() {
+        Some(t) if allow_unsigned_tail => println!("warning: {t}"),
+        Some(t) => {
+            println!("FAILED: {t} (use --allow-unsigned-tail for a live log)");
+            return;
+        }
+        None => {}
+    }
+    println!("OK: the log is intact");
+}
+
+fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
+    let files = expand_segments(&a.logs)?;
+    let filter = QueryFilter {
+        since: a.since,
+        until: a.until,
+        entry_type: a.entry_type,
+        kind: a.kind,
+        from: a.from,
+        to: a.to,
+        org: a.org,
+        decision: a.decision,
+        rule: a.rule,
+        record_id: a.record_id,
+    };
+    let entries = query_logs(&files, &filter)?;
+    let out = if a.stats {
+        render_stats(&QueryStats::of(&entries), a.format)?
+    } else {
+        render_entries(&entries, a.format)?
+    };
+    print!("{out}");
+    Ok(ExitCode::SUCCESS)
+}
+
+const COLUMNS: [&str; 13] = [
+    "seq",
+    "time",
+    "type",
+    "record_id",
+    "kind",
+    "from",
+    "to",
+    "organisation",
+    "decision",
+    "status",
+    "error",
+    "rules",
+    "hash",
+];
+
+fn row(e: &AuditEntry) -> [String; 13] {
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    [
+        e.seq.to_string(),
+        e.time.clone(),
+        e.entry_type.as_str().to_string(),
+        s(&e.record_id),
+        s(&e.kind),
+        s(&e.from),
+        s(&e.to),
+        e.sender
+            .as_ref()
+            .map(|x| x.organisation.clone())
+            .unwrap_or_default(),
+        s(&e.decision),
+        e.status.map(|x| x.to_string()).unwrap_or_default(),
+        s(&e.error),
+        e.rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(";"),
+        e.hash.clone(),
+    ]
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Entries as a table, a JSON array (with hashes) or CSV.
+pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::Result<String> {
+    Ok(match format {
+        OutputFormat::Json => {
+            let v: Vec<_> = entries.iter().map(AuditEntry::to_json_with_hash).collect();
+            format!("{}\n", serde_json::to_string_pretty(&v)?)
+        }
+        OutputFormat::Csv => {
+            let mut out = COLUMNS.join(",") + "\n";
+            for e in entries {
+                let r = row(e);
+                out += &r.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
+                out.push('\n');
+            }
+            out
+        }
+        OutputFormat::Table => {
+            // The hash is long and in the json/csv output; the table stays readable.
+            let shown = COLUMNS.len() - 1;
+            let rows: Vec<[String; 13]> = entries.iter().map(row).collect();
+            let mut widths: Vec<usize> = COLUMNS[..shown].iter().map(|c| c.len()).collect();
+            for r in &rows {
+                for (w, f) in widths.iter_mut().zip(r.iter()) {
+                    *w = (*w).max(f.chars().count());
+                }
+            }
+            let line = |cells: Vec<&str>| {
+                cells
+                    .iter()
+                    .zip(&widths)
+                    .map(|(c, w)| format!("{c:<w$}"))
+                    .collect::<Vec<_>>()
+                    .join("  ")
+                    .trim_end()
+                    .to_string()
+                    + "\n"
+            };
+            let mut out = line(COLUMNS[..shown].to_vec());
+            for r in &rows {
+                out += &line(r[..shown].iter().map(String::as_str).collect());
+            }
+            out += &format!("({} entries)\n", rows.len());
+            out
+        }
+    })
+}
+
+fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> {
+    let groups = [
+        ("type", &s.by_type),
+        ("kind", &s.by_kind),
+        ("route", &s.by_route),
+        ("decision", &s.by_decision),
+        ("rule", &s.by_rule),
+        ("organisation", &s.by_organisation),
+    ];
+    Ok(match format {
+        OutputFormat::Json => format!("{}\n", serde_json::to_string_pretty(s)?),
+        OutputFormat::Csv => {
+            let mut out = String::from("group,value,count\n");
+            for (g, m) in groups {
+                for (k, n) in m {
+                    out += &format!("{g},{},{n}\n", csv_field(k));
+                }
+            }
+            out
+        }
+        OutputFormat::Table => {
+            let mut out = format!("entries: {}\n", s.entries);
+            for (g, m) in groups {
+                if m.is_empty() {
+                    continue;
+                }
+                out += &format!("\nby {g}:\n");
+                let w = m.keys().map(|k| k.chars().count()).max().unwrap_or(0);
+                for (k, n) in m {
+                    out += &format!("  {k:<w$}  {n}\n");
+                }
+            }
+            out
+        }
+    })
+}
+
+/// A receipt file: the receipt itself or a whole gateway answer with a `receipt` member.
+pub fn read_receipt(path: &Path) -> anyhow::Result<Receipt> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read receipt {}", path.display()))?;
+    let mut v: serde_json::Value = serde_json::from_str(&text)
+        .with_context(|| format!("receipt {} is not JSON", path.display()))?;
+    if let Some(inner) = v.get_mut("receipt") {
+        v = inner.take();
+    }
+    serde_json::from_value(v).with_context(|| {
+        format!(
+            "receipt {}: expected audit_seq, entry_hash, record_id, signature, key_id",
+            path.display()
+        )
+    })
+}
+
+fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
+    let receipt = read_receipt(path)?;
+    let key = AuditPublicKey::from_pem_file(public_key)?;
+    if let Err(e) = verify_receipt(&receipt, &key) {
+        println!("INVALID: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    println!(
+        "signature OK: record {} was logged as seq {} with hash {} (key {})",
+        receipt.record_id, receipt.audit_seq, receipt.entry_hash, receipt.key_id
+    );
+    if !logs.is_empty() {
+        let files = expand_segments(logs)?;
+        if let Err(e) = find_receipt_entry(&receipt, &files) {
+            println!("INVALID: {e}");
+            return Ok(ExitCode::from(1));
+        }
+        println!("the log holds the entry");
+    }
+    Ok(ExitCode::SUCCESS)
 }

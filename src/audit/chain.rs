@@ -1,0 +1,495 @@
+//! Reading the chain back: segment files, line scanning, the link checks shared by recovery at
+//! open and by `audit verify`.
+
+use std::collections::BTreeSet;
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+
+use serde::Serialize;
+
+use super::entry::{open_line, AuditEntry, AuditEntryType, LineError, ZERO_HASH};
+use super::keys::AuditPublicKey;
+
+/// Width of the number in an archived segment's name: `audit.jsonl.000001` sorts by name.
+pub const SEGMENT_DIGITS: usize = 6;
+
+/// The archived segment `n` of the log at `log`.
+pub fn archive_path(log: &Path, n: u64) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(format!(".{n:0width$}", width = SEGMENT_DIGITS));
+    log.with_file_name(name)
+}
+
+/// Archived segments of `log` (`<log>.000001`, ...) in chain order with their numbers, followed
+/// by the active segment `log` itself when it exists.
+pub fn segment_paths(log: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>> {
+    let dir = match log.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    let base = log.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let mut archives = Vec::new();
+    match std::fs::read_dir(&dir) {
+        Ok(rd) => {
+            for item in rd {
+                let item = item?;
+                let name = item.file_name().to_string_lossy().into_owned();
+                let Some(rest) = name.strip_prefix(&base).and_then(|r| r.strip_prefix('.')) else {
+                    continue;
+                };
+                if rest.len() >= SEGMENT_DIGITS && rest.bytes().all(|b| b.is_ascii_digit()) {
+                    if let Ok(n) = rest.parse::<u64>() {
+                        archives.push((Some(n), item.path()));
+                    }
+                }
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(e),
+    }
+    archives.sort();
+    if log.exists() {
+        archives.push((None, log.to_path_buf()));
+    }
+    Ok(archives)
+}
+
+/// A line that could not be used.
+#[derive(Debug, Clone)]
+pub struct BadLine {
+    /// 1-based line number in its file.
+    pub line: u64,
+    /// Byte offset where the line starts.
+    pub offset: u64,
+    /// The sequence the line claims, if it could be read.
+    pub seq: Option<u64>,
+    /// The line has no trailing newline (the typical torn write).
+    pub unterminated: bool,
+    pub error: LineError,
+}
+
+/// Reads `path` line by line, calling `on_entry(entry, line_no, offset)` for every valid line.
+/// Stops at the first bad line and returns it; `Ok(None)` when every line was good. The caller
+/// decides whether a bad line is a torn tail (it is the last one) or corruption.
+pub fn scan_file(
+    path: &Path,
+    mut on_entry: impl FnMut(AuditEntry, u64, u64) -> Result<(), String>,
+) -> Result<ScanEnd, ScanError> {
+    let file = File::open(path).map_err(|e| ScanError::Io {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut reader = BufReader::with_capacity(1 << 16, file);
+    let mut buf = Vec::with_capacity(1024);
+    let mut offset = 0u64;
+    let mut line_no = 0u64;
+    loop {
+        buf.clear();
+        let n = reader.read_until(b'\n', &mut buf).map_err(|e| ScanError::Io {
+            path: path.to_path_buf(),
+            message: e.to_string(),
+        })?;
+        if n == 0 {
+            return Ok(ScanEnd {
+                bad: None,
+                len: offset,
+            });
+        }
+        line_no += 1;
+        let unterminated = buf.last() != Some(&b'\n');
+        let content = if unterminated {
+            &buf[..]
+        } else {
+            &buf[..buf.len() - 1]
+        };
+        let parsed = if unterminated {
+            // A line without its newline was never completely written, whatever it contains.
+            Err((
+                LineError::Json("incomplete line: no trailing newline".into()),
+                open_line(content).ok().map(|e| e.seq),
+            ))
+        } else {
+            open_line(content)
+        };
+        match parsed {
+            Ok(entry) => {
+                on_entry(entry, line_no, offset).map_err(|message| ScanError::Chain {
+                    path: path.to_path_buf(),
+                    line: line_no,
+                    message,
+                })?;
+            }
+            Err((error, seq)) => {
+                let bad = BadLine {
+                    line: line_no,
+                    offset,
+                    seq,
+                    unterminated,
+                    error,
+                };
+                // Is anything after it? Only a bad *last* line can be a torn write.
+                let mut rest = Vec::new();
+                let more = reader.read_until(b'\n', &mut rest).map_err(|e| ScanError::Io {
+                    path: path.to_path_buf(),
+                    message: e.to_string(),
+                })?;
+                return Ok(ScanEnd {
+                    bad: Some((bad, more == 0)),
+                    len: offset + n as u64 + more as u64,
+                });
+            }
+        }
+        offset += n as u64;
+    }
+}
+
+/// How a scan ended.
+#[derive(Debug)]
+pub struct ScanEnd {
+    /// The first bad line, and whether it was the last line of the file.
+    pub bad: Option<(BadLine, bool)>,
+    /// Bytes read (the file length when there was no bad line).
+    pub len: u64,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ScanError {
+    #[error("{path}: {message}")]
+    Io { path: PathBuf, message: String },
+    #[error("{path} line {line}: {message}")]
+    Chain {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+}
+
+/// Link checks over entries in chain order, across segment files.
+#[derive(Debug, Default)]
+pub struct ChainChecker {
+    last: Option<(u64, String)>,
+    /// Entries since the last checkpoint.
+    pub unsigned: u64,
+    pub last_checkpoint: Option<u64>,
+    /// The last entry is a checkpoint written at clean shutdown.
+    pub closed: bool,
+    pub entries: u64,
+    pub checkpoints: u64,
+    pub signatures_checked: u64,
+    pub first_seq: Option<u64>,
+    pub key_ids: BTreeSet<String>,
+    pub notes: Vec<String>,
+}
+
+impl ChainChecker {
+    /// Sequence and hash of the last accepted entry.
+    pub fn head(&self) -> Option<(u64, &str)> {
+        self.last.as_ref().map(|(s, h)| (*s, h.as_str()))
+    }
+
+    /// Checks `e` against the chain so far; `first_in_file` marks the first line of a segment.
+    pub fn check(
+        &mut self,
+        e: &AuditEntry,
+        first_in_file: bool,
+        key: Option<&AuditPublicKey>,
+    ) -> Result<(), String> {
+        match &self.last {
+            None => {
+                if e.seq == 0 {
+                    if e.prev_hash != ZERO_HASH {
+                        return Err("seq 0: the first entry must have the all-zero prev_hash".into());
+                    }
+                } else if e.entry_type == AuditEntryType::SegmentStart {
+                    self.notes.push(format!(
+                        "the chain given starts at seq {} (segment {}): the link to earlier segments was not checked",
+                        e.seq,
+                        e.segment.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
+                    ));
+                } else {
+                    return Err(format!(
+                        "seq {}: the log starts in the middle of a segment: earlier entries are missing",
+                        e.seq
+                    ));
+                }
+            }
+            Some((last_seq, last_hash)) => {
+                let expected = last_seq + 1;
+                if e.seq == *last_seq {
+                    return Err(format!("seq {}: duplicate sequence", e.seq));
+                }
+                if e.seq < expected {
+                    return Err(format!(
+                        "seq {}: out of order (follows seq {last_seq}): entries were reordered",
+                        e.seq
+                    ));
+                }
+                if e.seq > expected {
+                    return Err(format!(
+                        "seq {expected}: missing (next entry is seq {}): entries were removed",
+                        e.seq
+                    ));
+                }
+                if &e.prev_hash != last_hash {
+                    return Err(format!(
+                        "seq {}: broken link: prev_hash does not match the hash of seq {last_seq} (an entry was removed, reordered or replaced)",
+                        e.seq
+                    ));
+                }
+            }
+        }
+        if first_in_file && e.entry_type != AuditEntryType::SegmentStart {
+            return Err(format!(
+                "seq {}: a segment file must begin with a segment_start entry (its head was cut off)",
+                e.seq
+            ));
+        }
+        if e.entry_type == AuditEntryType::Checkpoint {
+            self.check_checkpoint(e, key)?;
+            self.unsigned = 0;
+            self.last_checkpoint = Some(e.seq);
+            self.closed = e.final_checkpoint;
+            self.checkpoints += 1;
+        } else {
+            self.unsigned += 1;
+            self.closed = false;
+        }
+        if self.first_seq.is_none() {
+            self.first_seq = Some(e.seq);
+        }
+        self.entries += 1;
+        self.last = Some((e.seq, e.hash.clone()));
+        Ok(())
+    }
+
+    fn check_checkpoint(&mut self, e: &AuditEntry, key: Option<&AuditPublicKey>) -> Result<(), String> {
+        let seq = e.seq;
+        let (Some(covers), Some(head), Some(key_id), Some(sig)) =
+            (e.covers_seq, &e.chain_head, &e.key_id, &e.signature)
+        else {
+            return Err(format!(
+                "seq {seq}: checkpoint lacks covers_seq, chain_head, key_id or signature"
+            ));
+        };
+        if Some(covers) != seq.checked_sub(1) || head != &e.prev_hash {
+            return Err(format!(
+                "seq {seq}: checkpoint does not cover the entry right before it"
+            ));
+        }
+        self.key_ids.insert(key_id.clone());
+        if let Some(key) = key {
+            if key.key_id() != key_id {
+                return Err(format!(
+                    "seq {seq}: checkpoint signed by key {key_id}, not by the given public key {}",
+                    key.key_id()
+                ));
+            }
+            if !key.verify_checkpoint(covers, head, sig) {
+                return Err(format!("seq {seq}: bad checkpoint signature"));
+            }
+            self.signatures_checked += 1;
+        }
+        Ok(())
+    }
+}
+
+/// The first problem found by [`verify_logs`].
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyProblem {
+    /// The first bad sequence, when it is known.
+    pub seq: Option<u64>,
+    pub file: PathBuf,
+    pub line: Option<u64>,
+    pub message: String,
+}
+
+impl std::fmt::Display for VerifyProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if let Some(seq) = self.seq {
+            write!(f, "first bad entry: seq {seq}: ")?;
+        }
+        write!(f, "{}", self.file.display())?;
+        if let Some(line) = self.line {
+            write!(f, " line {line}")?;
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+/// What [`verify_logs`] found.
+#[derive(Debug, Clone, Serialize)]
+pub struct VerifyReport {
+    /// The files in chain order.
+    pub files: Vec<PathBuf>,
+    pub entries: u64,
+    pub first_seq: Option<u64>,
+    pub last_seq: Option<u64>,
+    pub head_hash: Option<String>,
+    pub checkpoints: u64,
+    /// False when no public key was given: hashes and links were checked, signatures were not.
+    pub signatures_checked: bool,
+    pub signatures_verified: u64,
+    pub last_checkpoint_seq: Option<u64>,
+    /// Entries after the last checkpoint: not yet sealed by a signature.
+    pub unsigned_tail: u64,
+    /// The log ends with the checkpoint written at clean shutdown.
+    pub closed: bool,
+    pub key_ids: Vec<String>,
+    pub notes: Vec<String>,
+    /// The first hash, link, sequence or signature problem.
+    pub problem: Option<VerifyProblem>,
+}
+
+impl VerifyReport {
+    /// Why the tail is not sealed, if it is not: entries after the last checkpoint, or a log that
+    /// does not end with the closing checkpoint (what a cut exactly at a checkpoint leaves).
+    pub fn tail_problem(&self) -> Option<String> {
+        if self.unsigned_tail > 0 {
+            return Some(match self.last_checkpoint_seq {
+                Some(cp) => format!(
+                    "{} entries after the last checkpoint (seq {cp}) are not covered by a signature: the tail was cut or the log is still being written",
+                    self.unsigned_tail
+                ),
+                None => format!(
+                    "no checkpoint at all: none of the {} entries is covered by a signature",
+                    self.unsigned_tail
+                ),
+            });
+        }
+        if !self.closed && self.entries > 0 {
+            return Some(format!(
+                "the log ends with a periodic checkpoint (seq {}), not the one written at shutdown: the tail was cut at a checkpoint or the gateway is still running",
+                self.last_seq.unwrap_or_default()
+            ));
+        }
+        None
+    }
+
+    /// Intact: no problem and, unless `allow_unsigned_tail` (a live log), a sealed tail.
+    pub fn is_intact(&self, allow_unsigned_tail: bool) -> bool {
+        self.problem.is_none() && (allow_unsigned_tail || self.tail_problem().is_none())
+    }
+}
+
+/// Checks every hash, link, sequence and (with `public_key`) checkpoint signature of the segment
+/// files `paths`, given in any order: they are put in chain order by their first sequence.
+pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> VerifyReport {
+    let mut report = VerifyReport {
+        files: Vec::new(),
+        entries: 0,
+        first_seq: None,
+        last_seq: None,
+        head_hash: None,
+        checkpoints: 0,
+        signatures_checked: public_key.is_some(),
+        signatures_verified: 0,
+        last_checkpoint_seq: None,
+        unsigned_tail: 0,
+        closed: false,
+        key_ids: Vec::new(),
+        notes: Vec::new(),
+        problem: None,
+    };
+    let ordered = match order_by_first_seq(paths) {
+        Ok(o) => o,
+        Err(problem) => {
+            report.problem = Some(problem);
+            return report;
+        }
+    };
+    report.files = ordered.clone();
+    let mut checker = ChainChecker::default();
+    let n_files = ordered.len();
+    for (i, path) in ordered.iter().enumerate() {
+        let mut first = true;
+        let result = scan_file(path, |entry, _line, _offset| {
+            let r = checker.check(&entry, first, public_key);
+            first = false;
+            r
+        });
+        let problem = match result {
+            Ok(ScanEnd { bad: None, .. }) => None,
+            Ok(ScanEnd {
+                bad: Some((bad, is_last)),
+                ..
+            }) => {
+                let torn = is_last && i + 1 == n_files && bad.unterminated;
+                let what = if torn {
+                    format!("incomplete last line (torn write): {}", bad.error)
+                } else {
+                    bad.error.to_string()
+                };
+                Some(VerifyProblem {
+                    seq: bad
+                        .seq
+                        .or_else(|| checker.head().map(|(s, _)| s + 1))
+                        .or(Some(0)),
+                    file: path.clone(),
+                    line: Some(bad.line),
+                    message: what,
+                })
+            }
+            Err(ScanError::Io { path, message }) => Some(VerifyProblem {
+                seq: None,
+                file: path,
+                line: None,
+                message,
+            }),
+            Err(ScanError::Chain {
+                path,
+                line,
+                message,
+            }) => Some(VerifyProblem {
+                seq: parse_seq_prefix(&message).or_else(|| checker.head().map(|(s, _)| s + 1)),
+                file: path,
+                line: Some(line),
+                message,
+            }),
+        };
+        if problem.is_some() {
+            report.problem = problem;
+            break;
+        }
+    }
+    report.entries = checker.entries;
+    report.first_seq = checker.first_seq;
+    report.last_seq = checker.head().map(|(s, _)| s);
+    report.head_hash = checker.head().map(|(_, h)| h.to_string());
+    report.checkpoints = checker.checkpoints;
+    report.signatures_verified = checker.signatures_checked;
+    report.last_checkpoint_seq = checker.last_checkpoint;
+    report.unsigned_tail = checker.unsigned;
+    report.closed = checker.closed;
+    report.key_ids = checker.key_ids.into_iter().collect();
+    report.notes = checker.notes;
+    report
+}
+
+/// `"seq 12: ..."` -> 12 (the checker names the bad sequence first).
+fn parse_seq_prefix(message: &str) -> Option<u64> {
+    let rest = message.strip_prefix("seq ")?;
+    let end = rest.find(|c: char| !c.is_ascii_digit())?;
+    rest[..end].parse().ok()
+}
+
+/// Puts segment files in chain order by the sequence of their first line. A file whose first line
+/// is unreadable sorts where it was given (its problem is then reported by the scan).
+pub fn order_by_first_seq(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyProblem> {
+    let mut keyed = Vec::with_capacity(paths.len());
+    for (i, path) in paths.iter().enumerate() {
+        let file = File::open(path).map_err(|e| VerifyProblem {
+            seq: None,
+            file: path.clone(),
+            line: None,
+            message: format!("cannot open: {e}"),
+        })?;
+        let mut first = Vec::new();
+        let _ = BufReader::new(file).read_until(b'\n', &mut first);
+        let content = first.strip_suffix(b"\n").unwrap_or(&first);
+        let seq = open_line(content).map(|e| e.seq).unwrap_or(u64::MAX);
+        keyed.push((seq, i, path.clone()));
+    }
+    keyed.sort();
+    Ok(keyed.into_iter().map(|(_, _, p)| p).collect())
+}

@@ -1,0 +1,281 @@
+//! One line of the log: the entry, how its hash is computed over its exact bytes, and how a line is
+//! read back and checked.
+//!
+//! A line is the entry serialised by serde_json from [`AuditEntry`] (fixed field order, `hash`
+//! left out, `prev_hash` last), with its final `}` replaced by `,"hash":"<hex>"}` and a newline.
+//! `hash = SHA-256(the bytes without the hash member)`. A reader strips the trailing hash member
+//! and re-hashes the exact bytes, so no JSON canonicalisation is ever needed.
+
+use ring::digest;
+use serde::{Deserialize, Serialize};
+
+use super::RuleRef;
+use crate::tls::identity::ClientIdentity;
+
+/// `prev_hash` of the very first entry of a log.
+pub const ZERO_HASH: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// `,"hash":"` + 64 hex + `"}`: the fixed-size tail of every line (without the newline).
+const HASH_MEMBER_PREFIX: &[u8] = b",\"hash\":\"";
+const HASH_TAIL_LEN: usize = HASH_MEMBER_PREFIX.len() + 64 + 2;
+
+/// What a line of the chain is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AuditEntryType {
+    /// The gateway's decision on a record, durable before anything is forwarded.
+    Decision,
+    /// What happened upstream to a forwarded record; `refers_to` names its decision entry.
+    Outcome,
+    /// An Ed25519 signature over the chain head: everything up to `covers_seq` is sealed.
+    Checkpoint,
+    /// A torn last line (crash mid-write) was set aside at start; the chain continues here.
+    Recovery,
+    /// First entry of every segment file; links to the previous segment's head.
+    SegmentStart,
+}
+
+impl AuditEntryType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            AuditEntryType::Decision => "decision",
+            AuditEntryType::Outcome => "outcome",
+            AuditEntryType::Checkpoint => "checkpoint",
+            AuditEntryType::Recovery => "recovery",
+            AuditEntryType::SegmentStart => "segment_start",
+        }
+    }
+}
+
+/// One entry of the chain. Field order here is the order on disk and must never change: the hash
+/// of every existing entry depends on it. Absent facts are left out of the line, not written as
+/// `null`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AuditEntry {
+    pub seq: u64,
+    /// RFC 3339, UTC, microseconds: when the writer put the entry in the chain.
+    pub time: String,
+    #[serde(rename = "type")]
+    pub entry_type: AuditEntryType,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub from: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<ClientIdentity>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub body_sha256: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub status: Option<u16>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<RuleRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_version: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub schema_hash: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub obligations: Vec<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub refers_to: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latency_us: Option<u64>,
+    // --- checkpoint ---
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub covers_seq: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chain_head: Option<String>,
+    /// Checkpoints: the signing key's id. Segment starts: the key that will sign this segment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signature: Option<String>,
+    /// A checkpoint written by a clean shutdown.
+    #[serde(default, rename = "final", skip_serializing_if = "is_false")]
+    pub final_checkpoint: bool,
+    // --- segment_start ---
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub segment: Option<u64>,
+    // --- recovery ---
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub torn_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub side_file: Option<String>,
+    pub prev_hash: String,
+    /// Not part of the hashed bytes: appended to the line by [`seal`].
+    #[serde(default, skip_serializing)]
+    pub hash: String,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
+}
+
+impl AuditEntry {
+    /// An entry with only the chain fields set; callers fill in the rest.
+    pub fn new(seq: u64, time: String, entry_type: AuditEntryType, prev_hash: String) -> Self {
+        AuditEntry {
+            seq,
+            time,
+            entry_type,
+            record_id: None,
+            kind: None,
+            from: None,
+            to: None,
+            sender: None,
+            body_sha256: None,
+            decision: None,
+            status: None,
+            error: None,
+            rules: Vec::new(),
+            policy_version: None,
+            policy_hash: None,
+            schema_hash: None,
+            obligations: Vec::new(),
+            refers_to: None,
+            latency_us: None,
+            covers_seq: None,
+            chain_head: None,
+            key_id: None,
+            signature: None,
+            final_checkpoint: false,
+            segment: None,
+            torn_bytes: None,
+            side_file: None,
+            prev_hash,
+            hash: String::new(),
+        }
+    }
+
+    /// The entry as JSON including its `hash` (for query output).
+    pub fn to_json_with_hash(&self) -> serde_json::Value {
+        let mut v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        if let serde_json::Value::Object(map) = &mut v {
+            map.insert("hash".into(), serde_json::Value::String(self.hash.clone()));
+        }
+        v
+    }
+}
+
+/// Serialises `entry`, computes its hash (stored into `entry.hash`) and returns the full line with
+/// its trailing newline.
+pub fn seal(entry: &mut AuditEntry) -> Result<Vec<u8>, serde_json::Error> {
+    let mut bytes = serde_json::to_vec(&*entry)?;
+    let hash = hex::encode(digest::digest(&digest::SHA256, &bytes));
+    // serde_json always ends an object with `}`; replace it with the hash member.
+    bytes.pop();
+    bytes.extend_from_slice(HASH_MEMBER_PREFIX);
+    bytes.extend_from_slice(hash.as_bytes());
+    bytes.extend_from_slice(b"\"}\n");
+    entry.hash = hash;
+    Ok(bytes)
+}
+
+/// Why a line is not a valid entry.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LineError {
+    #[error("not an audit entry: the line does not end with a `\"hash\"` member")]
+    NoHashMember,
+    #[error("hash mismatch: the entry says {stored} but its bytes hash to {computed} (the entry was altered)")]
+    HashMismatch { stored: String, computed: String },
+    #[error("not a valid audit entry: {0}")]
+    Json(String),
+}
+
+/// Reads one line (without its newline), checks its hash over the exact bytes and parses it.
+/// On a hash mismatch the parsed sequence (if any) is returned alongside, for error messages.
+pub fn open_line(line: &[u8]) -> Result<AuditEntry, (LineError, Option<u64>)> {
+    let n = line.len();
+    if n < HASH_TAIL_LEN + 2
+        || &line[n - HASH_TAIL_LEN..n - 66] != HASH_MEMBER_PREFIX
+        || &line[n - 2..] != b"\"}"
+    {
+        return Err((LineError::NoHashMember, None));
+    }
+    let stored = &line[n - 66..n - 2];
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(&line[..n - HASH_TAIL_LEN]);
+    ctx.update(b"}");
+    let computed = hex::encode(ctx.finish());
+    let parsed: Result<AuditEntry, _> = serde_json::from_slice(line);
+    if computed.as_bytes() != stored {
+        let seq = parsed.as_ref().ok().map(|e| e.seq);
+        return Err((
+            LineError::HashMismatch {
+                stored: String::from_utf8_lossy(stored).into_owned(),
+                computed,
+            },
+            seq,
+        ));
+    }
+    match parsed {
+        // The hash member is the last one, but a forged line could smuggle an earlier `hash` key:
+        // only accept the entry if the parsed hash is the one that was checked.
+        Ok(entry) if entry.hash == computed => Ok(entry),
+        Ok(entry) => Err((
+            LineError::Json("duplicate `hash` member".into()),
+            Some(entry.seq),
+        )),
+        Err(e) => Err((LineError::Json(e.to_string()), None)),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sealed_line_reopens_to_the_same_entry() {
+        let mut e = AuditEntry::new(
+            7,
+            "2024-05-01T10:00:00.000000Z".into(),
+            AuditEntryType::Decision,
+            ZERO_HASH.into(),
+        );
+        e.record_id = Some("r-1".into());
+        e.decision = Some("allow".into());
+        let line = seal(&mut e).unwrap();
+        assert!(line.ends_with(b"\"}\n"));
+        let back = open_line(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, e);
+        assert_eq!(e.hash.len(), 64);
+    }
+
+    #[test]
+    fn hash_covers_the_bytes_without_the_hash_member() {
+        let mut e = AuditEntry::new(
+            0,
+            "t".into(),
+            AuditEntryType::SegmentStart,
+            ZERO_HASH.into(),
+        );
+        let line = seal(&mut e).unwrap();
+        let without = serde_json::to_vec(&e).unwrap();
+        assert_eq!(
+            e.hash,
+            hex::encode(digest::digest(&digest::SHA256, &without))
+        );
+        let text = String::from_utf8(line).unwrap();
+        assert!(text.starts_with("{\"seq\":0,\"time\":\"t\",\"type\":\"segment_start\""));
+    }
+
+    #[test]
+    fn altered_line_is_a_hash_mismatch_naming_its_seq() {
+        let mut e = AuditEntry::new(3, "t".into(), AuditEntryType::Decision, ZERO_HASH.into());
+        e.decision = Some("deny".into());
+        let line = seal(&mut e).unwrap();
+        let text = String::from_utf8(line).unwrap().replace("deny", "allo");
+        let err = open_line(text.trim_end().as_bytes()).unwrap_err();
+        assert!(matches!(err.0, LineError::HashMismatch { .. }));
+        assert_eq!(err.1, Some(3));
+    }
+}

@@ -1,0 +1,154 @@
+//! An auditor's questions: filter entries, count them.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+use super::chain::{order_by_first_seq, scan_file, ScanEnd};
+use super::entry::{AuditEntry, AuditEntryType};
+
+/// Every set field must match (AND). Text fields match exactly.
+#[derive(Debug, Clone, Default)]
+pub struct QueryFilter {
+    /// Entries at or after this time.
+    pub since: Option<DateTime<Utc>>,
+    /// Entries before this time.
+    pub until: Option<DateTime<Utc>>,
+    pub entry_type: Option<AuditEntryType>,
+    /// Record kind.
+    pub kind: Option<String>,
+    /// Source park.
+    pub from: Option<String>,
+    /// Destination park.
+    pub to: Option<String>,
+    /// Sender organisation (certificate Subject O).
+    pub org: Option<String>,
+    pub decision: Option<String>,
+    /// A matched rule id.
+    pub rule: Option<String>,
+    pub record_id: Option<String>,
+}
+
+impl QueryFilter {
+    pub fn matches(&self, e: &AuditEntry) -> bool {
+        let eq = |want: &Option<String>, have: Option<&str>| match want {
+            None => true,
+            Some(w) => have == Some(w.as_str()),
+        };
+        if self.since.is_some() || self.until.is_some() {
+            let Ok(t) = DateTime::parse_from_rfc3339(&e.time) else {
+                return false;
+            };
+            let t = t.with_timezone(&Utc);
+            if self.since.is_some_and(|s| t < s) || self.until.is_some_and(|u| t >= u) {
+                return false;
+            }
+        }
+        self.entry_type.map_or(true, |ty| ty == e.entry_type)
+            && eq(&self.kind, e.kind.as_deref())
+            && eq(&self.from, e.from.as_deref())
+            && eq(&self.to, e.to.as_deref())
+            && eq(
+                &self.org,
+                e.sender.as_ref().map(|s| s.organisation.as_str()),
+            )
+            && eq(&self.decision, e.decision.as_deref())
+            && eq(&self.record_id, e.record_id.as_deref())
+            && self
+                .rule
+                .as_ref()
+                .map_or(true, |r| e.rules.iter().any(|x| &x.id == r))
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum QueryError {
+    #[error("{0}")]
+    Read(String),
+    #[error("{path} line {line}: {message} (run `hetao-gateway audit verify`)")]
+    BadLine {
+        path: PathBuf,
+        line: u64,
+        message: String,
+    },
+}
+
+/// The entries of the segment files `paths` (any order) that match `filter`, in chain order. A
+/// torn last line of the last file (a live log mid-write) is skipped; any other bad line is an
+/// error. Queries do not check links or signatures: that is `audit verify`'s job.
+pub fn query_logs(paths: &[PathBuf], filter: &QueryFilter) -> Result<Vec<AuditEntry>, QueryError> {
+    let ordered = order_by_first_seq(paths).map_err(|p| QueryError::Read(p.to_string()))?;
+    let mut out = Vec::new();
+    let n = ordered.len();
+    for (i, path) in ordered.iter().enumerate() {
+        let end = scan_file(path, |e, _, _| {
+            if filter.matches(&e) {
+                out.push(e);
+            }
+            Ok(())
+        })
+        .map_err(|e| QueryError::Read(e.to_string()))?;
+        if let ScanEnd {
+            bad: Some((bad, is_last)),
+            ..
+        } = end
+        {
+            if !(is_last && bad.unterminated && i + 1 == n) {
+                return Err(QueryError::BadLine {
+                    path: path.clone(),
+                    line: bad.line,
+                    message: bad.error.to_string(),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Counts for `audit query --stats`.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct QueryStats {
+    pub entries: u64,
+    pub by_type: BTreeMap<String, u64>,
+    pub by_kind: BTreeMap<String, u64>,
+    /// `from->to`.
+    pub by_route: BTreeMap<String, u64>,
+    pub by_decision: BTreeMap<String, u64>,
+    pub by_rule: BTreeMap<String, u64>,
+    pub by_organisation: BTreeMap<String, u64>,
+}
+
+impl QueryStats {
+    pub fn of(entries: &[AuditEntry]) -> Self {
+        let mut s = QueryStats::default();
+        for e in entries {
+            s.entries += 1;
+            *s.by_type.entry(e.entry_type.as_str().into()).or_default() += 1;
+            if let Some(k) = &e.kind {
+                *s.by_kind.entry(k.clone()).or_default() += 1;
+            }
+            if e.from.is_some() || e.to.is_some() {
+                let route = format!(
+                    "{}->{}",
+                    e.from.as_deref().unwrap_or("?"),
+                    e.to.as_deref().unwrap_or("?")
+                );
+                *s.by_route.entry(route).or_default() += 1;
+            }
+            if let Some(d) = &e.decision {
+                *s.by_decision.entry(d.clone()).or_default() += 1;
+            }
+            for r in &e.rules {
+                *s.by_rule.entry(r.id.clone()).or_default() += 1;
+            }
+            if let Some(sender) = &e.sender {
+                *s.by_organisation
+                    .entry(sender.organisation.clone())
+                    .or_default() += 1;
+            }
+        }
+        s
+    }
+}

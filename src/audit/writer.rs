@@ -1,0 +1,462 @@
+//! The writer: one OS thread owns the active segment file. Requests queue on a channel; the writer
+//! takes everything queued (up to `max_batch`), chains it, writes it with one `write`, fsyncs once
+//! and only then answers every waiter (group commit). Checkpoints, rotation and the sticky
+//! failure state live here too.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::oneshot;
+
+use super::chain::archive_path;
+use super::entry::{seal, AuditEntry, AuditEntryType};
+use super::keys::AuditSigner;
+use super::{Appended, AuditError, AuditEvent, EntryType};
+use crate::config::{AuditConfig, FsyncPolicy};
+
+/// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
+/// key; see docs/audit.md.)
+pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
+
+/// What the gateway asks of the writer.
+pub(crate) enum Command {
+    Append(Box<AuditEvent>, oneshot::Sender<Result<Appended, AuditError>>),
+    Close(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// Upper bounds (seconds) of the fsync latency histogram.
+pub const FSYNC_BUCKETS: [f64; 12] = [
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0,
+];
+/// Upper bounds of the batch size histogram.
+pub const BATCH_BUCKETS: [f64; 11] = [
+    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+];
+
+/// Counters the writer keeps for metrics; read through [`super::AuditLog::stats`].
+#[derive(Debug, Default)]
+pub(crate) struct StatsCells {
+    pub entries: AtomicU64,
+    pub checkpoints: AtomicU64,
+    pub batches: AtomicU64,
+    pub batch_entries_sum: AtomicU64,
+    pub batch_buckets: [AtomicU64; BATCH_BUCKETS.len()],
+    pub fsyncs: AtomicU64,
+    pub fsync_nanos_sum: AtomicU64,
+    pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
+    pub rotations: AtomicU64,
+}
+
+impl StatsCells {
+    fn observe_fsync(&self, d: Duration) {
+        self.fsyncs.fetch_add(1, Ordering::Relaxed);
+        self.fsync_nanos_sum
+            .fetch_add(d.as_nanos() as u64, Ordering::Relaxed);
+        let secs = d.as_secs_f64();
+        if let Some(i) = FSYNC_BUCKETS.iter().position(|b| secs <= *b) {
+            self.fsync_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    fn observe_batch(&self, n: usize) {
+        self.batches.fetch_add(1, Ordering::Relaxed);
+        self.batch_entries_sum.fetch_add(n as u64, Ordering::Relaxed);
+        if let Some(i) = BATCH_BUCKETS.iter().position(|b| n as f64 <= *b) {
+            self.batch_buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Where the chain stands; owned by the writer thread.
+pub(crate) struct ChainHead {
+    pub next_seq: u64,
+    pub head_hash: String,
+    pub unsigned: u64,
+    /// Number of the active segment (its archive name once rotated).
+    pub segment: u64,
+    pub segment_bytes: u64,
+}
+
+pub(crate) struct Writer {
+    pub log: PathBuf,
+    pub file: File,
+    pub head: ChainHead,
+    pub signer: Arc<AuditSigner>,
+    pub fsync: FsyncPolicy,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    pub segment_max_bytes: u64,
+    pub max_batch: usize,
+    pub failure: Arc<Mutex<Option<String>>>,
+    pub stats: Arc<StatsCells>,
+    last_checkpoint: Instant,
+    /// Written but not yet fsynced (fsync = interval).
+    dirty_since: Option<Instant>,
+}
+
+fn now_rfc3339() -> String {
+    chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Micros, true)
+}
+
+/// Makes a created or renamed file's directory entry durable.
+pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    match path.parent() {
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
+        _ => File::open(".")?.sync_all(),
+    }
+}
+
+impl Writer {
+    pub fn new(
+        cfg: &AuditConfig,
+        file: File,
+        head: ChainHead,
+        signer: Arc<AuditSigner>,
+        failure: Arc<Mutex<Option<String>>>,
+        stats: Arc<StatsCells>,
+    ) -> Self {
+        Writer {
+            log: cfg.log.clone(),
+            file,
+            head,
+            signer,
+            fsync: cfg.fsync,
+            checkpoint_every: cfg.checkpoint_every_entries.max(1),
+            checkpoint_interval: cfg.checkpoint_interval,
+            segment_max_bytes: cfg.segment_max_bytes,
+            max_batch: cfg.max_batch.max(1),
+            failure,
+            stats,
+            last_checkpoint: Instant::now(),
+            dirty_since: None,
+        }
+    }
+
+    /// Chains `entry` (seq, prev_hash) and appends its line to `buf`.
+    pub fn push(&mut self, mut entry: AuditEntry, buf: &mut Vec<u8>) -> Result<Appended, String> {
+        entry.seq = self.head.next_seq;
+        entry.prev_hash = std::mem::take(&mut self.head.head_hash);
+        let line = match seal(&mut entry) {
+            Ok(l) => l,
+            Err(e) => {
+                self.head.head_hash = entry.prev_hash;
+                return Err(format!("cannot serialise entry: {e}"));
+            }
+        };
+        buf.extend_from_slice(&line);
+        self.head.next_seq += 1;
+        self.head.head_hash = entry.hash.clone();
+        if entry.entry_type == AuditEntryType::Checkpoint {
+            self.head.unsigned = 0;
+            self.last_checkpoint = Instant::now();
+            self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
+        } else {
+            self.head.unsigned += 1;
+        }
+        Ok(Appended {
+            seq: entry.seq,
+            hash: entry.hash,
+        })
+    }
+
+    pub fn checkpoint_entry(&self, final_checkpoint: bool) -> AuditEntry {
+        let covers = self.head.next_seq.saturating_sub(1);
+        let mut e = AuditEntry::new(0, now_rfc3339(), AuditEntryType::Checkpoint, String::new());
+        e.covers_seq = Some(covers);
+        e.chain_head = Some(self.head.head_hash.clone());
+        e.key_id = Some(self.signer.key_id().to_string());
+        e.signature = Some(self.signer.sign_checkpoint(covers, &self.head.head_hash));
+        e.final_checkpoint = final_checkpoint;
+        e
+    }
+
+    pub fn segment_start_entry(&self, segment: u64) -> AuditEntry {
+        let mut e = AuditEntry::new(0, now_rfc3339(), AuditEntryType::SegmentStart, String::new());
+        e.segment = Some(segment);
+        e.key_id = Some(self.signer.key_id().to_string());
+        e
+    }
+
+    /// Writes `buf` with one write and makes it durable per policy (`force` fsyncs regardless).
+    pub fn commit(&mut self, buf: &[u8], force_sync: bool) -> Result<(), String> {
+        if buf.is_empty() && !force_sync {
+            return Ok(());
+        }
+        let before = self.head.segment_bytes;
+        if let Err(e) = self.file.write_all(buf) {
+            self.undo_partial(before);
+            return Err(format!("cannot write {}: {e}", self.log.display()));
+        }
+        self.head.segment_bytes += buf.len() as u64;
+        let sync_now = force_sync
+            || match self.fsync {
+                FsyncPolicy::Always => true,
+                FsyncPolicy::Interval => self
+                    .dirty_since
+                    .is_some_and(|t| t.elapsed() >= FSYNC_INTERVAL),
+                FsyncPolicy::Never => false,
+            };
+        if sync_now {
+            self.sync().inspect_err(|_| self.undo_partial(before))?;
+        } else if self.fsync == FsyncPolicy::Interval && self.dirty_since.is_none() {
+            self.dirty_since = Some(Instant::now());
+        }
+        Ok(())
+    }
+
+    fn sync(&mut self) -> Result<(), String> {
+        let t = Instant::now();
+        // fdatasync: the entries matter, not the file's timestamps.
+        self.file
+            .sync_data()
+            .map_err(|e| format!("cannot fsync {}: {e}", self.log.display()))?;
+        self.stats.observe_fsync(t.elapsed());
+        self.dirty_since = None;
+        Ok(())
+    }
+
+    /// After a failed write or fsync, best effort: cut the file back so entries nobody was told
+    /// about do not linger (a sender answered 503 may retry without being refused as a replay).
+    fn undo_partial(&mut self, len: u64) {
+        let _ = self.file.set_len(len);
+    }
+
+    fn fail(&self, reason: &str) {
+        tracing::error!(log = %self.log.display(), %reason, "audit log failed: refusing all further appends");
+        if let Ok(mut f) = self.failure.lock() {
+            if f.is_none() {
+                *f = Some(reason.to_string());
+            }
+        }
+    }
+
+    fn failed(&self) -> Option<String> {
+        self.failure.lock().ok().and_then(|f| f.clone())
+    }
+
+    /// Archives the active segment (sealed by a checkpoint) and starts the next one.
+    fn rotate(&mut self) -> Result<(), String> {
+        let mut buf = Vec::new();
+        let cp = self.checkpoint_entry(false);
+        self.push(cp, &mut buf)?;
+        self.commit(&buf, true)?;
+        let archive = archive_path(&self.log, self.head.segment);
+        if archive.exists() {
+            return Err(format!(
+                "cannot rotate {}: {} already exists",
+                self.log.display(),
+                archive.display()
+            ));
+        }
+        std::fs::rename(&self.log, &archive).map_err(|e| {
+            format!(
+                "cannot rotate {} to {}: {e}",
+                self.log.display(),
+                archive.display()
+            )
+        })?;
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&self.log)
+            .map_err(|e| format!("cannot create {}: {e}", self.log.display()))?;
+        sync_dir(&self.log).map_err(|e| format!("cannot fsync the folder of {}: {e}", self.log.display()))?;
+        self.file = file;
+        self.head.segment += 1;
+        self.head.segment_bytes = 0;
+        let mut buf = Vec::new();
+        let start = self.segment_start_entry(self.head.segment);
+        self.push(start, &mut buf)?;
+        self.commit(&buf, true)?;
+        self.stats.rotations.fetch_add(1, Ordering::Relaxed);
+        tracing::info!(archive = %archive.display(), segment = self.head.segment, "audit segment rotated");
+        Ok(())
+    }
+
+    fn next_wakeup(&self) -> Duration {
+        let mut wait = Duration::from_secs(3600);
+        if self.head.unsigned > 0 {
+            wait = wait.min(
+                self.checkpoint_interval
+                    .saturating_sub(self.last_checkpoint.elapsed()),
+            );
+        }
+        if let Some(t) = self.dirty_since {
+            wait = wait.min(FSYNC_INTERVAL.saturating_sub(t.elapsed()));
+        }
+        wait
+    }
+
+    /// Timer work when idle: a checkpoint for unsigned entries that waited long enough, and the
+    /// pending fsync of `interval` mode.
+    fn tick(&mut self) -> Result<(), String> {
+        let mut buf = Vec::new();
+        if self.head.unsigned > 0 && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
+            let cp = self.checkpoint_entry(false);
+            self.push(cp, &mut buf)?;
+        }
+        let due = self
+            .dirty_since
+            .is_some_and(|t| t.elapsed() >= FSYNC_INTERVAL);
+        self.commit(&buf, due)
+    }
+
+    /// Builds the entry for an event.
+    fn event_entry(event: AuditEvent) -> AuditEntry {
+        let entry_type = match event.entry_type {
+            Some(EntryType::Outcome) => AuditEntryType::Outcome,
+            _ => AuditEntryType::Decision,
+        };
+        let mut e = AuditEntry::new(0, now_rfc3339(), entry_type, String::new());
+        e.record_id = event.record_id;
+        e.kind = event.kind;
+        e.from = event.from;
+        e.to = event.to;
+        e.sender = event.sender;
+        e.body_sha256 = event.body_sha256;
+        e.decision = Some(event.decision);
+        e.status = (event.status != 0).then_some(event.status);
+        e.error = event.error;
+        e.rules = event.rules;
+        e.policy_version = event.policy_version;
+        e.policy_hash = event.policy_hash;
+        e.schema_hash = event.schema_hash;
+        e.obligations = event.obligations;
+        e.refers_to = event.refers_to;
+        e.latency_us = Some(event.latency_us);
+        e
+    }
+
+    /// The writer thread's loop. Returns when closed or when every handle is gone.
+    pub fn run(mut self, rx: Receiver<Command>) {
+        let mut batch: Vec<Command> = Vec::with_capacity(self.max_batch);
+        let mut buf: Vec<u8> = Vec::with_capacity(64 * 1024);
+        let mut waiting: Vec<(oneshot::Sender<Result<Appended, AuditError>>, Appended)> =
+            Vec::with_capacity(self.max_batch);
+        loop {
+            batch.clear();
+            match rx.recv_timeout(self.next_wakeup()) {
+                Ok(cmd) => batch.push(cmd),
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.failed().is_none() {
+                        if let Err(reason) = self.tick() {
+                            self.fail(&reason);
+                        }
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    // Every handle was dropped without close(): still seal the log.
+                    if self.failed().is_none() {
+                        if let Err(reason) = self.close() {
+                            self.fail(&reason);
+                        }
+                    }
+                    return;
+                }
+            }
+            while batch.len() < self.max_batch {
+                match rx.try_recv() {
+                    Ok(cmd) => batch.push(cmd),
+                    Err(_) => break,
+                }
+            }
+
+            if let Some(reason) = self.failed() {
+                for cmd in batch.drain(..) {
+                    match cmd {
+                        Command::Append(_, reply) => {
+                            let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                        }
+                        Command::Close(reply) => {
+                            let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                        }
+                    }
+                }
+                continue;
+            }
+
+            buf.clear();
+            waiting.clear();
+            let mut close_reply = None;
+            let mut result: Result<(), String> = Ok(());
+            for cmd in batch.drain(..) {
+                match cmd {
+                    Command::Append(event, reply) => {
+                        if result.is_err() {
+                            let _ = reply.send(Err(AuditError::Unavailable(
+                                "audit entry could not be prepared".into(),
+                            )));
+                            continue;
+                        }
+                        match self.push(Self::event_entry(*event), &mut buf) {
+                            Ok(appended) => waiting.push((reply, appended)),
+                            Err(reason) => {
+                                let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                                result = Err(reason);
+                            }
+                        }
+                    }
+                    // Entries queued behind a close still get written; the close follows them.
+                    Command::Close(reply) => close_reply = Some(reply),
+                }
+            }
+            let n = waiting.len();
+            if result.is_ok() && self.head.unsigned >= self.checkpoint_every {
+                let cp = self.checkpoint_entry(false);
+                result = self.push(cp, &mut buf).map(|_| ());
+            }
+            if result.is_ok() {
+                result = self.commit(&buf, false);
+            }
+            match &result {
+                Ok(()) => {
+                    self.stats.entries.fetch_add(n as u64, Ordering::Relaxed);
+                    if n > 0 {
+                        self.stats.observe_batch(n);
+                    }
+                    for (reply, appended) in waiting.drain(..) {
+                        let _ = reply.send(Ok(appended));
+                    }
+                }
+                Err(reason) => {
+                    self.fail(reason);
+                    for (reply, _) in waiting.drain(..) {
+                        let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                    }
+                }
+            }
+            if let Some(reply) = close_reply {
+                let r = match result {
+                    Ok(()) => self.close(),
+                    Err(reason) => Err(reason),
+                };
+                if let Err(reason) = &r {
+                    self.fail(reason);
+                }
+                let _ = reply.send(r.map_err(AuditError::Unavailable));
+                return;
+            }
+            if result.is_ok() && self.head.segment_bytes >= self.segment_max_bytes {
+                if let Err(reason) = self.rotate() {
+                    self.fail(&reason);
+                }
+            }
+        }
+    }
+
+    /// The closing checkpoint, always fsynced.
+    fn close(&mut self) -> Result<(), String> {
+        let mut buf = Vec::new();
+        let cp = self.checkpoint_entry(true);
+        self.push(cp, &mut buf)?;
+        self.commit(&buf, true)?;
+        tracing::info!(log = %self.log.display(), seq = self.head.next_seq - 1, "audit log closed with a signed checkpoint");
+        Ok(())
+    }
+}

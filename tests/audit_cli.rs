@@ -1,0 +1,202 @@
+//! `hetao-gateway audit verify | query | receipt verify | public-key` as an auditor runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use hetao_gateway::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
+use hetao_gateway::config::{AuditConfig, FsyncPolicy};
+
+fn bin() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+}
+
+fn run(args: &[&str]) -> Output {
+    bin().args(args).output().unwrap()
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+struct Setup {
+    dir: tempfile::TempDir,
+    log: String,
+    public: String,
+    receipt: String,
+}
+
+async fn setup(segment_max_bytes: u64) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let (private_pem, public_pem) = generate_signing_key().unwrap();
+    let key = dir.path().join("audit-signing.key");
+    std::fs::write(&key, private_pem).unwrap();
+    let public = dir.path().join("audit-public.pem");
+    std::fs::write(&public, public_pem).unwrap();
+    let cfg = AuditConfig {
+        log: dir.path().join("audit").join("audit.jsonl"),
+        signing_key: key,
+        fsync: FsyncPolicy::Always,
+        checkpoint_every_entries: 5,
+        checkpoint_interval: Duration::from_secs(3600),
+        segment_max_bytes,
+        max_batch: 64,
+    };
+    let log = AuditLog::open(&cfg).unwrap();
+    let mut receipt = None;
+    for i in 0..12 {
+        let deny = i % 3 == 0;
+        let appended = log
+            .append(AuditEvent {
+                entry_type: Some(EntryType::Decision),
+                record_id: Some(format!("rec-{i}")),
+                kind: Some(if deny { "personal_data" } else { "research_data" }.into()),
+                from: Some("sz".into()),
+                to: Some("hk".into()),
+                decision: if deny { "deny" } else { "allow" }.into(),
+                status: if deny { 403 } else { 200 },
+                rules: vec![RuleRef {
+                    id: if deny { "D7" } else { "D5" }.into(),
+                    effect: if deny { "deny" } else { "allow" }.into(),
+                    reason: "why, with a comma".into(),
+                }],
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        if i == 4 {
+            receipt = Some(log.receipt(&appended, "rec-4"));
+        }
+    }
+    log.close().await.unwrap();
+    let receipt_path = dir.path().join("receipt.json");
+    // Senders keep the whole answer; the CLI finds the receipt inside it.
+    let answer = serde_json::json!({"record_id": "rec-4", "decision": "allow", "receipt": receipt});
+    std::fs::write(&receipt_path, answer.to_string()).unwrap();
+    Setup {
+        log: cfg.log.display().to_string(),
+        public: public.display().to_string(),
+        receipt: receipt_path.display().to_string(),
+        dir,
+    }
+}
+
+#[tokio::test]
+async fn verify_exits_zero_on_an_intact_log_and_names_the_first_bad_seq() {
+    let s = setup(256 * 1024 * 1024).await;
+    let ok = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("OK: the log is intact"));
+    assert!(stdout(&ok).contains("signatures verified"));
+
+    let unchecked = run(&["audit", "verify", &s.log]);
+    assert!(unchecked.status.success());
+    assert!(stdout(&unchecked).contains("signatures NOT checked"));
+
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    let tampered = text.replacen("\"deny\"", "\"allw\"", 1);
+    std::fs::write(&s.log, tampered).unwrap();
+    let bad = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
+    assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
+    assert!(stdout(&bad).contains("first bad entry: seq 1"), "{}", stdout(&bad));
+}
+
+#[tokio::test]
+async fn verify_refuses_an_unsigned_tail_unless_allowed() {
+    let s = setup(256 * 1024 * 1024).await;
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    let lines: Vec<&str> = text.lines().collect();
+    std::fs::write(&s.log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
+    let strict = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
+    assert_eq!(strict.status.code(), Some(1));
+    assert!(stdout(&strict).contains("not covered by a signature"), "{}", stdout(&strict));
+    let live = run(&[
+        "audit",
+        "verify",
+        &s.log,
+        "--public-key",
+        &s.public,
+        "--allow-unsigned-tail",
+    ]);
+    assert!(live.status.success(), "{}", stdout(&live));
+    assert!(stdout(&live).contains("warning"));
+}
+
+#[tokio::test]
+async fn verify_of_the_active_log_includes_its_archived_segments() {
+    let s = setup(1500).await;
+    let ok = run(&["audit", "verify", &s.log, "--public-key", &s.public, "--json"]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
+    assert!(v["files"].as_array().unwrap().len() >= 2, "{v}");
+    assert_eq!(v["first_seq"], 0);
+    assert_eq!(v["intact"], true);
+}
+
+#[tokio::test]
+async fn query_filters_in_every_format_and_counts() {
+    let s = setup(256 * 1024 * 1024).await;
+    let table = run(&["audit", "query", &s.log, "--decision", "deny"]);
+    assert!(table.status.success());
+    let t = stdout(&table);
+    assert!(t.contains("(4 entries)"), "{t}");
+    assert!(t.contains("rec-9") && !t.contains("rec-1 "), "{t}");
+
+    let json = run(&["audit", "query", &s.log, "--rule", "D5", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v.as_array().unwrap().len(), 8);
+    assert_eq!(v[0]["hash"].as_str().unwrap().len(), 64);
+
+    let csv = run(&[
+        "audit", "query", &s.log, "--record-id", "rec-3", "--format", "csv",
+    ]);
+    let c = stdout(&csv);
+    assert!(c.starts_with("seq,time,type,record_id"), "{c}");
+    assert_eq!(c.lines().count(), 2, "{c}");
+
+    let since_future = run(&["audit", "query", &s.log, "--since", "2999-01-01T00:00:00Z"]);
+    assert!(stdout(&since_future).contains("(0 entries)"));
+    let bad_time = run(&["audit", "query", &s.log, "--since", "yesterday"]);
+    assert!(!bad_time.status.success());
+
+    let stats = run(&["audit", "query", &s.log, "--stats", "--format", "json"]);
+    let v: serde_json::Value = serde_json::from_slice(&stats.stdout).unwrap();
+    assert_eq!(v["by_decision"]["deny"], 4);
+    assert_eq!(v["by_decision"]["allow"], 8);
+    assert_eq!(v["by_route"]["sz->hk"], 12);
+    assert_eq!(v["by_rule"]["D7"], 4);
+    assert_eq!(v["by_kind"]["personal_data"], 4);
+}
+
+#[tokio::test]
+async fn receipt_verify_accepts_the_kept_answer_and_rejects_an_altered_one() {
+    let s = setup(256 * 1024 * 1024).await;
+    let ok = run(&[
+        "audit", "receipt", "verify", &s.receipt, "--public-key", &s.public, "--log", &s.log,
+    ]);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("the log holds the entry"));
+
+    let text = std::fs::read_to_string(&s.receipt).unwrap();
+    let altered = s.dir.path().join("altered.json");
+    std::fs::write(&altered, text.replace("rec-4", "rec-5")).unwrap();
+    let bad = run(&[
+        "audit",
+        "receipt",
+        "verify",
+        altered.to_str().unwrap(),
+        "--public-key",
+        &s.public,
+    ]);
+    assert_eq!(bad.status.code(), Some(1));
+    assert!(stdout(&bad).contains("INVALID"));
+}
+
+#[tokio::test]
+async fn public_key_is_derived_from_the_signing_key() {
+    let s = setup(256 * 1024 * 1024).await;
+    let key = Path::new(&s.public).with_file_name("audit-signing.key");
+    let out = run(&["audit", "public-key", "--signing-key", key.to_str().unwrap()]);
+    assert!(out.status.success());
+    assert_eq!(stdout(&out), std::fs::read_to_string(&s.public).unwrap());
+}

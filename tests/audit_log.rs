@@ -1,0 +1,609 @@
+//! The audit log on real files with real keys: chain, checkpoints, tamper detection, recovery,
+//! rotation, receipts, fail-closed behaviour, queries.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hetao_gateway::audit::{
+    find_receipt_entry, generate_signing_key, query_logs, segment_paths, verify_logs,
+    verify_receipt, AuditEntryType, AuditError, AuditEvent, AuditLog, AuditPublicKey, EntryType,
+    QueryFilter, QueryStats, ReceiptError, RuleRef,
+};
+use hetao_gateway::config::{AuditConfig, FsyncPolicy};
+use hetao_gateway::tls::identity::ClientIdentity;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    cfg: AuditConfig,
+    public: AuditPublicKey,
+}
+
+fn fixture(checkpoint_every: u64) -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let (private_pem, public_pem) = generate_signing_key().unwrap();
+    let key = dir.path().join("audit-signing.key");
+    std::fs::write(&key, private_pem).unwrap();
+    let cfg = AuditConfig {
+        log: dir.path().join("audit").join("audit.jsonl"),
+        signing_key: key,
+        fsync: FsyncPolicy::Always,
+        checkpoint_every_entries: checkpoint_every,
+        checkpoint_interval: Duration::from_secs(3600),
+        segment_max_bytes: 256 * 1024 * 1024,
+        max_batch: 1024,
+    };
+    Fixture {
+        _dir: dir,
+        cfg,
+        public: AuditPublicKey::from_pem(public_pem.as_bytes(), "test").unwrap(),
+    }
+}
+
+fn decision(record_id: &str, decision: &str) -> AuditEvent {
+    AuditEvent {
+        entry_type: Some(EntryType::Decision),
+        record_id: Some(record_id.into()),
+        kind: Some("research_data".into()),
+        from: Some("sz".into()),
+        to: Some("hk".into()),
+        sender: Some(ClientIdentity {
+            park: "sz".into(),
+            organisation: "Shenzhen Genomics Lab".into(),
+            subject: "CN=lab-client,O=Shenzhen Genomics Lab,C=CN".into(),
+            fingerprint_sha256: "ab".repeat(32),
+        }),
+        body_sha256: Some("cd".repeat(32)),
+        decision: decision.into(),
+        status: if decision == "allow" { 200 } else { 403 },
+        error: None,
+        rules: vec![RuleRef {
+            id: "D5".into(),
+            effect: decision.into(),
+            reason: "research data without personal information".into(),
+        }],
+        policy_version: Some("2024.05".into()),
+        policy_hash: Some("11".repeat(32)),
+        schema_hash: Some("22".repeat(32)),
+        obligations: vec![],
+        refers_to: None,
+        latency_us: 120,
+    }
+}
+
+fn outcome(record_id: &str, refers_to: u64, decision: &str) -> AuditEvent {
+    AuditEvent {
+        entry_type: Some(EntryType::Outcome),
+        record_id: Some(record_id.into()),
+        decision: decision.into(),
+        status: if decision == "forwarded" { 200 } else { 0 },
+        error: (decision != "forwarded").then(|| "upstream_timeout".into()),
+        refers_to: Some(refers_to),
+        latency_us: 900,
+        ..Default::default()
+    }
+}
+
+/// A closed log with decisions, outcomes and several checkpoints; returns its segment paths.
+async fn written_log(f: &Fixture, records: usize) -> Vec<PathBuf> {
+    let log = AuditLog::open(&f.cfg).unwrap();
+    for i in 0..records {
+        let id = format!("rec-{i}");
+        let d = log.append(decision(&id, "allow")).await.unwrap();
+        log.append(outcome(&id, d.seq, "forwarded")).await.unwrap();
+    }
+    log.close().await.unwrap();
+    paths(&f.cfg.log)
+}
+
+fn paths(log: &Path) -> Vec<PathBuf> {
+    segment_paths(log).unwrap().into_iter().map(|(_, p)| p).collect()
+}
+
+fn lines(path: &Path) -> Vec<String> {
+    std::fs::read_to_string(path)
+        .unwrap()
+        .lines()
+        .map(|l| format!("{l}\n"))
+        .collect()
+}
+
+fn verify_text(f: &Fixture, text: &str) -> hetao_gateway::audit::VerifyReport {
+    let path = f.cfg.log.with_file_name("tampered.jsonl");
+    std::fs::write(&path, text).unwrap();
+    verify_logs(&[path], Some(&f.public))
+}
+
+#[tokio::test]
+async fn appended_log_verifies_with_the_public_key() {
+    let f = fixture(3);
+    let files = written_log(&f, 4).await;
+    let report = verify_logs(&files, Some(&f.public));
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert!(report.is_intact(false), "{:?}", report.tail_problem());
+    assert!(report.closed);
+    assert!(report.signatures_checked);
+    assert!(report.signatures_verified >= 3, "{report:?}");
+    assert_eq!(report.signatures_verified, report.checkpoints);
+    assert_eq!(report.first_seq, Some(0));
+
+    let unsigned = verify_logs(&files, None);
+    assert!(unsigned.is_intact(false));
+    assert!(!unsigned.signatures_checked);
+    assert_eq!(unsigned.signatures_verified, 0);
+}
+
+#[tokio::test]
+async fn entry_carries_every_field_an_auditor_needs() {
+    let f = fixture(100);
+    written_log(&f, 1).await;
+    let text = std::fs::read_to_string(&f.cfg.log).unwrap();
+    let first_decision = text.lines().nth(1).unwrap();
+    let v: serde_json::Value = serde_json::from_str(first_decision).unwrap();
+    for key in [
+        "seq",
+        "time",
+        "type",
+        "record_id",
+        "kind",
+        "from",
+        "to",
+        "sender",
+        "body_sha256",
+        "decision",
+        "status",
+        "rules",
+        "policy_version",
+        "policy_hash",
+        "schema_hash",
+        "latency_us",
+        "prev_hash",
+        "hash",
+    ] {
+        assert!(v.get(key).is_some(), "missing {key} in {first_decision}");
+    }
+    assert_eq!(v["sender"]["organisation"], "Shenzhen Genomics Lab");
+    assert!(first_decision.ends_with(&format!(",\"hash\":{}}}", v["hash"])));
+    let outcome: serde_json::Value = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
+    assert_eq!(outcome["type"], "outcome");
+    assert_eq!(outcome["refers_to"], v["seq"]);
+}
+
+#[tokio::test]
+async fn flipping_any_byte_is_detected() {
+    let f = fixture(3);
+    let files = written_log(&f, 2).await;
+    let original = std::fs::read(&files[0]).unwrap();
+    for i in 0..original.len() {
+        let mut bytes = original.clone();
+        bytes[i] ^= 0x01;
+        let path = f.cfg.log.with_file_name("flipped.jsonl");
+        std::fs::write(&path, &bytes).unwrap();
+        let report = verify_logs(&[path], Some(&f.public));
+        assert!(
+            report.problem.is_some(),
+            "flip at byte {i} ({:?}) went unnoticed",
+            original[i] as char
+        );
+    }
+}
+
+#[tokio::test]
+async fn deleting_any_entry_is_detected() {
+    let f = fixture(3);
+    let files = written_log(&f, 3).await;
+    let all = lines(&files[0]);
+    for i in 0..all.len() {
+        let mut l = all.clone();
+        l.remove(i);
+        let report = verify_text(&f, &l.concat());
+        assert!(!report.is_intact(false), "deleting line {i} went unnoticed");
+        if i + 1 < all.len() {
+            let p = report.problem.expect("a problem");
+            assert!(p.seq.is_some(), "{p}");
+        }
+    }
+}
+
+#[tokio::test]
+async fn duplicating_any_entry_is_detected() {
+    let f = fixture(3);
+    let files = written_log(&f, 3).await;
+    let all = lines(&files[0]);
+    for i in 0..all.len() {
+        let mut l = all.clone();
+        l.insert(i, all[i].clone());
+        let report = verify_text(&f, &l.concat());
+        let p = report.problem.expect("duplicate must be a problem");
+        assert!(p.message.contains("duplicate"), "line {i}: {p}");
+        assert_eq!(p.seq, Some(i as u64));
+    }
+}
+
+#[tokio::test]
+async fn reordering_entries_is_detected() {
+    let f = fixture(3);
+    let files = written_log(&f, 3).await;
+    let all = lines(&files[0]);
+    for i in 0..all.len() - 1 {
+        let mut l = all.clone();
+        l.swap(i, i + 1);
+        let report = verify_text(&f, &l.concat());
+        assert!(report.problem.is_some(), "swapping lines {i} and {} went unnoticed", i + 1);
+    }
+}
+
+#[tokio::test]
+async fn truncating_the_tail_past_the_last_checkpoint_is_detected() {
+    let f = fixture(4);
+    let files = written_log(&f, 4).await;
+    let all = lines(&files[0]);
+    let checkpoints: Vec<usize> = all
+        .iter()
+        .enumerate()
+        .filter(|(_, l)| l.contains("\"type\":\"checkpoint\""))
+        .map(|(i, _)| i)
+        .collect();
+    assert!(checkpoints.len() >= 2, "{checkpoints:?}");
+
+    // Cut the closing checkpoint and the two entries before it: the rest is not signed.
+    let cut = &all[..all.len() - 3];
+    let report = verify_text(&f, &cut.concat());
+    assert!(report.problem.is_none(), "{:?}", report.problem);
+    assert!(!report.is_intact(false));
+    assert!(report.tail_problem().unwrap().contains("not covered"));
+    assert!(report.is_intact(true), "a live log may have an unsigned tail");
+
+    // Cut exactly after an earlier periodic checkpoint: still not the closing one.
+    let at_checkpoint = &all[..=checkpoints[checkpoints.len() - 2]];
+    let report = verify_text(&f, &at_checkpoint.concat());
+    assert!(report.problem.is_none());
+    assert!(!report.is_intact(false));
+    assert!(report.tail_problem().unwrap().contains("periodic checkpoint"));
+}
+
+#[tokio::test]
+async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
+    // Anyone can recompute SHA-256; only the checkpoint signature seals the chain.
+    let f = fixture(3);
+    let files = written_log(&f, 2).await;
+    let (other_private, _) = generate_signing_key().unwrap();
+    let other_key = f.cfg.signing_key.with_file_name("other.key");
+    std::fs::write(&other_key, other_private).unwrap();
+    let mut forged_cfg = f.cfg.clone();
+    forged_cfg.signing_key = other_key;
+    let log = AuditLog::open(&forged_cfg).unwrap();
+    log.append(decision("forged", "allow")).await.unwrap();
+    log.close().await.unwrap();
+    let report = verify_logs(&files, Some(&f.public));
+    let p = report.problem.expect("a checkpoint by another key is a problem");
+    assert!(p.message.contains("not by the given public key"), "{p}");
+}
+
+#[tokio::test]
+async fn torn_last_line_is_set_aside_and_the_chain_continues() {
+    let f = fixture(3);
+    written_log(&f, 2).await;
+    let torn = b"{\"seq\":99,\"time\":\"2024-05-01T10:";
+    let mut bytes = std::fs::read(&f.cfg.log).unwrap();
+    let good_len = bytes.len();
+    bytes.extend_from_slice(torn);
+    std::fs::write(&f.cfg.log, &bytes).unwrap();
+    assert!(verify_logs(&paths(&f.cfg.log), Some(&f.public))
+        .problem
+        .unwrap()
+        .message
+        .contains("torn"));
+
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let appended = log.append(decision("after-crash", "allow")).await.unwrap();
+    log.close().await.unwrap();
+
+    let dir = f.cfg.log.parent().unwrap();
+    let side: Vec<PathBuf> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".torn-"))
+        .collect();
+    assert_eq!(side.len(), 1, "{side:?}");
+    assert_eq!(std::fs::read(&side[0]).unwrap(), torn);
+
+    let text = std::fs::read_to_string(&f.cfg.log).unwrap();
+    let recovery: serde_json::Value =
+        serde_json::from_str(&text[good_len..text[good_len..].find('\n').unwrap() + good_len])
+            .unwrap();
+    assert_eq!(recovery["type"], "recovery");
+    assert_eq!(recovery["torn_bytes"], torn.len());
+    assert_eq!(
+        recovery["side_file"],
+        side[0].file_name().unwrap().to_string_lossy().as_ref()
+    );
+    assert_eq!(appended.seq, recovery["seq"].as_u64().unwrap() + 1);
+    let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
+    assert!(report.is_intact(false), "{:?} {:?}", report.problem, report.tail_problem());
+}
+
+#[tokio::test]
+async fn corrupt_entry_inside_the_log_stops_open_naming_its_seq() {
+    let f = fixture(3);
+    written_log(&f, 3).await;
+    let mut l = lines(&f.cfg.log);
+    l[2] = l[2].replace("\"allow\"", "\"deny!\"").replace("forwarded", "forwardex");
+    std::fs::write(&f.cfg.log, l.concat()).unwrap();
+    let err = AuditLog::open(&f.cfg).err().expect("open must fail");
+    let msg = err.to_string();
+    assert!(msg.contains("seq 2"), "{msg}");
+    assert!(msg.contains("audit.jsonl"), "{msg}");
+}
+
+#[tokio::test]
+async fn receipts_verify_and_fail_when_altered() {
+    let f = fixture(3);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let appended = log.append(decision("rec-r", "deny")).await.unwrap();
+    let receipt = log.receipt(&appended, "rec-r");
+    log.close().await.unwrap();
+    let files = paths(&f.cfg.log);
+
+    verify_receipt(&receipt, &f.public).unwrap();
+    find_receipt_entry(&receipt, &files).unwrap();
+
+    let mut r = receipt.clone();
+    r.audit_seq += 1;
+    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    let mut r = receipt.clone();
+    r.record_id.push('x');
+    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    let mut r = receipt.clone();
+    r.entry_hash = "0".repeat(64);
+    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    let mut r = receipt.clone();
+    r.signature = r.signature.replacen(|c: char| c.is_ascii_alphabetic(), "A", 1);
+    if r.signature != receipt.signature {
+        assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    }
+    let (_, other_public) = generate_signing_key().unwrap();
+    let other = AuditPublicKey::from_pem(other_public.as_bytes(), "other").unwrap();
+    assert!(matches!(
+        verify_receipt(&receipt, &other),
+        Err(ReceiptError::WrongKey { .. })
+    ));
+    let mut r = receipt.clone();
+    r.key_id = other.key_id().to_string();
+    assert_eq!(verify_receipt(&r, &other), Err(ReceiptError::BadSignature));
+
+    // A receipt proves the entry existed: a log cut before it is caught.
+    let l = lines(&f.cfg.log);
+    std::fs::write(&f.cfg.log, l[..appended.seq as usize].concat()).unwrap();
+    assert_eq!(
+        find_receipt_entry(&receipt, &files),
+        Err(ReceiptError::NotInLog(appended.seq))
+    );
+}
+
+#[tokio::test]
+async fn io_error_makes_the_log_fail_closed() {
+    let mut f = fixture(1000);
+    f.cfg.segment_max_bytes = 1; // rotate after every batch
+    let log = AuditLog::open(&f.cfg).unwrap();
+    // A folder where the archive of segment 1 must go: the rename fails with a real I/O error.
+    let archive = f.cfg.log.with_file_name("audit.jsonl.000001");
+    std::fs::create_dir(&archive).unwrap();
+    std::fs::write(archive.join("occupied"), b"x").unwrap();
+
+    let first = log.append(decision("rec-1", "allow")).await;
+    assert!(first.is_ok(), "the entry itself was written and fsynced");
+    let second = log.append(decision("rec-2", "allow")).await;
+    let Err(AuditError::Unavailable(reason)) = second else {
+        panic!("expected Unavailable, got {second:?}");
+    };
+    assert!(reason.contains("rotate"), "{reason}");
+    assert_eq!(log.health(), Err(reason.clone()));
+    assert!(log.stats().failed);
+    // Sticky: later appends fail too, and nothing more is written.
+    let len = std::fs::metadata(&f.cfg.log).unwrap().len();
+    assert!(log.append(decision("rec-3", "allow")).await.is_err());
+    assert_eq!(std::fs::metadata(&f.cfg.log).unwrap().len(), len);
+    assert!(!std::fs::read_to_string(&f.cfg.log).unwrap().contains("rec-3"));
+}
+
+#[tokio::test]
+async fn open_fails_clearly_when_the_log_cannot_be_created() {
+    let f = fixture(10);
+    // The log's folder is a regular file.
+    std::fs::write(f.cfg.log.parent().unwrap(), b"not a folder").unwrap();
+    let err = AuditLog::open(&f.cfg).err().expect("open must fail");
+    assert!(err.to_string().contains("audit.jsonl"), "{err}");
+}
+
+#[tokio::test]
+async fn open_fails_clearly_without_a_signing_key() {
+    let mut f = fixture(10);
+    f.cfg.signing_key = f.cfg.signing_key.with_file_name("missing.key");
+    let err = AuditLog::open(&f.cfg).err().expect("open must fail");
+    assert!(err.to_string().contains("missing.key"), "{err}");
+}
+
+#[tokio::test]
+async fn rotated_segments_verify_as_one_chain() {
+    let mut f = fixture(1000);
+    f.cfg.segment_max_bytes = 4096;
+    let files = written_log(&f, 20).await;
+    assert!(files.len() >= 3, "{files:?}");
+    assert!(files[0].to_string_lossy().ends_with("audit.jsonl.000001"));
+    let report = verify_logs(&files, Some(&f.public));
+    assert!(report.is_intact(false), "{:?} {:?}", report.problem, report.tail_problem());
+
+    // Given in any order, still one chain.
+    let mut shuffled = files.clone();
+    shuffled.reverse();
+    assert!(verify_logs(&shuffled, Some(&f.public)).is_intact(false));
+
+    // Archived segments on their own: each ends with a checkpoint.
+    let archived = verify_logs(&files[1..2], Some(&f.public));
+    assert!(archived.problem.is_none(), "{:?}", archived.problem);
+    assert!(!archived.notes.is_empty());
+
+    // A missing middle segment is a gap.
+    let mut gap = files.clone();
+    gap.remove(1);
+    let p = verify_logs(&gap, Some(&f.public)).problem.unwrap();
+    assert!(p.message.contains("missing"), "{p}");
+
+    // Reopening continues the chain in the active segment.
+    let log = AuditLog::open(&f.cfg).unwrap();
+    log.append(decision("later", "allow")).await.unwrap();
+    log.close().await.unwrap();
+    assert!(verify_logs(&paths(&f.cfg.log), Some(&f.public)).is_intact(false));
+}
+
+#[tokio::test]
+async fn decided_record_ids_allow_a_retry_after_upstream_failure() {
+    let f = fixture(10);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let a = log.append(decision("forwarded-1", "allow")).await.unwrap();
+    log.append(outcome("forwarded-1", a.seq, "forwarded")).await.unwrap();
+    log.append(decision("denied-1", "deny")).await.unwrap();
+    let b = log.append(decision("failed-1", "allow")).await.unwrap();
+    log.append(outcome("failed-1", b.seq, "upstream_failed")).await.unwrap();
+    log.append(decision("invalid-1", "invalid")).await.unwrap();
+    log.close().await.unwrap();
+    let reopened = AuditLog::open(&f.cfg).unwrap();
+    let ids = reopened.decided_record_ids();
+    assert!(ids.contains("forwarded-1"));
+    assert!(ids.contains("denied-1"));
+    assert!(!ids.contains("failed-1"));
+    assert!(!ids.contains("invalid-1"));
+    reopened.close().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_appends_share_fsyncs_and_form_one_chain() {
+    let f = fixture(50);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let tasks: Vec<_> = (0..200)
+        .map(|i| {
+            let log = log.clone();
+            tokio::spawn(async move { log.append(decision(&format!("c-{i}"), "allow")).await })
+        })
+        .collect();
+    let mut seqs = Vec::new();
+    for t in tasks {
+        seqs.push(t.await.unwrap().unwrap().seq);
+    }
+    seqs.sort();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 200);
+    let stats = log.stats();
+    assert_eq!(stats.entries, 200);
+    assert!(stats.fsyncs < 200, "group commit should share fsyncs: {stats:?}");
+    assert_eq!(stats.batch_size_buckets.last().unwrap().1, stats.batches);
+    log.close().await.unwrap();
+    assert!(verify_logs(&paths(&f.cfg.log), Some(&f.public)).is_intact(false));
+}
+
+#[tokio::test]
+async fn idle_writer_signs_unsigned_entries_after_the_interval() {
+    let mut f = fixture(1000);
+    f.cfg.checkpoint_interval = Duration::from_millis(100);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    log.append(decision("rec-1", "allow")).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
+    assert_eq!(report.unsigned_tail, 0, "{report:?}");
+    assert!(report.checkpoints >= 1);
+    assert_eq!(log.stats().checkpoints, 1, "no checkpoints while nothing is unsigned");
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn weaker_fsync_policies_still_write_every_entry() {
+    for policy in [FsyncPolicy::Interval, FsyncPolicy::Never] {
+        let mut f = fixture(10);
+        f.cfg.fsync = policy;
+        written_log(&f, 5).await;
+        let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
+        assert!(report.is_intact(false), "{policy:?}");
+        assert!(report.entries > 10);
+    }
+}
+
+#[tokio::test]
+async fn closed_log_refuses_appends_and_reports_unready() {
+    let f = fixture(10);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    log.close().await.unwrap();
+    assert!(log.health().is_err());
+    assert!(matches!(
+        log.append(decision("late", "allow")).await,
+        Err(AuditError::Unavailable(_))
+    ));
+    log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn query_filters_and_counts() {
+    let f = fixture(10);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let a = log.append(decision("q-1", "allow")).await.unwrap();
+    log.append(outcome("q-1", a.seq, "forwarded")).await.unwrap();
+    let mut hk = decision("q-2", "deny");
+    hk.from = Some("hk".into());
+    hk.to = Some("sz".into());
+    hk.rules[0].id = "D7".into();
+    log.append(hk).await.unwrap();
+    log.close().await.unwrap();
+    let files = paths(&f.cfg.log);
+
+    let denied = query_logs(
+        &files,
+        &QueryFilter {
+            decision: Some("deny".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(denied.len(), 1);
+    assert_eq!(denied[0].record_id.as_deref(), Some("q-2"));
+
+    let by_rule = query_logs(
+        &files,
+        &QueryFilter {
+            rule: Some("D5".into()),
+            from: Some("sz".into()),
+            org: Some("Shenzhen Genomics Lab".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(by_rule.len(), 1);
+
+    let outcomes = query_logs(
+        &files,
+        &QueryFilter {
+            entry_type: Some(AuditEntryType::Outcome),
+            record_id: Some("q-1".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert_eq!(outcomes.len(), 1);
+
+    let future = query_logs(
+        &files,
+        &QueryFilter {
+            since: Some(chrono::Utc::now() + chrono::Duration::hours(1)),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    assert!(future.is_empty());
+
+    let all = query_logs(&files, &QueryFilter::default()).unwrap();
+    let stats = QueryStats::of(&all);
+    assert_eq!(stats.by_decision["allow"], 1);
+    assert_eq!(stats.by_decision["deny"], 1);
+    assert_eq!(stats.by_route["sz->hk"], 1);
+    assert_eq!(stats.by_route["hk->sz"], 1);
+    assert_eq!(stats.by_rule["D7"], 1);
+    assert_eq!(stats.by_type["checkpoint"], 1);
+}
