@@ -70,7 +70,7 @@ pub async fn serve(
                     }
                 });
             }
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = crate::server::stop_requested(&mut shutdown) => break,
         }
     }
 }

@@ -95,7 +95,7 @@ pub async fn serve_records(
                     drop(permit);
                 });
             }
-            _ = shutdown.wait_for(|stop| *stop) => break,
+            _ = stop_requested(&mut shutdown) => break,
         }
     }
     drop(listener);
@@ -219,7 +219,7 @@ async fn serve_connection(
                 }
                 break;
             }
-            _ = shutdown.wait_for(|stop| *stop), if !closing => {
+            _ = stop_requested(&mut shutdown), if !closing => {
                 closing = true;
                 conn.as_mut().graceful_shutdown();
             }
@@ -232,6 +232,12 @@ async fn serve_connection(
             }
         }
     }
+}
+
+/// Resolves once shutdown has been requested (or the sender is gone).
+pub async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not Send; drop it here rather than hold it in a select!.
+    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Requests in flight on one connection and when the last one ended: a connection is idle only

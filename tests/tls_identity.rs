@@ -12,46 +12,16 @@ use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-/// Performs a raw TLS exchange (one HTTP/1.1 request) and returns what came back, or the error.
-/// In TLS 1.3 the client finishes its side of the handshake before the server has judged its
-/// certificate, so a refusal shows up as an alert on the first read.
 async fn exchange(
     gw: &TestGateway,
     client_cert: Option<&IssuedCert>,
 ) -> Result<String, std::io::Error> {
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(gw.pki.gateway_ca.cert_pem().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots);
-    let mut config = match client_cert {
-        Some(c) => {
-            let certs: Vec<_> = CertificateDer::pem_slice_iter(c.cert_pem.as_bytes())
-                .map(|c| c.unwrap())
-                .collect();
-            let key = PrivateKeyDer::from_pem_slice(c.key_pem.as_bytes()).unwrap();
-            builder.with_client_auth_cert(certs, key).unwrap()
-        }
-        None => builder.with_no_client_auth(),
-    };
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await?;
-    tls.write_all(
+    common::raw_exchange(
+        gw,
+        client_cert,
         b"POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 2\r\nconnection: close\r\n\r\n{}",
     )
-    .await?;
-    let mut out = Vec::new();
-    tls.read_to_end(&mut out).await?;
-    Ok(String::from_utf8_lossy(&out).into_owned())
+    .await
 }
 
 fn refused(result: &Result<String, std::io::Error>) -> bool {
