@@ -430,9 +430,9 @@ fn bundle_common(path: &Path, doc: &mut Value, common: &Common) -> Result<(), Sc
 }
 
 /// Rewrites `"$ref": "common.json#/..."` to `"#/..."` everywhere in a schema, but not inside
-/// keywords whose values are data rather than schemas.
-fn rewrite_refs(node: &mut Value, prefixes: &[String]) {
-    match node {
+/// keywords whose values are data rather than schemas (`enum`, `const`, ...).
+fn rewrite_refs(schema: &mut Value, prefixes: &[String]) {
+    match schema {
         Value::Object(obj) => {
             if let Some(Value::String(r)) = obj.get_mut("$ref") {
                 if let Some(fragment) = prefixes.iter().find_map(|p| r.strip_prefix(p.as_str())) {
@@ -440,13 +440,17 @@ fn rewrite_refs(node: &mut Value, prefixes: &[String]) {
                 }
             }
             for (key, child) in obj.iter_mut() {
-                if matches!(
-                    key.as_str(),
-                    "enum" | "const" | "examples" | "default" | "$ref"
-                ) {
-                    continue;
+                match key.as_str() {
+                    "enum" | "const" | "examples" | "default" | "$ref" => {}
+                    // Maps from names to schemas: the names are data (a property may well be
+                    // called "enum"), the values are schemas.
+                    "properties" | "patternProperties" | "$defs" | "dependentSchemas" => {
+                        if let Value::Object(named) = child {
+                            named.values_mut().for_each(|s| rewrite_refs(s, prefixes));
+                        }
+                    }
+                    _ => rewrite_refs(child, prefixes),
                 }
-                rewrite_refs(child, prefixes);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefixes)),
@@ -1284,6 +1288,38 @@ mod tests {
         assert!(has(&v, "/record_id", "format"), "{v:?}");
         assert!(has(&v, "/record_id", "pattern"), "{v:?}");
         assert!(v.iter().all(|x| !x.pointer.starts_with("/body/")), "{v:?}");
+    }
+
+    #[test]
+    fn record_that_is_not_an_object_is_an_envelope_type_violation() {
+        let set = shipped();
+        let v = envelope_violations(&set, &json!(["talent"]));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].pointer.as_str(), v[0].rule.as_str()), ("", "type"));
+        assert_eq!(v[0].message, "must be an object, not an array");
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"] = json!("person");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/body", "type"), "{v:?}");
+    }
+
+    #[test]
+    fn shared_refs_are_rewritten_but_not_inside_data_or_property_names() {
+        let prefixes = vec![format!("{COMMON_FILE}#")];
+        let mut doc = json!({
+            "properties": {
+                "enum": {"$ref": "common.json#/$defs/zone"},
+                "x": {"const": {"$ref": "common.json#/$defs/zone"}}
+            },
+            "items": [{"$ref": "common.json#/$defs/party"}]
+        });
+        rewrite_refs(&mut doc, &prefixes);
+        assert_eq!(doc["properties"]["enum"]["$ref"], "#/$defs/zone");
+        assert_eq!(
+            doc["properties"]["x"]["const"]["$ref"],
+            "common.json#/$defs/zone"
+        );
+        assert_eq!(doc["items"][0]["$ref"], "#/$defs/party");
     }
 
     #[test]
