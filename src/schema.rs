@@ -1100,6 +1100,15 @@ mod tests {
     }
 
     #[test]
+    fn kinds_referring_to_a_missing_shared_file_are_refused() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join(COMMON_FILE)).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("talent.json"), "{err}");
+        assert!(err.contains("common.json"), "{err}");
+    }
+
+    #[test]
     fn envelope_schema_must_require_the_routing_fields() {
         let dir = copied_schemas();
         let path = dir.path().join(ENVELOPE_FILE);
