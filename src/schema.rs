@@ -1023,6 +1023,47 @@ mod tests {
     }
 
     #[test]
+    fn every_object_refuses_unknown_fields_and_every_field_is_described() {
+        // Conditional branches (`allOf`, `if`/`then`/`else`) only re-constrain declared fields.
+        fn check(node: &Value, path: &str, in_condition: bool, problems: &mut Vec<String>) {
+            match node {
+                Value::Object(obj) => {
+                    if let (Some(Value::Object(props)), false) =
+                        (obj.get("properties"), in_condition)
+                    {
+                        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+                            problems.push(format!("{path}: additionalProperties is not false"));
+                        }
+                        for (name, prop) in props {
+                            if prop.get("description").is_none() {
+                                problems.push(format!("{path}/properties/{name}: no description"));
+                            }
+                        }
+                    }
+                    for (key, child) in obj {
+                        let conditional = in_condition
+                            || matches!(key.as_str(), "allOf" | "if" | "then" | "else");
+                        check(child, &format!("{path}/{key}"), conditional, problems);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check(item, &format!("{path}/{i}"), in_condition, problems);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let set = shipped();
+        let mut problems = Vec::new();
+        check(set.envelope_schema(), "envelope", false, &mut problems);
+        for kind in Kind::ALL {
+            check(set.kind_schema(kind), kind.as_str(), false, &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
     fn broken_schema_file_is_refused_with_its_name() {
         let dir = copied_schemas();
         let path = dir.path().join("talent.json");
