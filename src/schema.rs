@@ -1,11 +1,62 @@
 //! JSON Schemas (draft 2020-12) for the envelope and each kind, compiled once per load.
-//! INTERFACE STUB: to be implemented (see issue 2).
+//!
+//! `schemas/` holds `envelope.json`, `talent.json`, `materials.json`, `data.json` and, optionally,
+//! `common.json` with the shared `$defs` (zone, party, ...). The kind files refer to it as
+//! `common.json#/$defs/<name>`. At load the shared `$defs` are copied into each kind's document
+//! and those references rewritten to local ones (`#/$defs/<name>`), so that every kind is one
+//! self-contained document: the validator compiles it with no resolver at all (jsonschema is built
+//! without `resolve-http`/`resolve-file`, nothing is ever fetched), and [`SchemaSet::kind_schema`]
+//! hands policy loading the very document records are checked against.
+//!
+//! Violation reports (see `docs/schemas.md`):
+//! - `pointer` is a JSON pointer into the whole record as sent: body errors carry the `/body`
+//!   prefix. For `required` and `additionalProperties` the pointer names the property itself
+//!   (`/body/consignor` is missing, `/body/colour` is not allowed), not its parent object.
+//! - `rule` is the JSON Schema keyword broken (`required`, `enum`, `format`, ...).
+//! - `message` never repeats the offending value (it may be personal data and answers may be
+//!   logged); it says what was expected.
+//! - Violations are sorted by pointer (array indices numerically), then rule, then message, and at
+//!   most [`MAX_VIOLATIONS`] are listed; beyond that the last entry (rule `truncated`) says how
+//!   many more there were.
 
+use std::cmp::Ordering;
+use std::fmt;
 use std::path::Path;
 
+use jsonschema::error::{TypeKind, ValidationErrorKind};
+use jsonschema::{Draft, PatternOptions, ValidationError, Validator};
+use ring::digest;
 use serde::Serialize;
+use serde_json::{Map, Value};
 
 use crate::envelope::Kind;
+
+/// The only dialect accepted in `$schema`.
+pub const DIALECT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
+
+/// The most violations a single answer lists (a hostile record cannot produce a huge answer).
+pub const MAX_VIOLATIONS: usize = 100;
+
+/// The envelope schema's file name.
+pub const ENVELOPE_FILE: &str = "envelope.json";
+/// The optional file of shared `$defs`.
+pub const COMMON_FILE: &str = "common.json";
+
+/// Longest pointer reported; longer ones (hostile property names) are cut and end with `…`.
+const MAX_POINTER_LEN: usize = 512;
+/// Longest property name quoted in a message.
+const MAX_NAME_IN_MESSAGE: usize = 64;
+/// Guard against reference cycles when walking schemas.
+const MAX_WALK_DEPTH: usize = 64;
+
+/// The schema file of a kind.
+pub fn kind_file(kind: Kind) -> &'static str {
+    match kind {
+        Kind::Talent => "talent.json",
+        Kind::Materials => "materials.json",
+        Kind::Data => "data.json",
+    }
+}
 
 /// One way a record breaks its schema.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -24,6 +75,15 @@ pub enum SchemaLoadError {
     Invalid { path: String, message: String },
 }
 
+impl SchemaLoadError {
+    fn invalid(path: &Path, message: impl Into<String>) -> SchemaLoadError {
+        SchemaLoadError::Invalid {
+            path: path.display().to_string(),
+            message: message.into(),
+        }
+    }
+}
+
 /// Where a record failed: the envelope (answered 400) or the body of its kind (answered 422).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum SchemaFailure {
@@ -31,24 +91,1605 @@ pub enum SchemaFailure {
     Body(Kind, Vec<SchemaViolation>),
 }
 
-/// The compiled schemas of one load.
-pub struct SchemaSet {}
+impl SchemaFailure {
+    /// The violations, whichever part failed.
+    pub fn violations(&self) -> &[SchemaViolation] {
+        match self {
+            SchemaFailure::Envelope(v) | SchemaFailure::Body(_, v) => v,
+        }
+    }
+}
+
+// === impl SchemaSet ===
+
+/// One schema document and its compiled validator.
+struct CompiledSchema {
+    /// The document as compiled (a kind's document has the shared `$defs` bundled in).
+    document: Value,
+    validator: Validator,
+}
+
+/// The compiled schemas of one load. Immutable once built: `Send + Sync`, shared behind an
+/// `ArcSwap` and replaced whole on reload.
+pub struct SchemaSet {
+    envelope: CompiledSchema,
+    talent: CompiledSchema,
+    materials: CompiledSchema,
+    data: CompiledSchema,
+    hash: String,
+}
+
+impl fmt::Debug for SchemaSet {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SchemaSet")
+            .field("hash", &self.hash)
+            .finish_non_exhaustive()
+    }
+}
 
 impl SchemaSet {
-    /// Loads `envelope.json`, `talent.json`, `materials.json` and `data.json` from `dir`.
-    pub fn load(_dir: &Path) -> Result<SchemaSet, SchemaLoadError> {
-        unimplemented!()
+    /// Loads `envelope.json`, `talent.json`, `materials.json` and `data.json` (and `common.json`
+    /// if present) from `dir`: each must be JSON, declare `$schema` draft 2020-12, be a valid
+    /// schema under that meta-schema and compile (formats validated, unknown formats refused,
+    /// linear-time regular expressions, no remote references). Errors name the file.
+    pub fn load(dir: &Path) -> Result<SchemaSet, SchemaLoadError> {
+        let mut hasher = digest::Context::new(&digest::SHA256);
+
+        let common_path = dir.join(COMMON_FILE);
+        let common = if common_path.exists() {
+            let (bytes, doc) = read_schema_file(&common_path)?;
+            let defs = match doc.get("$defs") {
+                Some(Value::Object(defs)) => defs.clone(),
+                _ => {
+                    return Err(SchemaLoadError::invalid(
+                        &common_path,
+                        "has no \"$defs\" object: the shared file only holds definitions",
+                    ))
+                }
+            };
+            let id = doc.get("$id").and_then(Value::as_str).map(str::to_string);
+            // Compiling it alone proves every shared definition is itself a valid schema.
+            compile(&common_path, &doc)?;
+            Some(Common {
+                bytes,
+                defs,
+                id,
+                path: common_path.clone(),
+            })
+        } else {
+            None
+        };
+
+        let mut load_one = |file: &str, bundle: bool| -> Result<CompiledSchema, SchemaLoadError> {
+            let path = dir.join(file);
+            let (bytes, mut doc) = read_schema_file(&path)?;
+            hash_file(&mut hasher, file, &bytes);
+            if bundle {
+                if let Some(common) = &common {
+                    bundle_common(&path, &mut doc, common)?;
+                }
+            }
+            let validator = compile(&path, &doc)?;
+            Ok(CompiledSchema {
+                document: doc,
+                validator,
+            })
+        };
+        let envelope = load_one(ENVELOPE_FILE, false)?;
+        let talent = load_one(kind_file(Kind::Talent), true)?;
+        let materials = load_one(kind_file(Kind::Materials), true)?;
+        let data = load_one(kind_file(Kind::Data), true)?;
+        if let Some(common) = &common {
+            hash_file(&mut hasher, COMMON_FILE, &common.bytes);
+        }
+
+        check_envelope_shape(&dir.join(ENVELOPE_FILE), &envelope.document)?;
+
+        Ok(SchemaSet {
+            envelope,
+            talent,
+            materials,
+            data,
+            hash: hex::encode(hasher.finish().as_ref()),
+        })
     }
-    /// Validates the envelope, then the body against the schema of its kind.
-    pub fn validate(&self, _record: &serde_json::Value) -> Result<Kind, SchemaFailure> {
-        unimplemented!()
+
+    /// Validates the envelope, then the body against the schema of its kind. Every violation is
+    /// reported (up to [`MAX_VIOLATIONS`]), in a deterministic order.
+    pub fn validate(&self, record: &Value) -> Result<Kind, SchemaFailure> {
+        let envelope_violations = collect_violations(
+            &self.envelope,
+            self.envelope.validator.iter_errors(record),
+            "",
+        );
+        if !envelope_violations.is_empty() {
+            return Err(SchemaFailure::Envelope(envelope_violations));
+        }
+        // The envelope schema guarantees both; a deployment that edited it to allow another kind
+        // still gets a clear envelope error instead of a panic.
+        let Some(kind) = record
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Kind::parse)
+        else {
+            return Err(SchemaFailure::Envelope(vec![SchemaViolation {
+                pointer: "/kind".to_string(),
+                rule: "enum".to_string(),
+                message: "must be one of talent, materials, data".to_string(),
+            }]));
+        };
+        let Some(body) = record.get("body") else {
+            return Err(SchemaFailure::Envelope(vec![SchemaViolation {
+                pointer: "/body".to_string(),
+                rule: "required".to_string(),
+                message: "required property `body` is missing".to_string(),
+            }]));
+        };
+        let compiled = self.compiled(kind);
+        let violations =
+            collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
+        if violations.is_empty() {
+            Ok(kind)
+        } else {
+            Err(SchemaFailure::Body(kind, violations))
+        }
     }
+
     /// SHA-256 (hex) over the schema files of this load: recorded in every audit entry.
+    ///
+    /// Input, in this fixed order: `envelope.json`, `talent.json`, `materials.json`, `data.json`,
+    /// then `common.json` if present; for each, the file name, a zero byte, the content length as
+    /// a big-endian u64 and the raw bytes.
     pub fn hash(&self) -> &str {
-        unimplemented!()
+        &self.hash
     }
-    /// The raw schema document of a kind (policy loading checks pointers against it).
-    pub fn kind_schema(&self, _kind: Kind) -> &serde_json::Value {
-        unimplemented!()
+
+    /// The schema document of a kind, self-contained: the shared `$defs` of `common.json` are
+    /// bundled into its `$defs` and every `$ref` is local (`#/$defs/...`). Records' bodies are
+    /// validated against exactly this document.
+    pub fn kind_schema(&self, kind: Kind) -> &Value {
+        &self.compiled(kind).document
+    }
+
+    /// The envelope schema document.
+    pub fn envelope_schema(&self) -> &Value {
+        &self.envelope.document
+    }
+
+    /// The schema nodes that describe the value at `pointer`, a JSON pointer into a whole record
+    /// of `kind` (`/to`, `/body/gba_sc/filing_date`, `/body/items/0/material_class`). Array
+    /// positions may be an index, `*` or `-` (any item). `$ref`s are resolved and the branches of
+    /// `allOf`/`anyOf`/`oneOf`/`if`/`then`/`else` followed, so the result can hold several nodes
+    /// (e.g. the property's own node and a conditional `then` constraint on it). Empty when no
+    /// record valid for the schema can have a value there.
+    pub fn schema_nodes_at(&self, kind: Kind, pointer: &str) -> Vec<&Value> {
+        let Some(tokens) = parse_pointer(pointer) else {
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        match tokens.split_first() {
+            Some((first, rest)) if first == "body" => {
+                let doc = self.kind_schema(kind);
+                walk_schema(doc, doc, rest, &mut out, 0);
+            }
+            _ => {
+                let doc = self.envelope_schema();
+                walk_schema(doc, doc, &tokens, &mut out, 0);
+            }
+        }
+        out
+    }
+
+    /// Whether a record of `kind` can have a value at `pointer` (see [`SchemaSet::schema_nodes_at`]):
+    /// policy loading refuses rules on fields that cannot exist (a typo never silently matches
+    /// nothing).
+    pub fn pointer_exists_in_schema(&self, kind: Kind, pointer: &str) -> bool {
+        !self.schema_nodes_at(kind, pointer).is_empty()
+    }
+
+    /// The values a field may take when its schema is an enumeration (`enum`, or `const`), e.g.
+    /// for `/body/data_grade`: `["core", "important", "general"]`. `None` when the field is not
+    /// restricted to a list. Lets policy loading refuse a comparison with a value that can never
+    /// occur.
+    pub fn allowed_values_at(&self, kind: Kind, pointer: &str) -> Option<Vec<&Value>> {
+        let nodes = self.schema_nodes_at(kind, pointer);
+        let mut values: Option<Vec<&Value>> = None;
+        for node in nodes {
+            if let Some(Value::Array(options)) = node.get("enum") {
+                values.get_or_insert_with(Vec::new).extend(options.iter());
+            } else if let Some(c) = node.get("const") {
+                values.get_or_insert_with(Vec::new).push(c);
+            }
+        }
+        values.map(|mut v| {
+            v.dedup();
+            v
+        })
+    }
+
+    fn compiled(&self, kind: Kind) -> &CompiledSchema {
+        match kind {
+            Kind::Talent => &self.talent,
+            Kind::Materials => &self.materials,
+            Kind::Data => &self.data,
+        }
+    }
+}
+
+// === loading ===
+
+struct Common {
+    bytes: Vec<u8>,
+    defs: Map<String, Value>,
+    id: Option<String>,
+    path: std::path::PathBuf,
+}
+
+fn read_schema_file(path: &Path) -> Result<(Vec<u8>, Value), SchemaLoadError> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| SchemaLoadError::invalid(path, format!("cannot be read: {e}")))?;
+    let doc: Value = serde_json::from_slice(&bytes)
+        .map_err(|e| SchemaLoadError::invalid(path, format!("is not valid JSON: {e}")))?;
+    if !doc.is_object() {
+        return Err(SchemaLoadError::invalid(path, "is not a JSON object"));
+    }
+    match doc.get("$schema") {
+        Some(Value::String(s)) if s == DIALECT_2020_12 => {}
+        Some(other) => {
+            return Err(SchemaLoadError::invalid(
+                path,
+                format!("\"$schema\" is {other}, expected \"{DIALECT_2020_12}\" (draft 2020-12)"),
+            ))
+        }
+        None => {
+            return Err(SchemaLoadError::invalid(
+                path,
+                format!("has no \"$schema\": declare \"{DIALECT_2020_12}\" (draft 2020-12)"),
+            ))
+        }
+    }
+    // The meta-schema check reports where in the file the schema is malformed (a bad `type`, a
+    // `required` that is not a list, ...), which the compiler would not always say as clearly.
+    let meta_errors: Vec<String> = match jsonschema::meta::try_validate(&doc) {
+        Ok(Ok(())) => Vec::new(),
+        Ok(Err(e)) => vec![format!(
+            "at {}: {}",
+            display_pointer(e.instance_path.as_str()),
+            e.masked_with("the value")
+        )],
+        Err(e) => vec![format!("meta-schema not recognised: {e}")],
+    };
+    if let Some(first) = meta_errors.first() {
+        return Err(SchemaLoadError::invalid(
+            path,
+            format!("is not a valid draft 2020-12 schema {first}"),
+        ));
+    }
+    Ok((bytes, doc))
+}
+
+fn compile(path: &Path, doc: &Value) -> Result<Validator, SchemaLoadError> {
+    jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .should_validate_formats(true)
+        // A misspelt format ("dat") would otherwise silently check nothing.
+        .should_ignore_unknown_formats(false)
+        // Linear-time matching: a hostile value cannot make a pattern backtrack for long.
+        .with_pattern_options(PatternOptions::regex())
+        .build(doc)
+        .map_err(|e| {
+            // For a compile error the "instance" is the schema itself: its path says where in
+            // the file the problem is.
+            SchemaLoadError::invalid(
+                path,
+                format!(
+                    "does not compile at {}: {}",
+                    display_pointer(e.instance_path.as_str()),
+                    e.masked_with("the value")
+                ),
+            )
+        })
+}
+
+fn hash_file(hasher: &mut digest::Context, name: &str, bytes: &[u8]) {
+    hasher.update(name.as_bytes());
+    hasher.update(&[0]);
+    hasher.update(&(bytes.len() as u64).to_be_bytes());
+    hasher.update(bytes);
+}
+
+/// Copies the shared `$defs` into a kind's document and makes its references to them local.
+fn bundle_common(path: &Path, doc: &mut Value, common: &Common) -> Result<(), SchemaLoadError> {
+    let Some(obj) = doc.as_object_mut() else {
+        return Err(SchemaLoadError::invalid(path, "is not a JSON object"));
+    };
+    let defs = obj
+        .entry("$defs")
+        .or_insert_with(|| Value::Object(Map::new()));
+    let Some(defs) = defs.as_object_mut() else {
+        return Err(SchemaLoadError::invalid(path, "\"$defs\" is not an object"));
+    };
+    for (name, def) in &common.defs {
+        if defs.contains_key(name) {
+            return Err(SchemaLoadError::invalid(
+                path,
+                format!(
+                    "defines \"$defs/{name}\", which {} also defines: rename one",
+                    common.path.display()
+                ),
+            ));
+        }
+        defs.insert(name.clone(), def.clone());
+    }
+    let mut prefixes = vec![format!("{COMMON_FILE}#"), format!("./{COMMON_FILE}#")];
+    if let Some(id) = &common.id {
+        prefixes.push(format!("{id}#"));
+    }
+    rewrite_refs(doc, &prefixes);
+    Ok(())
+}
+
+/// Rewrites `"$ref": "common.json#/..."` to `"#/..."` everywhere in a schema, but not inside
+/// keywords whose values are data rather than schemas (`enum`, `const`, ...).
+fn rewrite_refs(schema: &mut Value, prefixes: &[String]) {
+    match schema {
+        Value::Object(obj) => {
+            if let Some(Value::String(r)) = obj.get_mut("$ref") {
+                if let Some(fragment) = prefixes.iter().find_map(|p| r.strip_prefix(p.as_str())) {
+                    *r = format!("#{fragment}");
+                }
+            }
+            for (key, child) in obj.iter_mut() {
+                match key.as_str() {
+                    "enum" | "const" | "examples" | "default" | "$ref" => {}
+                    // Maps from names to schemas: the names are data (a property may well be
+                    // called "enum"), the values are schemas.
+                    "properties" | "patternProperties" | "$defs" | "dependentSchemas" => {
+                        if let Value::Object(named) = child {
+                            named.values_mut().for_each(|s| rewrite_refs(s, prefixes));
+                        }
+                    }
+                    _ => rewrite_refs(child, prefixes),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefixes)),
+        _ => {}
+    }
+}
+
+/// The gateway reads `record_id`, `kind`, `from`, `to` and `body` after the envelope check: an
+/// envelope schema that does not require them would let a record through that the pipeline
+/// cannot route.
+fn check_envelope_shape(path: &Path, doc: &Value) -> Result<(), SchemaLoadError> {
+    let required: Vec<&str> = doc
+        .get("required")
+        .and_then(Value::as_array)
+        .map(|r| r.iter().filter_map(Value::as_str).collect())
+        .unwrap_or_default();
+    let missing: Vec<&str> = ["record_id", "kind", "from", "to", "created_at", "body"]
+        .into_iter()
+        .filter(|f| !required.contains(f))
+        .collect();
+    if missing.is_empty() {
+        Ok(())
+    } else {
+        Err(SchemaLoadError::invalid(
+            path,
+            format!(
+                "the envelope must require {} (the gateway routes on them)",
+                missing.join(", ")
+            ),
+        ))
+    }
+}
+
+fn display_pointer(p: &str) -> String {
+    if p.is_empty() {
+        "the root".to_string()
+    } else {
+        p.to_string()
+    }
+}
+
+// === violations ===
+
+fn collect_violations<'i>(
+    compiled: &CompiledSchema,
+    errors: impl Iterator<Item = ValidationError<'i>>,
+    prefix: &str,
+) -> Vec<SchemaViolation> {
+    let mut out = Vec::new();
+    for error in errors {
+        to_violations(&compiled.document, &error, prefix, &mut out);
+    }
+    out.sort_by(compare_violations);
+    out.dedup();
+    if out.len() > MAX_VIOLATIONS {
+        let hidden = out.len() - (MAX_VIOLATIONS - 1);
+        out.truncate(MAX_VIOLATIONS - 1);
+        out.push(SchemaViolation {
+            pointer: String::new(),
+            rule: "truncated".to_string(),
+            message: format!(
+                "{hidden} further violations are not listed (at most {MAX_VIOLATIONS} are reported)"
+            ),
+        });
+    }
+    out
+}
+
+/// Turns one validation error into one or more violations (one per unexpected property).
+fn to_violations(
+    document: &Value,
+    error: &ValidationError<'_>,
+    prefix: &str,
+    out: &mut Vec<SchemaViolation>,
+) {
+    let schema_path = error.schema_path.as_str();
+    let base = format!("{prefix}{}", error.instance_path.as_str());
+    let keyword = schema_path
+        .rsplit('/')
+        .next()
+        .filter(|k| !k.is_empty())
+        .unwrap_or("schema");
+    let because = condition_description(document, schema_path)
+        .map(|d| format!(" ({d})"))
+        .unwrap_or_default();
+    let node = schema_node_at_path(document, parent_path(schema_path));
+    let title = node
+        .and_then(|n| n.get("title"))
+        .and_then(Value::as_str)
+        .map(|t| format!(" ({t})"))
+        .unwrap_or_default();
+
+    let mut push = |pointer: String, rule: &str, message: String| {
+        out.push(SchemaViolation {
+            pointer: cap_pointer(pointer),
+            rule: rule.to_string(),
+            message,
+        });
+    };
+
+    match &error.kind {
+        ValidationErrorKind::Required { property } => {
+            let name = property.as_str().unwrap_or_default();
+            push(
+                join_pointer(&base, name),
+                "required",
+                format!(
+                    "required property `{}` is missing{because}",
+                    short_name(name)
+                ),
+            );
+        }
+        ValidationErrorKind::AdditionalProperties { unexpected } => {
+            for name in unexpected {
+                push(
+                    join_pointer(&base, name),
+                    "additionalProperties",
+                    format!(
+                        "property `{}` is not allowed here: unknown fields are refused so that \
+                         nothing unchecked crosses{because}",
+                        short_name(name)
+                    ),
+                );
+            }
+        }
+        ValidationErrorKind::Enum { options } => push(
+            base,
+            "enum",
+            format!("must be one of {}{because}", list_values(options)),
+        ),
+        ValidationErrorKind::Constant { expected_value } => {
+            push(base, "const", format!("must be {expected_value}{because}"))
+        }
+        ValidationErrorKind::Format { format } => push(
+            base,
+            "format",
+            format!("is not a valid {}{because}", format_hint(format)),
+        ),
+        ValidationErrorKind::Pattern { pattern } => push(
+            base,
+            "pattern",
+            format!("does not have the expected form{title}: must match {pattern}{because}"),
+        ),
+        ValidationErrorKind::Type { kind } => {
+            let expected = match kind {
+                TypeKind::Single(t) => t.to_string(),
+                TypeKind::Multiple(set) => set
+                    .iter()
+                    .map(|t| t.to_string())
+                    .collect::<Vec<_>>()
+                    .join(" or "),
+            };
+            push(
+                base,
+                "type",
+                format!(
+                    "must be {} {expected}, not {}{because}",
+                    article(&expected),
+                    json_type_name(&error.instance)
+                ),
+            );
+        }
+        ValidationErrorKind::Minimum { limit } => push(
+            base,
+            "minimum",
+            format!("must be at least {limit}{because}"),
+        ),
+        ValidationErrorKind::Maximum { limit } => {
+            push(base, "maximum", format!("must be at most {limit}{because}"))
+        }
+        ValidationErrorKind::ExclusiveMinimum { limit } => push(
+            base,
+            "exclusiveMinimum",
+            format!("must be greater than {limit}{because}"),
+        ),
+        ValidationErrorKind::ExclusiveMaximum { limit } => push(
+            base,
+            "exclusiveMaximum",
+            format!("must be less than {limit}{because}"),
+        ),
+        ValidationErrorKind::MinItems { limit } => push(
+            base,
+            "minItems",
+            format!("must have at least {limit} item{}{because}", plural(*limit)),
+        ),
+        ValidationErrorKind::MaxItems { limit } => push(
+            base,
+            "maxItems",
+            format!("must have at most {limit} item{}{because}", plural(*limit)),
+        ),
+        ValidationErrorKind::MinLength { limit } => push(
+            base,
+            "minLength",
+            format!(
+                "must be at least {limit} character{} long{because}",
+                plural(*limit)
+            ),
+        ),
+        ValidationErrorKind::MaxLength { limit } => push(
+            base,
+            "maxLength",
+            format!(
+                "must be at most {limit} character{} long{because}",
+                plural(*limit)
+            ),
+        ),
+        ValidationErrorKind::UniqueItems => push(
+            base,
+            "uniqueItems",
+            format!("must not list the same value twice{because}"),
+        ),
+        _ => push(
+            base,
+            keyword,
+            format!("{}{because}", error.masked_with("the value")),
+        ),
+    }
+}
+
+/// The `description` of the `then`/`else` branch an error comes from: says why a conditional
+/// requirement applies ("sensitive personal information ... requires sensitive_pi_types").
+fn condition_description<'a>(document: &'a Value, schema_path: &str) -> Option<&'a str> {
+    let segments: Vec<&str> = schema_path.split('/').collect();
+    let last = segments
+        .iter()
+        .rposition(|s| *s == "then" || *s == "else")?;
+    let branch_path = segments[..=last].join("/");
+    schema_node_at_path(document, &branch_path)?
+        .get("description")?
+        .as_str()
+}
+
+/// The schema node at a keyword location (`/properties/exporter/$ref/properties/id/pattern`),
+/// following `$ref` segments through the document's local references.
+fn schema_node_at_path<'a>(document: &'a Value, schema_path: &str) -> Option<&'a Value> {
+    let mut node = document;
+    for raw in schema_path.split('/').skip(1) {
+        let segment = unescape_token(raw);
+        if segment == "$ref" {
+            let target = node.get("$ref")?.as_str()?;
+            node = document.pointer(target.strip_prefix('#')?)?;
+            continue;
+        }
+        node = match node {
+            Value::Object(obj) => obj.get(segment.as_str())?,
+            Value::Array(items) => items.get(segment.parse::<usize>().ok()?)?,
+            _ => return None,
+        };
+    }
+    Some(node)
+}
+
+fn parent_path(schema_path: &str) -> &str {
+    schema_path
+        .rsplit_once('/')
+        .map(|(parent, _)| parent)
+        .unwrap_or("")
+}
+
+fn join_pointer(base: &str, name: &str) -> String {
+    format!("{base}/{}", name.replace('~', "~0").replace('/', "~1"))
+}
+
+fn cap_pointer(mut pointer: String) -> String {
+    if pointer.len() > MAX_POINTER_LEN {
+        let mut cut = MAX_POINTER_LEN;
+        while !pointer.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        pointer.truncate(cut);
+        pointer.push('…');
+    }
+    pointer
+}
+
+fn short_name(name: &str) -> String {
+    if name.chars().count() > MAX_NAME_IN_MESSAGE {
+        let cut: String = name.chars().take(MAX_NAME_IN_MESSAGE).collect();
+        format!("{cut}…")
+    } else {
+        name.to_string()
+    }
+}
+
+fn list_values(options: &Value) -> String {
+    match options {
+        Value::Array(values) => values
+            .iter()
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        other => other.to_string(),
+    }
+}
+
+fn format_hint(format: &str) -> String {
+    match format {
+        "date" => "date (format date: YYYY-MM-DD, e.g. 2026-11-18)".to_string(),
+        "date-time" => {
+            "date-time (format date-time: RFC 3339 with offset, e.g. 2026-11-18T09:30:00+08:00)"
+                .to_string()
+        }
+        "uuid" => "UUID (format uuid: 8-4-4-4-12 hex digits)".to_string(),
+        other => format!("{other} (format {other})"),
+    }
+}
+
+fn json_type_name(value: &Value) -> &'static str {
+    match value {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(n) if n.is_i64() || n.is_u64() => "an integer",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn article(word: &str) -> &'static str {
+    match word.chars().next() {
+        Some('a' | 'e' | 'i' | 'o' | 'u') => "an",
+        _ => "a",
+    }
+}
+
+fn plural(n: u64) -> &'static str {
+    if n == 1 {
+        ""
+    } else {
+        "s"
+    }
+}
+
+/// Reading order: by pointer with array indices compared as numbers (`/items/2` before
+/// `/items/10`), then by rule and message.
+fn compare_violations(a: &SchemaViolation, b: &SchemaViolation) -> Ordering {
+    compare_pointers(&a.pointer, &b.pointer)
+        .then_with(|| a.rule.cmp(&b.rule))
+        .then_with(|| a.message.cmp(&b.message))
+}
+
+fn compare_pointers(a: &str, b: &str) -> Ordering {
+    let mut left = a.split('/');
+    let mut right = b.split('/');
+    loop {
+        match (left.next(), right.next()) {
+            (None, None) => return Ordering::Equal,
+            (None, Some(_)) => return Ordering::Less,
+            (Some(_), None) => return Ordering::Greater,
+            (Some(x), Some(y)) => {
+                let order = match (x.parse::<u64>(), y.parse::<u64>()) {
+                    (Ok(i), Ok(j)) => i.cmp(&j),
+                    _ => x.cmp(y),
+                };
+                if order != Ordering::Equal {
+                    return order;
+                }
+            }
+        }
+    }
+}
+
+// === pointer walking ===
+
+/// Splits a JSON pointer into unescaped tokens; `None` if it is not a pointer.
+fn parse_pointer(pointer: &str) -> Option<Vec<String>> {
+    if pointer.is_empty() {
+        return Some(Vec::new());
+    }
+    let rest = pointer.strip_prefix('/')?;
+    Some(rest.split('/').map(unescape_token).collect())
+}
+
+fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
+}
+
+/// Collects into `out` the schema nodes below `node` that describe the value at `tokens`.
+fn walk_schema<'a>(
+    root: &'a Value,
+    node: &'a Value,
+    tokens: &[String],
+    out: &mut Vec<&'a Value>,
+    depth: usize,
+) {
+    if depth > MAX_WALK_DEPTH {
+        return;
+    }
+    let Some(obj) = node.as_object() else {
+        // The `true` schema allows anything but declares nothing: it only describes the end.
+        if tokens.is_empty() && node.as_bool() == Some(true) {
+            out.push(node);
+        }
+        return;
+    };
+    if let Some(target) = obj
+        .get("$ref")
+        .and_then(Value::as_str)
+        .and_then(|r| r.strip_prefix('#'))
+        .and_then(|fragment| root.pointer(fragment))
+    {
+        walk_schema(root, target, tokens, out, depth + 1);
+    }
+    for key in ["allOf", "anyOf", "oneOf"] {
+        if let Some(branches) = obj.get(key).and_then(Value::as_array) {
+            for branch in branches {
+                walk_schema(root, branch, tokens, out, depth + 1);
+            }
+        }
+    }
+    // `if` only tests; `then`/`else` constrain.
+    for key in ["then", "else"] {
+        if let Some(branch) = obj.get(key) {
+            walk_schema(root, branch, tokens, out, depth + 1);
+        }
+    }
+    let Some((first, rest)) = tokens.split_first() else {
+        out.push(node);
+        return;
+    };
+    if let Some(property) = obj.get("properties").and_then(|p| p.get(first.as_str())) {
+        walk_schema(root, property, rest, out, depth + 1);
+    }
+    if let Some(extra @ Value::Object(_)) = obj.get("additionalProperties") {
+        walk_schema(root, extra, rest, out, depth + 1);
+    }
+    let any_item = first == "*" || first == "-";
+    let index = first.parse::<usize>().ok();
+    if any_item || index.is_some() {
+        if let Some(items) = obj.get("items") {
+            walk_schema(root, items, rest, out, depth + 1);
+        }
+        if let Some(prefix) = obj.get("prefixItems").and_then(Value::as_array) {
+            match index {
+                Some(i) => {
+                    if let Some(p) = prefix.get(i) {
+                        walk_schema(root, p, rest, out, depth + 1);
+                    }
+                }
+                None => prefix
+                    .iter()
+                    .for_each(|p| walk_schema(root, p, rest, out, depth + 1)),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::path::PathBuf;
+
+    fn manifest_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn shipped_dir() -> PathBuf {
+        manifest_dir().join("schemas")
+    }
+
+    fn shipped() -> SchemaSet {
+        SchemaSet::load(&shipped_dir()).unwrap()
+    }
+
+    fn example(name: &str) -> Value {
+        let path = manifest_dir().join("examples/records").join(name);
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
+    }
+
+    fn body_violations(set: &SchemaSet, record: &Value) -> Vec<SchemaViolation> {
+        match set.validate(record) {
+            Err(SchemaFailure::Body(_, v)) => v,
+            other => panic!("expected a body failure, got {other:?}"),
+        }
+    }
+
+    fn envelope_violations(set: &SchemaSet, record: &Value) -> Vec<SchemaViolation> {
+        match set.validate(record) {
+            Err(SchemaFailure::Envelope(v)) => v,
+            other => panic!("expected an envelope failure, got {other:?}"),
+        }
+    }
+
+    fn has(violations: &[SchemaViolation], pointer: &str, rule: &str) -> bool {
+        violations
+            .iter()
+            .any(|v| v.pointer == pointer && v.rule == rule)
+    }
+
+    /// A copy of the shipped schemas in a tempdir, for tests that break one file.
+    fn copied_schemas() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(shipped_dir()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match SchemaSet::load(dir) {
+            Ok(_) => panic!("a broken schema set was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // === loading ===
+
+    #[test]
+    fn shipped_schemas_load_and_hash_is_stable_lowercase_hex() {
+        let a = shipped();
+        let b = shipped();
+        assert_eq!(a.hash().len(), 64);
+        assert!(a
+            .hash()
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn hash_changes_when_any_schema_file_changes() {
+        let dir = copied_schemas();
+        let before = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        let path = dir.path().join(COMMON_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["description"] = json!("edited");
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let after = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn schema_set_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<SchemaSet>();
+    }
+
+    #[test]
+    fn kind_schemas_are_self_contained_with_only_local_refs() {
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get("$ref") {
+                        out.push(r);
+                    }
+                    o.values().for_each(|c| refs(c, out));
+                }
+                Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+                _ => {}
+            }
+        }
+        let set = shipped();
+        for kind in Kind::ALL {
+            let doc = set.kind_schema(kind);
+            let mut found = Vec::new();
+            refs(doc, &mut found);
+            assert!(!found.is_empty(), "{kind} uses shared definitions");
+            for r in found {
+                assert!(r.starts_with("#/"), "{kind}: non-local $ref {r}");
+                assert!(doc.pointer(&r[1..]).is_some(), "{kind}: dangling $ref {r}");
+            }
+            assert_eq!(doc["$schema"], DIALECT_2020_12);
+        }
+    }
+
+    #[test]
+    fn every_object_refuses_unknown_fields_and_every_field_is_described() {
+        // Conditional branches (`allOf`, `if`/`then`/`else`) only re-constrain declared fields.
+        fn check(node: &Value, path: &str, in_condition: bool, problems: &mut Vec<String>) {
+            match node {
+                Value::Object(obj) => {
+                    if let (Some(Value::Object(props)), false) =
+                        (obj.get("properties"), in_condition)
+                    {
+                        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+                            problems.push(format!("{path}: additionalProperties is not false"));
+                        }
+                        for (name, prop) in props {
+                            if prop.get("description").is_none() {
+                                problems.push(format!("{path}/properties/{name}: no description"));
+                            }
+                        }
+                    }
+                    for (key, child) in obj {
+                        let conditional = in_condition
+                            || matches!(key.as_str(), "allOf" | "if" | "then" | "else");
+                        check(child, &format!("{path}/{key}"), conditional, problems);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check(item, &format!("{path}/{i}"), in_condition, problems);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let set = shipped();
+        let mut problems = Vec::new();
+        check(set.envelope_schema(), "envelope", false, &mut problems);
+        for kind in Kind::ALL {
+            check(set.kind_schema(kind), kind.as_str(), false, &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn broken_schema_file_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["purpose"]["type"] = json!("strnig");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("talent.json"), "{err}");
+        assert!(err.contains("not a valid draft 2020-12 schema"), "{err}");
+        assert!(err.contains("/properties/purpose/type"), "{err}");
+    }
+
+    #[test]
+    fn schema_file_that_is_not_json_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        std::fs::write(dir.path().join("materials.json"), b"{\"$schema\": ").unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("materials.json"), "{err}");
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn schema_of_another_draft_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("data.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["$schema"] = json!("http://json-schema.org/draft-07/schema#");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("data.json") && err.contains("draft 2020-12"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_schema_file_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join("envelope.json")).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("envelope.json") && err.contains("cannot be read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_format_in_a_schema_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["limit_of_stay"]["format"] = json!("dat");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("talent.json") && err.contains("'dat'"),
+            "{err}"
+        );
+        assert!(err.contains("/properties/limit_of_stay"), "{err}");
+    }
+
+    #[test]
+    fn remote_ref_is_refused_never_fetched() {
+        let dir = copied_schemas();
+        let path = dir.path().join("data.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["purpose"] = json!({"$ref": "https://example.org/purposes.json"});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("data.json") && err.contains("does not compile"),
+            "{err}"
+        );
+        assert!(err.contains("https://example.org/purposes.json"), "{err}");
+    }
+
+    #[test]
+    fn kinds_referring_to_a_missing_shared_file_are_refused() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join(COMMON_FILE)).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("talent.json"), "{err}");
+        assert!(err.contains("common.json"), "{err}");
+    }
+
+    #[test]
+    fn envelope_schema_must_require_the_routing_fields() {
+        let dir = copied_schemas();
+        let path = dir.path().join(ENVELOPE_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["required"] = json!(["record_id", "kind", "body"]);
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("envelope.json") && err.contains("from, to"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kind_defining_a_shared_name_again_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("materials.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["$defs"]["party"] = json!({"type": "object"});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("materials.json") && err.contains("$defs/party"),
+            "{err}"
+        );
+    }
+
+    // === the example records ===
+
+    #[test]
+    fn every_example_record_is_valid_and_each_kind_goes_both_ways() {
+        let set = shipped();
+        let mut routes = std::collections::BTreeMap::<(String, String, String), usize>::new();
+        let dir = manifest_dir().join("examples/records");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let kind = set
+                .validate(&record)
+                .unwrap_or_else(|f| panic!("{}: {f:?}", path.display()));
+            assert_eq!(kind.as_str(), record["kind"]);
+            let route = (
+                kind.to_string(),
+                record["from"].as_str().unwrap().to_string(),
+                record["to"].as_str().unwrap().to_string(),
+            );
+            *routes.entry(route).or_default() += 1;
+        }
+        for kind in Kind::ALL {
+            for (from, to) in [("sz", "hk"), ("hk", "sz")] {
+                let n = routes
+                    .get(&(kind.to_string(), from.to_string(), to.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                assert!(n >= 2, "{kind} {from}->{to}: only {n} examples");
+            }
+        }
+    }
+
+    #[test]
+    fn every_invalid_example_fails_with_its_documented_violation() {
+        let set = shipped();
+        let cases = [
+            (
+                "materials-missing-consignor.json",
+                true,
+                "/body/consignor",
+                "required",
+            ),
+            ("data-bad-data-grade.json", true, "/body/data_grade", "enum"),
+            (
+                "talent-additional-property.json",
+                true,
+                "/body/passport_number",
+                "additionalProperties",
+            ),
+            (
+                "data-sensitive-pi-without-types.json",
+                true,
+                "/body/sensitive_pi_types",
+                "required",
+            ),
+            (
+                "materials-bad-hs-code.json",
+                true,
+                "/body/items/1/hs_code",
+                "pattern",
+            ),
+            (
+                "talent-bad-date.json",
+                true,
+                "/body/limit_of_stay",
+                "format",
+            ),
+            ("envelope-bad-record-id.json", false, "/record_id", "format"),
+        ];
+        let dir = manifest_dir().join("examples/records/invalid");
+        let on_disk = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(
+            on_disk,
+            cases.len(),
+            "every invalid example has a case here"
+        );
+        for (file, in_body, pointer, rule) in cases {
+            let record = example(&format!("invalid/{file}"));
+            let violations = if in_body {
+                body_violations(&set, &record)
+            } else {
+                envelope_violations(&set, &record)
+            };
+            assert!(has(&violations, pointer, rule), "{file}: {violations:?}");
+        }
+    }
+
+    // === specific violations ===
+
+    #[test]
+    fn missing_required_field_is_reported_at_the_missing_property() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        r["body"].as_object_mut().unwrap().remove("consignor");
+        let v = body_violations(&set, &r);
+        assert_eq!(
+            v,
+            vec![SchemaViolation {
+                pointer: "/body/consignor".into(),
+                rule: "required".into(),
+                message: "required property `consignor` is missing".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn missing_envelope_field_is_reported_at_the_missing_property() {
+        let set = shipped();
+        let mut r = example("talent-sz-hk-researcher.json");
+        r.as_object_mut().unwrap().remove("created_at");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/created_at", "required"), "{v:?}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_reported_with_the_allowed_values_and_not_the_value() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-academic-measurements.json");
+        r["body"]["data_grade"] = json!("top-secret-HKID-A1234567");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].pointer.as_str(), v[0].rule.as_str()),
+            ("/body/data_grade", "enum")
+        );
+        assert!(v[0].message.contains("core, important, general"), "{v:?}");
+        assert!(!v[0].message.contains("A1234567"), "value echoed: {v:?}");
+    }
+
+    #[test]
+    fn bad_date_is_a_format_violation() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-quantum-equipment.json");
+        r["body"]["permits"][0]["valid_to"] = json!("2027-02-30");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/permits/0/valid_to", "format"), "{v:?}");
+        assert!(v[0].message.contains("YYYY-MM-DD"), "{v:?}");
+    }
+
+    #[test]
+    fn date_time_without_offset_is_a_format_violation() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["entry_at"] = json!("2026-12-01 08:45");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/entry_at", "format"), "{v:?}");
+    }
+
+    #[test]
+    fn bad_uuid_is_an_envelope_violation_and_body_is_not_checked() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["record_id"] = json!("3f6c2a9e-8d41-4b7a-9c15-2e7d0b94a6");
+        r["body"]["purpose"] = json!("smuggling");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/record_id", "format"), "{v:?}");
+        assert!(has(&v, "/record_id", "pattern"), "{v:?}");
+        assert!(v.iter().all(|x| !x.pointer.starts_with("/body/")), "{v:?}");
+    }
+
+    #[test]
+    fn record_that_is_not_an_object_is_an_envelope_type_violation() {
+        let set = shipped();
+        let v = envelope_violations(&set, &json!(["talent"]));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].pointer.as_str(), v[0].rule.as_str()), ("", "type"));
+        assert_eq!(v[0].message, "must be an object, not an array");
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"] = json!("person");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/body", "type"), "{v:?}");
+    }
+
+    #[test]
+    fn shared_refs_are_rewritten_but_not_inside_data_or_property_names() {
+        let prefixes = vec![format!("{COMMON_FILE}#")];
+        let mut doc = json!({
+            "properties": {
+                "enum": {"$ref": "common.json#/$defs/zone"},
+                "x": {"const": {"$ref": "common.json#/$defs/zone"}}
+            },
+            "items": [{"$ref": "common.json#/$defs/party"}]
+        });
+        rewrite_refs(&mut doc, &prefixes);
+        assert_eq!(doc["properties"]["enum"]["$ref"], "#/$defs/zone");
+        assert_eq!(
+            doc["properties"]["x"]["const"]["$ref"],
+            "common.json#/$defs/zone"
+        );
+        assert_eq!(doc["items"][0]["$ref"], "#/$defs/party");
+    }
+
+    #[test]
+    fn uppercase_uuid_is_accepted() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["record_id"] = json!("C8E1F0A3-2B6D-4E95-A7C4-0D3F58B19E72");
+        assert_eq!(set.validate(&r), Ok(Kind::Talent));
+    }
+
+    #[test]
+    fn park_ids_must_be_short_lowercase_ids() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["to"] = json!("Shenzhen Park");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/to", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn additional_property_is_reported_at_the_property() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-lab-mice.json");
+        r["body"]["items"][0]["colour"] = json!("white");
+        r["extra"] = json!(1);
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/extra", "additionalProperties"), "{v:?}");
+        r.as_object_mut().unwrap().remove("extra");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            has(&v, "/body/items/0/colour", "additionalProperties"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn bad_hs_code_is_a_pattern_violation() {
+        let set = shipped();
+        for bad in ["3002.12", "300212", "30021200001", "300212000A"] {
+            let mut r = example("materials-sz-hk-hgr-samples.json");
+            r["body"]["items"][0]["hs_code"] = json!(bad);
+            let v = body_violations(&set, &r);
+            assert!(has(&v, "/body/items/0/hs_code", "pattern"), "{bad}: {v:?}");
+        }
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        r["body"]["items"][0]["hs_code"] = json!("30021200");
+        assert_eq!(
+            set.validate(&r),
+            Ok(Kind::Materials),
+            "8 digits (Hong Kong)"
+        );
+    }
+
+    #[test]
+    fn sensitive_pi_without_types_is_required_with_the_reason() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sensitive_pi_types");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(has(&v, "/body/sensitive_pi_types", "required"), "{v:?}");
+        assert!(
+            v[0].message.contains("sensitive personal information"),
+            "{v:?}"
+        );
+
+        r["body"]["sensitive_pi_types"] = json!([]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/sensitive_pi_types", "minItems"), "{v:?}");
+    }
+
+    #[test]
+    fn sensitive_pi_types_without_sensitive_pi_is_refused() {
+        let set = shipped();
+        let mut r = example("data-hk-sz-staff-roster.json");
+        r["body"]["sensitive_pi_types"] = json!(["biometric"]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/sensitive_pi_types", "maxItems"), "{v:?}");
+    }
+
+    #[test]
+    fn sensitive_pi_implies_pi() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"]["contains_pi"] = json!(false);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/contains_pi", "const"), "{v:?}");
+    }
+
+    #[test]
+    fn mechanism_needs_its_evidence() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"].as_object_mut().unwrap().remove("gba_sc");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/gba_sc", "required"), "{v:?}");
+
+        let mut r = example("data-sz-hk-hgr-sequencing.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("security_assessment");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/security_assessment", "required"), "{v:?}");
+
+        let mut r = example("data-sz-hk-hr-attendance.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("lawful_hr_exemption_basis");
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/lawful_hr_exemption_basis", "required"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn personal_information_needs_the_year_to_date_count() {
+        let set = shipped();
+        let mut r = example("data-hk-sz-staff-roster.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ytd_subjects_nonsensitive");
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/ytd_subjects_nonsensitive", "required"),
+            "{v:?}"
+        );
+        r["body"]["ytd_subjects_nonsensitive"] = json!(-1);
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/ytd_subjects_nonsensitive", "minimum"),
+            "{v:?}"
+        );
+        r["body"]["ytd_subjects_nonsensitive"] = json!(2.5);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/ytd_subjects_nonsensitive", "type"), "{v:?}");
+    }
+
+    #[test]
+    fn party_id_must_match_its_scheme() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"]["exporter"]["id"] = json!("9144030MA5EUHUXXH"); // 17 characters
+        r["body"]["recipient"]["id"] = json!("7410293"); // 7 digits
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/exporter/id", "pattern"), "{v:?}");
+        assert!(has(&v, "/body/recipient/id", "pattern"), "{v:?}");
+        assert!(v[0].message.contains("uscc"), "{v:?}");
+        r["body"]["exporter"]["id"] = json!("91440300MA5EUHUXXI"); // I is never used
+        r["body"]["recipient"]["id"] = json!("74102935");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/exporter/id", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn quantities_must_be_positive() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-lab-mice.json");
+        r["body"]["items"][0]["quantity"] = json!(0);
+        r["body"]["permits"][0]["approved_quantity"] = json!(-5);
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/items/0/quantity", "exclusiveMinimum"),
+            "{v:?}"
+        );
+        assert!(
+            has(&v, "/body/permits/0/approved_quantity", "exclusiveMinimum"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn materials_need_at_least_one_item_but_permits_may_be_empty() {
+        let set = shipped();
+        let mut r = example("materials-hk-sz-equipment-return.json");
+        assert_eq!(r["body"]["permits"], json!([]));
+        assert_eq!(set.validate(&r), Ok(Kind::Materials));
+        r["body"]["items"] = json!([]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items", "minItems"), "{v:?}");
+    }
+
+    #[test]
+    fn infectious_substance_needs_un_number_and_class() {
+        let set = shipped();
+        let mut r = example("materials-hk-sz-bio-reagents.json");
+        r["body"]["items"][0]["infectious_category"] = json!("B");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items/0/un_number", "required"), "{v:?}");
+        assert!(has(&v, "/body/items/0/dg_class", "required"), "{v:?}");
+        r["body"]["items"][0]["un_number"] = json!("UN3373");
+        r["body"]["items"][0]["dg_class"] = json!("6.2");
+        assert_eq!(set.validate(&r), Ok(Kind::Materials));
+        r["body"]["items"][0]["un_number"] = json!("3373");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items/0/un_number", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn person_ref_is_a_pseudonym_or_a_raw_document_reference() {
+        let set = shipped();
+        let mut r = example("talent-sz-hk-researcher.json");
+        for ok in ["passport:E12345678", "hkid:A123456(7)"] {
+            r["body"]["person_ref"] = json!(ok);
+            assert_eq!(set.validate(&r), Ok(Kind::Talent), "{ok}");
+        }
+        for bad in ["E12345678", "ABCDEF", "driving_licence:123456789"] {
+            r["body"]["person_ref"] = json!(bad);
+            let v = body_violations(&set, &r);
+            assert!(has(&v, "/body/person_ref", "pattern"), "{bad}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn every_violation_is_reported_in_reading_order() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        let item = r["body"]["items"][0].clone();
+        let items: Vec<Value> = (0..12).map(|_| item.clone()).collect();
+        r["body"]["items"] = json!(items);
+        r["body"]["items"][10]["unit"] = json!("millilitres");
+        r["body"]["items"][2]["material_class"] = json!("blood");
+        r["body"]["carriage"] = json!("drone");
+        r["body"].as_object_mut().unwrap().remove("shipment_id");
+        let v = body_violations(&set, &r);
+        let pointers: Vec<&str> = v.iter().map(|x| x.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            vec![
+                "/body/carriage",
+                "/body/items/2/material_class",
+                "/body/items/10/unit",
+                "/body/shipment_id",
+            ]
+        );
+        // Same input, same answer.
+        assert_eq!(v, body_violations(&set, &r));
+    }
+
+    #[test]
+    fn number_of_violations_is_capped() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        let items: Vec<Value> = (0..200).map(|_| json!({"hs_code": "x"})).collect();
+        r["body"]["items"] = json!(items);
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), MAX_VIOLATIONS);
+        let last = v.last().unwrap();
+        assert_eq!(last.rule, "truncated");
+        assert!(last.message.contains("further violations"), "{last:?}");
+    }
+
+    #[test]
+    fn hostile_property_names_are_cut_in_pointers() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["x".repeat(5000)] = json!(1);
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].pointer.len() <= MAX_POINTER_LEN + '…'.len_utf8());
+        assert!(v[0].message.len() < 300, "{}", v[0].message);
+    }
+
+    #[test]
+    fn pointer_escapes_slash_and_tilde_in_property_names() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["a/b~c"] = json!(1);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/a~1b~0c", "additionalProperties"), "{v:?}");
+    }
+
+    // === pointer walking ===
+
+    #[test]
+    fn pointer_walker_finds_fields_through_items_refs_and_conditionals() {
+        let set = shipped();
+        let exists = |kind, p| set.pointer_exists_in_schema(kind, p);
+        assert!(exists(Kind::Materials, "/body/items/0/material_class"));
+        assert!(exists(Kind::Materials, "/body/items/*/hs_code"));
+        assert!(exists(Kind::Materials, "/body/permits/-/valid_to"));
+        assert!(exists(Kind::Materials, "/body/consignor/registered_city"));
+        assert!(exists(Kind::Data, "/body/gba_sc/filing_date"));
+        assert!(exists(Kind::Data, "/body/gba_sc/declared_purposes/0"));
+        assert!(exists(Kind::Data, "/body/exporter/hetao_whitelist_id"));
+        assert!(exists(Kind::Talent, "/body/exit_endorsement/max_stay_days"));
+        assert!(exists(Kind::Talent, "/body"));
+        assert!(exists(Kind::Talent, "/from"));
+        assert!(exists(Kind::Data, ""));
+
+        assert!(!exists(Kind::Materials, "/body/items/0/nope"));
+        assert!(!exists(Kind::Materials, "/body/items/first/hs_code"));
+        assert!(!exists(Kind::Data, "/body/data_grde"));
+        assert!(!exists(Kind::Data, "/body/consignor"), "a materials field");
+        assert!(!exists(Kind::Talent, "/sender"));
+        assert!(!exists(Kind::Talent, "body/purpose"), "not a pointer");
+    }
+
+    #[test]
+    fn allowed_values_come_from_enums_through_refs() {
+        let set = shipped();
+        let grades = set
+            .allowed_values_at(Kind::Data, "/body/data_grade")
+            .unwrap();
+        assert_eq!(grades, vec!["core", "important", "general"]);
+        let zones = set
+            .allowed_values_at(Kind::Data, "/body/recipient_zone")
+            .unwrap();
+        assert!(zones.contains(&&json!("hk_park")));
+        let types = set
+            .allowed_values_at(Kind::Materials, "/body/permits/*/type")
+            .unwrap();
+        assert_eq!(types.len(), 8);
+        assert_eq!(set.allowed_values_at(Kind::Data, "/body/purpose"), None);
     }
 }
