@@ -102,6 +102,15 @@ pub enum ClientError {
     Tls { url: String, message: String },
     #[error("no answer from {url} within {after:?}")]
     Timeout { url: String, after: Duration },
+    /// The connection died before an answer. In TLS 1.3 the server judges the client
+    /// certificate after the client has finished its side of the handshake, so a refused
+    /// certificate shows up either as an alert ([`ClientError::Tls`]) or, depending on timing,
+    /// as this.
+    #[error(
+        "{url} closed the connection before answering ({message}); if this happens for every \
+         record, the gateway most likely refused our client certificate"
+    )]
+    ConnectionClosed { url: String, message: String },
     #[error("request to {url} failed: {message}")]
     Request { url: String, message: String },
 }
@@ -129,6 +138,10 @@ impl ClientError {
             ClientError::Tls { .. } => {
                 "--ca must be the CA that issued the gateway's certificate (gateway-ca.pem), and \
                  --cert must come from a park CA the gateway trusts, valid and not revoked"
+            }
+            ClientError::ConnectionClosed { .. } => {
+                "check that --cert comes from a park CA the gateway trusts and is neither expired \
+                 nor revoked; otherwise see the gateway's log"
             }
             ClientError::Timeout { .. } => {
                 "the gateway or the destination park is slow; try again or raise the timeout"
@@ -389,6 +402,11 @@ fn classify(url: &str, err: &hyper_util::client::legacy::Error) -> ClientError {
                     url: url.to_string(),
                     message: format!("the gateway refused our client certificate ({message})"),
                 }
+            } else if closed_early(&message) {
+                ClientError::ConnectionClosed {
+                    url: url.to_string(),
+                    message,
+                }
             } else {
                 ClientError::Request {
                     url: url.to_string(),
@@ -423,6 +441,22 @@ fn tls_error(url: &str, err: &rustls::Error) -> ClientError {
         url: url.to_string(),
         message,
     }
+}
+
+/// Texts hyper, h2 and the OS use for a connection that ended under a request.
+fn closed_early(message: &str) -> bool {
+    [
+        "broken pipe",
+        "connection reset",
+        "not ready",
+        "closed before",
+        "connection closed",
+        "unexpected end of file",
+        "close_notify",
+        "IncompleteMessage",
+    ]
+    .iter()
+    .any(|m| message.contains(m))
 }
 
 fn error_chain(err: &dyn std::error::Error) -> String {

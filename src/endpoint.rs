@@ -274,14 +274,25 @@ async fn serve_connection(
         _ => return,
     };
     let peer = Arc::new((fingerprint, subject));
+    // Rung by a request under `CloseConnection`: the connection is dropped (TCP closed, no
+    // answer, no TLS close_notify) for HTTP/1.1 and HTTP/2 alike.
+    let close = Arc::new(tokio::sync::Notify::new());
+    let service_close = close.clone();
     let service = hyper::service::service_fn(move |request| {
         let shared = shared.clone();
         let peer = peer.clone();
-        async move { handle(request, &shared, &peer).await }
+        let close = service_close.clone();
+        async move { handle(request, &shared, &peer, &close).await }
     });
     let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    if let Err(e) = builder.serve_connection(TokioIo::new(tls), service).await {
-        tracing::debug!(error = %e, "park endpoint: connection ended with an error");
+    let connection = builder.serve_connection(TokioIo::new(tls), service);
+    tokio::select! {
+        served = connection => {
+            if let Err(e) = served {
+                tracing::debug!(error = %e, "park endpoint: connection ended with an error");
+            }
+        }
+        _ = close.notified() => {}
     }
 }
 
@@ -294,17 +305,12 @@ fn peer_identity(cert: &CertificateDer<'_>) -> (String, String) {
     (hex::encode(digest.as_ref()), subject)
 }
 
-/// Why a request got no answer: hyper then closes the connection (HTTP/1.1) or resets the
-/// stream (HTTP/2), which the gateway must report as 502.
-#[derive(Debug, thiserror::Error)]
-#[error("park endpoint closes the connection without answering (configured behaviour)")]
-struct ClosedOnPurpose;
-
 async fn handle(
     request: http::Request<Incoming>,
     shared: &Shared,
     peer: &(String, String),
-) -> Result<http::Response<Full<Bytes>>, ClosedOnPurpose> {
+    close: &tokio::sync::Notify,
+) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
     if request.uri().path() != "/v1/records" {
         return Ok(answer(
             404,
@@ -346,7 +352,11 @@ async fn handle(
 
     let behaviour = *lock(&shared.behaviour);
     match behaviour {
-        EndpointBehaviour::CloseConnection => return Err(ClosedOnPurpose),
+        EndpointBehaviour::CloseConnection => {
+            close.notify_one();
+            // Never answers: the connection task drops this request with the connection.
+            return std::future::pending().await;
+        }
         EndpointBehaviour::Delay(d) => tokio::time::sleep(d).await,
         EndpointBehaviour::Status(status) if !(200..300).contains(&status) => {
             return Ok(answer(

@@ -262,7 +262,10 @@ fn crl_from_a_reloaded_ca_lists_the_revoked_serial() {
         )
         .unwrap();
     let pem = ca
-        .crl_pem(&[revoked.serial.clone()], chrono::Duration::days(7))
+        .crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(7),
+        )
         .unwrap();
     let der = CertificateRevocationListDer::from_pem_slice(pem.as_bytes()).unwrap();
     let (_, crl) = parse_x509_crl(der.as_ref()).unwrap();
@@ -377,8 +380,11 @@ fn rustls_verifier_honours_the_crl_and_refuses_a_stale_one() {
     let now = rustls_pki_types::UnixTime::now();
 
     let fresh = verifier(
-        ca.crl_pem(&[revoked.serial.clone()], chrono::Duration::days(1))
-            .unwrap(),
+        ca.crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(1),
+        )
+        .unwrap(),
     );
     let err = fresh
         .verify_client_cert(&der(&revoked), &[], now)

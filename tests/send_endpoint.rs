@@ -168,8 +168,12 @@ async fn client_with_a_certificate_of_another_ca_is_refused_in_the_handshake() {
             .send(&format!("{}/v1/records", ep.url()), record("r-x"))
             .await
             .unwrap_err();
-        assert!(matches!(err, ClientError::Tls { .. }), "{http:?}: {err}");
-        assert!(err.to_string().contains("UnknownCA"), "{err}");
+        // The alert (UnknownCA) or, depending on timing, the closed connection it causes.
+        match &err {
+            ClientError::Tls { .. } => assert!(err.to_string().contains("UnknownCA"), "{err}"),
+            ClientError::ConnectionClosed { .. } => {}
+            other => panic!("{http:?}: {other}"),
+        }
     }
     assert!(ep.received().is_empty());
     // The endpoint counts the failures once its side of the handshake has finished.
@@ -236,7 +240,7 @@ async fn close_behaviour_closes_without_an_answer() {
             .await
             .unwrap_err();
         assert!(
-            matches!(err, ClientError::Request { .. }),
+            matches!(err, ClientError::ConnectionClosed { .. }),
             "{http:?}: {err}"
         );
     }

@@ -10,8 +10,9 @@ use crate::pki::{self, DevPkiOptions, ParkCa, Validity};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CertsCommand {
-    /// Write a development PKI and a ready gateway.toml: one CA per park, the gateway CA with the
-    /// gateway's server and upstream-client certificates, a server certificate per park
+    /// Write a development PKI and a ready gateway.toml (development and tests only).
+    ///
+    /// One CA per park, the gateway CA with the gateway's server and upstream-client certificates, a server certificate per park
     /// endpoint, a client certificate per sample organisation, empty CRLs, the audit signing
     /// key and the pseudonymisation key. FOR DEVELOPMENT AND TESTS ONLY.
     Init(InitArgs),
