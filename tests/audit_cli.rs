@@ -50,7 +50,14 @@ async fn setup(segment_max_bytes: u64) -> Setup {
             .append(AuditEvent {
                 entry_type: Some(EntryType::Decision),
                 record_id: Some(format!("rec-{i}")),
-                kind: Some(if deny { "personal_data" } else { "research_data" }.into()),
+                kind: Some(
+                    if deny {
+                        "personal_data"
+                    } else {
+                        "research_data"
+                    }
+                    .into(),
+                ),
                 from: Some("sz".into()),
                 to: Some("hk".into()),
                 decision: if deny { "deny" } else { "allow" }.into(),
@@ -98,7 +105,11 @@ async fn verify_exits_zero_on_an_intact_log_and_names_the_first_bad_seq() {
     std::fs::write(&s.log, tampered).unwrap();
     let bad = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
-    assert!(stdout(&bad).contains("first bad entry: seq 1"), "{}", stdout(&bad));
+    assert!(
+        stdout(&bad).contains("first bad entry: seq 1"),
+        "{}",
+        stdout(&bad)
+    );
 }
 
 #[tokio::test]
@@ -109,7 +120,11 @@ async fn verify_refuses_an_unsigned_tail_unless_allowed() {
     std::fs::write(&s.log, lines[..lines.len() - 2].join("\n") + "\n").unwrap();
     let strict = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
     assert_eq!(strict.status.code(), Some(1));
-    assert!(stdout(&strict).contains("not covered by a signature"), "{}", stdout(&strict));
+    assert!(
+        stdout(&strict).contains("not covered by a signature"),
+        "{}",
+        stdout(&strict)
+    );
     let live = run(&[
         "audit",
         "verify",
@@ -125,7 +140,14 @@ async fn verify_refuses_an_unsigned_tail_unless_allowed() {
 #[tokio::test]
 async fn verify_of_the_active_log_includes_its_archived_segments() {
     let s = setup(1500).await;
-    let ok = run(&["audit", "verify", &s.log, "--public-key", &s.public, "--json"]);
+    let ok = run(&[
+        "audit",
+        "verify",
+        &s.log,
+        "--public-key",
+        &s.public,
+        "--json",
+    ]);
     assert!(ok.status.success(), "{}", stdout(&ok));
     let v: serde_json::Value = serde_json::from_slice(&ok.stdout).unwrap();
     assert!(v["files"].as_array().unwrap().len() >= 2, "{v}");
@@ -148,7 +170,13 @@ async fn query_filters_in_every_format_and_counts() {
     assert_eq!(v[0]["hash"].as_str().unwrap().len(), 64);
 
     let csv = run(&[
-        "audit", "query", &s.log, "--record-id", "rec-3", "--format", "csv",
+        "audit",
+        "query",
+        &s.log,
+        "--record-id",
+        "rec-3",
+        "--format",
+        "csv",
     ]);
     let c = stdout(&csv);
     assert!(c.starts_with("seq,time,type,record_id"), "{c}");
@@ -172,7 +200,14 @@ async fn query_filters_in_every_format_and_counts() {
 async fn receipt_verify_accepts_the_kept_answer_and_rejects_an_altered_one() {
     let s = setup(256 * 1024 * 1024).await;
     let ok = run(&[
-        "audit", "receipt", "verify", &s.receipt, "--public-key", &s.public, "--log", &s.log,
+        "audit",
+        "receipt",
+        "verify",
+        &s.receipt,
+        "--public-key",
+        &s.public,
+        "--log",
+        &s.log,
     ]);
     assert!(ok.status.success(), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("the log holds the entry"));
@@ -196,7 +231,12 @@ async fn receipt_verify_accepts_the_kept_answer_and_rejects_an_altered_one() {
 async fn public_key_is_derived_from_the_signing_key() {
     let s = setup(256 * 1024 * 1024).await;
     let key = Path::new(&s.public).with_file_name("audit-signing.key");
-    let out = run(&["audit", "public-key", "--signing-key", key.to_str().unwrap()]);
+    let out = run(&[
+        "audit",
+        "public-key",
+        "--signing-key",
+        key.to_str().unwrap(),
+    ]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), std::fs::read_to_string(&s.public).unwrap());
 }

@@ -96,7 +96,11 @@ async fn written_log(f: &Fixture, records: usize) -> Vec<PathBuf> {
 }
 
 fn paths(log: &Path) -> Vec<PathBuf> {
-    segment_paths(log).unwrap().into_iter().map(|(_, p)| p).collect()
+    segment_paths(log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect()
 }
 
 fn lines(path: &Path) -> Vec<String> {
@@ -228,7 +232,11 @@ async fn reordering_entries_is_detected() {
         let mut l = all.clone();
         l.swap(i, i + 1);
         let report = verify_text(&f, &l.concat());
-        assert!(report.problem.is_some(), "swapping lines {i} and {} went unnoticed", i + 1);
+        assert!(
+            report.problem.is_some(),
+            "swapping lines {i} and {} went unnoticed",
+            i + 1
+        );
     }
 }
 
@@ -251,14 +259,20 @@ async fn truncating_the_tail_past_the_last_checkpoint_is_detected() {
     assert!(report.problem.is_none(), "{:?}", report.problem);
     assert!(!report.is_intact(false));
     assert!(report.tail_problem().unwrap().contains("not covered"));
-    assert!(report.is_intact(true), "a live log may have an unsigned tail");
+    assert!(
+        report.is_intact(true),
+        "a live log may have an unsigned tail"
+    );
 
     // Cut exactly after an earlier periodic checkpoint: still not the closing one.
     let at_checkpoint = &all[..=checkpoints[checkpoints.len() - 2]];
     let report = verify_text(&f, &at_checkpoint.concat());
     assert!(report.problem.is_none());
     assert!(!report.is_intact(false));
-    assert!(report.tail_problem().unwrap().contains("periodic checkpoint"));
+    assert!(report
+        .tail_problem()
+        .unwrap()
+        .contains("periodic checkpoint"));
 }
 
 #[tokio::test]
@@ -275,7 +289,9 @@ async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
     log.append(decision("forged", "allow")).await.unwrap();
     log.close().await.unwrap();
     let report = verify_logs(&files, Some(&f.public));
-    let p = report.problem.expect("a checkpoint by another key is a problem");
+    let p = report
+        .problem
+        .expect("a checkpoint by another key is a problem");
     assert!(p.message.contains("not by the given public key"), "{p}");
 }
 
@@ -319,7 +335,12 @@ async fn torn_last_line_is_set_aside_and_the_chain_continues() {
     );
     assert_eq!(appended.seq, recovery["seq"].as_u64().unwrap() + 1);
     let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
-    assert!(report.is_intact(false), "{:?} {:?}", report.problem, report.tail_problem());
+    assert!(
+        report.is_intact(false),
+        "{:?} {:?}",
+        report.problem,
+        report.tail_problem()
+    );
 }
 
 #[tokio::test]
@@ -327,7 +348,9 @@ async fn corrupt_entry_inside_the_log_stops_open_naming_its_seq() {
     let f = fixture(3);
     written_log(&f, 3).await;
     let mut l = lines(&f.cfg.log);
-    l[2] = l[2].replace("\"allow\"", "\"deny!\"").replace("forwarded", "forwardex");
+    l[2] = l[2]
+        .replace("\"allow\"", "\"deny!\"")
+        .replace("forwarded", "forwardex");
     std::fs::write(&f.cfg.log, l.concat()).unwrap();
     let err = AuditLog::open(&f.cfg).err().expect("open must fail");
     let msg = err.to_string();
@@ -349,17 +372,31 @@ async fn receipts_verify_and_fail_when_altered() {
 
     let mut r = receipt.clone();
     r.audit_seq += 1;
-    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
     let mut r = receipt.clone();
     r.record_id.push('x');
-    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
     let mut r = receipt.clone();
     r.entry_hash = "0".repeat(64);
-    assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
     let mut r = receipt.clone();
-    r.signature = r.signature.replacen(|c: char| c.is_ascii_alphabetic(), "A", 1);
+    r.signature = r
+        .signature
+        .replacen(|c: char| c.is_ascii_alphabetic(), "A", 1);
     if r.signature != receipt.signature {
-        assert_eq!(verify_receipt(&r, &f.public), Err(ReceiptError::BadSignature));
+        assert_eq!(
+            verify_receipt(&r, &f.public),
+            Err(ReceiptError::BadSignature)
+        );
     }
     let (_, other_public) = generate_signing_key().unwrap();
     let other = AuditPublicKey::from_pem(other_public.as_bytes(), "other").unwrap();
@@ -403,7 +440,9 @@ async fn io_error_makes_the_log_fail_closed() {
     let len = std::fs::metadata(&f.cfg.log).unwrap().len();
     assert!(log.append(decision("rec-3", "allow")).await.is_err());
     assert_eq!(std::fs::metadata(&f.cfg.log).unwrap().len(), len);
-    assert!(!std::fs::read_to_string(&f.cfg.log).unwrap().contains("rec-3"));
+    assert!(!std::fs::read_to_string(&f.cfg.log)
+        .unwrap()
+        .contains("rec-3"));
 }
 
 #[tokio::test]
@@ -431,7 +470,12 @@ async fn rotated_segments_verify_as_one_chain() {
     assert!(files.len() >= 3, "{files:?}");
     assert!(files[0].to_string_lossy().ends_with("audit.jsonl.000001"));
     let report = verify_logs(&files, Some(&f.public));
-    assert!(report.is_intact(false), "{:?} {:?}", report.problem, report.tail_problem());
+    assert!(
+        report.is_intact(false),
+        "{:?} {:?}",
+        report.problem,
+        report.tail_problem()
+    );
 
     // Given in any order, still one chain.
     let mut shuffled = files.clone();
@@ -461,10 +505,14 @@ async fn decided_record_ids_allow_a_retry_after_upstream_failure() {
     let f = fixture(10);
     let log = AuditLog::open(&f.cfg).unwrap();
     let a = log.append(decision("forwarded-1", "allow")).await.unwrap();
-    log.append(outcome("forwarded-1", a.seq, "forwarded")).await.unwrap();
+    log.append(outcome("forwarded-1", a.seq, "forwarded"))
+        .await
+        .unwrap();
     log.append(decision("denied-1", "deny")).await.unwrap();
     let b = log.append(decision("failed-1", "allow")).await.unwrap();
-    log.append(outcome("failed-1", b.seq, "upstream_failed")).await.unwrap();
+    log.append(outcome("failed-1", b.seq, "upstream_failed"))
+        .await
+        .unwrap();
     log.append(decision("invalid-1", "invalid")).await.unwrap();
     log.close().await.unwrap();
     let reopened = AuditLog::open(&f.cfg).unwrap();
@@ -495,7 +543,10 @@ async fn concurrent_appends_share_fsyncs_and_form_one_chain() {
     assert_eq!(seqs.len(), 200);
     let stats = log.stats();
     assert_eq!(stats.entries, 200);
-    assert!(stats.fsyncs < 200, "group commit should share fsyncs: {stats:?}");
+    assert!(
+        stats.fsyncs < 200,
+        "group commit should share fsyncs: {stats:?}"
+    );
     assert_eq!(stats.batch_size_buckets.last().unwrap().1, stats.batches);
     log.close().await.unwrap();
     assert!(verify_logs(&paths(&f.cfg.log), Some(&f.public)).is_intact(false));
@@ -511,7 +562,11 @@ async fn idle_writer_signs_unsigned_entries_after_the_interval() {
     let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
     assert_eq!(report.unsigned_tail, 0, "{report:?}");
     assert!(report.checkpoints >= 1);
-    assert_eq!(log.stats().checkpoints, 1, "no checkpoints while nothing is unsigned");
+    assert_eq!(
+        log.stats().checkpoints,
+        1,
+        "no checkpoints while nothing is unsigned"
+    );
     log.close().await.unwrap();
 }
 
@@ -545,7 +600,9 @@ async fn query_filters_and_counts() {
     let f = fixture(10);
     let log = AuditLog::open(&f.cfg).unwrap();
     let a = log.append(decision("q-1", "allow")).await.unwrap();
-    log.append(outcome("q-1", a.seq, "forwarded")).await.unwrap();
+    log.append(outcome("q-1", a.seq, "forwarded"))
+        .await
+        .unwrap();
     let mut hk = decision("q-2", "deny");
     hk.from = Some("hk".into());
     hk.to = Some("sz".into());

@@ -28,7 +28,11 @@ pub fn segment_paths(log: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>>
         Some(d) if !d.as_os_str().is_empty() => d.to_path_buf(),
         _ => PathBuf::from("."),
     };
-    let base = log.file_name().unwrap_or_default().to_string_lossy().into_owned();
+    let base = log
+        .file_name()
+        .unwrap_or_default()
+        .to_string_lossy()
+        .into_owned();
     let mut archives = Vec::new();
     match std::fs::read_dir(&dir) {
         Ok(rd) => {
@@ -86,10 +90,12 @@ pub fn scan_file(
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(|e| ScanError::Io {
-            path: path.to_path_buf(),
-            message: e.to_string(),
-        })?;
+        let n = reader
+            .read_until(b'\n', &mut buf)
+            .map_err(|e| ScanError::Io {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         if n == 0 {
             return Ok(ScanEnd {
                 bad: None,
@@ -130,10 +136,12 @@ pub fn scan_file(
                 };
                 // Is anything after it? Only a bad *last* line can be a torn write.
                 let mut rest = Vec::new();
-                let more = reader.read_until(b'\n', &mut rest).map_err(|e| ScanError::Io {
-                    path: path.to_path_buf(),
-                    message: e.to_string(),
-                })?;
+                let more = reader
+                    .read_until(b'\n', &mut rest)
+                    .map_err(|e| ScanError::Io {
+                        path: path.to_path_buf(),
+                        message: e.to_string(),
+                    })?;
                 return Ok(ScanEnd {
                     bad: Some((bad, more == 0)),
                     len: offset + n as u64 + more as u64,
@@ -199,7 +207,9 @@ impl ChainChecker {
             None => {
                 if e.seq == 0 {
                     if e.prev_hash != ZERO_HASH {
-                        return Err("seq 0: the first entry must have the all-zero prev_hash".into());
+                        return Err(
+                            "seq 0: the first entry must have the all-zero prev_hash".into()
+                        );
                     }
                 } else if e.entry_type == AuditEntryType::SegmentStart {
                     self.notes.push(format!(
@@ -263,7 +273,11 @@ impl ChainChecker {
         Ok(())
     }
 
-    fn check_checkpoint(&mut self, e: &AuditEntry, key: Option<&AuditPublicKey>) -> Result<(), String> {
+    fn check_checkpoint(
+        &mut self,
+        e: &AuditEntry,
+        key: Option<&AuditPublicKey>,
+    ) -> Result<(), String> {
         let seq = e.seq;
         let (Some(covers), Some(head), Some(key_id), Some(sig)) =
             (e.covers_seq, &e.chain_head, &e.key_id, &e.signature)

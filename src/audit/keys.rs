@@ -193,7 +193,10 @@ impl AuditPublicKey {
         record_id: &str,
         signature: &str,
     ) -> bool {
-        self.verify_b64(&receipt_message(audit_seq, entry_hash, record_id), signature)
+        self.verify_b64(
+            &receipt_message(audit_seq, entry_hash, record_id),
+            signature,
+        )
     }
 }
 

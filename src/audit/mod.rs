@@ -222,7 +222,10 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
                 active_len = bad.offset;
                 torn = Some((len - bad.offset, side));
             }
-            ScanEnd { bad: Some((bad, _)), .. } => {
+            ScanEnd {
+                bad: Some((bad, _)),
+                ..
+            } => {
                 let seq = bad
                     .seq
                     .or_else(|| checker.head().map(|(s, _)| s + 1))
@@ -236,6 +239,13 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
                 ));
             }
         }
+    }
+    if checker.head().is_some() && !checker.closed && torn.is_none() {
+        tracing::warn!(
+            log = %cfg.log.display(),
+            unsigned = checker.unsigned,
+            "audit log: the previous run did not end with a closing checkpoint (crash or kill); the chain continues and the next checkpoint covers its tail"
+        );
     }
     Ok(Recovered {
         head: checker.head().map(|(s, h)| (s, h.to_string())),
@@ -265,13 +275,16 @@ fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
 
 /// Moves bytes `[offset, len)` of the active segment to `<log>.torn-<UTC time>` and truncates.
 fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, AuditError> {
-    let io = |what: &str, e: std::io::Error| open_error(path, format!("recovering a torn tail: {what}: {e}"));
+    let io = |what: &str, e: std::io::Error| {
+        open_error(path, format!("recovering a torn tail: {what}: {e}"))
+    };
     let mut file = OpenOptions::new()
         .read(true)
         .write(true)
         .open(path)
         .map_err(|e| io("open", e))?;
-    file.seek(SeekFrom::Start(offset)).map_err(|e| io("seek", e))?;
+    file.seek(SeekFrom::Start(offset))
+        .map_err(|e| io("seek", e))?;
     let mut torn = Vec::with_capacity((len - offset) as usize);
     file.read_to_end(&mut torn).map_err(|e| io("read", e))?;
     let stamp = chrono::Utc::now().format("%Y%m%dT%H%M%S%.6fZ");
@@ -283,7 +296,9 @@ fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, Au
         .write(true)
         .open(&side)
         .map_err(|e| io(&format!("create {}", side.display()), e))?;
-    side_file.write_all(&torn).map_err(|e| io("write side file", e))?;
+    side_file
+        .write_all(&torn)
+        .map_err(|e| io("write side file", e))?;
     side_file.sync_all().map_err(|e| io("fsync side file", e))?;
     // The torn bytes are safe in the side file before they leave the log.
     file.set_len(offset).map_err(|e| io("truncate", e))?;
@@ -300,8 +315,12 @@ impl AuditLog {
                 .map_err(|e| open_error(&cfg.signing_key, format!("signing key: {e}")))?,
         );
         if let Some(dir) = cfg.log.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)
-                .map_err(|e| open_error(&cfg.log, format!("cannot create folder {}: {e}", dir.display())))?;
+            std::fs::create_dir_all(dir).map_err(|e| {
+                open_error(
+                    &cfg.log,
+                    format!("cannot create folder {}: {e}", dir.display()),
+                )
+            })?;
         }
         let rec = recover(cfg)?;
         let file = OpenOptions::new()
@@ -338,7 +357,9 @@ impl AuditLog {
         let mut buf = Vec::new();
         if needs_start {
             let start = writer.segment_start_entry(segment);
-            writer.push(start, &mut buf).map_err(|m| open_error(&cfg.log, m))?;
+            writer
+                .push(start, &mut buf)
+                .map_err(|m| open_error(&cfg.log, m))?;
         }
         if let Some((bytes, side)) = &rec.torn {
             let mut e = AuditEntry::new(
@@ -349,10 +370,14 @@ impl AuditLog {
             );
             e.torn_bytes = Some(*bytes);
             e.side_file = side.file_name().map(|n| n.to_string_lossy().into_owned());
-            writer.push(e, &mut buf).map_err(|m| open_error(&cfg.log, m))?;
+            writer
+                .push(e, &mut buf)
+                .map_err(|m| open_error(&cfg.log, m))?;
         }
         if !buf.is_empty() {
-            writer.commit(&buf, true).map_err(|m| open_error(&cfg.log, m))?;
+            writer
+                .commit(&buf, true)
+                .map_err(|m| open_error(&cfg.log, m))?;
             if needs_start {
                 sync_dir(&cfg.log)
                     .map_err(|e| open_error(&cfg.log, format!("cannot fsync its folder: {e}")))?;
@@ -483,7 +508,12 @@ impl AuditLog {
             fsync_seconds_sum: s.fsync_nanos_sum.load(Ordering::Relaxed) as f64 / 1e9,
             fsync_seconds_buckets: cumulative(&FSYNC_BUCKETS, &s.fsync_buckets),
             rotations: s.rotations.load(Ordering::Relaxed),
-            failed: self.inner.failure.lock().map(|f| f.is_some()).unwrap_or(true),
+            failed: self
+                .inner
+                .failure
+                .lock()
+                .map(|f| f.is_some())
+                .unwrap_or(true),
         }
     }
 }
@@ -543,7 +573,10 @@ pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), Re
     if entry.hash != receipt.entry_hash {
         return Err(ReceiptError::Mismatch {
             seq: entry.seq,
-            what: format!("hash {} in the log, {} in the receipt", entry.hash, receipt.entry_hash),
+            what: format!(
+                "hash {} in the log, {} in the receipt",
+                entry.hash, receipt.entry_hash
+            ),
         });
     }
     if entry.record_id.as_deref() != Some(receipt.record_id.as_str()) {
@@ -554,4 +587,3 @@ pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), Re
     }
     Ok(())
 }
-

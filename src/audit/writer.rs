@@ -25,7 +25,10 @@ pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the gateway asks of the writer.
 pub(crate) enum Command {
-    Append(Box<AuditEvent>, oneshot::Sender<Result<Appended, AuditError>>),
+    Append(
+        Box<AuditEvent>,
+        oneshot::Sender<Result<Appended, AuditError>>,
+    ),
     Close(oneshot::Sender<Result<(), AuditError>>),
 }
 
@@ -65,7 +68,8 @@ impl StatsCells {
 
     fn observe_batch(&self, n: usize) {
         self.batches.fetch_add(1, Ordering::Relaxed);
-        self.batch_entries_sum.fetch_add(n as u64, Ordering::Relaxed);
+        self.batch_entries_sum
+            .fetch_add(n as u64, Ordering::Relaxed);
         if let Some(i) = BATCH_BUCKETS.iter().position(|b| n as f64 <= *b) {
             self.batch_buckets[i].fetch_add(1, Ordering::Relaxed);
         }
@@ -176,7 +180,12 @@ impl Writer {
     }
 
     pub fn segment_start_entry(&self, segment: u64) -> AuditEntry {
-        let mut e = AuditEntry::new(0, now_rfc3339(), AuditEntryType::SegmentStart, String::new());
+        let mut e = AuditEntry::new(
+            0,
+            now_rfc3339(),
+            AuditEntryType::SegmentStart,
+            String::new(),
+        );
         e.segment = Some(segment);
         e.key_id = Some(self.signer.key_id().to_string());
         e
@@ -265,7 +274,8 @@ impl Writer {
             .append(true)
             .open(&self.log)
             .map_err(|e| format!("cannot create {}: {e}", self.log.display()))?;
-        sync_dir(&self.log).map_err(|e| format!("cannot fsync the folder of {}: {e}", self.log.display()))?;
+        sync_dir(&self.log)
+            .map_err(|e| format!("cannot fsync the folder of {}: {e}", self.log.display()))?;
         self.file = file;
         self.head.segment += 1;
         self.head.segment_bytes = 0;

@@ -17,9 +17,9 @@ use crate::audit::{
 pub enum AuditCommand {
     /// Check every hash, link, sequence and checkpoint signature, and that the tail is signed.
     /// Exits 0 when intact, 1 naming the first bad sequence.
-    Verify(VerifyArgs),
+    Verify(Box<VerifyArgs>),
     /// Filter entries (all filters combine) or count them with --stats.
-    Query(QueryArgs),
+    Query(Box<QueryArgs>),
     /// Receipts given to senders.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
@@ -125,8 +125,8 @@ fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
-        AuditCommand::Verify(a) => verify(a),
-        AuditCommand::Query(a) => query(a),
+        AuditCommand::Verify(a) => verify(*a),
+        AuditCommand::Query(a) => query(*a),
         AuditCommand::Receipt(ReceiptCommand::Verify {
             receipt,
             public_key,
