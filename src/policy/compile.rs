@@ -113,6 +113,8 @@ pub enum Op {
     Contains(Value),
     /// The value at the source is one of the items of the array at another source.
     MemberOf(Source),
+    /// The value at the source equals the value at another source.
+    SameAs(Source),
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -769,6 +771,7 @@ const OPERATOR_KEYS: &[&str] = &[
     "every_item",
     "contains",
     "member_of",
+    "same_as",
 ];
 
 /// A source read by a condition or operand; returns it with its schema nodes (if checked).
@@ -978,6 +981,12 @@ fn compile_cond_object(
                 return Err(ctx.err(&op_k, "expected { field | item | outer_item = pointer } naming an array"));
             };
             Op::MemberOf(compile_operand_source(o, &op_k, ctx, &[])?.0)
+        }
+        "same_as" => {
+            let Value::Object(o) = operand else {
+                return Err(ctx.err(&op_k, "expected { field | item | outer_item = pointer }"));
+            };
+            Op::SameAs(compile_operand_source(o, &op_k, ctx, &[])?.0)
         }
         _ => return Err(ctx.err(&op_k, "unknown operator")),
     };

@@ -188,6 +188,11 @@ fn test<'a>(v: Option<Val<'a>>, op: &'a Op, cx: &Ctx<'a>, scope: Option<&Scope<'
             };
             list.iter().any(|i| v.equals(i))
         }
+        Op::SameAs(src) => match read(src, cx, scope) {
+            Some(Val::Json(other)) => v.equals(other),
+            Some(Val::Str(other)) => v.as_str() == Some(other),
+            None => false,
+        },
     }
 }
 
