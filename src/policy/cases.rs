@@ -55,6 +55,13 @@ struct RawCase {
     expect: Effect,
     /// The exact set of matched rule ids (order does not matter).
     rules: Vec<String>,
+    /// Whether the gateway has a pseudonymisation key (default true; false tests fail-closed).
+    #[serde(default = "yes")]
+    pseudonymisation_key: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug, Deserialize)]
@@ -76,6 +83,7 @@ pub struct PolicyCase {
     pub settings: BTreeMap<String, Value>,
     pub expect: Effect,
     pub rules: Vec<String>,
+    pub with_key: bool,
 }
 
 /// The result of running one case.
@@ -173,6 +181,7 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
             settings: raw.settings.into_iter().map(|(k, v)| (k, to_json(v))).collect(),
             expect: raw.expect,
             rules: raw.rules,
+            with_key: raw.pseudonymisation_key,
         });
     }
     Ok(out)
@@ -268,12 +277,12 @@ pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
     outcome(failure, Some(d))
 }
 
-/// Runs cases, loading one engine per distinct settings override through `load`.
+/// Runs cases, loading one engine per distinct (settings override, key present) through `load`.
 /// `validate` (when given) checks each record against the schemas first: an invalid record is a
 /// failed case, so shipped cases stay realistic.
 pub fn run_all(
     cases: &[PolicyCase],
-    load: &dyn Fn(&BTreeMap<String, Value>) -> Result<PolicyEngine, String>,
+    load: &dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String>,
     validate: Option<&dyn Fn(&Value) -> Result<(), String>>,
 ) -> Vec<CaseOutcome> {
     let mut engines: BTreeMap<String, Result<PolicyEngine, String>> = BTreeMap::new();
@@ -290,8 +299,14 @@ pub fn run_all(
                 continue;
             }
         }
-        let key = serde_json::to_string(&case.settings).unwrap_or_default();
-        let engine = engines.entry(key).or_insert_with(|| load(&case.settings));
+        let key = format!(
+            "{}{}",
+            case.with_key,
+            serde_json::to_string(&case.settings).unwrap_or_default()
+        );
+        let engine = engines
+            .entry(key)
+            .or_insert_with(|| load(&case.settings, case.with_key));
         match engine {
             Ok(e) => out.push(run_case(e, case)),
             Err(m) => out.push(CaseOutcome {

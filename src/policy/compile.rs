@@ -285,9 +285,11 @@ pub fn load_texts(
                 ));
             }
         }
-        let list = top.get("rule").or_else(|| top.get("rules"));
-        let Some(Value::Array(list)) = list else {
-            return Err(invalid(&label, "expected `[[rule]]` entries".into()));
+        let empty = Vec::new();
+        let list = match top.get("rule").or_else(|| top.get("rules")) {
+            None => &empty,
+            Some(Value::Array(list)) => list,
+            Some(_) => return Err(invalid(&label, "expected `[[rule]]` entries".into())),
         };
         for (i, raw) in list.iter().enumerate() {
             let rule = compile_rule(raw, i, &label, schemas, &setting_values)?;

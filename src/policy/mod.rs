@@ -171,11 +171,21 @@ impl PolicyEngine {
         settings: &BTreeMap<String, serde_json::Value>,
         pseudonymisation_key: Option<&Path>,
     ) -> Result<PolicyEngine, PolicyLoadError> {
-        let loaded = compile::load_dir(dir, schemas, settings)?;
         let key = match pseudonymisation_key {
             Some(p) => Some(obligations::PseudonymKey::from_file(p)?),
             None => None,
         };
+        Self::load_with_key(dir, schemas, settings, key)
+    }
+
+    /// Like [`PolicyEngine::load_with`], with a key already read (tests, `policy test`).
+    pub fn load_with_key(
+        dir: &Path,
+        schemas: &dyn SchemaLookup,
+        settings: &BTreeMap<String, serde_json::Value>,
+        key: Option<obligations::PseudonymKey>,
+    ) -> Result<PolicyEngine, PolicyLoadError> {
+        let loaded = compile::load_dir(dir, schemas, settings)?;
         let mut warnings = Vec::new();
         if key.is_none() {
             let needing: Vec<&str> = loaded
@@ -248,3 +258,6 @@ impl PolicyEngine {
         self.key.is_some()
     }
 }
+
+#[cfg(test)]
+mod tests;
