@@ -1,13 +1,120 @@
-//! `hetao-gateway policy ...`. INTERFACE STUB: to be implemented (see issue 3).
+//! `hetao-gateway policy test`: run policy test cases and report PASS/FAIL per case.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::process::ExitCode;
+
+use serde_json::Value;
+
+use crate::config::Config;
+use crate::policy::cases;
+use crate::policy::obligations::PseudonymKey;
+use crate::policy::PolicyEngine;
+use crate::schema::{SchemaFailure, SchemaSet};
+
+/// A fixed key for test runs without a configured one, so cases exercise the allow path of rules
+/// that pseudonymise (a case with `pseudonymisation_key = false` tests the fail-closed path).
+const TEST_KEY_HEX: &str = "74657374206b6579206f6620706f6c6963792074657374732c206e6f74207573";
 
 #[derive(clap::Subcommand, Debug)]
 pub enum PolicyCommand {
-    /// Not built yet.
-    Test {},
+    /// Run policy test cases (default: the policy folder's `tests/`) and report pass/fail.
+    Test(TestArgs),
 }
 
-pub async fn run(_cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+#[derive(clap::Args, Debug)]
+pub struct TestArgs {
+    /// Gateway configuration: schema folder, policy folder, settings, pseudonymisation key.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Policy folder (without --config).
+    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "policies")]
+    pub policies: PathBuf,
+    /// Schema folder (without --config).
+    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "schemas")]
+    pub schemas: PathBuf,
+    /// Show the matched rules of passing cases too.
+    #[arg(long, short)]
+    pub verbose: bool,
+    /// Case files or folders of case files (`*.toml`).
+    #[arg(value_name = "PATH")]
+    pub paths: Vec<PathBuf>,
+}
+
+pub async fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Test(args) => test(args),
+    }
+}
+
+fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
+    let (schema_dir, policy_dir, base_settings, key_path) = match &args.config {
+        Some(path) => {
+            let c = Config::load(path)?;
+            (c.schemas.dir, c.policies.dir, c.policies.settings, c.policies.pseudonymisation_key)
+        }
+        None => (args.schemas.clone(), args.policies.clone(), BTreeMap::new(), None),
+    };
+    let schemas = SchemaSet::load(&schema_dir)?;
+    let paths = if args.paths.is_empty() {
+        vec![policy_dir.join("tests")]
+    } else {
+        args.paths.clone()
+    };
+    let mut all = Vec::new();
+    for f in cases::discover(&paths)? {
+        all.extend(cases::read_file(&f)?);
+    }
+    let load = |overrides: &BTreeMap<String, Value>, with_key: bool| {
+        let mut settings = base_settings.clone();
+        settings.extend(overrides.clone());
+        let key = if !with_key {
+            None
+        } else if let Some(p) = &key_path {
+            Some(PseudonymKey::from_file(p).map_err(|e| e.to_string())?)
+        } else {
+            Some(PseudonymKey::from_hex(TEST_KEY_HEX)?)
+        };
+        PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key).map_err(|e| e.to_string())
+    };
+    let validate = |record: &Value| -> Result<(), String> {
+        schemas.validate(record).map(|_| ()).map_err(|f| {
+            let v = match &f {
+                SchemaFailure::Envelope(v) | SchemaFailure::Body(_, v) => v,
+            };
+            v.iter()
+                .map(|v| format!("{}: {}", v.pointer, v.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    };
+    let outcomes = cases::run_all(&all, &load, Some(&validate));
+    let mut failed = 0;
+    for o in &outcomes {
+        match &o.failure {
+            None => {
+                println!("PASS  {}: {}", o.file, o.name);
+                if args.verbose {
+                    if let Some(d) = &o.decision {
+                        println!("        {} [{}]", d.effect.as_str(), d.rule_ids().join(", "));
+                    }
+                }
+            }
+            Some(why) => {
+                failed += 1;
+                println!("FAIL  {}: {}\n        {why}", o.file, o.name);
+            }
+        }
+    }
+    println!(
+        "\n{} cases: {} passed, {} failed",
+        outcomes.len(),
+        outcomes.len() - failed,
+        failed
+    );
+    Ok(if failed == 0 && !outcomes.is_empty() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
 }
