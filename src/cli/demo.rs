@@ -1,10 +1,357 @@
-//! `hetao-gateway demo`. INTERFACE STUB: to be implemented (see issue 5).
+//! `hetao-gateway demo`: the whole zone on loopback in a few seconds.
+//!
+//! A throw-away development PKI, two park endpoints (each logging what it received), the real
+//! gateway (the same `server::run` as `serve`), and a stream of realistic records in both
+//! directions from organisations of both parks: allowed, denied, invalid, a replay, a sender
+//! claiming the other park. Then a summary, an `audit verify` of the log, and an exit code that
+//! says whether every record got the answer it must get.
 
+mod report;
+mod stream;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
-#[derive(clap::Args, Debug)]
-pub struct DemoArgs {}
+use anyhow::Context;
+use chrono::Utc;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
 
-pub async fn run(_args: DemoArgs) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("not built yet")
+use crate::audit::AuditPublicKey;
+use crate::client::{ClientOptions, RecordClient};
+use crate::config::Config;
+use crate::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use crate::pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
+use crate::state::Gateway;
+
+pub use stream::{repository_examples_dir, Expect, Shot};
+
+#[derive(clap::Args, Debug, Clone)]
+#[command(after_help = "\
+Everything runs on 127.0.0.1 with ports the system picks, so the demo never clashes with a
+running gateway. It exits 0 when every record got the answer it must get, every forwarded record
+reached its park endpoint, and the audit log verifies; otherwise 1, saying what went wrong.
+
+Examples:
+  hetao-gateway demo
+  hetao-gateway demo --dir demo-out --records 200
+  hetao-gateway audit verify demo-out/audit/audit.jsonl --public-key demo-out/audit-signing.pub")]
+pub struct DemoArgs {
+    /// Keep everything in DIR (created; must be empty): the PKI, gateway.toml, the audit log and
+    /// the endpoints' logs. Without it a temporary folder is used and removed at exit.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// How many records to send (at least 5).
+    #[arg(long, value_name = "N", default_value_t = 60,
+          value_parser = clap::value_parser!(u32).range(5..=1_000_000))]
+    pub records: u32,
+    /// Records in flight at once.
+    #[arg(long, value_name = "N", default_value_t = 8,
+          value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub concurrency: u32,
+    /// Print only the summary, not a line per record.
+    #[arg(long, short = 'q')]
+    pub quiet: bool,
+}
+
+/// What one request got.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    pub shot: Shot,
+    pub organisation: String,
+    /// The HTTP status, or `None` when no answer came (see `failure`).
+    pub status: Option<u16>,
+    pub answer: Option<serde_json::Value>,
+    pub failure: Option<String>,
+    pub latency: Duration,
+}
+
+impl Sent {
+    pub fn as_expected(&self) -> bool {
+        self.status
+            .is_some_and(|s| self.shot.expect.holds(s, self.answer.as_ref()))
+    }
+}
+
+/// A partner organisation with its client.
+struct Sender {
+    park: String,
+    organisation: String,
+    client: RecordClient,
+}
+
+/// Where the demo works: a folder kept (`--dir`) or a temporary one removed on drop.
+struct WorkDir {
+    path: PathBuf,
+    keep: bool,
+}
+
+impl WorkDir {
+    fn new(dir: Option<&Path>) -> anyhow::Result<WorkDir> {
+        match dir {
+            Some(dir) => {
+                if dir.exists() {
+                    let mut entries = std::fs::read_dir(dir).with_context(|| {
+                        format!("--dir {}: cannot read the folder", dir.display())
+                    })?;
+                    if entries.next().is_some() {
+                        anyhow::bail!(
+                            "--dir {}: the folder is not empty (a previous demo?); \
+                             remove it or choose another folder",
+                            dir.display()
+                        );
+                    }
+                }
+                std::fs::create_dir_all(dir).with_context(|| {
+                    format!("--dir {}: cannot create the folder", dir.display())
+                })?;
+                let path = std::fs::canonicalize(dir)
+                    .with_context(|| format!("--dir {}", dir.display()))?;
+                Ok(WorkDir { path, keep: true })
+            }
+            None => {
+                let path = std::env::temp_dir()
+                    .join(format!("hetao-demo-{}", uuid::Uuid::new_v4().simple()));
+                std::fs::create_dir_all(&path).with_context(|| {
+                    format!("cannot create a temporary folder {}", path.display())
+                })?;
+                Ok(WorkDir { path, keep: false })
+            }
+        }
+    }
+}
+
+impl Drop for WorkDir {
+    fn drop(&mut self) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(&self.path);
+        }
+    }
+}
+
+pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
+    // The demo's own output is the show: only warnings and errors from the gateway.
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("warn"))
+        .with_writer(std::io::stderr)
+        .try_init();
+    let started = Instant::now();
+    let work = WorkDir::new(args.dir.as_deref())?;
+    let out = report::Out::new(args.quiet);
+
+    // 1. The PKI and configuration.
+    let files = init_dev_pki(&work.path, &DevPkiOptions::default()).with_context(|| {
+        format!(
+            "cannot write the development PKI into {}",
+            work.path.display()
+        )
+    })?;
+    let sources = stream::Sources::read(&repository_examples_dir())?;
+
+    // 2. Listeners on free loopback ports, endpoints, and a config that says where they are.
+    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+    let listener = TcpListener::bind(loopback)
+        .await
+        .context("cannot listen on 127.0.0.1 for the gateway")?;
+    let admin_listener = TcpListener::bind(loopback)
+        .await
+        .context("cannot listen on 127.0.0.1 for the admin listener")?;
+    let gateway_addr = listener.local_addr()?;
+    let admin_addr = admin_listener.local_addr()?;
+    let mut endpoints: BTreeMap<String, RunningEndpoint> = BTreeMap::new();
+    for park in &files.parks {
+        endpoints.insert(park.park.clone(), start_endpoint(&files, &park.park).await?);
+    }
+    let urls = endpoints
+        .iter()
+        .map(|(park, e)| (park.clone(), e.url()))
+        .collect();
+    files.rewrite_config(gateway_addr, admin_addr, &urls)?;
+
+    // 3. The gateway, exactly as `serve` runs it.
+    let config = Config::load(&files.config)?;
+    let audit_log = config.audit.log.clone();
+    let gateway = Arc::new(Gateway::build(config)?);
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let server = tokio::spawn(crate::server::run(
+        gateway.clone(),
+        listener,
+        admin_listener,
+        stopped,
+    ));
+    out.banner(&work.path, work.keep, gateway_addr, admin_addr, &endpoints);
+
+    // 4. The stream.
+    let senders = senders(&files)?;
+    let (shots, replays) = stream::build(&sources, args.records as usize, Utc::now())?;
+    let url = format!("https://{gateway_addr}{}", crate::pipeline::RECORDS_PATH);
+    let total = shots.len() + replays.len();
+    let concurrency = args.concurrency as usize;
+    let send_started = Instant::now();
+    let mut progress = report::Progress::new(&out, total);
+    // Replays go after everything else is decided: a replay must find its original decided.
+    let first = shots.len();
+    send_all(&senders, &url, shots, concurrency, &mut progress, 0).await;
+    send_all(&senders, &url, replays, concurrency, &mut progress, first).await;
+    let (results, lost) = progress.finish();
+    let send_elapsed = send_started.elapsed();
+    let readiness = report::admin_get(admin_addr, "/readyz").await;
+
+    // 5. Stop the gateway: drain, final signed checkpoint.
+    let _ = stop.send(true);
+    match server.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => anyhow::bail!("the gateway stopped with an error: {e}"),
+        Err(e) => anyhow::bail!("the gateway task failed: {e}"),
+    }
+    let received: BTreeMap<String, Vec<crate::endpoint::ReceivedRecord>> = endpoints
+        .iter()
+        .map(|(park, e)| (park.clone(), e.received()))
+        .collect();
+    for (_, e) in std::mem::take(&mut endpoints) {
+        e.shutdown().await;
+    }
+
+    // 6. Audit verification and the summary.
+    let public_key = AuditPublicKey::from_pem_file(&files.audit_public_key)
+        .with_context(|| format!("audit public key {}", files.audit_public_key.display()))?;
+    let audit = report::AuditCheck::run(&audit_log, &public_key)?;
+    let checks =
+        report::Checks::evaluate(&results, &lost, &received, &audit, &public_key, readiness);
+    out.summary(&results, &received, &audit, send_elapsed, concurrency);
+    out.checks(&checks);
+    if work.keep {
+        out.kept(&files, &endpoint_logs(&files));
+    }
+    out.finish(&checks, started.elapsed());
+    drop(work);
+    Ok(if checks.all_passed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(1)
+    })
+}
+
+fn endpoint_log(files: &DevPkiFiles, park: &str) -> PathBuf {
+    files.dir.join(format!("endpoint-{park}.jsonl"))
+}
+
+fn endpoint_logs(files: &DevPkiFiles) -> Vec<(String, PathBuf)> {
+    files
+        .parks
+        .iter()
+        .map(|p| (p.park.clone(), endpoint_log(files, &p.park)))
+        .collect()
+}
+
+async fn start_endpoint(files: &DevPkiFiles, park: &str) -> anyhow::Result<RunningEndpoint> {
+    let p = files
+        .park(park)
+        .ok_or_else(|| anyhow::anyhow!("the development PKI has no park {park}"))?;
+    let read = |path: &Path| {
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+    };
+    let endpoint = ParkEndpoint::start(EndpointOptions {
+        listen: SocketAddr::from(([127, 0, 0, 1], 0)),
+        cert_pem: read(&p.endpoint_cert)?,
+        key_pem: read(&p.endpoint_key)?,
+        client_ca_pem: read(&files.gateway_ca_cert)?,
+        behaviour: EndpointBehaviour::Accept,
+        log_file: Some(endpoint_log(files, park)),
+    })
+    .await
+    .with_context(|| format!("cannot start the endpoint of park {park}"))?;
+    Ok(endpoint)
+}
+
+fn senders(files: &DevPkiFiles) -> anyhow::Result<Vec<Sender>> {
+    files
+        .orgs
+        .iter()
+        .map(|org| {
+            let client = RecordClient::from_files(
+                &files.gateway_ca_cert,
+                &org.cert,
+                &org.key,
+                ClientOptions::default(),
+            )
+            .with_context(|| format!("client of {}", org.organisation))?;
+            Ok(Sender {
+                park: org.park.clone(),
+                organisation: org.organisation.clone(),
+                client,
+            })
+        })
+        .collect()
+}
+
+/// Sends `shots` with at most `concurrency` in flight, reporting each as it completes. The
+/// organisations of a park take turns.
+async fn send_all(
+    senders: &[Sender],
+    url: &str,
+    shots: Vec<Shot>,
+    concurrency: usize,
+    progress: &mut report::Progress<'_>,
+    offset: usize,
+) {
+    let permits = Arc::new(tokio::sync::Semaphore::new(concurrency));
+    let mut tasks = JoinSet::new();
+    for (i, shot) in shots.into_iter().enumerate() {
+        let of_park: Vec<&Sender> = senders
+            .iter()
+            .filter(|s| s.park == shot.sender_park)
+            .collect();
+        let Some(sender) = of_park.get((offset + i) % of_park.len().max(1)) else {
+            progress.record(Sent {
+                failure: Some(format!("no organisation of park {}", shot.sender_park)),
+                shot,
+                organisation: "-".into(),
+                status: None,
+                answer: None,
+                latency: Duration::ZERO,
+            });
+            continue;
+        };
+        let client = sender.client.clone();
+        let organisation = sender.organisation.clone();
+        let url = url.to_string();
+        let permits = permits.clone();
+        tasks.spawn(async move {
+            let _permit = permits.acquire_owned().await;
+            let t = Instant::now();
+            let result = client
+                .send_with_content_type(&url, shot.body.clone(), shot.content_type)
+                .await;
+            let latency = t.elapsed();
+            match result {
+                Ok(a) => Sent {
+                    shot,
+                    organisation,
+                    status: Some(a.status),
+                    answer: a.json,
+                    failure: None,
+                    latency,
+                },
+                Err(e) => Sent {
+                    shot,
+                    organisation,
+                    status: None,
+                    answer: None,
+                    failure: Some(format!("{e} ({})", e.hint())),
+                    latency,
+                },
+            }
+        });
+    }
+    while let Some(joined) = tasks.join_next().await {
+        match joined {
+            Ok(sent) => progress.record(sent),
+            Err(e) => progress.lost(e.to_string()),
+        }
+    }
 }
