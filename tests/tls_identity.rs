@@ -121,6 +121,11 @@ async fn an_expired_crl_refuses_its_park_rather_than_passing_revoked_certificate
     })
     .await;
     assert!(refused(&exchange(&gw, Some(&gw.pki.sz_org)).await));
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("reason=\"expired_crl\"} 1"));
     // The other park has no CRL and is unaffected.
     assert!(!refused(&exchange(&gw, Some(&gw.pki.hk_org)).await));
 }
