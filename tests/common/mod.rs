@@ -66,6 +66,8 @@ pub struct Options {
     pub sz_crl: Option<(Vec<Vec<u8>>, chrono::Duration)>,
     /// Replace the audit section (e.g. to point the log somewhere unwritable).
     pub audit_toml: Option<String>,
+    /// Copy the repository's schemas/ and policies/ into the test folder (to change them).
+    pub own_rules: bool,
 }
 
 /// A running gateway with its two park endpoints.
@@ -147,6 +149,13 @@ impl TestGateway {
         let audit = opts.audit_toml.clone().unwrap_or_else(|| {
             "[audit]\nlog = \"audit/audit.jsonl\"\nsigning_key = \"audit-signing.key\"\n".into()
         });
+        let (schemas_dir, policies_dir) = if opts.own_rules {
+            copy_dir(&repo("schemas"), &d.join("schemas"));
+            copy_dir(&repo("policies"), &d.join("policies"));
+            (d.join("schemas"), d.join("policies"))
+        } else {
+            (repo("schemas"), repo("policies"))
+        };
         let config_text = format!(
             r#"[server]
 listen = "127.0.0.1:0"
@@ -178,8 +187,8 @@ request_timeout_ms = 2000
 "#,
             sz_port = sz_endpoint.local_addr().port(),
             hk_port = hk_endpoint.local_addr().port(),
-            schemas = repo("schemas").display(),
-            policies = repo("policies").display(),
+            schemas = schemas_dir.display(),
+            policies = policies_dir.display(),
             extra = opts.extra_toml,
         );
         let config_path = write(d, "gateway.toml", &config_text);
@@ -377,4 +386,23 @@ pub async fn raw_exchange(
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Copies a folder tree (schemas, policies) into a test folder.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The audit signing key's public half, as an auditor holds it.
+pub fn public_key(gw: &TestGateway) -> hetao_gateway::audit::AuditPublicKey {
+    hetao_gateway::audit::AuditPublicKey::from_pem_file(&gw.path("audit-signing.pub")).unwrap()
 }
