@@ -524,7 +524,7 @@ impl Config {
             log: resolve(&a.log),
             signing_key: resolve(&a.signing_key),
             fsync: a.fsync.unwrap_or(FsyncPolicy::Always),
-        fsync_interval: Duration::from_millis(a.fsync_interval_ms.unwrap_or(200).max(1)),
+            fsync_interval: Duration::from_millis(a.fsync_interval_ms.unwrap_or(200).max(1)),
             checkpoint_every_entries,
             checkpoint_interval: Duration::from_secs(
                 a.checkpoint_interval_secs.unwrap_or(60).max(1),

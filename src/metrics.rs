@@ -2,8 +2,8 @@
 //! histograms, base units).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -188,15 +188,28 @@ impl Default for Metrics {
 pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
     use std::fmt::Write;
     let mut out = String::new();
-    let _ = writeln!(out, "# HELP hetao_audit_entries_total Decision and outcome entries made durable.");
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_entries_total Decision and outcome entries made durable."
+    );
     let _ = writeln!(out, "# TYPE hetao_audit_entries_total counter");
     let _ = writeln!(out, "hetao_audit_entries_total {}", stats.entries);
-    let _ = writeln!(out, "# HELP hetao_audit_checkpoints_total Signed checkpoints written.");
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_checkpoints_total Signed checkpoints written."
+    );
     let _ = writeln!(out, "# TYPE hetao_audit_checkpoints_total counter");
     let _ = writeln!(out, "hetao_audit_checkpoints_total {}", stats.checkpoints);
-    let _ = writeln!(out, "# HELP hetao_audit_segment_rotations_total Audit segments rotated.");
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_segment_rotations_total Audit segments rotated."
+    );
     let _ = writeln!(out, "# TYPE hetao_audit_segment_rotations_total counter");
-    let _ = writeln!(out, "hetao_audit_segment_rotations_total {}", stats.rotations);
+    let _ = writeln!(
+        out,
+        "hetao_audit_segment_rotations_total {}",
+        stats.rotations
+    );
     let _ = writeln!(out, "# HELP hetao_audit_failed 1 once the audit log has failed and the gateway refuses to forward.");
     let _ = writeln!(out, "# TYPE hetao_audit_failed gauge");
     let _ = writeln!(out, "hetao_audit_failed {}", u8::from(stats.failed));
@@ -219,7 +232,14 @@ pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
     out
 }
 
-fn histogram_text(out: &mut String, name: &str, help: &str, buckets: &[(f64, u64)], sum: f64, count: u64) {
+fn histogram_text(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &[(f64, u64)],
+    sum: f64,
+    count: u64,
+) {
     use std::fmt::Write;
     let _ = writeln!(out, "# HELP {name} {help}");
     let _ = writeln!(out, "# TYPE {name} histogram");

@@ -39,11 +39,16 @@ async fn a_valid_record_without_obligations_is_delivered_byte_for_byte() {
         assert_eq!(answer.json["obligations"], json!([]));
         assert!(answer.json["receipt"]["signature"].is_string());
         let received = gw.hk_endpoint.received();
-        let last = received.last().expect("the Hong Kong endpoint received the record");
+        let last = received
+            .last()
+            .expect("the Hong Kong endpoint received the record");
         assert_eq!(last.body, sent, "{name} arrived altered");
     }
     assert_eq!(gw.hk_endpoint.received().len(), 2);
-    assert!(gw.sz_endpoint.received().is_empty(), "nothing goes back to the sender's park");
+    assert!(
+        gw.sz_endpoint.received().is_empty(),
+        "nothing goes back to the sender's park"
+    );
 }
 
 #[tokio::test]
@@ -212,7 +217,9 @@ async fn a_policy_denial_is_403_with_every_matched_rule_and_a_receipt() {
     assert_eq!(answer.error(), "policy_denied");
     let rules = answer.json["rules"].as_array().unwrap();
     assert!(rules.iter().any(|r| r["effect"] == "deny"));
-    assert!(rules.iter().all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty())));
+    assert!(rules
+        .iter()
+        .all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty())));
     assert!(answer.json["receipt"]["signature"].is_string());
     assert!(gw.hk_endpoint.received().is_empty());
 }
@@ -266,8 +273,7 @@ async fn a_body_that_is_not_json_is_415() {
 #[tokio::test]
 async fn an_endpoint_that_fails_gives_502_and_the_record_may_be_retried() {
     let gw = TestGateway::start().await;
-    gw.hk_endpoint
-        .set_behaviour(EndpointBehaviour::Status(500));
+    gw.hk_endpoint.set_behaviour(EndpointBehaviour::Status(500));
     let record = example(ALLOWED[0]);
     let client = gw.sz_client();
     let answer = gw.send(&client, &record).await;
@@ -275,7 +281,8 @@ async fn an_endpoint_that_fails_gives_502_and_the_record_may_be_retried() {
     assert_eq!(answer.error(), "upstream_failed");
     assert_eq!(answer.json["upstream_status"], 500);
 
-    gw.hk_endpoint.set_behaviour(EndpointBehaviour::CloseConnection);
+    gw.hk_endpoint
+        .set_behaviour(EndpointBehaviour::CloseConnection);
     let other = example(ALLOWED[0]);
     let answer = gw.send(&client, &other).await;
     assert_eq!(answer.status, 502, "{:#}", answer.json);
@@ -300,7 +307,10 @@ async fn wrong_path_is_404_and_wrong_method_is_405_in_json() {
     let gw = TestGateway::start().await;
     let client = gw.sz_client();
     let a = client
-        .send(&format!("{}/v2/records", gw.base_url()), Bytes::from_static(b"{}"))
+        .send(
+            &format!("{}/v2/records", gw.base_url()),
+            Bytes::from_static(b"{}"),
+        )
         .await
         .unwrap();
     assert_eq!(a.status, 404);
@@ -328,7 +338,9 @@ async fn every_record_gets_an_audit_entry_whatever_the_outcome() {
         gw.send(&client, &ok).await.status,
         gw.send(&client, &ok).await.status,
         gw.send(&client, &bad).await.status,
-        gw.send_bytes(&client, Bytes::from_static(b"nope")).await.status,
+        gw.send_bytes(&client, Bytes::from_static(b"nope"))
+            .await
+            .status,
     ];
     assert_eq!(answers, [200, 409, 422, 400]);
     let entries = gw.audit_entries();

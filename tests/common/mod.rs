@@ -35,7 +35,11 @@ impl TestPki {
         let hk = ParkCa::new("hk").unwrap();
         let gateway_ca = GatewayCa::new().unwrap();
         let sz_org = sz
-            .issue_client("Shenzhen Bay Genomics Institute", "lims-01", Validity::For(YEAR))
+            .issue_client(
+                "Shenzhen Bay Genomics Institute",
+                "lims-01",
+                Validity::For(YEAR),
+            )
             .unwrap();
         let hk_org = hk
             .issue_client("HKSTP Biomedical Ltd.", "sender-01", Validity::For(YEAR))
@@ -97,7 +101,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 async fn start_endpoint(pki: &TestPki, park: &str) -> RunningEndpoint {
     let cert = pki
         .park(park)
-        .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+        .issue_server(
+            &["localhost".into(), "127.0.0.1".into()],
+            Validity::For(YEAR),
+        )
         .unwrap();
     ParkEndpoint::start(EndpointOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -128,11 +135,17 @@ impl TestGateway {
         write(d, "gateway-ca.pem", pki.gateway_ca.cert_pem());
         let server = pki
             .gateway_ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+            .issue_server(
+                &["localhost".into(), "127.0.0.1".into()],
+                Validity::For(YEAR),
+            )
             .unwrap();
         write(d, "gateway.pem", &server.cert_pem);
         write(d, "gateway.key", &server.key_pem);
-        let upstream = pki.gateway_ca.issue_upstream_client(Validity::For(YEAR)).unwrap();
+        let upstream = pki
+            .gateway_ca
+            .issue_upstream_client(Validity::For(YEAR))
+            .unwrap();
         write(d, "gateway-client.pem", &upstream.cert_pem);
         write(d, "gateway-client.key", &upstream.key_pem);
         let signing = AuditSigningKey::generate().unwrap();
