@@ -107,7 +107,7 @@ async fn spawn_binary(gw: &mut TestGateway) -> (Child, u16, u16) {
         1,
     );
     std::fs::write(&gw.config_path, text).unwrap();
-    let child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
         .arg("serve")
         .arg("--config")
         .arg(&gw.config_path)
@@ -128,6 +128,8 @@ async fn spawn_binary(gw: &mut TestGateway) -> (Child, u16, u16) {
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    let _ = child.kill();
+    let _ = child.wait();
     panic!("the gateway binary did not become ready");
 }
 
