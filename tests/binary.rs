@@ -204,3 +204,77 @@ async fn sighup_reloads_the_policies() {
     let _ = tokio::task::spawn_blocking(move || child.wait()).await;
     assert!(denied, "the new deny rule took effect after SIGHUP");
 }
+
+fn run_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_receipt_from_a_real_answer_verifies_and_fails_when_altered() {
+    let mut gw = TestGateway::start().await;
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200);
+    gw.stop().await;
+    let receipt_path = gw.path("answer.json");
+    std::fs::write(&receipt_path, serde_json::to_vec(&answer.json).unwrap()).unwrap();
+    let public = gw.path("audit-signing.pub");
+    let log = gw.audit_log();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        "--log".as_ref(),
+        log.as_os_str(),
+        receipt_path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut altered = answer.json.clone();
+    altered["receipt"]["audit_seq"] =
+        serde_json::json!(answer.json["audit_seq"].as_u64().unwrap() + 1);
+    std::fs::write(&receipt_path, serde_json::to_vec(&altered).unwrap()).unwrap();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        receipt_path.as_os_str(),
+    ]);
+    assert!(!out.status.success(), "an altered receipt must not verify");
+
+    // The auditor's view of the same log: intact, and the record is found by id.
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        log.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let id = answer.json["record_id"].as_str().unwrap();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "query".as_ref(),
+        log.as_os_str(),
+        "--record-id".as_ref(),
+        id.as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(id));
+}

@@ -353,3 +353,25 @@ async fn every_record_gets_an_audit_entry_whatever_the_outcome() {
     let outcome = entries.iter().find(|e| e["type"] == "outcome").unwrap();
     assert_eq!(outcome["record_id"], ok["record_id"]);
 }
+
+#[tokio::test]
+async fn without_a_pseudonymisation_key_a_record_that_needs_one_is_refused() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: String::new(),
+        own_rules: false,
+        audit_toml: None,
+        sz_crl: None,
+        no_pseudonymisation_key: true,
+    })
+    .await;
+    assert!(
+        !gw.gateway.rules.load().policies.warnings().is_empty(),
+        "the gateway warns at start"
+    );
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED[0])).await;
+    assert_eq!(answer.status, 403, "{:#}", answer.json);
+    assert!(gw.hk_endpoint.received().is_empty());
+    // Records without such obligations still pass.
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED[1])).await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+}

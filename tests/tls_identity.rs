@@ -97,7 +97,10 @@ async fn a_revoked_client_certificate_is_refused_and_others_pass() {
     let crl = gw
         .pki
         .sz
-        .crl_pem(std::slice::from_ref(&revoked.serial), chrono::Duration::days(30))
+        .crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(30),
+        )
         .unwrap();
     std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
     let (status, body) = gw.admin_post("/reload").await;

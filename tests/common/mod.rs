@@ -72,6 +72,8 @@ pub struct Options {
     pub audit_toml: Option<String>,
     /// Copy the repository's schemas/ and policies/ into the test folder (to change them).
     pub own_rules: bool,
+    /// Leave `pseudonymisation_key` out of the config (fail-closed tests).
+    pub no_pseudonymisation_key: bool,
 }
 
 /// A running gateway with its two park endpoints.
@@ -191,7 +193,7 @@ endpoint_ca = "hk-ca.pem"
 dir = "{schemas}"
 [policies]
 dir = "{policies}"
-pseudonymisation_key = "pseudonymisation.key"
+{pseudo}
 {audit}
 [upstream]
 connect_timeout_ms = 2000
@@ -203,6 +205,11 @@ request_timeout_ms = 2000
             schemas = schemas_dir.display(),
             policies = policies_dir.display(),
             extra = opts.extra_toml,
+            pseudo = if opts.no_pseudonymisation_key {
+                ""
+            } else {
+                "pseudonymisation_key = \"pseudonymisation.key\""
+            },
         );
         let config_path = write(d, "gateway.toml", &config_text);
         let config = Config::load(&config_path).unwrap();
