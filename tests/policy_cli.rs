@@ -20,10 +20,19 @@ const AT: &str = "2026-12-01T10:00:00+08:00";
 #[test]
 fn check_allow_exits_0_and_prints_json() {
     let out = gateway(&[
-        "check", "--at", AT, "--format", "json",
+        "check",
+        "--at",
+        AT,
+        "--format",
+        "json",
         "policies/tests/records/data-sz-hk-academic-measurements.json",
     ]);
-    assert_eq!(out.status.code(), Some(0), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["decision"], "allow");
     assert_eq!(v["matched"][1]["id"], "D5.academic-nonpersonal");
@@ -32,9 +41,16 @@ fn check_allow_exits_0_and_prints_json() {
 #[test]
 fn check_deny_exits_1_with_every_matched_rule_in_the_table() {
     let dir = tempfile::tempdir().unwrap();
-    let text = std::fs::read_to_string(root().join("policies/tests/records/data-sz-hk-academic-measurements.json")).unwrap();
+    let text = std::fs::read_to_string(
+        root().join("policies/tests/records/data-sz-hk-academic-measurements.json"),
+    )
+    .unwrap();
     let core = dir.path().join("core.json");
-    std::fs::write(&core, text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"core\"")).unwrap();
+    std::fs::write(
+        &core,
+        text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"core\""),
+    )
+    .unwrap();
     let out = gateway(&["check", "--at", AT, core.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(1));
     let table = String::from_utf8_lossy(&out.stdout);
@@ -46,7 +62,13 @@ fn check_deny_exits_1_with_every_matched_rule_in_the_table() {
 #[test]
 fn check_origin_mismatch_is_a_deny() {
     let out = gateway(&[
-        "check", "--at", AT, "--as-park", "hk", "--format", "json",
+        "check",
+        "--at",
+        AT,
+        "--as-park",
+        "hk",
+        "--format",
+        "json",
         "policies/tests/records/data-sz-hk-academic-measurements.json",
     ]);
     assert_eq!(out.status.code(), Some(1));
@@ -58,13 +80,23 @@ fn check_origin_mismatch_is_a_deny() {
 fn check_invalid_record_exits_2_naming_the_pointer() {
     let dir = tempfile::tempdir().unwrap();
     let bad = dir.path().join("bad.json");
-    let text = std::fs::read_to_string(root().join("policies/tests/records/data-sz-hk-academic-measurements.json")).unwrap();
-    std::fs::write(&bad, text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"secret\"")).unwrap();
+    let text = std::fs::read_to_string(
+        root().join("policies/tests/records/data-sz-hk-academic-measurements.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"secret\""),
+    )
+    .unwrap();
     let out = gateway(&["check", "--at", AT, bad.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("/body/data_grade"));
     std::fs::write(&bad, "{not json").unwrap();
-    assert_eq!(gateway(&["check", bad.to_str().unwrap()]).status.code(), Some(2));
+    assert_eq!(
+        gateway(&["check", bad.to_str().unwrap()]).status.code(),
+        Some(2)
+    );
 }
 
 #[test]
