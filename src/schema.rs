@@ -197,14 +197,21 @@ impl SchemaSet {
     /// Validates the envelope, then the body against the schema of its kind. Every violation is
     /// reported (up to [`MAX_VIOLATIONS`]), in a deterministic order.
     pub fn validate(&self, record: &Value) -> Result<Kind, SchemaFailure> {
-        let envelope_violations =
-            collect_violations(&self.envelope, self.envelope.validator.iter_errors(record), "");
+        let envelope_violations = collect_violations(
+            &self.envelope,
+            self.envelope.validator.iter_errors(record),
+            "",
+        );
         if !envelope_violations.is_empty() {
             return Err(SchemaFailure::Envelope(envelope_violations));
         }
         // The envelope schema guarantees both; a deployment that edited it to allow another kind
         // still gets a clear envelope error instead of a panic.
-        let Some(kind) = record.get("kind").and_then(Value::as_str).and_then(Kind::parse) else {
+        let Some(kind) = record
+            .get("kind")
+            .and_then(Value::as_str)
+            .and_then(Kind::parse)
+        else {
             return Err(SchemaFailure::Envelope(vec![SchemaViolation {
                 pointer: "/kind".to_string(),
                 rule: "enum".to_string(),
@@ -219,7 +226,8 @@ impl SchemaSet {
             }]));
         };
         let compiled = self.compiled(kind);
-        let violations = collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
+        let violations =
+            collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
         if violations.is_empty() {
             Ok(kind)
         } else {
@@ -370,11 +378,13 @@ fn compile(path: &Path, doc: &Value) -> Result<Validator, SchemaLoadError> {
         .with_pattern_options(PatternOptions::regex())
         .build(doc)
         .map_err(|e| {
+            // For a compile error the "instance" is the schema itself: its path says where in
+            // the file the problem is.
             SchemaLoadError::invalid(
                 path,
                 format!(
                     "does not compile at {}: {}",
-                    display_pointer(e.schema_path.as_str()),
+                    display_pointer(e.instance_path.as_str()),
                     e.masked_with("the value")
                 ),
             )
@@ -420,9 +430,9 @@ fn bundle_common(path: &Path, doc: &mut Value, common: &Common) -> Result<(), Sc
 }
 
 /// Rewrites `"$ref": "common.json#/..."` to `"#/..."` everywhere in a schema, but not inside
-/// keywords whose values are data rather than schemas.
-fn rewrite_refs(node: &mut Value, prefixes: &[String]) {
-    match node {
+/// keywords whose values are data rather than schemas (`enum`, `const`, ...).
+fn rewrite_refs(schema: &mut Value, prefixes: &[String]) {
+    match schema {
         Value::Object(obj) => {
             if let Some(Value::String(r)) = obj.get_mut("$ref") {
                 if let Some(fragment) = prefixes.iter().find_map(|p| r.strip_prefix(p.as_str())) {
@@ -430,13 +440,17 @@ fn rewrite_refs(node: &mut Value, prefixes: &[String]) {
                 }
             }
             for (key, child) in obj.iter_mut() {
-                if matches!(
-                    key.as_str(),
-                    "enum" | "const" | "examples" | "default" | "$ref"
-                ) {
-                    continue;
+                match key.as_str() {
+                    "enum" | "const" | "examples" | "default" | "$ref" => {}
+                    // Maps from names to schemas: the names are data (a property may well be
+                    // called "enum"), the values are schemas.
+                    "properties" | "patternProperties" | "$defs" | "dependentSchemas" => {
+                        if let Value::Object(named) = child {
+                            named.values_mut().for_each(|s| rewrite_refs(s, prefixes));
+                        }
+                    }
+                    _ => rewrite_refs(child, prefixes),
                 }
-                rewrite_refs(child, prefixes);
             }
         }
         Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefixes)),
@@ -567,11 +581,9 @@ fn to_violations(
             "enum",
             format!("must be one of {}{because}", list_values(options)),
         ),
-        ValidationErrorKind::Constant { expected_value } => push(
-            base,
-            "const",
-            format!("must be {expected_value}{because}"),
-        ),
+        ValidationErrorKind::Constant { expected_value } => {
+            push(base, "const", format!("must be {expected_value}{because}"))
+        }
         ValidationErrorKind::Format { format } => push(
             base,
             "format",
@@ -606,11 +618,9 @@ fn to_violations(
             "minimum",
             format!("must be at least {limit}{because}"),
         ),
-        ValidationErrorKind::Maximum { limit } => push(
-            base,
-            "maximum",
-            format!("must be at most {limit}{because}"),
-        ),
+        ValidationErrorKind::Maximum { limit } => {
+            push(base, "maximum", format!("must be at most {limit}{because}"))
+        }
         ValidationErrorKind::ExclusiveMinimum { limit } => push(
             base,
             "exclusiveMinimum",
@@ -898,8 +908,12 @@ mod tests {
     use serde_json::json;
     use std::path::PathBuf;
 
+    fn manifest_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    }
+
     fn shipped_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("schemas")
+        manifest_dir().join("schemas")
     }
 
     fn shipped() -> SchemaSet {
@@ -907,9 +921,7 @@ mod tests {
     }
 
     fn example(name: &str) -> Value {
-        let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-            .join("examples/records")
-            .join(name);
+        let path = manifest_dir().join("examples/records").join(name);
         serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap()
     }
 
@@ -920,21 +932,764 @@ mod tests {
         }
     }
 
-    #[test]
-    fn scratch_print() {
-        let set = shipped();
-        for name in [
-            "invalid/materials-missing-consignor.json",
-            "invalid/data-sensitive-pi-without-types.json",
-            "invalid/materials-bad-hs-code.json",
-            "invalid/envelope-bad-record-id.json",
-        ] {
-            println!("{name}: {:#?}", set.validate(&example(name)));
+    fn envelope_violations(set: &SchemaSet, record: &Value) -> Vec<SchemaViolation> {
+        match set.validate(record) {
+            Err(SchemaFailure::Envelope(v)) => v,
+            other => panic!("expected an envelope failure, got {other:?}"),
         }
+    }
+
+    fn has(violations: &[SchemaViolation], pointer: &str, rule: &str) -> bool {
+        violations
+            .iter()
+            .any(|v| v.pointer == pointer && v.rule == rule)
+    }
+
+    /// A copy of the shipped schemas in a tempdir, for tests that break one file.
+    fn copied_schemas() -> tempfile::TempDir {
+        let dir = tempfile::tempdir().unwrap();
+        for entry in std::fs::read_dir(shipped_dir()).unwrap() {
+            let entry = entry.unwrap();
+            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+        }
+        dir
+    }
+
+    fn load_err(dir: &Path) -> String {
+        match SchemaSet::load(dir) {
+            Ok(_) => panic!("a broken schema set was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    // === loading ===
+
+    #[test]
+    fn shipped_schemas_load_and_hash_is_stable_lowercase_hex() {
+        let a = shipped();
+        let b = shipped();
+        assert_eq!(a.hash().len(), 64);
+        assert!(a
+            .hash()
+            .chars()
+            .all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)));
+        assert_eq!(a.hash(), b.hash());
+    }
+
+    #[test]
+    fn hash_changes_when_any_schema_file_changes() {
+        let dir = copied_schemas();
+        let before = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        let path = dir.path().join(COMMON_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["description"] = json!("edited");
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let after = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        assert_ne!(before, after);
+    }
+
+    #[test]
+    fn schema_set_is_send_and_sync() {
+        fn assert_send_sync<T: Send + Sync + 'static>() {}
+        assert_send_sync::<SchemaSet>();
+    }
+
+    #[test]
+    fn kind_schemas_are_self_contained_with_only_local_refs() {
+        fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
+            match v {
+                Value::Object(o) => {
+                    if let Some(Value::String(r)) = o.get("$ref") {
+                        out.push(r);
+                    }
+                    o.values().for_each(|c| refs(c, out));
+                }
+                Value::Array(a) => a.iter().for_each(|c| refs(c, out)),
+                _ => {}
+            }
+        }
+        let set = shipped();
+        for kind in Kind::ALL {
+            let doc = set.kind_schema(kind);
+            let mut found = Vec::new();
+            refs(doc, &mut found);
+            assert!(!found.is_empty(), "{kind} uses shared definitions");
+            for r in found {
+                assert!(r.starts_with("#/"), "{kind}: non-local $ref {r}");
+                assert!(doc.pointer(&r[1..]).is_some(), "{kind}: dangling $ref {r}");
+            }
+            assert_eq!(doc["$schema"], DIALECT_2020_12);
+        }
+    }
+
+    #[test]
+    fn every_object_refuses_unknown_fields_and_every_field_is_described() {
+        // Conditional branches (`allOf`, `if`/`then`/`else`) only re-constrain declared fields.
+        fn check(node: &Value, path: &str, in_condition: bool, problems: &mut Vec<String>) {
+            match node {
+                Value::Object(obj) => {
+                    if let (Some(Value::Object(props)), false) =
+                        (obj.get("properties"), in_condition)
+                    {
+                        if obj.get("additionalProperties") != Some(&Value::Bool(false)) {
+                            problems.push(format!("{path}: additionalProperties is not false"));
+                        }
+                        for (name, prop) in props {
+                            if prop.get("description").is_none() {
+                                problems.push(format!("{path}/properties/{name}: no description"));
+                            }
+                        }
+                    }
+                    for (key, child) in obj {
+                        let conditional = in_condition
+                            || matches!(key.as_str(), "allOf" | "if" | "then" | "else");
+                        check(child, &format!("{path}/{key}"), conditional, problems);
+                    }
+                }
+                Value::Array(items) => {
+                    for (i, item) in items.iter().enumerate() {
+                        check(item, &format!("{path}/{i}"), in_condition, problems);
+                    }
+                }
+                _ => {}
+            }
+        }
+        let set = shipped();
+        let mut problems = Vec::new();
+        check(set.envelope_schema(), "envelope", false, &mut problems);
+        for kind in Kind::ALL {
+            check(set.kind_schema(kind), kind.as_str(), false, &mut problems);
+        }
+        assert!(problems.is_empty(), "{problems:#?}");
+    }
+
+    #[test]
+    fn broken_schema_file_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["purpose"]["type"] = json!("strnig");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("talent.json"), "{err}");
+        assert!(err.contains("not a valid draft 2020-12 schema"), "{err}");
+        assert!(err.contains("/properties/purpose/type"), "{err}");
+    }
+
+    #[test]
+    fn schema_file_that_is_not_json_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        std::fs::write(dir.path().join("materials.json"), b"{\"$schema\": ").unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("materials.json"), "{err}");
+        assert!(err.contains("not valid JSON"), "{err}");
+    }
+
+    #[test]
+    fn schema_of_another_draft_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("data.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["$schema"] = json!("http://json-schema.org/draft-07/schema#");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("data.json") && err.contains("draft 2020-12"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn missing_schema_file_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join("envelope.json")).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("envelope.json") && err.contains("cannot be read"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn unknown_format_in_a_schema_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["limit_of_stay"]["format"] = json!("dat");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("talent.json") && err.contains("'dat'"),
+            "{err}"
+        );
+        assert!(err.contains("/properties/limit_of_stay"), "{err}");
+    }
+
+    #[test]
+    fn remote_ref_is_refused_never_fetched() {
+        let dir = copied_schemas();
+        let path = dir.path().join("data.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["purpose"] = json!({"$ref": "https://example.org/purposes.json"});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("data.json") && err.contains("does not compile"),
+            "{err}"
+        );
+        assert!(err.contains("https://example.org/purposes.json"), "{err}");
+    }
+
+    #[test]
+    fn kinds_referring_to_a_missing_shared_file_are_refused() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join(COMMON_FILE)).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("talent.json"), "{err}");
+        assert!(err.contains("common.json"), "{err}");
+    }
+
+    #[test]
+    fn envelope_schema_must_require_the_routing_fields() {
+        let dir = copied_schemas();
+        let path = dir.path().join(ENVELOPE_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["required"] = json!(["record_id", "kind", "body"]);
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("envelope.json") && err.contains("from, to"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn kind_defining_a_shared_name_again_is_refused() {
+        let dir = copied_schemas();
+        let path = dir.path().join("materials.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["$defs"]["party"] = json!({"type": "object"});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let err = load_err(dir.path());
+        assert!(
+            err.contains("materials.json") && err.contains("$defs/party"),
+            "{err}"
+        );
+    }
+
+    // === the example records ===
+
+    #[test]
+    fn every_example_record_is_valid_and_each_kind_goes_both_ways() {
+        let set = shipped();
+        let mut routes = std::collections::BTreeMap::<(String, String, String), usize>::new();
+        let dir = manifest_dir().join("examples/records");
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.extension().and_then(|e| e.to_str()) != Some("json") {
+                continue;
+            }
+            let record: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            let kind = set
+                .validate(&record)
+                .unwrap_or_else(|f| panic!("{}: {f:?}", path.display()));
+            assert_eq!(kind.as_str(), record["kind"]);
+            let route = (
+                kind.to_string(),
+                record["from"].as_str().unwrap().to_string(),
+                record["to"].as_str().unwrap().to_string(),
+            );
+            *routes.entry(route).or_default() += 1;
+        }
+        for kind in Kind::ALL {
+            for (from, to) in [("sz", "hk"), ("hk", "sz")] {
+                let n = routes
+                    .get(&(kind.to_string(), from.to_string(), to.to_string()))
+                    .copied()
+                    .unwrap_or(0);
+                assert!(n >= 2, "{kind} {from}->{to}: only {n} examples");
+            }
+        }
+    }
+
+    #[test]
+    fn every_invalid_example_fails_with_its_documented_violation() {
+        let set = shipped();
+        let cases = [
+            (
+                "materials-missing-consignor.json",
+                true,
+                "/body/consignor",
+                "required",
+            ),
+            ("data-bad-data-grade.json", true, "/body/data_grade", "enum"),
+            (
+                "talent-additional-property.json",
+                true,
+                "/body/passport_number",
+                "additionalProperties",
+            ),
+            (
+                "data-sensitive-pi-without-types.json",
+                true,
+                "/body/sensitive_pi_types",
+                "required",
+            ),
+            (
+                "materials-bad-hs-code.json",
+                true,
+                "/body/items/1/hs_code",
+                "pattern",
+            ),
+            (
+                "talent-bad-date.json",
+                true,
+                "/body/limit_of_stay",
+                "format",
+            ),
+            ("envelope-bad-record-id.json", false, "/record_id", "format"),
+        ];
+        let dir = manifest_dir().join("examples/records/invalid");
+        let on_disk = std::fs::read_dir(&dir).unwrap().count();
+        assert_eq!(
+            on_disk,
+            cases.len(),
+            "every invalid example has a case here"
+        );
+        for (file, in_body, pointer, rule) in cases {
+            let record = example(&format!("invalid/{file}"));
+            let violations = if in_body {
+                body_violations(&set, &record)
+            } else {
+                envelope_violations(&set, &record)
+            };
+            assert!(has(&violations, pointer, rule), "{file}: {violations:?}");
+        }
+    }
+
+    // === specific violations ===
+
+    #[test]
+    fn missing_required_field_is_reported_at_the_missing_property() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        r["body"].as_object_mut().unwrap().remove("consignor");
+        let v = body_violations(&set, &r);
+        assert_eq!(
+            v,
+            vec![SchemaViolation {
+                pointer: "/body/consignor".into(),
+                rule: "required".into(),
+                message: "required property `consignor` is missing".into(),
+            }]
+        );
+    }
+
+    #[test]
+    fn missing_envelope_field_is_reported_at_the_missing_property() {
+        let set = shipped();
+        let mut r = example("talent-sz-hk-researcher.json");
+        r.as_object_mut().unwrap().remove("created_at");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/created_at", "required"), "{v:?}");
+    }
+
+    #[test]
+    fn bad_enum_value_is_reported_with_the_allowed_values_and_not_the_value() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-academic-measurements.json");
+        r["body"]["data_grade"] = json!("top-secret-HKID-A1234567");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].pointer.as_str(), v[0].rule.as_str()),
+            ("/body/data_grade", "enum")
+        );
+        assert!(v[0].message.contains("core, important, general"), "{v:?}");
+        assert!(!v[0].message.contains("A1234567"), "value echoed: {v:?}");
+    }
+
+    #[test]
+    fn bad_date_is_a_format_violation() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-quantum-equipment.json");
+        r["body"]["permits"][0]["valid_to"] = json!("2027-02-30");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/permits/0/valid_to", "format"), "{v:?}");
+        assert!(v[0].message.contains("YYYY-MM-DD"), "{v:?}");
+    }
+
+    #[test]
+    fn date_time_without_offset_is_a_format_violation() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["entry_at"] = json!("2026-12-01 08:45");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/entry_at", "format"), "{v:?}");
+    }
+
+    #[test]
+    fn bad_uuid_is_an_envelope_violation_and_body_is_not_checked() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["record_id"] = json!("3f6c2a9e-8d41-4b7a-9c15-2e7d0b94a6");
+        r["body"]["purpose"] = json!("smuggling");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/record_id", "format"), "{v:?}");
+        assert!(has(&v, "/record_id", "pattern"), "{v:?}");
+        assert!(v.iter().all(|x| !x.pointer.starts_with("/body/")), "{v:?}");
+    }
+
+    #[test]
+    fn record_that_is_not_an_object_is_an_envelope_type_violation() {
+        let set = shipped();
+        let v = envelope_violations(&set, &json!(["talent"]));
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!((v[0].pointer.as_str(), v[0].rule.as_str()), ("", "type"));
+        assert_eq!(v[0].message, "must be an object, not an array");
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"] = json!("person");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/body", "type"), "{v:?}");
+    }
+
+    #[test]
+    fn shared_refs_are_rewritten_but_not_inside_data_or_property_names() {
+        let prefixes = vec![format!("{COMMON_FILE}#")];
+        let mut doc = json!({
+            "properties": {
+                "enum": {"$ref": "common.json#/$defs/zone"},
+                "x": {"const": {"$ref": "common.json#/$defs/zone"}}
+            },
+            "items": [{"$ref": "common.json#/$defs/party"}]
+        });
+        rewrite_refs(&mut doc, &prefixes);
+        assert_eq!(doc["properties"]["enum"]["$ref"], "#/$defs/zone");
+        assert_eq!(
+            doc["properties"]["x"]["const"]["$ref"],
+            "common.json#/$defs/zone"
+        );
+        assert_eq!(doc["items"][0]["$ref"], "#/$defs/party");
+    }
+
+    #[test]
+    fn uppercase_uuid_is_accepted() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["record_id"] = json!("C8E1F0A3-2B6D-4E95-A7C4-0D3F58B19E72");
+        assert_eq!(set.validate(&r), Ok(Kind::Talent));
+    }
+
+    #[test]
+    fn park_ids_must_be_short_lowercase_ids() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["to"] = json!("Shenzhen Park");
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/to", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn additional_property_is_reported_at_the_property() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-lab-mice.json");
+        r["body"]["items"][0]["colour"] = json!("white");
+        r["extra"] = json!(1);
+        let v = envelope_violations(&set, &r);
+        assert!(has(&v, "/extra", "additionalProperties"), "{v:?}");
+        r.as_object_mut().unwrap().remove("extra");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(
+            has(&v, "/body/items/0/colour", "additionalProperties"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn bad_hs_code_is_a_pattern_violation() {
+        let set = shipped();
+        for bad in ["3002.12", "300212", "30021200001", "300212000A"] {
+            let mut r = example("materials-sz-hk-hgr-samples.json");
+            r["body"]["items"][0]["hs_code"] = json!(bad);
+            let v = body_violations(&set, &r);
+            assert!(has(&v, "/body/items/0/hs_code", "pattern"), "{bad}: {v:?}");
+        }
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        r["body"]["items"][0]["hs_code"] = json!("30021200");
+        assert_eq!(
+            set.validate(&r),
+            Ok(Kind::Materials),
+            "8 digits (Hong Kong)"
+        );
+    }
+
+    #[test]
+    fn sensitive_pi_without_types_is_required_with_the_reason() {
+        let set = shipped();
         let mut r = example("data-sz-hk-gba-clinical-followup.json");
-        r["body"]["exporter"]["id"] = json!("1234");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("sensitive_pi_types");
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert!(has(&v, "/body/sensitive_pi_types", "required"), "{v:?}");
+        assert!(
+            v[0].message.contains("sensitive personal information"),
+            "{v:?}"
+        );
+
+        r["body"]["sensitive_pi_types"] = json!([]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/sensitive_pi_types", "minItems"), "{v:?}");
+    }
+
+    #[test]
+    fn sensitive_pi_types_without_sensitive_pi_is_refused() {
+        let set = shipped();
+        let mut r = example("data-hk-sz-staff-roster.json");
+        r["body"]["sensitive_pi_types"] = json!(["biometric"]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/sensitive_pi_types", "maxItems"), "{v:?}");
+    }
+
+    #[test]
+    fn sensitive_pi_implies_pi() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
         r["body"]["contains_pi"] = json!(false);
-        println!("{:#?}", set.validate(&r));
-        panic!("scratch");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/contains_pi", "const"), "{v:?}");
+    }
+
+    #[test]
+    fn mechanism_needs_its_evidence() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"].as_object_mut().unwrap().remove("gba_sc");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/gba_sc", "required"), "{v:?}");
+
+        let mut r = example("data-sz-hk-hgr-sequencing.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("security_assessment");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/security_assessment", "required"), "{v:?}");
+
+        let mut r = example("data-sz-hk-hr-attendance.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("lawful_hr_exemption_basis");
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/lawful_hr_exemption_basis", "required"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn personal_information_needs_the_year_to_date_count() {
+        let set = shipped();
+        let mut r = example("data-hk-sz-staff-roster.json");
+        r["body"]
+            .as_object_mut()
+            .unwrap()
+            .remove("ytd_subjects_nonsensitive");
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/ytd_subjects_nonsensitive", "required"),
+            "{v:?}"
+        );
+        r["body"]["ytd_subjects_nonsensitive"] = json!(-1);
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/ytd_subjects_nonsensitive", "minimum"),
+            "{v:?}"
+        );
+        r["body"]["ytd_subjects_nonsensitive"] = json!(2.5);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/ytd_subjects_nonsensitive", "type"), "{v:?}");
+    }
+
+    #[test]
+    fn party_id_must_match_its_scheme() {
+        let set = shipped();
+        let mut r = example("data-sz-hk-gba-clinical-followup.json");
+        r["body"]["exporter"]["id"] = json!("9144030MA5EUHUXXH"); // 17 characters
+        r["body"]["recipient"]["id"] = json!("7410293"); // 7 digits
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/exporter/id", "pattern"), "{v:?}");
+        assert!(has(&v, "/body/recipient/id", "pattern"), "{v:?}");
+        assert!(v[0].message.contains("uscc"), "{v:?}");
+        r["body"]["exporter"]["id"] = json!("91440300MA5EUHUXXI"); // I is never used
+        r["body"]["recipient"]["id"] = json!("74102935");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/exporter/id", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn quantities_must_be_positive() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-lab-mice.json");
+        r["body"]["items"][0]["quantity"] = json!(0);
+        r["body"]["permits"][0]["approved_quantity"] = json!(-5);
+        let v = body_violations(&set, &r);
+        assert!(
+            has(&v, "/body/items/0/quantity", "exclusiveMinimum"),
+            "{v:?}"
+        );
+        assert!(
+            has(&v, "/body/permits/0/approved_quantity", "exclusiveMinimum"),
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn materials_need_at_least_one_item_but_permits_may_be_empty() {
+        let set = shipped();
+        let mut r = example("materials-hk-sz-equipment-return.json");
+        assert_eq!(r["body"]["permits"], json!([]));
+        assert_eq!(set.validate(&r), Ok(Kind::Materials));
+        r["body"]["items"] = json!([]);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items", "minItems"), "{v:?}");
+    }
+
+    #[test]
+    fn infectious_substance_needs_un_number_and_class() {
+        let set = shipped();
+        let mut r = example("materials-hk-sz-bio-reagents.json");
+        r["body"]["items"][0]["infectious_category"] = json!("B");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items/0/un_number", "required"), "{v:?}");
+        assert!(has(&v, "/body/items/0/dg_class", "required"), "{v:?}");
+        r["body"]["items"][0]["un_number"] = json!("UN3373");
+        r["body"]["items"][0]["dg_class"] = json!("6.2");
+        assert_eq!(set.validate(&r), Ok(Kind::Materials));
+        r["body"]["items"][0]["un_number"] = json!("3373");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/items/0/un_number", "pattern"), "{v:?}");
+    }
+
+    #[test]
+    fn person_ref_is_a_pseudonym_or_a_raw_document_reference() {
+        let set = shipped();
+        let mut r = example("talent-sz-hk-researcher.json");
+        for ok in ["passport:E12345678", "hkid:A123456(7)"] {
+            r["body"]["person_ref"] = json!(ok);
+            assert_eq!(set.validate(&r), Ok(Kind::Talent), "{ok}");
+        }
+        for bad in ["E12345678", "ABCDEF", "driving_licence:123456789"] {
+            r["body"]["person_ref"] = json!(bad);
+            let v = body_violations(&set, &r);
+            assert!(has(&v, "/body/person_ref", "pattern"), "{bad}: {v:?}");
+        }
+    }
+
+    #[test]
+    fn every_violation_is_reported_in_reading_order() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        let item = r["body"]["items"][0].clone();
+        let items: Vec<Value> = (0..12).map(|_| item.clone()).collect();
+        r["body"]["items"] = json!(items);
+        r["body"]["items"][10]["unit"] = json!("millilitres");
+        r["body"]["items"][2]["material_class"] = json!("blood");
+        r["body"]["carriage"] = json!("drone");
+        r["body"].as_object_mut().unwrap().remove("shipment_id");
+        let v = body_violations(&set, &r);
+        let pointers: Vec<&str> = v.iter().map(|x| x.pointer.as_str()).collect();
+        assert_eq!(
+            pointers,
+            vec![
+                "/body/carriage",
+                "/body/items/2/material_class",
+                "/body/items/10/unit",
+                "/body/shipment_id",
+            ]
+        );
+        // Same input, same answer.
+        assert_eq!(v, body_violations(&set, &r));
+    }
+
+    #[test]
+    fn number_of_violations_is_capped() {
+        let set = shipped();
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        let items: Vec<Value> = (0..200).map(|_| json!({"hs_code": "x"})).collect();
+        r["body"]["items"] = json!(items);
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), MAX_VIOLATIONS);
+        let last = v.last().unwrap();
+        assert_eq!(last.rule, "truncated");
+        assert!(last.message.contains("further violations"), "{last:?}");
+    }
+
+    #[test]
+    fn hostile_property_names_are_cut_in_pointers() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["x".repeat(5000)] = json!(1);
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 1);
+        assert!(v[0].pointer.len() <= MAX_POINTER_LEN + '…'.len_utf8());
+        assert!(v[0].message.len() < 300, "{}", v[0].message);
+    }
+
+    #[test]
+    fn pointer_escapes_slash_and_tilde_in_property_names() {
+        let set = shipped();
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["a/b~c"] = json!(1);
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/a~1b~0c", "additionalProperties"), "{v:?}");
+    }
+
+    // === pointer walking ===
+
+    #[test]
+    fn pointer_walker_finds_fields_through_items_refs_and_conditionals() {
+        let set = shipped();
+        let exists = |kind, p| set.pointer_exists_in_schema(kind, p);
+        assert!(exists(Kind::Materials, "/body/items/0/material_class"));
+        assert!(exists(Kind::Materials, "/body/items/*/hs_code"));
+        assert!(exists(Kind::Materials, "/body/permits/-/valid_to"));
+        assert!(exists(Kind::Materials, "/body/consignor/registered_city"));
+        assert!(exists(Kind::Data, "/body/gba_sc/filing_date"));
+        assert!(exists(Kind::Data, "/body/gba_sc/declared_purposes/0"));
+        assert!(exists(Kind::Data, "/body/exporter/hetao_whitelist_id"));
+        assert!(exists(Kind::Talent, "/body/exit_endorsement/max_stay_days"));
+        assert!(exists(Kind::Talent, "/body"));
+        assert!(exists(Kind::Talent, "/from"));
+        assert!(exists(Kind::Data, ""));
+
+        assert!(!exists(Kind::Materials, "/body/items/0/nope"));
+        assert!(!exists(Kind::Materials, "/body/items/first/hs_code"));
+        assert!(!exists(Kind::Data, "/body/data_grde"));
+        assert!(!exists(Kind::Data, "/body/consignor"), "a materials field");
+        assert!(!exists(Kind::Talent, "/sender"));
+        assert!(!exists(Kind::Talent, "body/purpose"), "not a pointer");
+    }
+
+    #[test]
+    fn allowed_values_come_from_enums_through_refs() {
+        let set = shipped();
+        let grades = set
+            .allowed_values_at(Kind::Data, "/body/data_grade")
+            .unwrap();
+        assert_eq!(grades, vec!["core", "important", "general"]);
+        let zones = set
+            .allowed_values_at(Kind::Data, "/body/recipient_zone")
+            .unwrap();
+        assert!(zones.contains(&&json!("hk_park")));
+        let types = set
+            .allowed_values_at(Kind::Materials, "/body/permits/*/type")
+            .unwrap();
+        assert_eq!(types.len(), 8);
+        assert_eq!(set.allowed_values_at(Kind::Data, "/body/purpose"), None);
     }
 }
