@@ -299,13 +299,19 @@ pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
     outcome(failure, Some(d))
 }
 
+/// Loads the policy set with setting overrides, with or without a pseudonymisation key.
+pub type EngineLoader<'a> =
+    dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String> + 'a;
+/// Checks a record against the schemas; the error describes the violations.
+pub type RecordValidator<'a> = dyn Fn(&Value) -> Result<(), String> + 'a;
+
 /// Runs cases, loading one engine per distinct (settings override, key present) through `load`.
 /// `validate` (when given) checks each record against the schemas first: an invalid record is a
 /// failed case, so shipped cases stay realistic.
 pub fn run_all(
     cases: &[PolicyCase],
-    load: &dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String>,
-    validate: Option<&dyn Fn(&Value) -> Result<(), String>>,
+    load: &EngineLoader<'_>,
+    validate: Option<&RecordValidator<'_>>,
 ) -> Vec<CaseOutcome> {
     let mut engines: BTreeMap<String, Result<PolicyEngine, String>> = BTreeMap::new();
     let mut out = Vec::new();

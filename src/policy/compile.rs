@@ -874,13 +874,16 @@ const OPERATOR_KEYS: &[&str] = &[
     "same_as",
 ];
 
+/// Schema nodes a source resolves to, each with the document root that resolves its `$ref`s.
+type SchemaNodes<'s> = Vec<(&'s Value, &'s Value)>;
+
 /// A source read by a condition or operand; returns it with its schema nodes (if checked).
 fn compile_source<'s>(
     key_name: &str,
     v: &Value,
     key: &str,
     ctx: &RuleCtx<'_, 's>,
-) -> Result<(Source, Option<Vec<(&'s Value, &'s Value)>>), PolicyLoadError> {
+) -> Result<(Source, Option<SchemaNodes<'s>>), PolicyLoadError> {
     let key = format!("{key}.{key_name}");
     match key_name {
         "field" | "item" | "outer_item" => {
