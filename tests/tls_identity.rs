@@ -97,7 +97,10 @@ async fn a_revoked_client_certificate_is_refused_and_others_pass() {
     let crl = gw
         .pki
         .sz
-        .crl_pem(&[revoked.serial.clone()], chrono::Duration::days(30))
+        .crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(30),
+        )
         .unwrap();
     std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
     let (status, body) = gw.admin_post("/reload").await;
@@ -121,6 +124,11 @@ async fn an_expired_crl_refuses_its_park_rather_than_passing_revoked_certificate
     })
     .await;
     assert!(refused(&exchange(&gw, Some(&gw.pki.sz_org)).await));
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("reason=\"expired_crl\"} 1"));
     // The other park has no CRL and is unaffected.
     assert!(!refused(&exchange(&gw, Some(&gw.pki.hk_org)).await));
 }
