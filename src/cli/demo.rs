@@ -143,52 +143,24 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let work = WorkDir::new(args.dir.as_deref())?;
     let out = report::Out::new(args.quiet);
 
-    // 1. The PKI and configuration.
-    let files = init_dev_pki(&work.path, &DevPkiOptions::default()).with_context(|| {
-        format!(
-            "cannot write the development PKI into {}",
-            work.path.display()
-        )
-    })?;
+    // 1-3. The PKI, the endpoints and the gateway.
     let sources = stream::Sources::read(&repository_examples_dir())?;
-
-    // 2. Listeners on free loopback ports, endpoints, and a config that says where they are.
-    let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-    let listener = TcpListener::bind(loopback)
-        .await
-        .context("cannot listen on 127.0.0.1 for the gateway")?;
-    let admin_listener = TcpListener::bind(loopback)
-        .await
-        .context("cannot listen on 127.0.0.1 for the admin listener")?;
-    let gateway_addr = listener.local_addr()?;
-    let admin_addr = admin_listener.local_addr()?;
-    let mut endpoints: BTreeMap<String, RunningEndpoint> = BTreeMap::new();
-    for park in &files.parks {
-        endpoints.insert(park.park.clone(), start_endpoint(&files, &park.park).await?);
-    }
-    let urls = endpoints
-        .iter()
-        .map(|(park, e)| (park.clone(), e.url()))
-        .collect();
-    files.rewrite_config(gateway_addr, admin_addr, &urls)?;
-
-    // 3. The gateway, exactly as `serve` runs it.
-    let config = Config::load(&files.config)?;
-    let audit_log = config.audit.log.clone();
-    let gateway = Arc::new(Gateway::build(config)?);
-    let (stop, stopped) = tokio::sync::watch::channel(false);
-    let server = tokio::spawn(crate::server::run(
-        gateway.clone(),
-        listener,
-        admin_listener,
-        stopped,
-    ));
-    out.banner(&work.path, work.keep, gateway_addr, admin_addr, &endpoints);
+    let zone = Zone::start(&work.path).await?;
+    let (gateway_addr, admin_addr) = (zone.gateway_addr, zone.admin_addr);
+    let files = zone.files.clone();
+    let audit_log = zone.gateway.config.audit.log.clone();
+    out.banner(
+        &work.path,
+        work.keep,
+        gateway_addr,
+        admin_addr,
+        &zone.endpoints,
+    );
 
     // 4. The stream.
     let senders = senders(&files)?;
     let (shots, replays) = stream::build(&sources, args.records as usize, Utc::now())?;
-    let url = format!("https://{gateway_addr}{}", crate::pipeline::RECORDS_PATH);
+    let url = zone.records_url();
     let total = shots.len() + replays.len();
     let concurrency = args.concurrency as usize;
     let send_started = Instant::now();
@@ -202,19 +174,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let readiness = report::admin_get(admin_addr, "/readyz").await;
 
     // 5. Stop the gateway: drain, final signed checkpoint.
-    let _ = stop.send(true);
-    match server.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => anyhow::bail!("the gateway stopped with an error: {e}"),
-        Err(e) => anyhow::bail!("the gateway task failed: {e}"),
-    }
-    let received: BTreeMap<String, Vec<crate::endpoint::ReceivedRecord>> = endpoints
-        .iter()
-        .map(|(park, e)| (park.clone(), e.received()))
-        .collect();
-    for (_, e) in std::mem::take(&mut endpoints) {
-        e.shutdown().await;
-    }
+    let received = zone.stop().await?;
 
     // 6. Audit verification and the summary.
     let public_key = AuditPublicKey::from_pem_file(&files.audit_public_key)
@@ -234,6 +194,93 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     } else {
         ExitCode::from(1)
     })
+}
+
+/// The zone on loopback: a development PKI in a folder, a park endpoint per park and the gateway,
+/// on ports the system picked, with a `gateway.toml` that names them. The demo runs on it, and
+/// tests use it to try the README's commands against a real gateway.
+pub struct Zone {
+    pub files: DevPkiFiles,
+    pub gateway_addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub gateway: Arc<Gateway>,
+    pub endpoints: BTreeMap<String, RunningEndpoint>,
+    stop: tokio::sync::watch::Sender<bool>,
+    server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl Zone {
+    /// Writes the development PKI into `dir` (which must not hold one yet) and starts everything.
+    pub async fn start(dir: &Path) -> anyhow::Result<Zone> {
+        let files = init_dev_pki(dir, &DevPkiOptions::default())
+            .with_context(|| format!("cannot write the development PKI into {}", dir.display()))?;
+        let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
+        let listener = TcpListener::bind(loopback)
+            .await
+            .context("cannot listen on 127.0.0.1 for the gateway")?;
+        let admin_listener = TcpListener::bind(loopback)
+            .await
+            .context("cannot listen on 127.0.0.1 for the admin listener")?;
+        let gateway_addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let mut endpoints = BTreeMap::new();
+        for park in &files.parks {
+            endpoints.insert(park.park.clone(), start_endpoint(&files, &park.park).await?);
+        }
+        let urls = endpoints
+            .iter()
+            .map(|(park, e): (&String, &RunningEndpoint)| (park.clone(), e.url()))
+            .collect();
+        files.rewrite_config(gateway_addr, admin_addr, &urls)?;
+
+        // The gateway, exactly as `serve` runs it.
+        let config = Config::load(&files.config)?;
+        let gateway = Arc::new(Gateway::build(config)?);
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let server = tokio::spawn(crate::server::run(
+            gateway.clone(),
+            listener,
+            admin_listener,
+            stopped,
+        ));
+        Ok(Zone {
+            files,
+            gateway_addr,
+            admin_addr,
+            gateway,
+            endpoints,
+            stop,
+            server,
+        })
+    }
+
+    /// `https://127.0.0.1:<port>/v1/records`.
+    pub fn records_url(&self) -> String {
+        format!(
+            "https://{}{}",
+            self.gateway_addr,
+            crate::pipeline::RECORDS_PATH
+        )
+    }
+
+    /// Stops the gateway (drain, final signed checkpoint), then the endpoints; returns what each
+    /// park's endpoint received.
+    pub async fn stop(
+        self,
+    ) -> anyhow::Result<BTreeMap<String, Vec<crate::endpoint::ReceivedRecord>>> {
+        let _ = self.stop.send(true);
+        match self.server.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => anyhow::bail!("the gateway stopped with an error: {e}"),
+            Err(e) => anyhow::bail!("the gateway task failed: {e}"),
+        }
+        let mut received = BTreeMap::new();
+        for (park, endpoint) in self.endpoints {
+            received.insert(park, endpoint.received());
+            endpoint.shutdown().await;
+        }
+        Ok(received)
+    }
 }
 
 fn endpoint_log(files: &DevPkiFiles, park: &str) -> PathBuf {
