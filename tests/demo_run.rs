@@ -12,6 +12,8 @@ fn args(dir: &Path, records: u32) -> DemoArgs {
         records,
         concurrency: 4,
         quiet: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        keep_running: false,
     }
 }
 
@@ -85,6 +87,8 @@ async fn demo_without_dir_leaves_nothing_behind() {
         records: 8,
         concurrency: 2,
         quiet: true,
+        listen: "127.0.0.1:0".parse().unwrap(),
+        keep_running: false,
     })
     .await
     .unwrap();

@@ -39,6 +39,7 @@ reached its park endpoint, and the audit log verifies; otherwise 1, saying what 
 Examples:
   hetao-gateway demo
   hetao-gateway demo --dir demo-out --records 200
+  hetao-gateway demo --dir demo-out --listen 127.0.0.1:8443 --keep-running
   hetao-gateway audit verify demo-out/audit/audit.jsonl --public-key demo-out/audit-signing.pub")]
 pub struct DemoArgs {
     /// Keep everything in DIR (created; must be empty): the PKI, gateway.toml, the audit log and
@@ -56,6 +57,13 @@ pub struct DemoArgs {
     /// Print only the summary, not a line per record.
     #[arg(long, short = 'q')]
     pub quiet: bool,
+    /// Address of the gateway's partner listener (the default picks a free port).
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:0")]
+    pub listen: SocketAddr,
+    /// After the stream, keep the gateway and endpoints running for your own `curl` and
+    /// `hetao-gateway send` until Ctrl-C; then stop, verify and summarise as usual.
+    #[arg(long)]
+    pub keep_running: bool,
 }
 
 /// What one request got.
@@ -145,7 +153,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
 
     // 1-3. The PKI, the endpoints and the gateway.
     let sources = stream::Sources::read(&repository_examples_dir())?;
-    let zone = Zone::start(&work.path).await?;
+    let zone = Zone::start(&work.path, args.listen).await?;
     let (gateway_addr, admin_addr) = (zone.gateway_addr, zone.admin_addr);
     let files = zone.files.clone();
     let audit_log = zone.gateway.config.audit.log.clone();
@@ -172,6 +180,12 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (results, lost) = progress.finish();
     let send_elapsed = send_started.elapsed();
     let readiness = report::admin_get(admin_addr, "/readyz").await;
+    if args.keep_running {
+        out.keep_running(&zone);
+        tokio::signal::ctrl_c()
+            .await
+            .context("cannot wait for Ctrl-C")?;
+    }
 
     // 5. Stop the gateway: drain, final signed checkpoint.
     let received = zone.stop().await?;
@@ -180,8 +194,15 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let public_key = AuditPublicKey::from_pem_file(&files.audit_public_key)
         .with_context(|| format!("audit public key {}", files.audit_public_key.display()))?;
     let audit = report::AuditCheck::run(&audit_log, &public_key)?;
-    let checks =
-        report::Checks::evaluate(&results, &lost, &received, &audit, &public_key, readiness);
+    let checks = report::Checks::evaluate(
+        &results,
+        &lost,
+        &received,
+        &audit,
+        &public_key,
+        readiness,
+        args.keep_running,
+    );
     out.summary(&results, &received, &audit, send_elapsed, concurrency);
     out.checks(&checks);
     if work.keep {
@@ -211,13 +232,13 @@ pub struct Zone {
 
 impl Zone {
     /// Writes the development PKI into `dir` (which must not hold one yet) and starts everything.
-    pub async fn start(dir: &Path) -> anyhow::Result<Zone> {
+    /// `listen` is the partner listener's address (`127.0.0.1:0`: a free port); the admin
+    /// listener and the endpoints always take free loopback ports.
+    pub async fn start(dir: &Path, listen: SocketAddr) -> anyhow::Result<Zone> {
         let files = init_dev_pki(dir, &DevPkiOptions::default())
             .with_context(|| format!("cannot write the development PKI into {}", dir.display()))?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = TcpListener::bind(loopback)
-            .await
-            .context("cannot listen on 127.0.0.1 for the gateway")?;
+        let listener = crate::cli::serve::bind(&listen, "demo --listen").await?;
         let admin_listener = TcpListener::bind(loopback)
             .await
             .context("cannot listen on 127.0.0.1 for the admin listener")?;

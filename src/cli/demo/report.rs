@@ -139,6 +139,38 @@ impl Out {
         }
     }
 
+    pub fn keep_running(&self, zone: &super::Zone) {
+        let files = &zone.files;
+        let org = files
+            .orgs
+            .iter()
+            .find(|o| o.park == "sz")
+            .or_else(|| files.orgs.first());
+        self.line("");
+        self.line(&format!(
+            "The gateway keeps running at {} (admin http://{}). Try, from the repository:",
+            zone.records_url(),
+            zone.admin_addr
+        ));
+        if let Some(org) = org {
+            self.line(&format!(
+                "  curl --cert {} --key {} --cacert {} -H 'content-type: application/json' --data @examples/records/data-sz-hk-academic-measurements.json {}",
+                org.cert.display(),
+                org.key.display(),
+                files.gateway_ca_cert.display(),
+                zone.records_url()
+            ));
+            self.line(&format!(
+                "  hetao-gateway send --url {} --cert {} --key {} --ca {} examples/records/",
+                zone.records_url(),
+                org.cert.display(),
+                org.key.display(),
+                files.gateway_ca_cert.display()
+            ));
+        }
+        self.line("Press Ctrl-C to stop, verify the audit log and print the checks.");
+    }
+
     pub fn kept(&self, files: &DevPkiFiles, endpoint_logs: &[(String, PathBuf)]) {
         let dir = &files.dir;
         let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).display().to_string();
@@ -504,6 +536,7 @@ impl Checks {
         audit: &AuditCheck,
         key: &AuditPublicKey,
         readiness: Option<u16>,
+        kept_running: bool,
     ) -> Checks {
         let mut items = Vec::new();
         let mut problems: Vec<String> = lost
@@ -636,14 +669,17 @@ impl Checks {
                 ));
             }
         }
+        // Records sent by hand while the zone kept running arrive too: then only the demo's own
+        // records are accounted for.
         let total_received: usize = received.values().map(Vec::len).sum();
-        if total_received != allowed {
+        let exact = !kept_running;
+        if exact && total_received != allowed {
             problems.push(format!(
                 "the endpoints received {total_received} records but the gateway answered 200 for {allowed}"
             ));
         }
         items.push((
-            arrived == allowed && total_received == allowed,
+            arrived == allowed && (!exact || total_received == allowed),
             format!("{arrived} of {allowed} forwarded records arrived at their park endpoint, none unannounced"),
         ));
 
@@ -670,7 +706,7 @@ impl Checks {
                 }
             }
         }
-        let counts_ok = audit.decisions == answered && audit.outcomes == allowed as u64;
+        let counts_ok = !exact || (audit.decisions == answered && audit.outcomes == allowed as u64);
         if !counts_ok {
             problems.push(format!(
                 "the audit log has {} decision and {} outcome entries for {answered} answered requests and {allowed} forwarded records",
