@@ -432,13 +432,19 @@ fn latency_table(results: &[Sent]) -> Vec<String> {
             "", "COUNT", "P50", "P90", "P99", "MAX"
         ),
     ];
-    let groups: [(&str, Box<dyn Fn(&Sent) -> bool>); 3] = [
-        ("all answers", Box::new(|_| true)),
-        (
-            "allowed (forwarded round trip)",
-            Box::new(|s| s.status == Some(200)),
-        ),
-        ("refused", Box::new(|s| s.status.is_some_and(|c| c != 200))),
+    fn all(_: &Sent) -> bool {
+        true
+    }
+    fn allowed(s: &Sent) -> bool {
+        s.status == Some(200)
+    }
+    fn refused(s: &Sent) -> bool {
+        s.status.is_some_and(|c| c != 200)
+    }
+    let groups: [(&str, fn(&Sent) -> bool); 3] = [
+        ("all answers", all),
+        ("allowed (forwarded round trip)", allowed),
+        ("refused", refused),
     ];
     for (name, keep) in groups {
         let mut d: Vec<Duration> = results
