@@ -441,7 +441,8 @@ fn latency_table(results: &[Sent]) -> Vec<String> {
     fn refused(s: &Sent) -> bool {
         s.status.is_some_and(|c| c != 200)
     }
-    let groups: [(&str, fn(&Sent) -> bool); 3] = [
+    type Keep = fn(&Sent) -> bool;
+    let groups: [(&str, Keep); 3] = [
         ("all answers", all),
         ("allowed (forwarded round trip)", allowed),
         ("refused", refused),
