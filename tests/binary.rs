@@ -278,3 +278,87 @@ async fn a_receipt_from_a_real_answer_verifies_and_fails_when_altered() {
     assert!(out.status.success());
     assert!(String::from_utf8_lossy(&out.stdout).contains(id));
 }
+
+#[tokio::test]
+async fn serve_check_validates_everything_and_names_the_broken_key() {
+    let gw = TestGateway::start().await;
+    let config = gw.config_path.clone();
+    let out = run_cli(&[
+        "serve".as_ref(),
+        "--check".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration usable"));
+
+    std::fs::write(gw.path("gateway-client.key"), "garbage").unwrap();
+    let out = run_cli(&[
+        "serve".as_ref(),
+        "--check".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream_client.key"), "{stderr}");
+    assert!(stderr.contains("gateway-client.key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_admin_listener_can_require_tls_client_certificates() {
+    let gw = TestGateway::start().await;
+    // An admin certificate from the gateway CA; operators' client certificates from the sz CA.
+    let admin = gw
+        .pki
+        .gateway_ca
+        .issue_server(
+            &["localhost".into()],
+            hetao_gateway::pki::Validity::For(common::YEAR),
+        )
+        .unwrap();
+    std::fs::write(gw.path("admin.pem"), &admin.cert_pem).unwrap();
+    std::fs::write(gw.path("admin.key"), &admin.key_pem).unwrap();
+    let cfg = hetao_gateway::config::AdminTls {
+        cert: gw.path("admin.pem"),
+        key: gw.path("admin.key"),
+        client_ca: Some(gw.path("sz-ca.pem")),
+    };
+    let acceptor = hetao_gateway::admin::admin_tls(&cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"k").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let with_cert = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
+    let without = common::tls_client_config(&gw, None);
+    for (config, should_pass) in [(with_cert, true), (without, false)] {
+        use tokio::io::AsyncReadExt;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let result = match connector.connect(name, tcp).await {
+            Ok(mut tls) => {
+                let mut buf = [0u8; 1];
+                // Accepted: the server writes one byte. Refused: an alert on the first read.
+                tls.read_exact(&mut buf).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        assert_eq!(result.is_ok(), should_pass, "{result:?}");
+    }
+}

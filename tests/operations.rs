@@ -243,33 +243,12 @@ async fn the_organisation_rate_limit_answers_429_and_audits_it() {
         .any(|e| e["decision"] == "rate_limited" && e["record_id"] == third.json["record_id"]));
 }
 
-/// Opens an authenticated TLS connection and returns it (HTTP/1.1 by ALPN).
+/// Opens an authenticated TLS connection (HTTP/1.1 by ALPN).
 async fn tls_connection(
     gw: &TestGateway,
 ) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
-    use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(gw.pki.gateway_ca.cert_pem().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(gw.pki.sz_org.cert_pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(gw.pki.sz_org.key_pem.as_bytes()).unwrap();
-    let mut config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-        rustls::crypto::ring::default_provider(),
-    ))
-    .with_safe_default_protocol_versions()
-    .unwrap()
-    .with_root_certificates(roots)
-    .with_client_auth_cert(certs, key)
-    .unwrap();
-    config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-    let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-    connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+    let config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
+    common::tls_connect(gw, std::sync::Arc::new(config))
         .await
         .unwrap()
 }

@@ -365,17 +365,14 @@ pub fn example(name: &str) -> serde_json::Value {
     v
 }
 
-/// One raw HTTP/1.1 exchange over TLS with the given client certificate (or none): returns what
-/// came back, or the TLS/IO error. In TLS 1.3 the client finishes its side of the handshake before
-/// the server has judged its certificate, so a refusal shows up as an error on the first read.
-pub async fn raw_exchange(
+/// A rustls client config trusting the gateway CA, presenting `client_cert` (or none), offering
+/// HTTP/1.1 by ALPN.
+pub fn tls_client_config(
     gw: &TestGateway,
     client_cert: Option<&IssuedCert>,
-    request: &[u8],
-) -> Result<String, std::io::Error> {
+) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(gw.pki.gateway_ca.cert_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -397,11 +394,31 @@ pub async fn raw_exchange(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config
+}
+
+/// Opens a TLS connection to the gateway with `config`.
+pub async fn tls_connect(
+    gw: &TestGateway,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// One raw HTTP/1.1 exchange over TLS with the given client certificate (or none): returns what
+/// came back, or the TLS/IO error. In TLS 1.3 the client finishes its side of the handshake before
+/// the server has judged its certificate, so a refusal shows up as an error on the first read.
+pub async fn raw_exchange(
+    gw: &TestGateway,
+    client_cert: Option<&IssuedCert>,
+    request: &[u8],
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Arc::new(tls_client_config(gw, client_cert));
+    let mut tls = tls_connect(gw, config).await?;
     tls.write_all(request).await?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await?;
