@@ -226,6 +226,36 @@ fn every_mentioned_subcommand_answers_help() {
     }
 }
 
+#[test]
+fn answers_table_uses_the_gateways_error_codes() {
+    let error_rs = read("src/error.rs");
+    let readme = read("README.md");
+    let table = readme
+        .split("### Answers")
+        .nth(1)
+        .and_then(|s| s.split("\n## ").next())
+        .expect("README has an Answers section");
+    let mut codes = 0;
+    for row in table.lines().filter(|l| l.starts_with("| ")) {
+        let cells: Vec<&str> = row.split('|').collect();
+        // Data rows start with a status (`| 200 |`); the header names the column `error`.
+        let is_data = cells
+            .get(1)
+            .is_some_and(|c| c.trim().starts_with(|ch: char| ch.is_ascii_digit()));
+        let Some(error_cell) = cells.get(2).filter(|_| is_data) else {
+            continue;
+        };
+        for code in error_cell.split('`').skip(1).step_by(2) {
+            codes += 1;
+            assert!(
+                error_rs.contains(&format!("=> \"{code}\"")),
+                "README answers table: `{code}` is not an error code in src/error.rs"
+            );
+        }
+    }
+    assert!(codes >= 15, "only {codes} error codes in the answers table");
+}
+
 // === configuration blocks ===
 
 const SKELETON: &str = r#"
