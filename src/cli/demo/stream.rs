@@ -537,6 +537,22 @@ mod tests {
     }
 
     #[test]
+    fn expectations_hold_only_for_the_right_answer() {
+        let denied = json!({"error": "policy_denied",
+                            "rules": [{"id": "D1.core-data", "effect": "deny"}]});
+        let deny = Expect::Deny {
+            rule: "D1.core-data",
+        };
+        assert!(deny.holds(403, Some(&denied)));
+        assert!(!Expect::Deny { rule: "D3.x" }.holds(403, Some(&denied)));
+        assert!(!deny.holds(200, Some(&json!({"decision": "allow"}))));
+        assert!(!Expect::Replay.holds(200, Some(&json!({"decision": "allow"}))));
+        assert!(!Expect::OriginMismatch.holds(403, Some(&denied)));
+        assert!(Expect::Invalid.holds(422, None) && Expect::Invalid.holds(400, None));
+        assert!(!Expect::Allow.holds(502, Some(&json!({"decision": "allow"}))));
+    }
+
+    #[test]
     fn every_denial_names_an_existing_example() {
         let s = sources();
         for d in DENIALS {
