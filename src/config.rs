@@ -13,7 +13,7 @@ use serde::Deserialize;
 /// Why a configuration could not be used. Always names the file, and the key where there is one.
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {path}: {source} (`hetao-gateway certs init --out DIR` writes a development configuration; docs/configuration.md lists every key)")]
     Read {
         path: PathBuf,
         source: std::io::Error,

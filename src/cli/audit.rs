@@ -57,6 +57,7 @@ pub enum OutputFormat {
 
 #[derive(clap::Args, Debug)]
 pub struct QueryArgs {
+    /// Log segment files (the active log brings its archived segments along).
     #[arg(required = true, value_name = "LOG")]
     pub logs: Vec<PathBuf>,
     /// Entries at or after this time (RFC 3339, e.g. 2024-05-01T00:00:00Z).
@@ -86,8 +87,10 @@ pub struct QueryArgs {
     /// A matched rule id.
     #[arg(long)]
     pub rule: Option<String>,
-    #[arg(long)]
+    /// One record's entries (its decision and outcome).
+    #[arg(long, value_name = "ID")]
     pub record_id: Option<String>,
+    /// Output: a table for people, JSON lines or CSV for tools.
     #[arg(long, value_enum, default_value = "table")]
     pub format: OutputFormat,
     /// Counts by type, kind, route, decision, rule and organisation instead of entries.
@@ -103,6 +106,7 @@ pub enum ReceiptCommand {
         /// The receipt JSON, or a whole gateway answer containing a `receipt` member.
         #[arg(value_name = "RECEIPT")]
         receipt: PathBuf,
+        /// The gateway's audit public key (PEM, `audit-signing.pub`).
         #[arg(long, value_name = "FILE")]
         public_key: PathBuf,
         /// Log segments to look the entry up in.

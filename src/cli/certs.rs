@@ -23,24 +23,29 @@ pub enum CertsCommand {
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
     /// Folder to write into (created if missing).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub out: PathBuf,
     /// Park ids, comma separated.
-    #[arg(long, value_delimiter = ',', default_value = "sz,hk")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "sz,hk",
+        value_name = "IDS"
+    )]
     pub parks: Vec<String>,
     /// Organisations as PARK:NAME, comma separated or repeated
     /// (default: two sample organisations per park).
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_name = "PARK:NAME")]
     pub orgs: Vec<String>,
     /// DNS names / IP addresses of the gateway and endpoint server certificates
     /// (default: localhost, 127.0.0.1, ::1).
-    #[arg(long = "san", value_delimiter = ',')]
+    #[arg(long = "san", value_delimiter = ',', value_name = "NAME")]
     pub sans: Vec<String>,
     /// Schemas folder written into gateway.toml (default: the repository's schemas/).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub schemas: Option<PathBuf>,
     /// Policies folder written into gateway.toml (default: the repository's policies/).
-    #[arg(long)]
+    #[arg(long, value_name = "DIR")]
     pub policies: Option<PathBuf>,
     /// Overwrite files from an earlier `certs init` in the same folder.
     #[arg(long)]
@@ -50,22 +55,22 @@ pub struct InitArgs {
 #[derive(clap::Args, Debug)]
 pub struct IssueClientArgs {
     /// The park whose CA issues the certificate (reads PARK-ca.pem and PARK-ca.key from --dir).
-    #[arg(long)]
+    #[arg(long, value_name = "ID")]
     pub park: String,
     /// Folder written by `certs init`.
-    #[arg(long, default_value = ".")]
+    #[arg(long, default_value = ".", value_name = "DIR")]
     pub dir: PathBuf,
     /// Organisation (Subject O): the gateway's policies match on it.
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub org: String,
     /// Person or system (Subject CN).
-    #[arg(long)]
+    #[arg(long, value_name = "NAME")]
     pub cn: String,
     /// Days of validity; 0 issues an already expired certificate (for tests).
     #[arg(long, default_value_t = 365)]
     pub days: u64,
     /// Output path stem: writes STEM.pem and STEM.key (default: DIR/orgs/PARK-<org-slug>-<cn-slug>).
-    #[arg(long)]
+    #[arg(long, value_name = "STEM")]
     pub out: Option<PathBuf>,
 }
 

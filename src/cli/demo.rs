@@ -28,7 +28,7 @@ use crate::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningE
 use crate::pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
 use crate::state::Gateway;
 
-pub use stream::{repository_examples_dir, Expect, Shot};
+pub use stream::{freshen, repository_examples_dir, Expect, Shot};
 
 #[derive(clap::Args, Debug, Clone)]
 #[command(after_help = "\

@@ -168,8 +168,11 @@ pub fn inbound(config: &Config) -> Result<InboundTls, TlsError> {
         .with_client_cert_verifier(verifier.clone())
         .with_single_cert(certs, key)
         .map_err(|e| TlsError::Config {
-            key: "server.cert".into(),
-            message: format!("certificate and key do not form a usable pair: {e}"),
+            key: "server.key".into(),
+            message: format!(
+                "the key does not belong to the certificate in server.cert, or cannot sign ({e}); \
+                 use the key file issued together with that certificate"
+            ),
         })?;
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     // No resumption: a resumed TLS 1.3 session restores the client's certificate without
@@ -201,7 +204,10 @@ pub fn upstream_client(
         .with_root_certificates(roots)
         .with_client_auth_cert(certs, key)
         .map_err(|e| TlsError::Config {
-            key: "upstream_client.cert".into(),
-            message: format!("certificate and key do not form a usable pair: {e}"),
+            key: "upstream_client.key".into(),
+            message: format!(
+                "the key does not belong to the certificate in upstream_client.cert, or cannot \
+                 sign ({e}); use the key file issued together with that certificate"
+            ),
         })
 }

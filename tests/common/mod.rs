@@ -356,13 +356,14 @@ async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, Stri
     (status, body)
 }
 
-/// An example record from `examples/records/`, with a fresh record id.
+/// An example record from `examples/records/`, made current as the demo does it: a fresh record
+/// id, `created_at` now, and its dates moved forward by whole weeks so its permits stay valid
+/// whatever day the tests run.
 pub fn example(name: &str) -> serde_json::Value {
     let text = std::fs::read_to_string(repo("examples/records").join(name))
         .unwrap_or_else(|e| panic!("examples/records/{name}: {e}"));
-    let mut v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["record_id"] = serde_json::Value::String(uuid::Uuid::new_v4().to_string());
-    v
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    hetao_gateway::cli::demo::freshen(&v, chrono::Utc::now())
 }
 
 /// A rustls client config trusting the gateway CA, presenting `client_cert` (or none), offering
