@@ -45,17 +45,17 @@ use tokio_rustls::TlsConnector;
 #[command(about = "Closed-loop mTLS load generator with a fresh record_id per request")]
 struct Args {
     /// Target, e.g. https://127.0.0.1:8443/v1/records.
-    #[arg(long)]
-    url: String,
+    #[arg(long, required_unless_present = "report")]
+    url: Option<String>,
     /// Client certificate (PEM chain) presented to the server.
-    #[arg(long)]
-    cert: PathBuf,
+    #[arg(long, required_unless_present = "report")]
+    cert: Option<PathBuf>,
     /// Its private key (PEM).
-    #[arg(long)]
-    key: PathBuf,
+    #[arg(long, required_unless_present = "report")]
+    key: Option<PathBuf>,
     /// CA that verifies the server's certificate (PEM).
-    #[arg(long)]
-    ca: PathBuf,
+    #[arg(long, required_unless_present = "report")]
+    ca: Option<PathBuf>,
     /// TLS server name to verify (default: the URL's host).
     #[arg(long)]
     server_name: Option<String>,
@@ -69,8 +69,8 @@ struct Args {
     #[arg(long, default_value_t = 1.0)]
     warmup: f64,
     /// Folder of JSON records (`*.json`); requests cycle through them.
-    #[arg(long)]
-    body_dir: PathBuf,
+    #[arg(long, required_unless_present = "report")]
+    body_dir: Option<PathBuf>,
     /// Only records whose `from` is this park (the park of the client certificate).
     #[arg(long)]
     from: Option<String>,
@@ -92,9 +92,13 @@ struct Args {
     /// Created once every idle connection is open (so a script can measure while they are held).
     #[arg(long)]
     ready_file: Option<PathBuf>,
-    /// Free text copied into the JSON output.
+    /// What is measured (e.g. `gateway`, `nginx`), copied into the JSON output.
     #[arg(long, default_value = "")]
     label: String,
+    /// Instead of generating load: read the JSON lines of earlier runs from FILE and print the
+    /// comparison tables (markdown) of `gateway*` labels against `nginx`.
+    #[arg(long, value_name = "FILE")]
+    report: Option<PathBuf>,
 }
 
 /// A record file split around its `record_id` value, so a new id is a splice, not a re-encode.
@@ -149,6 +153,10 @@ fn main() -> anyhow::Result<()> {
 }
 
 async fn run(args: Args) -> anyhow::Result<()> {
+    if let Some(path) = &args.report {
+        print!("{}", report(path)?);
+        return Ok(());
+    }
     let plan = Arc::new(plan(&args)?);
     let output = if let Some(n) = args.idle_connections {
         idle(&plan, n, &args).await?
@@ -160,10 +168,13 @@ async fn run(args: Args) -> anyhow::Result<()> {
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
-    let uri: http::Uri = args
-        .url
-        .parse()
-        .with_context(|| format!("--url {}", args.url))?;
+    let missing = |what: &str| anyhow!("--{what} is required");
+    let url = args.url.as_deref().ok_or_else(|| missing("url"))?;
+    let ca_path = args.ca.as_deref().ok_or_else(|| missing("ca"))?;
+    let cert_path = args.cert.as_deref().ok_or_else(|| missing("cert"))?;
+    let key_path = args.key.as_deref().ok_or_else(|| missing("key"))?;
+    let body_dir = args.body_dir.as_deref().ok_or_else(|| missing("body-dir"))?;
+    let uri: http::Uri = url.parse().with_context(|| format!("--url {url}"))?;
     if uri.scheme_str() != Some("https") {
         bail!("--url must be https://");
     }
@@ -179,14 +190,14 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         ServerName::try_from(name.clone()).map_err(|e| anyhow!("server name {name}: {e}"))?;
 
     let mut roots = RootCertStore::empty();
-    for ca in read_certs(&args.ca)? {
+    for ca in read_certs(ca_path)? {
         roots
             .add(ca)
-            .with_context(|| format!("{}: not a usable CA", args.ca.display()))?;
+            .with_context(|| format!("{}: not a usable CA", ca_path.display()))?;
     }
-    let chain = read_certs(&args.cert)?;
-    let key = PrivateKeyDer::from_pem_file(&args.key)
-        .map_err(|e| anyhow!("{}: no PEM private key ({e})", args.key.display()))?;
+    let chain = read_certs(cert_path)?;
+    let key = PrivateKeyDer::from_pem_file(key_path)
+        .map_err(|e| anyhow!("{}: no PEM private key ({e})", key_path.display()))?;
     // The ring provider explicitly: the crate links ring only, never a process default.
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut tls = rustls::ClientConfig::builder_with_provider(provider)
@@ -205,7 +216,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         tls.resumption = Resumption::disabled();
     }
 
-    let templates = templates(&args.body_dir, args.from.as_deref())?;
+    let templates = templates(body_dir, args.from.as_deref())?;
     let nonce = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
@@ -569,4 +580,118 @@ fn summary(args: &Args, mut tally: Tally, seconds: f64) -> serde_json::Value {
         "status": tally.statuses,
         "errors": tally.errors,
     })
+}
+
+/// One measured run as read back from the JSON lines.
+struct Run {
+    label: String,
+    mode: String,
+    connections: u64,
+    rps: f64,
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    failures: u64,
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    if v.is_empty() {
+        return 0.0;
+    }
+    v.sort_by(|a, b| a.total_cmp(b));
+    let n = v.len();
+    if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    }
+}
+
+/// Markdown tables: per mode and connection count, every label's median over its rounds, then
+/// each `gateway*` label against `nginx`.
+fn report(path: &Path) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
+    let mut runs = Vec::new();
+    for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
+        let v: serde_json::Value =
+            serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
+        if v["mode"] == "idle" {
+            continue;
+        }
+        let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).unwrap_or(0.0);
+        let requests = v["requests"].as_u64().unwrap_or(0);
+        let ok = v["ok"].as_u64().unwrap_or(0);
+        let transport: u64 = v["errors"]
+            .as_object()
+            .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
+            .unwrap_or(0);
+        runs.push(Run {
+            label: v["label"].as_str().unwrap_or("").to_string(),
+            mode: v["mode"].as_str().unwrap_or("").to_string(),
+            connections: v["connections"].as_u64().unwrap_or(0),
+            rps: f("/ok_rps"),
+            p50: f("/latency_ms/p50"),
+            p99: f("/latency_ms/p99"),
+            p999: f("/latency_ms/p999"),
+            failures: requests - ok + transport,
+        });
+    }
+    let mut keys: Vec<(String, u64)> = runs
+        .iter()
+        .map(|r| (r.mode.clone(), r.connections))
+        .collect();
+    keys.sort();
+    keys.dedup();
+    let mut labels: Vec<String> = runs.iter().map(|r| r.label.clone()).collect();
+    labels.sort();
+    labels.dedup();
+
+    let mut out = String::new();
+    out.push_str("| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed |\n");
+    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
+    let mut medians: BTreeMap<(String, u64, String), (f64, f64, f64, f64)> = BTreeMap::new();
+    for (mode, conns) in &keys {
+        for label in &labels {
+            let rs: Vec<&Run> = runs
+                .iter()
+                .filter(|r| &r.mode == mode && r.connections == *conns && &r.label == label)
+                .collect();
+            if rs.is_empty() {
+                continue;
+            }
+            let m = (
+                median(rs.iter().map(|r| r.rps).collect()),
+                median(rs.iter().map(|r| r.p50).collect()),
+                median(rs.iter().map(|r| r.p99).collect()),
+                median(rs.iter().map(|r| r.p999).collect()),
+            );
+            let failed: u64 = rs.iter().map(|r| r.failures).sum();
+            out.push_str(&format!(
+                "| {mode} | {conns} | {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {failed} |\n",
+                rs.len(),
+                m.0,
+                m.1,
+                m.2,
+                m.3
+            ));
+            medians.insert((mode.clone(), *conns, label.clone()), m);
+        }
+    }
+    out.push_str("\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms |\n");
+    out.push_str("|---|---:|---|---:|---:|---:|\n");
+    for ((mode, conns, label), g) in &medians {
+        if !label.starts_with("gateway") {
+            continue;
+        }
+        let Some(n) = medians.get(&(mode.clone(), *conns, "nginx".to_string())) else {
+            continue;
+        };
+        out.push_str(&format!(
+            "| {mode} | {conns} | {label} | {:.2} | {:.2} | {:+.2} |\n",
+            if n.0 > 0.0 { g.0 / n.0 } else { 0.0 },
+            if n.1 > 0.0 { g.1 / n.1 } else { 0.0 },
+            g.2 - n.2
+        ));
+    }
+    Ok(out)
 }
