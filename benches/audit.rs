@@ -52,6 +52,7 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> AuditLog {
         log: dir.join("audit.jsonl"),
         signing_key: key,
         fsync,
+        fsync_interval: std::time::Duration::from_millis(200),
         checkpoint_every_entries: 1000,
         checkpoint_interval: Duration::from_secs(60),
         segment_max_bytes: 256 * 1024 * 1024,

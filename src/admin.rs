@@ -117,7 +117,9 @@ async fn route(
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "alive"})),
         (&Method::GET, "/readyz") => readiness(&gateway),
         (&Method::GET, "/metrics") => {
-            let mut r = Response::new(Full::new(Bytes::from(gateway.metrics.render())));
+            let mut text = gateway.metrics.render();
+            text.push_str(&crate::metrics::render_audit(&gateway.audit.stats()));
+            let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
                 HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),

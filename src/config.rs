@@ -121,6 +121,8 @@ pub struct AuditConfig {
     pub log: PathBuf,
     pub signing_key: PathBuf,
     pub fsync: FsyncPolicy,
+    /// Under `fsync = "interval"`: the longest a written entry waits for its fsync.
+    pub fsync_interval: Duration,
     /// A signed checkpoint after this many entries...
     pub checkpoint_every_entries: u64,
     /// ...or after this much time with unsigned entries, whichever comes first.
@@ -272,6 +274,7 @@ struct RawAudit {
     log: PathBuf,
     signing_key: PathBuf,
     fsync: Option<FsyncPolicy>,
+    fsync_interval_ms: Option<u64>,
     checkpoint_every_entries: Option<u64>,
     checkpoint_interval_secs: Option<u64>,
     segment_max_bytes: Option<u64>,
@@ -521,6 +524,7 @@ impl Config {
             log: resolve(&a.log),
             signing_key: resolve(&a.signing_key),
             fsync: a.fsync.unwrap_or(FsyncPolicy::Always),
+            fsync_interval: Duration::from_millis(a.fsync_interval_ms.unwrap_or(200).max(1)),
             checkpoint_every_entries,
             checkpoint_interval: Duration::from_secs(
                 a.checkpoint_interval_secs.unwrap_or(60).max(1),

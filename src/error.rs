@@ -58,7 +58,6 @@ pub enum Refusal {
         park: String,
         audit_seq: u64,
     },
-    ShuttingDown,
 }
 
 impl Refusal {
@@ -79,7 +78,7 @@ impl Refusal {
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             Refusal::Replay => StatusCode::CONFLICT,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::AuditUnavailable(_) | Refusal::ShuttingDown => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -107,7 +106,6 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => "audit_unavailable",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
-            Refusal::ShuttingDown => "shutting_down",
         }
     }
 
@@ -119,7 +117,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PayloadTooLarge { .. } => "too_large",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Refusal::AuditUnavailable(_) | Refusal::ShuttingDown => "unavailable",
+            Refusal::AuditUnavailable(_) => "unavailable",
             Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
             _ => "invalid",
         }
@@ -182,7 +180,6 @@ impl Refusal {
             Refusal::UpstreamTimeout { park, .. } => {
                 format!("the endpoint of park `{park}` did not answer in time")
             }
-            Refusal::ShuttingDown => "the gateway is shutting down; retry shortly".into(),
         }
     }
 

@@ -2,8 +2,8 @@
 //! histograms, base units).
 
 use prometheus::{
-    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge,
-    Opts, Registry, TextEncoder,
+    Encoder, Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, Opts, Registry,
+    TextEncoder,
 };
 
 /// Every metric the gateway exports.
@@ -20,8 +20,6 @@ pub struct Metrics {
     pub connections_refused: IntCounterVec,
     pub inflight_requests: IntGauge,
     pub open_connections: IntGauge,
-    pub audit_fsync_duration: Histogram,
-    pub audit_batch_size: Histogram,
     pub policy_info: GaugeVec,
     pub last_reload_timestamp: Gauge,
     pub last_reload_success: IntGauge,
@@ -124,30 +122,6 @@ impl Metrics {
             IntGauge::new("hetao_open_connections", "Open inbound connections.")
                 .unwrap_or_else(|_| unreachable_metric("hetao_open_connections")),
         );
-        let audit_fsync_duration = reg(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "hetao_audit_fsync_duration_seconds",
-                    "Time to write and fsync one group-commit batch of audit entries.",
-                )
-                .buckets(LATENCY_BUCKETS.to_vec()),
-            )
-            .unwrap_or_else(|_| unreachable_metric("hetao_audit_fsync_duration_seconds")),
-        );
-        let audit_batch_size = reg(
-            &registry,
-            Histogram::with_opts(
-                HistogramOpts::new(
-                    "hetao_audit_batch_size",
-                    "Audit entries written per group commit.",
-                )
-                .buckets(vec![
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-                ]),
-            )
-            .unwrap_or_else(|_| unreachable_metric("hetao_audit_batch_size")),
-        );
         let policy_info = reg(
             &registry,
             GaugeVec::new(
@@ -187,8 +161,6 @@ impl Metrics {
             connections_refused,
             inflight_requests,
             open_connections,
-            audit_fsync_duration,
-            audit_batch_size,
             policy_info,
             last_reload_timestamp,
             last_reload_success,
@@ -212,6 +184,73 @@ impl Default for Metrics {
     }
 }
 
+/// The audit writer's own counters (kept by its thread) in Prometheus text format.
+pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_entries_total Decision and outcome entries made durable."
+    );
+    let _ = writeln!(out, "# TYPE hetao_audit_entries_total counter");
+    let _ = writeln!(out, "hetao_audit_entries_total {}", stats.entries);
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_checkpoints_total Signed checkpoints written."
+    );
+    let _ = writeln!(out, "# TYPE hetao_audit_checkpoints_total counter");
+    let _ = writeln!(out, "hetao_audit_checkpoints_total {}", stats.checkpoints);
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_segment_rotations_total Audit segments rotated."
+    );
+    let _ = writeln!(out, "# TYPE hetao_audit_segment_rotations_total counter");
+    let _ = writeln!(
+        out,
+        "hetao_audit_segment_rotations_total {}",
+        stats.rotations
+    );
+    let _ = writeln!(out, "# HELP hetao_audit_failed 1 once the audit log has failed and the gateway refuses to forward.");
+    let _ = writeln!(out, "# TYPE hetao_audit_failed gauge");
+    let _ = writeln!(out, "hetao_audit_failed {}", u8::from(stats.failed));
+    histogram_text(
+        &mut out,
+        "hetao_audit_fsync_duration_seconds",
+        "Time to fsync one group-commit batch of audit entries.",
+        &stats.fsync_seconds_buckets,
+        stats.fsync_seconds_sum,
+        stats.fsyncs,
+    );
+    histogram_text(
+        &mut out,
+        "hetao_audit_batch_size",
+        "Audit entries written per group commit.",
+        &stats.batch_size_buckets,
+        stats.batch_entries_sum as f64,
+        stats.batches,
+    );
+    out
+}
+
+fn histogram_text(
+    out: &mut String,
+    name: &str,
+    help: &str,
+    buckets: &[(f64, u64)],
+    sum: f64,
+    count: u64,
+) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} histogram");
+    for (le, n) in buckets {
+        let _ = writeln!(out, "{name}_bucket{{le=\"{le}\"}} {n}");
+    }
+    let _ = writeln!(out, "{name}_bucket{{le=\"+Inf\"}} {count}");
+    let _ = writeln!(out, "{name}_sum {sum}");
+    let _ = writeln!(out, "{name}_count {count}");
+}
+
 /// Metric construction only fails on an invalid name or label set, fixed at compile time.
 fn unreachable_metric<T>(name: &str) -> T {
     panic!("metric {name} has an invalid definition")
@@ -230,7 +269,6 @@ mod tests {
         m.tls_handshake_failures
             .with_label_values(&["unknown_ca"])
             .inc();
-        m.audit_fsync_duration.observe(0.001);
         let text = m.render();
         assert!(
             text.contains(
@@ -239,7 +277,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("hetao_tls_handshake_failures_total{reason=\"unknown_ca\"} 1"));
-        assert!(text.contains("hetao_audit_fsync_duration_seconds_bucket"));
         assert!(text.contains("# TYPE hetao_inflight_requests gauge"));
     }
 }

@@ -176,8 +176,7 @@ where
         to: &head.to,
         now: Utc::now(),
     });
-    let (decision, forwarded_record, applied) =
-        apply_obligations(&rules, decision, record, body);
+    let (decision, forwarded_record, applied) = apply_obligations(&rules, decision, record, body);
     for rule in &decision.matched {
         gateway
             .metrics

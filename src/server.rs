@@ -286,9 +286,17 @@ fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
     match tls {
         Error::NoCertificatesPresented => "no_client_certificate",
         Error::InvalidCertificate(CertificateError::UnknownIssuer) => "unknown_ca",
-        Error::InvalidCertificate(CertificateError::Expired) => "expired_certificate",
+        Error::InvalidCertificate(
+            CertificateError::Expired | CertificateError::ExpiredContext { .. },
+        ) => "expired_certificate",
+        Error::InvalidCertificate(
+            CertificateError::NotValidYet | CertificateError::NotValidYetContext { .. },
+        ) => "certificate_not_yet_valid",
         Error::InvalidCertificate(CertificateError::Revoked) => "revoked_certificate",
-        Error::InvalidCertificate(CertificateError::ExpiredRevocationList) => "expired_crl",
+        Error::InvalidCertificate(
+            CertificateError::ExpiredRevocationList
+            | CertificateError::ExpiredRevocationListContext { .. },
+        ) => "expired_crl",
         Error::InvalidCertificate(_) => "invalid_certificate",
         Error::PeerIncompatible(_) => "incompatible_peer",
         Error::NoApplicationProtocol => "no_alpn_match",

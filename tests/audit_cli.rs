@@ -37,6 +37,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
         log: dir.path().join("audit").join("audit.jsonl"),
         signing_key: key,
         fsync: FsyncPolicy::Always,
+        fsync_interval: std::time::Duration::from_millis(200),
         checkpoint_every_entries: 5,
         checkpoint_interval: Duration::from_secs(3600),
         segment_max_bytes,

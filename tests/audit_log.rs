@@ -27,6 +27,7 @@ fn fixture(checkpoint_every: u64) -> Fixture {
         log: dir.path().join("audit").join("audit.jsonl"),
         signing_key: key,
         fsync: FsyncPolicy::Always,
+        fsync_interval: std::time::Duration::from_millis(200),
         checkpoint_every_entries: checkpoint_every,
         checkpoint_interval: Duration::from_secs(3600),
         segment_max_bytes: 256 * 1024 * 1024,

@@ -8,8 +8,6 @@ use std::sync::Arc;
 
 use common::{Options, TestGateway, YEAR};
 use hetao_gateway::pki::{IssuedCert, ParkCa, Validity};
-use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn exchange(
@@ -97,7 +95,10 @@ async fn a_revoked_client_certificate_is_refused_and_others_pass() {
     let crl = gw
         .pki
         .sz
-        .crl_pem(&[revoked.serial.clone()], chrono::Duration::days(30))
+        .crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(30),
+        )
         .unwrap();
     std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
     let (status, body) = gw.admin_post("/reload").await;
@@ -121,6 +122,11 @@ async fn an_expired_crl_refuses_its_park_rather_than_passing_revoked_certificate
     })
     .await;
     assert!(refused(&exchange(&gw, Some(&gw.pki.sz_org)).await));
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("reason=\"expired_crl\"} 1"));
     // The other park has no CRL and is unaffected.
     assert!(!refused(&exchange(&gw, Some(&gw.pki.hk_org)).await));
 }
@@ -141,31 +147,9 @@ async fn the_server_offers_no_session_resumption() {
     let gw = TestGateway::start().await;
     // Two connections with one client config: the second must be a full handshake, so a
     // certificate revoked in between could not ride on a ticket.
-    let mut roots = rustls::RootCertStore::empty();
-    for c in CertificateDer::pem_slice_iter(gw.pki.gateway_ca.cert_pem().as_bytes()) {
-        roots.add(c.unwrap()).unwrap();
-    }
-    let certs: Vec<_> = CertificateDer::pem_slice_iter(gw.pki.sz_org.cert_pem.as_bytes())
-        .map(|c| c.unwrap())
-        .collect();
-    let key = PrivateKeyDer::from_pem_slice(gw.pki.sz_org.key_pem.as_bytes()).unwrap();
-    let config = Arc::new(
-        rustls::ClientConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(certs, key)
-        .unwrap(),
-    );
-    let connector = tokio_rustls::TlsConnector::from(config);
+    let config = Arc::new(common::tls_client_config(&gw, Some(&gw.pki.sz_org)));
     for _ in 0..2 {
-        let tcp = tokio::net::TcpStream::connect(gw.addr).await.unwrap();
-        let mut tls = connector
-            .connect(ServerName::try_from("localhost").unwrap(), tcp)
-            .await
-            .unwrap();
+        let mut tls = common::tls_connect(&gw, config.clone()).await.unwrap();
         tls.write_all(b"GET /nowhere HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n")
             .await
             .unwrap();

@@ -21,6 +21,7 @@ use crate::config::{AuditConfig, FsyncPolicy};
 
 /// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
 /// key; see docs/audit.md.)
+/// Default for `audit.fsync_interval_ms` under the `interval` policy.
 pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the gateway asks of the writer.
@@ -92,6 +93,8 @@ pub(crate) struct Writer {
     pub head: ChainHead,
     pub signer: Arc<AuditSigner>,
     pub fsync: FsyncPolicy,
+    /// Longest a written entry waits for its fsync under `FsyncPolicy::Interval`.
+    pub fsync_interval: Duration,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     pub segment_max_bytes: u64,
@@ -130,6 +133,7 @@ impl Writer {
             head,
             signer,
             fsync: cfg.fsync,
+            fsync_interval: cfg.fsync_interval,
             checkpoint_every: cfg.checkpoint_every_entries.max(1),
             checkpoint_interval: cfg.checkpoint_interval,
             segment_max_bytes: cfg.segment_max_bytes,
@@ -207,7 +211,7 @@ impl Writer {
                 FsyncPolicy::Always => true,
                 FsyncPolicy::Interval => self
                     .dirty_since
-                    .is_some_and(|t| t.elapsed() >= FSYNC_INTERVAL),
+                    .is_some_and(|t| t.elapsed() >= self.fsync_interval),
                 FsyncPolicy::Never => false,
             };
         if sync_now {
@@ -297,7 +301,7 @@ impl Writer {
             );
         }
         if let Some(t) = self.dirty_since {
-            wait = wait.min(FSYNC_INTERVAL.saturating_sub(t.elapsed()));
+            wait = wait.min(self.fsync_interval.saturating_sub(t.elapsed()));
         }
         wait
     }
@@ -312,7 +316,7 @@ impl Writer {
         }
         let due = self
             .dirty_since
-            .is_some_and(|t| t.elapsed() >= FSYNC_INTERVAL);
+            .is_some_and(|t| t.elapsed() >= self.fsync_interval);
         self.commit(&buf, due)
     }
 

@@ -24,10 +24,20 @@ pub struct CheckArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Policy folder (without --config).
-    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "policies")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "config",
+        default_value = "policies"
+    )]
     pub policies: PathBuf,
     /// Schema folder (without --config).
-    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "schemas")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "config",
+        default_value = "schemas"
+    )]
     pub schemas: PathBuf,
     /// Pseudonymisation key file (without --config).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
@@ -100,11 +110,18 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
                 .iter()
                 .map(|v| json!({"pointer": v.pointer, "rule": v.rule, "message": v.message}))
                 .collect();
-            println!("{}", json!({"error": "schema_violation", "part": what, "violations": list}));
+            println!(
+                "{}",
+                json!({"error": "schema_violation", "part": what, "violations": list})
+            );
         } else {
             eprintln!("invalid input: the record breaks the {what} schema:");
             for v in violations {
-                let p = if v.pointer.is_empty() { "(root)" } else { &v.pointer };
+                let p = if v.pointer.is_empty() {
+                    "(root)"
+                } else {
+                    &v.pointer
+                };
                 eprintln!("  {p}: {} ({})", v.message, v.rule);
             }
         }
@@ -166,7 +183,8 @@ pub fn decide_with_origin(
                     "the sender's certificate is from park `{}` but the record says from `{}`",
                     identity.park, head.from
                 ),
-                regulation: "SPEC.md: `from` must be the park whose CA issued the certificate".into(),
+                regulation: "SPEC.md: `from` must be the park whose CA issued the certificate"
+                    .into(),
             }],
             obligations: Vec::new(),
             policy_version: engine.version().to_string(),
@@ -203,7 +221,13 @@ pub fn decision_table(record_id: &str, d: &Decision) -> String {
         d.effect.as_str().to_uppercase(),
         d.policy_version
     );
-    let w = d.matched.iter().map(|m| m.id.len()).max().unwrap_or(4).max(4);
+    let w = d
+        .matched
+        .iter()
+        .map(|m| m.id.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
     let _ = writeln!(out, "{:<w$}  {:<6}  REASON / REGULATION", "RULE", "EFFECT");
     for m in &d.matched {
         let _ = writeln!(out, "{:<w$}  {:<6}  {}", m.id, m.effect.as_str(), m.reason);
@@ -211,7 +235,9 @@ pub fn decision_table(record_id: &str, d: &Decision) -> String {
     }
     for o in &d.obligations {
         let (what, p, r) = match o {
-            crate::policy::Obligation::Pseudonymise { pointer, rule } => ("pseudonymise", pointer, rule),
+            crate::policy::Obligation::Pseudonymise { pointer, rule } => {
+                ("pseudonymise", pointer, rule)
+            }
             crate::policy::Obligation::Drop { pointer, rule } => ("drop", pointer, rule),
         };
         let _ = writeln!(out, "obligation: {what} {p} (rule {r})");

@@ -28,10 +28,20 @@ pub struct TestArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// Policy folder (without --config).
-    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "policies")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "config",
+        default_value = "policies"
+    )]
     pub policies: PathBuf,
     /// Schema folder (without --config).
-    #[arg(long, value_name = "DIR", conflicts_with = "config", default_value = "schemas")]
+    #[arg(
+        long,
+        value_name = "DIR",
+        conflicts_with = "config",
+        default_value = "schemas"
+    )]
     pub schemas: PathBuf,
     /// Show the matched rules of passing cases too.
     #[arg(long, short)]
@@ -51,9 +61,19 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let (schema_dir, policy_dir, base_settings, key_path) = match &args.config {
         Some(path) => {
             let c = Config::load(path)?;
-            (c.schemas.dir, c.policies.dir, c.policies.settings, c.policies.pseudonymisation_key)
+            (
+                c.schemas.dir,
+                c.policies.dir,
+                c.policies.settings,
+                c.policies.pseudonymisation_key,
+            )
         }
-        None => (args.schemas.clone(), args.policies.clone(), BTreeMap::new(), None),
+        None => (
+            args.schemas.clone(),
+            args.policies.clone(),
+            BTreeMap::new(),
+            None,
+        ),
     };
     let schemas = SchemaSet::load(&schema_dir)?;
     let paths = if args.paths.is_empty() {
@@ -75,7 +95,8 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         } else {
             Some(PseudonymKey::from_hex(TEST_KEY_HEX)?)
         };
-        PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key).map_err(|e| e.to_string())
+        PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key)
+            .map_err(|e| e.to_string())
     };
     let validate = |record: &Value| -> Result<(), String> {
         schemas.validate(record).map(|_| ()).map_err(|f| {
@@ -96,7 +117,11 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
                 println!("PASS  {}: {}", o.file, o.name);
                 if args.verbose {
                     if let Some(d) = &o.decision {
-                        println!("        {} [{}]", d.effect.as_str(), d.rule_ids().join(", "));
+                        println!(
+                            "        {} [{}]",
+                            d.effect.as_str(),
+                            d.rule_ids().join(", ")
+                        );
                     }
                 }
             }

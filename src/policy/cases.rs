@@ -151,7 +151,8 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
             other => to_json(other),
         };
         for (ptr, v) in raw.set {
-            set_pointer(&mut record, &ptr, to_json(v)).map_err(|m| cerr(format!("set `{ptr}`: {m}")))?;
+            set_pointer(&mut record, &ptr, to_json(v))
+                .map_err(|m| cerr(format!("set `{ptr}`: {m}")))?;
         }
         for ptr in &raw.remove {
             remove_pointer(&mut record, ptr).map_err(|m| cerr(format!("remove `{ptr}`: {m}")))?;
@@ -159,7 +160,11 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
         let at = DateTime::parse_from_rfc3339(&raw.at)
             .map_err(|e| cerr(format!("at `{}`: not RFC 3339: {e}", raw.at)))?
             .with_timezone(&Utc);
-        let from = record.get("from").and_then(Value::as_str).unwrap_or("").to_string();
+        let from = record
+            .get("from")
+            .and_then(Value::as_str)
+            .unwrap_or("")
+            .to_string();
         let id = raw.identity.unwrap_or(RawIdentity {
             park: None,
             organisation: None,
@@ -168,7 +173,9 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
         let organisation = id.organisation.unwrap_or_else(|| "unknown".into());
         let identity = ClientIdentity {
             park: id.park.unwrap_or(from),
-            subject: id.subject.unwrap_or_else(|| format!("CN=test, O={organisation}")),
+            subject: id
+                .subject
+                .unwrap_or_else(|| format!("CN=test, O={organisation}")),
             organisation,
             fingerprint_sha256: "0".repeat(64),
         };
@@ -178,7 +185,11 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
             record,
             identity,
             at,
-            settings: raw.settings.into_iter().map(|(k, v)| (k, to_json(v))).collect(),
+            settings: raw
+                .settings
+                .into_iter()
+                .map(|(k, v)| (k, to_json(v)))
+                .collect(),
             expect: raw.expect,
             rules: raw.rules,
             with_key: raw.pseudonymisation_key,
@@ -251,7 +262,10 @@ pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
         decision,
     };
     let Some(head) = EnvelopeHead::read(&case.record) else {
-        return outcome(Some("record has no valid envelope head (kind, from, to, record_id)".into()), None);
+        return outcome(
+            Some("record has no valid envelope head (kind, from, to, record_id)".into()),
+            None,
+        );
     };
     let input = DecisionInput {
         identity: &case.identity,
@@ -268,22 +282,36 @@ pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
     want.sort_unstable();
     let mut problems = Vec::new();
     if d.effect != case.expect {
-        problems.push(format!("expected {}, got {}", case.expect.as_str(), d.effect.as_str()));
+        problems.push(format!(
+            "expected {}, got {}",
+            case.expect.as_str(),
+            d.effect.as_str()
+        ));
     }
     if got != want {
-        problems.push(format!("expected rules [{}], got [{}]", want.join(", "), got.join(", ")));
+        problems.push(format!(
+            "expected rules [{}], got [{}]",
+            want.join(", "),
+            got.join(", ")
+        ));
     }
     let failure = (!problems.is_empty()).then(|| problems.join("; "));
     outcome(failure, Some(d))
 }
+
+/// Loads the policy set with setting overrides, with or without a pseudonymisation key.
+pub type EngineLoader<'a> =
+    dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String> + 'a;
+/// Checks a record against the schemas; the error describes the violations.
+pub type RecordValidator<'a> = dyn Fn(&Value) -> Result<(), String> + 'a;
 
 /// Runs cases, loading one engine per distinct (settings override, key present) through `load`.
 /// `validate` (when given) checks each record against the schemas first: an invalid record is a
 /// failed case, so shipped cases stay realistic.
 pub fn run_all(
     cases: &[PolicyCase],
-    load: &dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String>,
-    validate: Option<&dyn Fn(&Value) -> Result<(), String>>,
+    load: &EngineLoader<'_>,
+    validate: Option<&RecordValidator<'_>>,
 ) -> Vec<CaseOutcome> {
     let mut engines: BTreeMap<String, Result<PolicyEngine, String>> = BTreeMap::new();
     let mut out = Vec::new();

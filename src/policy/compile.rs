@@ -52,7 +52,10 @@ pub enum Source {
     /// A pointer into the whole envelope (`/body/data_grade`).
     Field(Pointer),
     /// A pointer into the item of an enclosing `any_item`/`every_item`; `up` 0 is the innermost.
-    Item { up: usize, pointer: Pointer },
+    Item {
+        up: usize,
+        pointer: Pointer,
+    },
     Identity(IdentityField),
     /// A setting's value (folded into a constant at load; kept for completeness).
     Constant(Value),
@@ -217,7 +220,11 @@ pub fn load_dir(
         if !path.is_file() {
             continue;
         }
-        let Some(name) = path.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+        let Some(name) = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .map(str::to_string)
+        else {
             continue;
         };
         if name == MANIFEST || !(name.ends_with(".toml") || name.ends_with(".json")) {
@@ -266,8 +273,10 @@ pub fn load_texts(
     let manifest_label = format!("{dir_label}/{manifest_name}");
     let manifest = parse_document(manifest_name, manifest_text, &manifest_label)?;
     let (declared_version, zone, settings) = read_manifest(&manifest, &manifest_label, overrides)?;
-    let setting_values: BTreeMap<&str, &Value> =
-        settings.iter().map(|s| (s.name.as_str(), &s.value)).collect();
+    let setting_values: BTreeMap<&str, &Value> = settings
+        .iter()
+        .map(|s| (s.name.as_str(), &s.value))
+        .collect();
 
     let mut rules = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
@@ -357,43 +366,74 @@ fn read_manifest(
         ) {
             return Err(invalid(
                 label,
-                format!("unknown key `{k}` (expected version, name, description, utc_offset, settings)"),
+                format!(
+                    "unknown key `{k}` (expected version, name, description, utc_offset, settings)"
+                ),
             ));
         }
     }
     let version = match m.get("version") {
         Some(Value::String(v)) if !v.trim().is_empty() => v.trim().to_string(),
-        _ => return Err(invalid(label, "key `version`: a non-empty string is required".into())),
+        _ => {
+            return Err(invalid(
+                label,
+                "key `version`: a non-empty string is required".into(),
+            ))
+        }
     };
     let zone = match m.get("utc_offset") {
         None => FixedOffset::east_opt(8 * 3600).ok_or_else(|| invalid(label, "offset".into()))?,
         Some(Value::String(s)) => parse_utc_offset(s)
             .ok_or_else(|| invalid(label, format!("key `utc_offset`: `{s}` is not like +08:00")))?,
-        Some(_) => return Err(invalid(label, "key `utc_offset`: expected a string like +08:00".into())),
+        Some(_) => {
+            return Err(invalid(
+                label,
+                "key `utc_offset`: expected a string like +08:00".into(),
+            ))
+        }
     };
     let mut settings = Vec::new();
     if let Some(s) = m.get("settings") {
         let Value::Object(s) = s else {
-            return Err(invalid(label, "key `settings`: expected a table of settings".into()));
+            return Err(invalid(
+                label,
+                "key `settings`: expected a table of settings".into(),
+            ));
         };
         for (name, decl) in s {
             let key = format!("settings.{name}");
             let Value::Object(decl) = decl else {
-                return Err(invalid(label, format!("key `{key}`: expected {{ default, description }}")));
+                return Err(invalid(
+                    label,
+                    format!("key `{key}`: expected {{ default, description }}"),
+                ));
             };
             for k in decl.keys() {
                 if !matches!(k.as_str(), "default" | "description") {
-                    return Err(invalid(label, format!("key `{key}.{k}`: unknown (expected default, description)")));
+                    return Err(invalid(
+                        label,
+                        format!("key `{key}.{k}`: unknown (expected default, description)"),
+                    ));
                 }
             }
             let default = decl
                 .get("default")
                 .filter(|v| v.is_boolean() || v.is_number() || v.is_string())
-                .ok_or_else(|| invalid(label, format!("key `{key}.default`: a boolean, number or string is required")))?
+                .ok_or_else(|| {
+                    invalid(
+                        label,
+                        format!("key `{key}.default`: a boolean, number or string is required"),
+                    )
+                })?
                 .clone();
             let description = match decl.get("description") {
                 Some(Value::String(d)) if !d.trim().is_empty() => d.clone(),
-                _ => return Err(invalid(label, format!("key `{key}.description`: every setting must be documented"))),
+                _ => {
+                    return Err(invalid(
+                        label,
+                        format!("key `{key}.description`: every setting must be documented"),
+                    ))
+                }
             };
             settings.push(SettingInfo {
                 name: name.clone(),
@@ -417,7 +457,10 @@ fn read_manifest(
         if !same_type {
             return Err(PolicyLoadError::Setting {
                 name: name.clone(),
-                message: format!("expected a value like the default `{}`, got `{value}`", s.default),
+                message: format!(
+                    "expected a value like the default `{}`, got `{value}`",
+                    s.default
+                ),
             });
         }
         s.value = value.clone();
@@ -501,7 +544,14 @@ fn compile_rule(
     for k in obj.keys() {
         if !matches!(
             k.as_str(),
-            "id" | "effect" | "reason" | "regulation" | "basis" | "description" | "match" | "when" | "obligations"
+            "id" | "effect"
+                | "reason"
+                | "regulation"
+                | "basis"
+                | "description"
+                | "match"
+                | "when"
+                | "obligations"
         ) {
             return Err(early(
                 k,
@@ -529,20 +579,28 @@ fn compile_rule(
     }
 
     // Route match.
-    let (mut kinds, mut from, mut to, mut organisations, mut parks) = (None, None, None, None, None);
+    let (mut kinds, mut from, mut to, mut organisations, mut parks) =
+        (None, None, None, None, None);
     if let Some(m) = obj.get("match") {
         let Value::Object(m) = m else {
-            return Err(early("match", "expected a table (kind, from, to, organisation, park)".into()));
+            return Err(early(
+                "match",
+                "expected a table (kind, from, to, organisation, park)".into(),
+            ));
         };
         for (k, v) in m {
             let key = format!("match.{k}");
-            let list = string_list(v).ok_or_else(|| early(&key, "expected a string or a list of strings".into()))?;
+            let list = string_list(v)
+                .ok_or_else(|| early(&key, "expected a string or a list of strings".into()))?;
             match k.as_str() {
                 "kind" => {
                     let mut ks = Vec::new();
                     for s in &list {
                         ks.push(Kind::parse(s).ok_or_else(|| {
-                            early(&key, format!("unknown kind `{s}` (talent, materials, data)"))
+                            early(
+                                &key,
+                                format!("unknown kind `{s}` (talent, materials, data)"),
+                            )
                         })?);
                     }
                     kinds = Some(ks);
@@ -551,7 +609,12 @@ fn compile_rule(
                 "to" => to = Some(list),
                 "organisation" => organisations = Some(list),
                 "park" => parks = Some(list),
-                _ => return Err(early(&key, "unknown key (expected kind, from, to, organisation, park)".into())),
+                _ => {
+                    return Err(early(
+                        &key,
+                        "unknown key (expected kind, from, to, organisation, park)".into(),
+                    ))
+                }
             }
         }
     }
@@ -583,22 +646,39 @@ fn compile_rule(
             return Err(ctx.err("obligations", "only allow rules carry obligations"));
         }
         let Value::Array(list) = o else {
-            return Err(ctx.err("obligations", "expected a list like [{ pseudonymise = \"/body/x\" }]"));
+            return Err(ctx.err(
+                "obligations",
+                "expected a list like [{ pseudonymise = \"/body/x\" }]",
+            ));
         };
         for (i, item) in list.iter().enumerate() {
             let key = format!("obligations[{i}]");
-            let Some((action, ptr)) = item.as_object().filter(|m| m.len() == 1).and_then(|m| m.iter().next()) else {
+            let Some((action, ptr)) = item
+                .as_object()
+                .filter(|m| m.len() == 1)
+                .and_then(|m| m.iter().next())
+            else {
                 return Err(ctx.err(&key, "expected exactly one of `pseudonymise` or `drop`"));
             };
             let action = match action.as_str() {
                 "pseudonymise" => ObligationAction::Pseudonymise,
                 "drop" => ObligationAction::Drop,
-                other => return Err(ctx.err(&key, format!("unknown obligation `{other}` (pseudonymise, drop)"))),
+                other => {
+                    return Err(ctx.err(
+                        &key,
+                        format!("unknown obligation `{other}` (pseudonymise, drop)"),
+                    ))
+                }
             };
-            let ptr_text = ptr.as_str().ok_or_else(|| ctx.err(&key, "expected a JSON pointer string"))?;
+            let ptr_text = ptr
+                .as_str()
+                .ok_or_else(|| ctx.err(&key, "expected a JSON pointer string"))?;
             let pointer = parse_pointer(ptr_text).map_err(|m| ctx.err(&key, m))?;
             if pointer.tokens.first().map(|t| &*t.key) != Some("body") || pointer.tokens.len() < 2 {
-                return Err(ctx.err(&key, format!("`{ptr_text}`: obligations apply to fields under /body")));
+                return Err(ctx.err(
+                    &key,
+                    format!("`{ptr_text}`: obligations apply to fields under /body"),
+                ));
             }
             check_field(&pointer, &key, &ctx)?;
             obligations.push(CompiledObligation {
@@ -632,13 +712,16 @@ fn compile_rule(
 fn valid_id(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 100
-        && s.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
 }
 
 fn string_list(v: &Value) -> Option<Vec<String>> {
     match v {
         Value::String(s) => Some(vec![s.clone()]),
-        Value::Array(a) if !a.is_empty() => a.iter().map(|x| x.as_str().map(str::to_string)).collect(),
+        Value::Array(a) if !a.is_empty() => {
+            a.iter().map(|x| x.as_str().map(str::to_string)).collect()
+        }
         _ => None,
     }
 }
@@ -652,7 +735,9 @@ pub fn parse_pointer(s: &str) -> Result<Pointer, String> {
         });
     }
     let Some(rest) = s.strip_prefix('/') else {
-        return Err(format!("`{s}` is not a JSON pointer (it must start with `/`)"));
+        return Err(format!(
+            "`{s}` is not a JSON pointer (it must start with `/`)"
+        ));
     };
     let mut tokens = Vec::new();
     for raw in rest.split('/') {
@@ -697,7 +782,10 @@ fn field_nodes<'s>(
     ctx: &RuleCtx<'_, 's>,
 ) -> Result<Option<Vec<(&'s Value, &'s Value)>>, PolicyLoadError> {
     if pointer.tokens.is_empty() {
-        return Err(ctx.err(key, "the empty pointer names the whole record; name a field"));
+        return Err(ctx.err(
+            key,
+            "the empty pointer names the whole record; name a field",
+        ));
     }
     if !ctx.schema.checking {
         return Ok(Some(Vec::new()));
@@ -713,7 +801,10 @@ fn field_nodes<'s>(
     if nodes.is_empty() {
         return Err(ctx.err(
             key,
-            format!("`{}`: no such field in the schema of the rule's kind(s)", pointer.text),
+            format!(
+                "`{}`: no such field in the schema of the rule's kind(s)",
+                pointer.text
+            ),
         ));
     }
     Ok(Some(nodes))
@@ -746,10 +837,17 @@ fn item_nodes<'s>(
     let toks = token_strings(pointer);
     let mut nodes = Vec::new();
     for (root, node) in &ctx.schema.scopes[depth - 1 - up] {
-        nodes.extend(schema_walk::resolve(root, node, &toks).into_iter().map(|n| (*root, n)));
+        nodes.extend(
+            schema_walk::resolve(root, node, &toks)
+                .into_iter()
+                .map(|n| (*root, n)),
+        );
     }
     if nodes.is_empty() {
-        return Err(ctx.err(key, format!("`{}`: no such field in the item's schema", pointer.text)));
+        return Err(ctx.err(
+            key,
+            format!("`{}`: no such field in the item's schema", pointer.text),
+        ));
     }
     Ok(nodes)
 }
@@ -776,17 +874,22 @@ const OPERATOR_KEYS: &[&str] = &[
     "same_as",
 ];
 
+/// Schema nodes a source resolves to, each with the document root that resolves its `$ref`s.
+type SchemaNodes<'s> = Vec<(&'s Value, &'s Value)>;
+
 /// A source read by a condition or operand; returns it with its schema nodes (if checked).
 fn compile_source<'s>(
     key_name: &str,
     v: &Value,
     key: &str,
     ctx: &RuleCtx<'_, 's>,
-) -> Result<(Source, Option<Vec<(&'s Value, &'s Value)>>), PolicyLoadError> {
+) -> Result<(Source, Option<SchemaNodes<'s>>), PolicyLoadError> {
     let key = format!("{key}.{key_name}");
     match key_name {
         "field" | "item" | "outer_item" => {
-            let text = v.as_str().ok_or_else(|| ctx.err(&key, "expected a JSON pointer string"))?;
+            let text = v
+                .as_str()
+                .ok_or_else(|| ctx.err(&key, "expected a JSON pointer string"))?;
             let pointer = parse_pointer(text).map_err(|m| ctx.err(&key, m))?;
             if key_name == "field" {
                 let nodes = field_nodes(&pointer, &key, ctx)?;
@@ -804,15 +907,23 @@ fn compile_source<'s>(
                 Some("subject") => IdentityField::Subject,
                 Some("fingerprint_sha256") => IdentityField::Fingerprint,
                 _ => {
-                    return Err(ctx.err(&key, "expected park, organisation, subject or fingerprint_sha256"))
+                    return Err(ctx.err(
+                        &key,
+                        "expected park, organisation, subject or fingerprint_sha256",
+                    ))
                 }
             };
             Ok((Source::Identity(f), None))
         }
         "setting" => {
-            let name = v.as_str().ok_or_else(|| ctx.err(&key, "expected a setting name"))?;
+            let name = v
+                .as_str()
+                .ok_or_else(|| ctx.err(&key, "expected a setting name"))?;
             let value = ctx.settings.get(name).ok_or_else(|| {
-                ctx.err(&key, format!("unknown setting `{name}` (declare it in {MANIFEST})"))
+                ctx.err(
+                    &key,
+                    format!("unknown setting `{name}` (declare it in {MANIFEST})"),
+                )
             })?;
             Ok((Source::Constant((*value).clone()), None))
         }
@@ -830,7 +941,10 @@ fn compile_cond(v: &Value, key: &str, ctx: &mut RuleCtx<'_, '_>) -> Result<Cond,
             Ok(Cond::All(out.into()))
         }
         Value::Object(m) => compile_cond_object(m, key, ctx),
-        _ => Err(ctx.err(key, "a condition is a table (or a list of tables, all of which must hold)")),
+        _ => Err(ctx.err(
+            key,
+            "a condition is a table (or a list of tables, all of which must hold)",
+        )),
     }
 }
 
@@ -842,7 +956,10 @@ fn compile_cond_object(
     for combinator in ["all", "any", "not"] {
         if let Some(inner) = m.get(combinator) {
             if m.len() != 1 {
-                return Err(ctx.err(key, format!("`{combinator}` must be the only key of its table")));
+                return Err(ctx.err(
+                    key,
+                    format!("`{combinator}` must be the only key of its table"),
+                ));
             }
             let k = format!("{key}.{combinator}");
             return match combinator {
@@ -867,8 +984,14 @@ fn compile_cond_object(
             };
         }
     }
-    let sources: Vec<&String> = m.keys().filter(|k| SOURCE_KEYS.contains(&k.as_str())).collect();
-    let ops: Vec<&String> = m.keys().filter(|k| OPERATOR_KEYS.contains(&k.as_str())).collect();
+    let sources: Vec<&String> = m
+        .keys()
+        .filter(|k| SOURCE_KEYS.contains(&k.as_str()))
+        .collect();
+    let ops: Vec<&String> = m
+        .keys()
+        .filter(|k| OPERATOR_KEYS.contains(&k.as_str()))
+        .collect();
     if let Some(unknown) = m
         .keys()
         .find(|k| !SOURCE_KEYS.contains(&k.as_str()) && !OPERATOR_KEYS.contains(&k.as_str()))
@@ -883,10 +1006,19 @@ fn compile_cond_object(
         ));
     }
     if sources.len() != 1 {
-        return Err(ctx.err(key, format!("expected exactly one source ({})", SOURCE_KEYS.join(", "))));
+        return Err(ctx.err(
+            key,
+            format!("expected exactly one source ({})", SOURCE_KEYS.join(", ")),
+        ));
     }
     if ops.len() != 1 {
-        return Err(ctx.err(key, format!("expected exactly one operator ({})", OPERATOR_KEYS.join(", "))));
+        return Err(ctx.err(
+            key,
+            format!(
+                "expected exactly one operator ({})",
+                OPERATOR_KEYS.join(", ")
+            ),
+        ));
     }
     let (src_key, op_key) = (sources[0].as_str(), ops[0].as_str());
     let (source, nodes) = compile_source(src_key, &m[src_key], key, ctx)?;
@@ -913,15 +1045,25 @@ fn compile_cond_object(
             };
             let n = match operand {
                 Value::Number(n) => NumOperand::Const(
-                    n.as_f64().ok_or_else(|| ctx.err(&op_k, "number out of range"))?,
+                    n.as_f64()
+                        .ok_or_else(|| ctx.err(&op_k, "number out of range"))?,
                 ),
-                Value::Object(o) => NumOperand::Source(compile_operand_source(o, &op_k, ctx, &[])?.0),
-                _ => return Err(ctx.err(&op_k, "expected a number or { field | item | outer_item = pointer }")),
+                Value::Object(o) => {
+                    NumOperand::Source(compile_operand_source(o, &op_k, ctx, &[])?.0)
+                }
+                _ => {
+                    return Err(ctx.err(
+                        &op_k,
+                        "expected a number or { field | item | outer_item = pointer }",
+                    ))
+                }
             };
             Op::Num(cmp, n)
         }
         "exists" | "absent" => {
-            let b = operand.as_bool().ok_or_else(|| ctx.err(&op_k, "expected true or false"))?;
+            let b = operand
+                .as_bool()
+                .ok_or_else(|| ctx.err(&op_k, "expected true or false"))?;
             Op::Exists(if op_key == "exists" { b } else { !b })
         }
         "date_before" | "date_on_or_before" | "date_after" | "date_on_or_after" | "date_on" => {
@@ -942,7 +1084,10 @@ fn compile_cond_object(
                 return Err(ctx.err(&op_k, "applies to an array field"));
             }
             if ctx.schema.scopes.len() >= MAX_ITEM_SCOPES {
-                return Err(ctx.err(&op_k, format!("at most {MAX_ITEM_SCOPES} nested item scopes")));
+                return Err(ctx.err(
+                    &op_k,
+                    format!("at most {MAX_ITEM_SCOPES} nested item scopes"),
+                ));
             }
             let item_nodes = match &nodes {
                 Some(ns) if ctx.schema.checking => {
@@ -980,7 +1125,10 @@ fn compile_cond_object(
         }
         "member_of" => {
             let Value::Object(o) = operand else {
-                return Err(ctx.err(&op_k, "expected { field | item | outer_item = pointer } naming an array"));
+                return Err(ctx.err(
+                    &op_k,
+                    "expected { field | item | outer_item = pointer } naming an array",
+                ));
             };
             Op::MemberOf(compile_operand_source(o, &op_k, ctx, &[])?.0)
         }
@@ -1022,7 +1170,11 @@ fn compile_operand_source(
     Ok((compile_source(k, v, key, ctx)?.0, Some(k.to_string())))
 }
 
-fn compile_date_operand(v: &Value, key: &str, ctx: &RuleCtx<'_, '_>) -> Result<DateOperand, PolicyLoadError> {
+fn compile_date_operand(
+    v: &Value,
+    key: &str,
+    ctx: &RuleCtx<'_, '_>,
+) -> Result<DateOperand, PolicyLoadError> {
     match v {
         Value::String(s) => {
             let (lit, offset) = dates::parse_operand_text(s).map_err(|m| ctx.err(key, m))?;
@@ -1038,10 +1190,15 @@ fn compile_date_operand(v: &Value, key: &str, ctx: &RuleCtx<'_, '_>) -> Result<D
             for unit in UNITS {
                 if let Some(n) = o.get(*unit) {
                     if offset != Offset::None {
-                        return Err(ctx.err(key, "at most one of days, working_days, months, years"));
+                        return Err(
+                            ctx.err(key, "at most one of days, working_days, months, years")
+                        );
                     }
-                    let n = n.as_i64().ok_or_else(|| ctx.err(&format!("{key}.{unit}"), "expected a whole number"))?;
-                    offset = dates::offset_from_unit(unit, n).map_err(|m| ctx.err(&format!("{key}.{unit}"), m))?;
+                    let n = n.as_i64().ok_or_else(|| {
+                        ctx.err(&format!("{key}.{unit}"), "expected a whole number")
+                    })?;
+                    offset = dates::offset_from_unit(unit, n)
+                        .map_err(|m| ctx.err(&format!("{key}.{unit}"), m))?;
                 }
             }
             Ok(DateOperand {
@@ -1049,7 +1206,10 @@ fn compile_date_operand(v: &Value, key: &str, ctx: &RuleCtx<'_, '_>) -> Result<D
                 offset,
             })
         }
-        _ => Err(ctx.err(key, "expected `now`, `now + N days`, a date, or { field = pointer, days = N }")),
+        _ => Err(ctx.err(
+            key,
+            "expected `now`, `now + N days`, a date, or { field = pointer, days = N }",
+        )),
     }
 }
 

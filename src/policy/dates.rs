@@ -48,12 +48,12 @@ impl DateValue {
     pub fn shift(self, offset: Offset, zone: FixedOffset) -> Option<DateValue> {
         match (self, offset) {
             (v, Offset::None) => Some(v),
-            (DateValue::Date(d), Offset::Days(n)) => {
-                d.checked_add_signed(Duration::try_days(n)?).map(DateValue::Date)
-            }
-            (DateValue::Instant(t), Offset::Days(n)) => {
-                t.checked_add_signed(Duration::try_days(n)?).map(DateValue::Instant)
-            }
+            (DateValue::Date(d), Offset::Days(n)) => d
+                .checked_add_signed(Duration::try_days(n)?)
+                .map(DateValue::Date),
+            (DateValue::Instant(t), Offset::Days(n)) => t
+                .checked_add_signed(Duration::try_days(n)?)
+                .map(DateValue::Instant),
             (v, Offset::WorkingDays(n)) => {
                 add_working_days(v.local_date(zone), n).map(DateValue::Date)
             }
@@ -135,13 +135,14 @@ pub fn parse_operand_text(s: &str) -> Result<(Option<DateValue>, Offset), String
         let n: i64 = num
             .parse()
             .map_err(|_| format!("`{s}`: `{num}` is not a whole number"))?;
-        return Ok((None, offset_from_unit(unit.trim(), sign * n).map_err(|e| format!("`{s}`: {e}"))?));
+        return Ok((
+            None,
+            offset_from_unit(unit.trim(), sign * n).map_err(|e| format!("`{s}`: {e}"))?,
+        ));
     }
-    parse(t)
-        .map(|v| (Some(v), Offset::None))
-        .ok_or_else(|| {
-            format!("`{s}` is neither `now [± N unit]` nor an RFC 3339 date or date-time")
-        })
+    parse(t).map(|v| (Some(v), Offset::None)).ok_or_else(|| {
+        format!("`{s}` is neither `now [± N unit]` nor an RFC 3339 date or date-time")
+    })
 }
 
 /// Builds an offset from a unit name and a signed amount, bounding it to something sensible.
@@ -185,7 +186,10 @@ mod tests {
         assert_eq!(add_working_days(d("2026-03-06"), 1), Some(d("2026-03-09")));
         // 10 working days from Monday 2 March is Monday 16 March.
         assert_eq!(add_working_days(d("2026-03-02"), 10), Some(d("2026-03-16")));
-        assert_eq!(add_working_days(d("2026-03-16"), -10), Some(d("2026-03-02")));
+        assert_eq!(
+            add_working_days(d("2026-03-16"), -10),
+            Some(d("2026-03-02"))
+        );
     }
 
     #[test]

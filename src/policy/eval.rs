@@ -8,11 +8,13 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
 
 use super::compile::{
-    kind_slot, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand, ObligationAction, Op,
-    Pointer, Rule, Source,
+    kind_slot, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand,
+    ObligationAction, Op, Pointer, Rule, Source,
 };
 use super::dates::{self, DateValue};
-use super::{Decision, DecisionInput, Effect, MatchedRule, Obligation, DEFAULT_DENY_ID, KEY_MISSING_ID};
+use super::{
+    Decision, DecisionInput, Effect, MatchedRule, Obligation, DEFAULT_DENY_ID, KEY_MISSING_ID,
+};
 use crate::tls::identity::ClientIdentity;
 
 /// What a condition sees while evaluating.
@@ -114,7 +116,11 @@ fn date_of(v: Val<'_>) -> Option<DateValue> {
     dates::parse(v.as_str()?)
 }
 
-fn date_operand(op: &DateOperand, cx: &Ctx<'_>, scope: Option<&Scope<'_, '_>>) -> Option<DateValue> {
+fn date_operand(
+    op: &DateOperand,
+    cx: &Ctx<'_>,
+    scope: Option<&Scope<'_, '_>>,
+) -> Option<DateValue> {
     let base = match &op.base {
         DateBase::Now => cx.now,
         DateBase::Literal(d) => *d,
@@ -171,17 +177,25 @@ fn test<'a>(v: Option<Val<'a>>, op: &'a Op, cx: &Ctx<'a>, scope: Option<&Scope<'
         }
         Op::AnyItem(inner) => v.as_array().is_some_and(|items| {
             items.iter().any(|item| {
-                let s = Scope { item, parent: scope };
+                let s = Scope {
+                    item,
+                    parent: scope,
+                };
                 eval_in(inner, cx, Some(&s))
             })
         }),
         Op::EveryItem(inner) => v.as_array().is_some_and(|items| {
             items.iter().all(|item| {
-                let s = Scope { item, parent: scope };
+                let s = Scope {
+                    item,
+                    parent: scope,
+                };
                 eval_in(inner, cx, Some(&s))
             })
         }),
-        Op::Contains(x) => v.as_array().is_some_and(|a| a.iter().any(|i| json_eq(i, x))),
+        Op::Contains(x) => v
+            .as_array()
+            .is_some_and(|a| a.iter().any(|i| json_eq(i, x))),
         Op::MemberOf(src) => {
             let Some(list) = read(src, cx, scope).and_then(Val::as_array) else {
                 return false;
@@ -218,7 +232,9 @@ pub fn eval_constant(c: &Cond) -> bool {
 use chrono::Offset as _;
 
 fn route_matches(r: &Rule, input: &DecisionInput<'_>) -> bool {
-    let has = |list: &Option<Vec<String>>, v: &str| list.as_ref().map_or(true, |l| l.iter().any(|x| x == v));
+    let has = |list: &Option<Vec<String>>, v: &str| {
+        list.as_ref().map_or(true, |l| l.iter().any(|x| x == v))
+    };
     has(&r.from, input.from)
         && has(&r.to, input.to)
         && has(&r.organisations, &input.identity.organisation)
@@ -226,7 +242,12 @@ fn route_matches(r: &Rule, input: &DecisionInput<'_>) -> bool {
 }
 
 /// Decides a record: deny overrides allow; no matching rule is a deny ("default-deny").
-pub fn decide(set: &CompiledSet, has_key: bool, version: &str, input: &DecisionInput<'_>) -> Decision {
+pub fn decide(
+    set: &CompiledSet,
+    has_key: bool,
+    version: &str,
+    input: &DecisionInput<'_>,
+) -> Decision {
     let cx = Ctx {
         record: input.record,
         identity: input.identity,
@@ -276,7 +297,9 @@ pub fn decide(set: &CompiledSet, has_key: bool, version: &str, input: &DecisionI
         for o in &r.obligations {
             let dup = obligations.iter().any(|x| match (x, o.action) {
                 (Obligation::Pseudonymise { pointer, .. }, ObligationAction::Pseudonymise)
-                | (Obligation::Drop { pointer, .. }, ObligationAction::Drop) => *pointer == o.pointer,
+                | (Obligation::Drop { pointer, .. }, ObligationAction::Drop) => {
+                    *pointer == o.pointer
+                }
                 _ => false,
             });
             if dup {

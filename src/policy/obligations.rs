@@ -71,7 +71,8 @@ pub fn apply(
     };
     for o in &decision.obligations {
         if let Obligation::Pseudonymise { pointer, rule } = o {
-            let key = key.ok_or_else(|| fail(rule, pointer, "no pseudonymisation key configured"))?;
+            let key =
+                key.ok_or_else(|| fail(rule, pointer, "no pseudonymisation key configured"))?;
             let Some(slot) = record.pointer_mut(pointer) else {
                 done.push(format!("pseudonymise {pointer}: absent"));
                 continue;
@@ -83,7 +84,13 @@ pub fn apply(
                     done.push(format!("pseudonymise {pointer}: absent"));
                     continue;
                 }
-                _ => return Err(fail(rule, pointer, "only strings and numbers can be pseudonymised")),
+                _ => {
+                    return Err(fail(
+                        rule,
+                        pointer,
+                        "only strings and numbers can be pseudonymised",
+                    ))
+                }
             };
             *slot = Value::String(key.pseudonym(&input));
             done.push(format!("pseudonymise {pointer}"));
@@ -148,7 +155,10 @@ mod tests {
             .as_ref(),
         );
         assert_eq!(k.pseudonym("passport:E1234567"), expected);
-        assert_eq!(k.pseudonym("passport:E1234567"), k.pseudonym("passport:E1234567"));
+        assert_eq!(
+            k.pseudonym("passport:E1234567"),
+            k.pseudonym("passport:E1234567")
+        );
         let other = PseudonymKey::from_hex(&KEY.replace("00", "ff")).unwrap();
         assert_ne!(other.pseudonym("passport:E1234567"), expected);
     }
@@ -166,14 +176,26 @@ mod tests {
         let k = PseudonymKey::from_hex(KEY).unwrap();
         let mut rec = json!({"body": {"person_ref": "hkid:A1234567", "employer": "X", "keep": 1}});
         let d = allow(vec![
-            Obligation::Drop { pointer: "/body/employer".into(), rule: "r".into() },
-            Obligation::Pseudonymise { pointer: "/body/person_ref".into(), rule: "r".into() },
+            Obligation::Drop {
+                pointer: "/body/employer".into(),
+                rule: "r".into(),
+            },
+            Obligation::Pseudonymise {
+                pointer: "/body/person_ref".into(),
+                rule: "r".into(),
+            },
         ]);
         let done = apply(Some(&k), &d, &mut rec).unwrap();
-        assert_eq!(rec["body"]["person_ref"], json!(k.pseudonym("hkid:A1234567")));
+        assert_eq!(
+            rec["body"]["person_ref"],
+            json!(k.pseudonym("hkid:A1234567"))
+        );
         assert!(rec["body"].get("employer").is_none());
         assert_eq!(rec["body"]["keep"], json!(1));
-        assert_eq!(done, vec!["pseudonymise /body/person_ref", "drop /body/employer"]);
+        assert_eq!(
+            done,
+            vec!["pseudonymise /body/person_ref", "drop /body/employer"]
+        );
         assert!(done.iter().all(|l| !l.contains("A1234567")));
     }
 
@@ -181,11 +203,23 @@ mod tests {
     fn missing_fields_are_reported_absent_and_objects_refused() {
         let k = PseudonymKey::from_hex(KEY).unwrap();
         let mut rec = json!({"body": {"obj": {"a": 1}}});
-        let d = allow(vec![Obligation::Drop { pointer: "/body/nope".into(), rule: "r".into() }]);
-        assert_eq!(apply(Some(&k), &d, &mut rec).unwrap(), vec!["drop /body/nope: absent"]);
-        let d = allow(vec![Obligation::Pseudonymise { pointer: "/body/obj".into(), rule: "r".into() }]);
+        let d = allow(vec![Obligation::Drop {
+            pointer: "/body/nope".into(),
+            rule: "r".into(),
+        }]);
+        assert_eq!(
+            apply(Some(&k), &d, &mut rec).unwrap(),
+            vec!["drop /body/nope: absent"]
+        );
+        let d = allow(vec![Obligation::Pseudonymise {
+            pointer: "/body/obj".into(),
+            rule: "r".into(),
+        }]);
         assert!(apply(Some(&k), &d, &mut rec).is_err());
-        let d = allow(vec![Obligation::Pseudonymise { pointer: "/body/obj/a".into(), rule: "r".into() }]);
+        let d = allow(vec![Obligation::Pseudonymise {
+            pointer: "/body/obj/a".into(),
+            rule: "r".into(),
+        }]);
         assert!(apply(None, &d, &mut rec).is_err(), "no key: fail closed");
     }
 }

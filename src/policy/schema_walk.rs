@@ -66,7 +66,13 @@ pub fn resolve_envelope<'a>(kind_schema: &'a Value, tokens: &[String]) -> Option
 
 const MAX_DEPTH: usize = 64;
 
-fn walk<'a>(root: &'a Value, node: &'a Value, tokens: &[String], out: &mut Vec<&'a Value>, depth: usize) {
+fn walk<'a>(
+    root: &'a Value,
+    node: &'a Value,
+    tokens: &[String],
+    out: &mut Vec<&'a Value>,
+    depth: usize,
+) {
     if depth > MAX_DEPTH {
         return;
     }
@@ -154,11 +160,21 @@ mod tests {
             },
             "allOf": [{"if": {}, "then": {"properties": {"gba_sc": {"type": "object"}}}}]
         });
-        assert!(!resolve_envelope(&s, &toks("/body/exporter/name")).unwrap().is_empty());
-        assert!(!resolve_envelope(&s, &toks("/body/items/0/hs_code")).unwrap().is_empty());
-        assert!(!resolve_envelope(&s, &toks("/body/gba_sc")).unwrap().is_empty());
-        assert!(resolve_envelope(&s, &toks("/body/exporter/nam")).unwrap().is_empty());
-        assert!(resolve_envelope(&s, &toks("/body/items/x/hs_code")).unwrap().is_empty());
+        assert!(!resolve_envelope(&s, &toks("/body/exporter/name"))
+            .unwrap()
+            .is_empty());
+        assert!(!resolve_envelope(&s, &toks("/body/items/0/hs_code"))
+            .unwrap()
+            .is_empty());
+        assert!(!resolve_envelope(&s, &toks("/body/gba_sc"))
+            .unwrap()
+            .is_empty());
+        assert!(resolve_envelope(&s, &toks("/body/exporter/nam"))
+            .unwrap()
+            .is_empty());
+        assert!(resolve_envelope(&s, &toks("/body/items/x/hs_code"))
+            .unwrap()
+            .is_empty());
         assert!(resolve_envelope(&s, &toks("/created_at")).is_none());
         assert!(resolve_envelope(&s, &toks("/bogus")).unwrap().is_empty());
     }

@@ -46,7 +46,10 @@ fn load(rules: &str) -> Result<LoadedSet, PolicyLoadError> {
     load_with(rules, &BTreeMap::new())
 }
 
-fn load_with(rules: &str, settings: &BTreeMap<String, Value>) -> Result<LoadedSet, PolicyLoadError> {
+fn load_with(
+    rules: &str,
+    settings: &BTreeMap<String, Value>,
+) -> Result<LoadedSet, PolicyLoadError> {
     let files = vec![
         ("policy-set.toml".to_string(), MANIFEST.to_string()),
         ("rules.toml".to_string(), rules.to_string()),
@@ -84,7 +87,14 @@ fn holds_at(cond: &str, body: Value, now: &str) -> bool {
         &set.set,
         true,
         "v",
-        &DecisionInput { identity: &id, record: &rec, kind: Kind::Data, from: "sz", to: "hk", now: at(now) },
+        &DecisionInput {
+            identity: &id,
+            record: &rec,
+            kind: Kind::Data,
+            from: "sz",
+            to: "hk",
+            now: at(now),
+        },
     );
     d.effect == Effect::Allow
 }
@@ -97,11 +107,26 @@ fn holds(cond: &str, body: Value) -> bool {
 
 #[test]
 fn equals_compares_strings_bools_and_numbers_by_value() {
-    assert!(holds(r#"{ field = "/body/grade", equals = "core" }"#, json!({"grade": "core"})));
-    assert!(!holds(r#"{ field = "/body/grade", equals = "core" }"#, json!({"grade": "general"})));
-    assert!(holds(r#"{ field = "/body/flag", equals = true }"#, json!({"flag": true})));
-    assert!(holds(r#"{ field = "/body/count", equals = 100000 }"#, json!({"count": 100000.0})));
-    assert!(!holds(r#"{ field = "/body/grade", equals = "core" }"#, json!({})));
+    assert!(holds(
+        r#"{ field = "/body/grade", equals = "core" }"#,
+        json!({"grade": "core"})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/grade", equals = "core" }"#,
+        json!({"grade": "general"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/flag", equals = true }"#,
+        json!({"flag": true})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/count", equals = 100000 }"#,
+        json!({"count": 100000.0})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/grade", equals = "core" }"#,
+        json!({})
+    ));
 }
 
 #[test]
@@ -115,13 +140,37 @@ fn one_of_matches_any_listed_value() {
 #[test]
 fn numeric_comparisons_on_integers_and_floats_at_the_boundary() {
     let body = |n: Value| json!({"count": n});
-    assert!(holds(r#"{ field = "/body/count", gte = 100000 }"#, body(json!(100000))));
-    assert!(!holds(r#"{ field = "/body/count", gt = 100000 }"#, body(json!(100000))));
-    assert!(holds(r#"{ field = "/body/count", lte = 100000 }"#, body(json!(100000))));
-    assert!(!holds(r#"{ field = "/body/count", lt = 100000 }"#, body(json!(100000))));
-    assert!(holds(r#"{ field = "/body/ratio", lt = 0.5 }"#, json!({"ratio": 0.25})));
-    assert!(holds(r#"{ field = "/body/ratio", gte = 1 }"#, json!({"ratio": 1.0})));
-    assert!(!holds(r#"{ field = "/body/count", gte = 1 }"#, json!({"count": "5"})), "strings are not numbers");
+    assert!(holds(
+        r#"{ field = "/body/count", gte = 100000 }"#,
+        body(json!(100000))
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/count", gt = 100000 }"#,
+        body(json!(100000))
+    ));
+    assert!(holds(
+        r#"{ field = "/body/count", lte = 100000 }"#,
+        body(json!(100000))
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/count", lt = 100000 }"#,
+        body(json!(100000))
+    ));
+    assert!(holds(
+        r#"{ field = "/body/ratio", lt = 0.5 }"#,
+        json!({"ratio": 0.25})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/ratio", gte = 1 }"#,
+        json!({"ratio": 1.0})
+    ));
+    assert!(
+        !holds(
+            r#"{ field = "/body/count", gte = 1 }"#,
+            json!({"count": "5"})
+        ),
+        "strings are not numbers"
+    );
 }
 
 #[test]
@@ -134,11 +183,26 @@ fn numeric_comparison_with_another_field() {
 
 #[test]
 fn exists_and_absent_treat_null_as_absent() {
-    assert!(holds(r#"{ field = "/body/name", exists = true }"#, json!({"name": "x"})));
-    assert!(!holds(r#"{ field = "/body/name", exists = true }"#, json!({"name": null})));
-    assert!(holds(r#"{ field = "/body/name", absent = true }"#, json!({})));
-    assert!(holds(r#"{ field = "/body/name", exists = false }"#, json!({"name": null})));
-    assert!(!holds(r#"{ field = "/body/name", absent = true }"#, json!({"name": ""})));
+    assert!(holds(
+        r#"{ field = "/body/name", exists = true }"#,
+        json!({"name": "x"})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/name", exists = true }"#,
+        json!({"name": null})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/name", absent = true }"#,
+        json!({})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/name", exists = false }"#,
+        json!({"name": null})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/name", absent = true }"#,
+        json!({"name": ""})
+    ));
 }
 
 #[test]
@@ -146,19 +210,43 @@ fn dates_against_now_are_inclusive_on_the_decision_date() {
     let c = r#"{ field = "/body/end", date_on_or_after = "now" }"#;
     assert!(holds(c, json!({"end": "2026-12-01"})));
     assert!(!holds(c, json!({"end": "2026-11-30"})));
-    assert!(holds(r#"{ field = "/body/end", date_before = "now" }"#, json!({"end": "2026-11-30"})));
-    assert!(holds(r#"{ field = "/body/end", date_after = "now" }"#, json!({"end": "2026-12-02"})));
-    assert!(holds(r#"{ field = "/body/end", date_on_or_before = "now" }"#, json!({"end": "2026-12-01"})));
-    assert!(holds(r#"{ field = "/body/end", date_on = "now" }"#, json!({"end": "2026-12-01"})));
+    assert!(holds(
+        r#"{ field = "/body/end", date_before = "now" }"#,
+        json!({"end": "2026-11-30"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/end", date_after = "now" }"#,
+        json!({"end": "2026-12-02"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/end", date_on_or_before = "now" }"#,
+        json!({"end": "2026-12-01"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/end", date_on = "now" }"#,
+        json!({"end": "2026-12-01"})
+    ));
     assert!(!holds(c, json!({"end": "not a date"})));
 }
 
 #[test]
 fn dates_with_offsets_and_literals() {
-    assert!(holds(r#"{ field = "/body/end", date_on_or_after = "now + 30 days" }"#, json!({"end": "2026-12-31"})));
-    assert!(!holds(r#"{ field = "/body/end", date_on_or_after = "now + 30 days" }"#, json!({"end": "2026-12-30"})));
-    assert!(holds(r#"{ field = "/body/end", date_after = "now - 1 year" }"#, json!({"end": "2025-12-02"})));
-    assert!(holds(r#"{ field = "/body/end", date_before = "2024-05-01" }"#, json!({"end": "2024-04-30"})));
+    assert!(holds(
+        r#"{ field = "/body/end", date_on_or_after = "now + 30 days" }"#,
+        json!({"end": "2026-12-31"})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/end", date_on_or_after = "now + 30 days" }"#,
+        json!({"end": "2026-12-30"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/end", date_after = "now - 1 year" }"#,
+        json!({"end": "2025-12-02"})
+    ));
+    assert!(holds(
+        r#"{ field = "/body/end", date_before = "2024-05-01" }"#,
+        json!({"end": "2024-04-30"})
+    ));
     // Friday 4 Dec 2026 + 1 working day = Monday 7 Dec.
     assert!(holds_at(
         r#"{ field = "/body/end", date_on = "now + 1 working day" }"#,
@@ -179,24 +267,43 @@ fn date_times_compare_as_instants() {
 fn dates_against_another_field_with_working_days_and_years() {
     let c = r#"{ field = "/body/end", date_on_or_before = { field = "/body/start", working_days = 10 } }"#;
     // Tuesday 1 Sep 2026 + 10 working days = Tuesday 15 Sep.
-    assert!(holds(c, json!({"start": "2026-09-01", "end": "2026-09-15"})));
-    assert!(!holds(c, json!({"start": "2026-09-01", "end": "2026-09-16"})));
+    assert!(holds(
+        c,
+        json!({"start": "2026-09-01", "end": "2026-09-15"})
+    ));
+    assert!(!holds(
+        c,
+        json!({"start": "2026-09-01", "end": "2026-09-16"})
+    ));
     let y = r#"{ field = "/body/end", date_after = { field = "/body/start", years = 3 } }"#;
-    assert!(!holds(y, json!({"start": "2024-03-01", "end": "2027-03-01"})));
-    assert!(holds(y, json!({"start": "2024-03-01", "end": "2027-03-02"})));
-    assert!(!holds(y, json!({"end": "2027-03-02"})), "missing operand field: false");
+    assert!(!holds(
+        y,
+        json!({"start": "2024-03-01", "end": "2027-03-01"})
+    ));
+    assert!(holds(
+        y,
+        json!({"start": "2024-03-01", "end": "2027-03-02"})
+    ));
+    assert!(
+        !holds(y, json!({"end": "2027-03-02"})),
+        "missing operand field: false"
+    );
 }
 
 #[test]
 fn any_item_and_every_item() {
     let any = r#"{ field = "/body/items", any_item = { item = "/class", equals = "lab_animal" } }"#;
     let every = r#"{ field = "/body/items", every_item = { item = "/qty", lte = 10 } }"#;
-    let items = json!({"items": [{"class": "chemical", "qty": 5}, {"class": "lab_animal", "qty": 10}]});
+    let items =
+        json!({"items": [{"class": "chemical", "qty": 5}, {"class": "lab_animal", "qty": 10}]});
     assert!(holds(any, items.clone()));
     assert!(holds(every, items));
     assert!(!holds(any, json!({"items": [{"class": "chemical"}]})));
     assert!(!holds(every, json!({"items": [{"qty": 11}, {"qty": 1}]})));
-    assert!(holds(every, json!({"items": []})), "every item of none holds");
+    assert!(
+        holds(every, json!({"items": []})),
+        "every item of none holds"
+    );
     assert!(!holds(any, json!({"items": []})));
     assert!(!holds(every, json!({"items": "not an array"})));
 }
@@ -204,20 +311,35 @@ fn any_item_and_every_item() {
 #[test]
 fn nested_item_scopes_see_the_outer_item() {
     let c = r#"{ field = "/body/items", any_item = { field = "/body/permits", any_item = { item = "/qty", lt = { outer_item = "/qty" } } } }"#;
-    assert!(holds(c, json!({"items": [{"qty": 5}], "permits": [{"qty": 4}]})));
-    assert!(!holds(c, json!({"items": [{"qty": 5}], "permits": [{"qty": 5}]})));
+    assert!(holds(
+        c,
+        json!({"items": [{"qty": 5}], "permits": [{"qty": 4}]})
+    ));
+    assert!(!holds(
+        c,
+        json!({"items": [{"qty": 5}], "permits": [{"qty": 5}]})
+    ));
 }
 
 #[test]
 fn contains_member_of_and_same_as() {
-    assert!(holds(r#"{ field = "/body/tags", contains = "genetic" }"#, json!({"tags": ["a", "genetic"]})));
-    assert!(!holds(r#"{ field = "/body/tags", contains = "genetic" }"#, json!({"tags": ["a"]})));
+    assert!(holds(
+        r#"{ field = "/body/tags", contains = "genetic" }"#,
+        json!({"tags": ["a", "genetic"]})
+    ));
+    assert!(!holds(
+        r#"{ field = "/body/tags", contains = "genetic" }"#,
+        json!({"tags": ["a"]})
+    ));
     let m = r#"{ field = "/body/name", member_of = { field = "/body/allowed" } }"#;
     assert!(holds(m, json!({"name": "x", "allowed": ["x", "y"]})));
     assert!(!holds(m, json!({"name": "z", "allowed": ["x", "y"]})));
     let every = r#"{ field = "/body/tags", every_item = { item = "", member_of = { field = "/body/allowed" } } }"#;
     assert!(holds(every, json!({"tags": ["x"], "allowed": ["x", "y"]})));
-    assert!(!holds(every, json!({"tags": ["x", "q"], "allowed": ["x", "y"]})));
+    assert!(!holds(
+        every,
+        json!({"tags": ["x", "q"], "allowed": ["x", "y"]})
+    ));
     let same = r#"{ field = "/body/name", same_as = { field = "/body/grade" } }"#;
     assert!(holds(same, json!({"name": "core", "grade": "core"})));
     assert!(!holds(same, json!({"name": "core", "grade": "general"})));
@@ -225,7 +347,10 @@ fn contains_member_of_and_same_as() {
 
 #[test]
 fn identity_and_envelope_fields() {
-    assert!(holds(r#"{ identity = "organisation", one_of = ["Org A", "Org B"] }"#, json!({})));
+    assert!(holds(
+        r#"{ identity = "organisation", one_of = ["Org A", "Org B"] }"#,
+        json!({})
+    ));
     assert!(!holds(r#"{ identity = "park", equals = "hk" }"#, json!({})));
     assert!(holds(r#"{ field = "/from", equals = "sz" }"#, json!({})));
 }
@@ -235,13 +360,34 @@ fn identity_and_envelope_fields() {
 #[test]
 fn all_any_not_and_implicit_all() {
     let b = json!({"grade": "core", "count": 5});
-    assert!(holds(r#"{ all = [{ field = "/body/grade", equals = "core" }, { field = "/body/count", equals = 5 }] }"#, b.clone()));
-    assert!(!holds(r#"{ all = [{ field = "/body/grade", equals = "core" }, { field = "/body/count", equals = 6 }] }"#, b.clone()));
-    assert!(holds(r#"{ any = [{ field = "/body/grade", equals = "x" }, { field = "/body/count", equals = 5 }] }"#, b.clone()));
-    assert!(!holds(r#"{ any = [{ field = "/body/grade", equals = "x" }, { field = "/body/count", equals = 6 }] }"#, b.clone()));
-    assert!(holds(r#"{ not = { field = "/body/grade", equals = "general" } }"#, b.clone()));
-    assert!(!holds(r#"{ not = { field = "/body/grade", equals = "core" } }"#, b.clone()));
-    assert!(holds(r#"[{ field = "/body/grade", equals = "core" }, { not = { field = "/body/name", exists = true } }]"#, b));
+    assert!(holds(
+        r#"{ all = [{ field = "/body/grade", equals = "core" }, { field = "/body/count", equals = 5 }] }"#,
+        b.clone()
+    ));
+    assert!(!holds(
+        r#"{ all = [{ field = "/body/grade", equals = "core" }, { field = "/body/count", equals = 6 }] }"#,
+        b.clone()
+    ));
+    assert!(holds(
+        r#"{ any = [{ field = "/body/grade", equals = "x" }, { field = "/body/count", equals = 5 }] }"#,
+        b.clone()
+    ));
+    assert!(!holds(
+        r#"{ any = [{ field = "/body/grade", equals = "x" }, { field = "/body/count", equals = 6 }] }"#,
+        b.clone()
+    ));
+    assert!(holds(
+        r#"{ not = { field = "/body/grade", equals = "general" } }"#,
+        b.clone()
+    ));
+    assert!(!holds(
+        r#"{ not = { field = "/body/grade", equals = "core" } }"#,
+        b.clone()
+    ));
+    assert!(holds(
+        r#"[{ field = "/body/grade", equals = "core" }, { not = { field = "/body/name", exists = true } }]"#,
+        b
+    ));
 }
 
 #[test]
@@ -286,20 +432,44 @@ match = { from = "hk" }
     let id = identity("sz", "O");
     let run = |body: Value, from: &str| {
         let rec = record(body);
-        super::eval::decide(&set.set, true, "v", &DecisionInput {
-            identity: &id, record: &rec, kind: Kind::Data, from, to: "hk", now: at("2026-12-01T00:00:00Z"),
-        })
+        super::eval::decide(
+            &set.set,
+            true,
+            "v",
+            &DecisionInput {
+                identity: &id,
+                record: &rec,
+                kind: Kind::Data,
+                from,
+                to: "hk",
+                now: at("2026-12-01T00:00:00Z"),
+            },
+        )
     };
     let d = run(json!({"grade": "core"}), "sz");
     assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.rule_ids(), vec!["allow-all", "deny-core"]);
     let d = run(json!({"grade": "general"}), "sz");
     assert_eq!(d.effect, Effect::Allow);
-    let only_hk = load(&rules.replace("[[rule]]\nid = \"allow-all\"\neffect = \"allow\"\nreason = \"ok\"\nregulation = \"r\"\n", "")).unwrap();
+    let only_hk = load(&rules.replace(
+        "[[rule]]\nid = \"allow-all\"\neffect = \"allow\"\nreason = \"ok\"\nregulation = \"r\"\n",
+        "",
+    ))
+    .unwrap();
     let rec = record(json!({}));
-    let d = super::eval::decide(&only_hk.set, true, "v", &DecisionInput {
-        identity: &id, record: &rec, kind: Kind::Data, from: "sz", to: "hk", now: at("2026-12-01T00:00:00Z"),
-    });
+    let d = super::eval::decide(
+        &only_hk.set,
+        true,
+        "v",
+        &DecisionInput {
+            identity: &id,
+            record: &rec,
+            kind: Kind::Data,
+            from: "sz",
+            to: "hk",
+            now: at("2026-12-01T00:00:00Z"),
+        },
+    );
     assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.rule_ids(), vec![super::DEFAULT_DENY_ID]);
     assert_eq!(d.matched[0].reason, "no rule allows this flow");
@@ -319,9 +489,20 @@ match = { kind = ["data"], from = "sz", to = ["hk"], organisation = ["Org A"], p
     let rec = record(json!({}));
     let decide = |org: &str, kind: Kind, to: &str| {
         let id = identity("sz", org);
-        super::eval::decide(&set.set, true, "v", &DecisionInput {
-            identity: &id, record: &rec, kind, from: "sz", to, now: at("2026-12-01T00:00:00Z"),
-        }).effect
+        super::eval::decide(
+            &set.set,
+            true,
+            "v",
+            &DecisionInput {
+                identity: &id,
+                record: &rec,
+                kind,
+                from: "sz",
+                to,
+                now: at("2026-12-01T00:00:00Z"),
+            },
+        )
+        .effect
     };
     assert_eq!(decide("Org A", Kind::Data, "hk"), Effect::Allow);
     assert_eq!(decide("Org B", Kind::Data, "hk"), Effect::Deny);
@@ -333,7 +514,9 @@ match = { kind = ["data"], from = "sz", to = ["hk"], organisation = ["Org A"], p
 
 fn load_err(rules: &str) -> (String, String, String) {
     match load(rules) {
-        Err(PolicyLoadError::Rule { file, rule, key, .. }) => (file, rule, key),
+        Err(PolicyLoadError::Rule {
+            file, rule, key, ..
+        }) => (file, rule, key),
         Err(e) => panic!("expected a rule error, got {e}"),
         Ok(_) => panic!("expected an error for:\n{rules}"),
     }
@@ -344,26 +527,37 @@ const HEAD: &str = "[[rule]]\nid = \"R1\"\neffect = \"deny\"\nreason = \"x\"\nre
 #[test]
 fn unknown_rule_key_is_named() {
     let (file, rule, key) = load_err(&format!("{HEAD}colour = \"red\"\n"));
-    assert_eq!((file.as_str(), rule.as_str(), key.as_str()), ("mem/rules.toml", "R1", "colour"));
+    assert_eq!(
+        (file.as_str(), rule.as_str(), key.as_str()),
+        ("mem/rules.toml", "R1", "colour")
+    );
 }
 
 #[test]
 fn bad_operator_is_named_with_its_path() {
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ all = [{{ field = \"/body/grade\", eqals = \"core\" }}] }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ all = [{{ field = \"/body/grade\", eqals = \"core\" }}] }}\n"
+    ));
     assert_eq!(key, "when.all[0].eqals");
 }
 
 #[test]
 fn bad_pointer_is_an_error() {
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ field = \"body/grade\", equals = \"core\" }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ field = \"body/grade\", equals = \"core\" }}\n"
+    ));
     assert_eq!(key, "when.field");
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ field = \"/body/a~2b\", equals = 1 }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ field = \"/body/a~2b\", equals = 1 }}\n"
+    ));
     assert_eq!(key, "when.field");
 }
 
 #[test]
 fn field_missing_from_the_schema_is_an_error() {
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ field = \"/body/grde\", equals = \"core\" }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ field = \"/body/grde\", equals = \"core\" }}\n"
+    ));
     assert_eq!(key, "when.field");
     let (_, _, key) = load_err(&format!(
         "{HEAD}when = {{ field = \"/body/items\", any_item = {{ item = \"/clas\", equals = \"x\" }} }}\n"
@@ -373,9 +567,13 @@ fn field_missing_from_the_schema_is_an_error() {
 
 #[test]
 fn item_outside_a_scope_and_non_array_scopes_are_errors() {
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ item = \"/class\", equals = \"x\" }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ item = \"/class\", equals = \"x\" }}\n"
+    ));
     assert_eq!(key, "when.item");
-    let (_, _, key) = load_err(&format!("{HEAD}when = {{ field = \"/body/name\", any_item = {{ item = \"\", equals = \"x\" }} }}\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}when = {{ field = \"/body/name\", any_item = {{ item = \"\", equals = \"x\" }} }}\n"
+    ));
     assert_eq!(key, "when.any_item");
 }
 
@@ -383,10 +581,19 @@ fn item_outside_a_scope_and_non_array_scopes_are_errors() {
 fn bad_operands_are_errors() {
     for (cond, key) in [
         ("{ field = \"/body/count\", gte = \"many\" }", "when.gte"),
-        ("{ field = \"/body/end\", date_before = \"tomorrow\" }", "when.date_before"),
+        (
+            "{ field = \"/body/end\", date_before = \"tomorrow\" }",
+            "when.date_before",
+        ),
         ("{ field = \"/body/grade\", one_of = [] }", "when.one_of"),
-        ("{ field = \"/body/name\", exists = \"yes\" }", "when.exists"),
-        ("{ field = \"/body/grade\", equals = \"a\", one_of = [\"b\"] }", "when"),
+        (
+            "{ field = \"/body/name\", exists = \"yes\" }",
+            "when.exists",
+        ),
+        (
+            "{ field = \"/body/grade\", equals = \"a\", one_of = [\"b\"] }",
+            "when",
+        ),
         ("{ setting = \"nope\", equals = true }", "when.setting"),
         ("{ identity = \"email\", equals = \"x\" }", "when.identity"),
         ("{ any = [] }", "when.any"),
@@ -404,14 +611,20 @@ fn duplicate_ids_are_errors() {
 
 #[test]
 fn obligations_only_on_allow_and_only_under_body() {
-    let (_, _, key) = load_err(&format!("{HEAD}obligations = [{{ drop = \"/body/name\" }}]\n"));
+    let (_, _, key) = load_err(&format!(
+        "{HEAD}obligations = [{{ drop = \"/body/name\" }}]\n"
+    ));
     assert_eq!(key, "obligations");
     let allow = HEAD.replace("deny", "allow");
     let (_, _, key) = load_err(&format!("{allow}obligations = [{{ drop = \"/from\" }}]\n"));
     assert_eq!(key, "obligations[0]");
-    let (_, _, key) = load_err(&format!("{allow}obligations = [{{ shred = \"/body/name\" }}]\n"));
+    let (_, _, key) = load_err(&format!(
+        "{allow}obligations = [{{ shred = \"/body/name\" }}]\n"
+    ));
     assert_eq!(key, "obligations[0]");
-    let (_, _, key) = load_err(&format!("{allow}obligations = [{{ pseudonymise = \"/body/nmae\" }}]\n"));
+    let (_, _, key) = load_err(&format!(
+        "{allow}obligations = [{{ pseudonymise = \"/body/nmae\" }}]\n"
+    ));
     assert_eq!(key, "obligations[0]");
 }
 
@@ -430,7 +643,12 @@ fn missing_key_fails_closed_and_warns() {
     let rec = record(json!({"name": "E1234567"}));
     let id = identity("sz", "O");
     let d = engine.decide(&DecisionInput {
-        identity: &id, record: &rec, kind: Kind::Data, from: "sz", to: "hk", now: at("2026-12-01T00:00:00Z"),
+        identity: &id,
+        record: &rec,
+        kind: Kind::Data,
+        from: "sz",
+        to: "hk",
+        now: at("2026-12-01T00:00:00Z"),
     });
     assert_eq!(d.effect, Effect::Deny);
     assert_eq!(d.rule_ids(), vec!["A", super::KEY_MISSING_ID]);
@@ -438,17 +656,26 @@ fn missing_key_fails_closed_and_warns() {
 
     let key = dir.path().join("pseudo.key");
     std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-    let engine = PolicyEngine::load_with(dir.path(), &schemas(), &BTreeMap::new(), Some(&key)).unwrap();
+    let engine =
+        PolicyEngine::load_with(dir.path(), &schemas(), &BTreeMap::new(), Some(&key)).unwrap();
     assert!(engine.warnings().is_empty());
     let d = engine.decide(&DecisionInput {
-        identity: &id, record: &rec, kind: Kind::Data, from: "sz", to: "hk", now: at("2026-12-01T00:00:00Z"),
+        identity: &id,
+        record: &rec,
+        kind: Kind::Data,
+        from: "sz",
+        to: "hk",
+        now: at("2026-12-01T00:00:00Z"),
     });
     assert_eq!(d.effect, Effect::Allow);
     let mut forwarded = rec.clone();
     let done = engine.apply_obligations(&d, &mut forwarded).unwrap();
     assert_eq!(done, vec!["pseudonymise /body/name"]);
     assert_ne!(forwarded["body"]["name"], rec["body"]["name"]);
-    assert!(!format!("{engine:?}").contains("5a5a"), "the key never shows in Debug");
+    assert!(
+        !format!("{engine:?}").contains("5a5a"),
+        "the key never shows in Debug"
+    );
 }
 
 #[test]

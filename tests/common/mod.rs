@@ -35,7 +35,11 @@ impl TestPki {
         let hk = ParkCa::new("hk").unwrap();
         let gateway_ca = GatewayCa::new().unwrap();
         let sz_org = sz
-            .issue_client("Shenzhen Bay Genomics Institute", "lims-01", Validity::For(YEAR))
+            .issue_client(
+                "Shenzhen Bay Genomics Institute",
+                "lims-01",
+                Validity::For(YEAR),
+            )
             .unwrap();
         let hk_org = hk
             .issue_client("HKSTP Biomedical Ltd.", "sender-01", Validity::For(YEAR))
@@ -66,6 +70,10 @@ pub struct Options {
     pub sz_crl: Option<(Vec<Vec<u8>>, chrono::Duration)>,
     /// Replace the audit section (e.g. to point the log somewhere unwritable).
     pub audit_toml: Option<String>,
+    /// Copy the repository's schemas/ and policies/ into the test folder (to change them).
+    pub own_rules: bool,
+    /// Leave `pseudonymisation_key` out of the config (fail-closed tests).
+    pub no_pseudonymisation_key: bool,
 }
 
 /// A running gateway with its two park endpoints.
@@ -95,7 +103,10 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
 async fn start_endpoint(pki: &TestPki, park: &str) -> RunningEndpoint {
     let cert = pki
         .park(park)
-        .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+        .issue_server(
+            &["localhost".into(), "127.0.0.1".into()],
+            Validity::For(YEAR),
+        )
         .unwrap();
     ParkEndpoint::start(EndpointOptions {
         listen: "127.0.0.1:0".parse().unwrap(),
@@ -126,11 +137,17 @@ impl TestGateway {
         write(d, "gateway-ca.pem", pki.gateway_ca.cert_pem());
         let server = pki
             .gateway_ca
-            .issue_server(&["localhost".into(), "127.0.0.1".into()], Validity::For(YEAR))
+            .issue_server(
+                &["localhost".into(), "127.0.0.1".into()],
+                Validity::For(YEAR),
+            )
             .unwrap();
         write(d, "gateway.pem", &server.cert_pem);
         write(d, "gateway.key", &server.key_pem);
-        let upstream = pki.gateway_ca.issue_upstream_client(Validity::For(YEAR)).unwrap();
+        let upstream = pki
+            .gateway_ca
+            .issue_upstream_client(Validity::For(YEAR))
+            .unwrap();
         write(d, "gateway-client.pem", &upstream.cert_pem);
         write(d, "gateway-client.key", &upstream.key_pem);
         let signing = AuditSigningKey::generate().unwrap();
@@ -147,6 +164,13 @@ impl TestGateway {
         let audit = opts.audit_toml.clone().unwrap_or_else(|| {
             "[audit]\nlog = \"audit/audit.jsonl\"\nsigning_key = \"audit-signing.key\"\n".into()
         });
+        let (schemas_dir, policies_dir) = if opts.own_rules {
+            copy_dir(&repo("schemas"), &d.join("schemas"));
+            copy_dir(&repo("policies"), &d.join("policies"));
+            (d.join("schemas"), d.join("policies"))
+        } else {
+            (repo("schemas"), repo("policies"))
+        };
         let config_text = format!(
             r#"[server]
 listen = "127.0.0.1:0"
@@ -169,7 +193,7 @@ endpoint_ca = "hk-ca.pem"
 dir = "{schemas}"
 [policies]
 dir = "{policies}"
-pseudonymisation_key = "pseudonymisation.key"
+{pseudo}
 {audit}
 [upstream]
 connect_timeout_ms = 2000
@@ -178,9 +202,14 @@ request_timeout_ms = 2000
 "#,
             sz_port = sz_endpoint.local_addr().port(),
             hk_port = hk_endpoint.local_addr().port(),
-            schemas = repo("schemas").display(),
-            policies = repo("policies").display(),
+            schemas = schemas_dir.display(),
+            policies = policies_dir.display(),
             extra = opts.extra_toml,
+            pseudo = if opts.no_pseudonymisation_key {
+                ""
+            } else {
+                "pseudonymisation_key = \"pseudonymisation.key\""
+            },
         );
         let config_path = write(d, "gateway.toml", &config_text);
         let config = Config::load(&config_path).unwrap();
@@ -336,17 +365,14 @@ pub fn example(name: &str) -> serde_json::Value {
     v
 }
 
-/// One raw HTTP/1.1 exchange over TLS with the given client certificate (or none): returns what
-/// came back, or the TLS/IO error. In TLS 1.3 the client finishes its side of the handshake before
-/// the server has judged its certificate, so a refusal shows up as an error on the first read.
-pub async fn raw_exchange(
+/// A rustls client config trusting the gateway CA, presenting `client_cert` (or none), offering
+/// HTTP/1.1 by ALPN.
+pub fn tls_client_config(
     gw: &TestGateway,
     client_cert: Option<&IssuedCert>,
-    request: &[u8],
-) -> Result<String, std::io::Error> {
+) -> rustls::ClientConfig {
     use rustls_pki_types::pem::PemObject;
-    use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
     let mut roots = rustls::RootCertStore::empty();
     for c in CertificateDer::pem_slice_iter(gw.pki.gateway_ca.cert_pem().as_bytes()) {
         roots.add(c.unwrap()).unwrap();
@@ -368,13 +394,52 @@ pub async fn raw_exchange(
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    config
+}
+
+/// Opens a TLS connection to the gateway with `config`.
+pub async fn tls_connect(
+    gw: &TestGateway,
+    config: Arc<rustls::ClientConfig>,
+) -> Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>, std::io::Error> {
+    let connector = tokio_rustls::TlsConnector::from(config);
     let tcp = tokio::net::TcpStream::connect(gw.addr).await?;
-    let mut tls = connector
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    connector.connect(name, tcp).await
+}
+
+/// One raw HTTP/1.1 exchange over TLS with the given client certificate (or none): returns what
+/// came back, or the TLS/IO error. In TLS 1.3 the client finishes its side of the handshake before
+/// the server has judged its certificate, so a refusal shows up as an error on the first read.
+pub async fn raw_exchange(
+    gw: &TestGateway,
+    client_cert: Option<&IssuedCert>,
+    request: &[u8],
+) -> Result<String, std::io::Error> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let config = Arc::new(tls_client_config(gw, client_cert));
+    let mut tls = tls_connect(gw, config).await?;
     tls.write_all(request).await?;
     let mut out = Vec::new();
     tls.read_to_end(&mut out).await?;
     Ok(String::from_utf8_lossy(&out).into_owned())
+}
+
+/// Copies a folder tree (schemas, policies) into a test folder.
+pub fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), target).unwrap();
+        }
+    }
+}
+
+/// The audit signing key's public half, as an auditor holds it.
+pub fn public_key(gw: &TestGateway) -> hetao_gateway::audit::AuditPublicKey {
+    hetao_gateway::audit::AuditPublicKey::from_pem_file(&gw.path("audit-signing.pub")).unwrap()
 }

@@ -1,0 +1,364 @@
+//! The real binary and real third-party clients: curl as a partner organisation, and the process
+//! lifecycle (SIGHUP reload, SIGTERM drain with a final signed checkpoint).
+
+mod common;
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{example, public_key, Options, TestGateway};
+use hetao_gateway::audit::verify_logs;
+use hetao_gateway::endpoint::EndpointBehaviour;
+
+const ALLOWED: &str = "materials-sz-hk-quantum-equipment.json";
+
+#[tokio::test]
+async fn curl_sends_a_record_with_its_client_certificate() {
+    let gw = TestGateway::start().await;
+    let dir = gw.dir.path();
+    std::fs::write(dir.join("org.pem"), &gw.pki.sz_org.cert_pem).unwrap();
+    std::fs::write(dir.join("org.key"), &gw.pki.sz_org.key_pem).unwrap();
+    let record = example(ALLOWED);
+    std::fs::write(
+        dir.join("record.json"),
+        serde_json::to_vec(&record).unwrap(),
+    )
+    .unwrap();
+    let url = gw.url();
+    let dir = dir.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20"])
+            .arg("--cert")
+            .arg(dir.join("org.pem"))
+            .arg("--key")
+            .arg(dir.join("org.key"))
+            .arg("--cacert")
+            .arg(dir.join("gateway-ca.pem"))
+            .args(["-H", "content-type: application/json"])
+            .arg("--data-binary")
+            .arg(format!("@{}", dir.join("record.json").display()))
+            .args(["--write-out", "\n%{http_code}"])
+            .arg(url)
+            .output()
+            .expect("curl is installed (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "200", "{body}");
+    let answer: serde_json::Value = serde_json::from_str(body).unwrap();
+    assert_eq!(answer["decision"], "allow");
+    assert_eq!(answer["record_id"], record["record_id"]);
+    assert_eq!(gw.hk_endpoint.received().len(), 1);
+}
+
+#[tokio::test]
+async fn curl_without_a_client_certificate_is_refused_in_the_handshake() {
+    let gw = TestGateway::start().await;
+    let url = gw.url();
+    let ca = gw.path("gateway-ca.pem");
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["--silent", "--max-time", "20", "--cacert"])
+            .arg(ca)
+            .args(["-H", "content-type: application/json", "--data", "{}"])
+            .arg(url)
+            .output()
+            .expect("curl is installed")
+    })
+    .await
+    .unwrap();
+    assert!(
+        !output.status.success(),
+        "curl got through without a certificate"
+    );
+}
+
+/// A free loopback port (bound and released; fine for tests on a quiet loopback).
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Stops the in-process gateway and starts the real binary on the same configuration.
+async fn spawn_binary(gw: &mut TestGateway) -> (Child, u16, u16) {
+    gw.stop().await;
+    let port = free_port();
+    let admin = free_port();
+    let text = std::fs::read_to_string(&gw.config_path).unwrap();
+    let text = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{port}\""),
+        1,
+    );
+    let text = text.replacen(
+        "listen = \"127.0.0.1:0\"",
+        &format!("listen = \"127.0.0.1:{admin}\""),
+        1,
+    );
+    std::fs::write(&gw.config_path, text).unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(&gw.config_path)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    gw.addr.set_port(port);
+    gw.admin_addr.set_port(admin);
+    // Wait until it is ready.
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(gw.admin_addr).await.is_ok() {
+            let (status, _) = gw.admin_get("/readyz").await;
+            if status == 200 {
+                return (child, port, admin);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    panic!("the gateway binary did not become ready");
+}
+
+fn signal(child: &Child, sig: &str) {
+    let status = Command::new("kill")
+        .arg(format!("-{sig}"))
+        .arg(child.id().to_string())
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sigterm_drains_an_in_flight_request_and_writes_a_final_checkpoint() {
+    let mut gw = TestGateway::start().await;
+    let (mut child, _, _) = spawn_binary(&mut gw).await;
+    gw.hk_endpoint
+        .set_behaviour(EndpointBehaviour::Delay(Duration::from_millis(1500)));
+    let client = gw.sz_client();
+    let url = gw.url();
+    let record = example(ALLOWED);
+    let body = bytes::Bytes::from(serde_json::to_vec(&record).unwrap());
+    let in_flight = tokio::spawn(async move { client.send(&url, body).await });
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    signal(&child, "TERM");
+    let answer = in_flight.await.unwrap().unwrap();
+    assert_eq!(
+        answer.status, 200,
+        "the request in flight at SIGTERM completes"
+    );
+    let status = tokio::task::spawn_blocking(move || child.wait().unwrap())
+        .await
+        .unwrap();
+    assert!(status.success(), "exit status {status:?}");
+    let report = verify_logs(&[gw.audit_log()], Some(&public_key(&gw)));
+    assert!(report.is_intact(false), "{report:?}");
+    assert!(
+        report.closed,
+        "the log ends with the final signed checkpoint"
+    );
+    let entries = gw.audit_entries();
+    assert!(entries
+        .iter()
+        .any(|e| e["type"] == "outcome" && e["record_id"] == record["record_id"]));
+}
+
+#[tokio::test]
+async fn sighup_reloads_the_policies() {
+    let mut gw = TestGateway::start_with(Options {
+        own_rules: true,
+        ..Options::default()
+    })
+    .await;
+    let (mut child, _, _) = spawn_binary(&mut gw).await;
+    let client = gw.sz_client();
+    assert_eq!(gw.send(&client, &example(ALLOWED)).await.status, 200);
+    let mut materials = std::fs::read_to_string(gw.path("policies/materials.toml")).unwrap();
+    materials.push_str(
+        "\n[[rule]]\nid = \"TEST.hup\"\neffect = \"deny\"\nbasis = \"model\"\nreason = \"r\"\nregulation = \"t\"\nmatch = { kind = \"materials\" }\n",
+    );
+    std::fs::write(gw.path("policies/materials.toml"), materials).unwrap();
+    signal(&child, "HUP");
+    let mut denied = false;
+    for _ in 0..50 {
+        if gw.send(&client, &example(ALLOWED)).await.status == 403 {
+            denied = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    signal(&child, "TERM");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    assert!(denied, "the new deny rule took effect after SIGHUP");
+}
+
+fn run_cli(args: &[&std::ffi::OsStr]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn a_receipt_from_a_real_answer_verifies_and_fails_when_altered() {
+    let mut gw = TestGateway::start().await;
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200);
+    gw.stop().await;
+    let receipt_path = gw.path("answer.json");
+    std::fs::write(&receipt_path, serde_json::to_vec(&answer.json).unwrap()).unwrap();
+    let public = gw.path("audit-signing.pub");
+    let log = gw.audit_log();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        "--log".as_ref(),
+        log.as_os_str(),
+        receipt_path.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
+    let mut altered = answer.json.clone();
+    altered["receipt"]["audit_seq"] =
+        serde_json::json!(answer.json["audit_seq"].as_u64().unwrap() + 1);
+    std::fs::write(&receipt_path, serde_json::to_vec(&altered).unwrap()).unwrap();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        receipt_path.as_os_str(),
+    ]);
+    assert!(!out.status.success(), "an altered receipt must not verify");
+
+    // The auditor's view of the same log: intact, and the record is found by id.
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "verify".as_ref(),
+        "--public-key".as_ref(),
+        public.as_os_str(),
+        log.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    let id = answer.json["record_id"].as_str().unwrap();
+    let out = run_cli(&[
+        "audit".as_ref(),
+        "query".as_ref(),
+        log.as_os_str(),
+        "--record-id".as_ref(),
+        id.as_ref(),
+        "--format".as_ref(),
+        "json".as_ref(),
+    ]);
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).contains(id));
+}
+
+#[tokio::test]
+async fn serve_check_validates_everything_and_names_the_broken_key() {
+    let gw = TestGateway::start().await;
+    let config = gw.config_path.clone();
+    let out = run_cli(&[
+        "serve".as_ref(),
+        "--check".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("configuration usable"));
+
+    std::fs::write(gw.path("gateway-client.key"), "garbage").unwrap();
+    let out = run_cli(&[
+        "serve".as_ref(),
+        "--check".as_ref(),
+        "--config".as_ref(),
+        config.as_os_str(),
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("upstream_client.key"), "{stderr}");
+    assert!(stderr.contains("gateway-client.key"), "{stderr}");
+}
+
+#[tokio::test]
+async fn the_admin_listener_can_require_tls_client_certificates() {
+    let gw = TestGateway::start().await;
+    // An admin certificate from the gateway CA; operators' client certificates from the sz CA.
+    let admin = gw
+        .pki
+        .gateway_ca
+        .issue_server(
+            &["localhost".into()],
+            hetao_gateway::pki::Validity::For(common::YEAR),
+        )
+        .unwrap();
+    std::fs::write(gw.path("admin.pem"), &admin.cert_pem).unwrap();
+    std::fs::write(gw.path("admin.key"), &admin.key_pem).unwrap();
+    let cfg = hetao_gateway::config::AdminTls {
+        cert: gw.path("admin.pem"),
+        key: gw.path("admin.key"),
+        client_ca: Some(gw.path("sz-ca.pem")),
+    };
+    let acceptor = hetao_gateway::admin::admin_tls(&cfg).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        for _ in 0..2 {
+            let (tcp, _) = listener.accept().await.unwrap();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                use tokio::io::AsyncWriteExt;
+                if let Ok(mut tls) = acceptor.accept(tcp).await {
+                    let _ = tls.write_all(b"k").await;
+                    let _ = tls.shutdown().await;
+                }
+            });
+        }
+    });
+    let with_cert = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
+    let without = common::tls_client_config(&gw, None);
+    for (config, should_pass) in [(with_cert, true), (without, false)] {
+        use tokio::io::AsyncReadExt;
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+        let result = match connector.connect(name, tcp).await {
+            Ok(mut tls) => {
+                let mut buf = [0u8; 1];
+                // Accepted: the server writes one byte. Refused: an alert on the first read.
+                tls.read_exact(&mut buf).await.map(|_| ())
+            }
+            Err(e) => Err(e),
+        };
+        assert_eq!(result.is_ok(), should_pass, "{result:?}");
+    }
+}

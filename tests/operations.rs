@@ -1,0 +1,344 @@
+//! Running it like production: admin endpoints, metrics, hot reload, fail-closed audit, limits
+//! against hostile clients, and an audit log written under concurrency that verifies.
+
+mod common;
+
+use std::time::Duration;
+
+use common::{example, public_key, Options, TestGateway};
+use hetao_gateway::audit::verify_logs;
+use serde_json::json;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const ALLOWED: &str = "materials-sz-hk-quantum-equipment.json";
+
+#[tokio::test]
+async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
+    let gw = TestGateway::start().await;
+    let (status, body) = gw.admin_get("/healthz").await;
+    assert_eq!(status, 200, "{body}");
+    let (status, body) = gw.admin_get("/readyz").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"ready\":true"), "{body}");
+    assert!(body.contains("2026.1.0"), "{body}");
+
+    assert_eq!(
+        gw.send(&gw.sz_client(), &example(ALLOWED)).await.status,
+        200
+    );
+    let (status, text) = gw.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    for needle in [
+        "hetao_records_total{decision=\"allow\",kind=\"materials\",route=\"sz->hk\"} 1",
+        "hetao_answers_total{error=\"none\",status=\"200\"} 1",
+        "hetao_request_duration_seconds_bucket",
+        "hetao_upstream_duration_seconds_bucket{park=\"hk\"",
+        "hetao_rule_matches_total{",
+        "hetao_audit_fsync_duration_seconds_bucket",
+        "hetao_audit_batch_size_bucket",
+        "hetao_policy_info{",
+        "hetao_last_reload_success 1",
+        "hetao_open_connections",
+        "hetao_inflight_requests 0",
+    ] {
+        assert!(text.contains(needle), "missing {needle} in\n{text}");
+    }
+    let (status, _) = gw.admin_get("/nowhere").await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test]
+async fn a_broken_policy_set_is_refused_and_the_last_good_one_stays_in_force() {
+    let gw = TestGateway::start_with(Options {
+        own_rules: true,
+        ..Options::default()
+    })
+    .await;
+    let before = gw.gateway.report();
+    std::fs::write(
+        gw.path("policies/data.toml"),
+        "[[rule]]\nid = \"broken\"\neffect = \"perhaps\"\n",
+    )
+    .unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(
+        body.contains("data.toml"),
+        "the refusal names the file: {body}"
+    );
+    assert_eq!(gw.gateway.report().policy_hash, before.policy_hash);
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("hetao_last_reload_success 0"));
+    // Records are still decided under the last good set.
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+    assert_eq!(answer.json["policy_version"], json!(before.policy_version));
+}
+
+#[tokio::test]
+async fn a_good_new_policy_set_takes_effect_for_new_requests() {
+    let gw = TestGateway::start_with(Options {
+        own_rules: true,
+        ..Options::default()
+    })
+    .await;
+    let before = gw.gateway.report();
+    // A new deny rule: no equipment may cross today.
+    let mut materials = std::fs::read_to_string(gw.path("policies/materials.toml")).unwrap();
+    materials.push_str(
+        r#"
+[[rule]]
+id = "TEST.equipment-embargo"
+effect = "deny"
+basis = "model"
+reason = "Test embargo on equipment"
+regulation = "test"
+match = { kind = "materials" }
+"#,
+    );
+    std::fs::write(gw.path("policies/materials.toml"), materials).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 200, "{body}");
+    assert_ne!(gw.gateway.report().policy_hash, before.policy_hash);
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 403, "{:#}", answer.json);
+    assert!(answer.json["rules"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|r| r["id"] == "TEST.equipment-embargo"));
+}
+
+#[tokio::test]
+async fn an_unreadable_certificate_on_reload_is_refused() {
+    let gw = TestGateway::start().await;
+    std::fs::write(gw.path("hk-ca.pem"), "not a certificate").unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("hk-ca.pem"), "{body}");
+    // Hong Kong senders still get in under the old CA set.
+    let answer = gw
+        .send(
+            &gw.hk_client(),
+            &example("materials-hk-sz-equipment-return.json"),
+        )
+        .await;
+    assert_ne!(answer.status, 0);
+}
+
+#[tokio::test]
+async fn the_audit_log_written_under_concurrent_requests_verifies() {
+    let mut gw = TestGateway::start().await;
+    let sz = gw.sz_client();
+    let hk = gw.hk_client();
+    let mut tasks = Vec::new();
+    for i in 0..48 {
+        let (client, name) = if i % 2 == 0 {
+            (sz.clone(), ALLOWED)
+        } else {
+            (hk.clone(), "materials-hk-sz-equipment-return.json")
+        };
+        let url = gw.url();
+        tasks.push(tokio::spawn(async move {
+            let body = bytes::Bytes::from(serde_json::to_vec(&example(name)).unwrap());
+            client.send(&url, body).await.unwrap().status
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    gw.stop().await;
+    let report = verify_logs(&[gw.audit_log()], Some(&public_key(&gw)));
+    assert!(report.is_intact(false), "{report:?}");
+    let entries = gw.audit_entries();
+    let decisions = entries.iter().filter(|e| e["type"] == "decision").count();
+    let outcomes = entries.iter().filter(|e| e["type"] == "outcome").count();
+    assert_eq!((decisions, outcomes), (48, 48));
+    // Group commit: fewer fsyncs than entries.
+    let stats = gw.gateway.audit.stats();
+    assert!(stats.fsyncs < stats.entries, "{stats:?}");
+    // Personal data never enters the log: a field value from the record does not appear.
+    let text = std::fs::read_to_string(gw.audit_log()).unwrap();
+    for needle in [
+        "Superconducting nanowire",
+        "91440300MA5E942H04",
+        "HKSTP Quantum Devices",
+    ] {
+        assert!(
+            std::fs::read_to_string(common::repo("examples/records").join(ALLOWED))
+                .unwrap()
+                .contains(needle),
+            "the needle must be in the record for this check to mean anything"
+        );
+        assert!(
+            !text.contains(needle),
+            "record content {needle} leaked into the audit log"
+        );
+    }
+}
+
+#[tokio::test]
+async fn when_the_audit_log_fails_nothing_is_forwarded_and_readiness_says_why() {
+    // A folder where the next segment must go makes rotation fail: a real I/O error.
+    let gw = TestGateway::start_with(Options {
+        audit_toml: Some(
+            "[audit]\nlog = \"audit/audit.jsonl\"\nsigning_key = \"audit-signing.key\"\nsegment_max_bytes = 4096\n"
+                .into(),
+        ),
+        ..Options::default()
+    })
+    .await;
+    std::fs::create_dir_all(gw.path("audit/audit.jsonl.000001/blocker")).unwrap();
+    let client = gw.sz_client();
+    let mut last = None;
+    for _ in 0..20 {
+        let answer = gw.send(&client, &example(ALLOWED)).await;
+        if answer.status != 200 {
+            last = Some(answer);
+            break;
+        }
+    }
+    let answer = last.expect("the log fails once the segment is full");
+    assert_eq!(answer.status, 503, "{:#}", answer.json);
+    assert_eq!(answer.error(), "audit_unavailable");
+    let forwarded = gw.hk_endpoint.received().len();
+    // Every further record is refused and none leaves.
+    let again = gw.send(&client, &example(ALLOWED)).await;
+    assert_eq!(again.status, 503);
+    assert_eq!(gw.hk_endpoint.received().len(), forwarded);
+    let (status, body) = gw.admin_get("/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("audit log"), "{body}");
+}
+
+#[tokio::test]
+async fn the_organisation_rate_limit_answers_429_and_audits_it() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[rate_limit]\nper_org_per_second = 0.01\nburst = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let client = gw.sz_client();
+    assert_eq!(gw.send(&client, &example(ALLOWED)).await.status, 200);
+    assert_eq!(gw.send(&client, &example(ALLOWED)).await.status, 200);
+    let third = gw.send(&client, &example(ALLOWED)).await;
+    assert_eq!(third.status, 429, "{:#}", third.json);
+    assert_eq!(third.error(), "rate_limited");
+    // Another organisation has its own allowance.
+    let hk = gw
+        .send(
+            &gw.hk_client(),
+            &example("materials-hk-sz-equipment-return.json"),
+        )
+        .await;
+    assert_ne!(hk.status, 429);
+    assert!(gw
+        .audit_entries()
+        .iter()
+        .any(|e| e["decision"] == "rate_limited" && e["record_id"] == third.json["record_id"]));
+}
+
+/// Opens an authenticated TLS connection (HTTP/1.1 by ALPN).
+async fn tls_connection(
+    gw: &TestGateway,
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
+    let config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
+    common::tls_connect(gw, std::sync::Arc::new(config))
+        .await
+        .unwrap()
+}
+
+/// Reads until the peer closes; `true` if it closed within `limit`.
+async fn closed_within(
+    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    limit: Duration,
+) -> bool {
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nheader_read_timeout_ms = 500\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut tls = tls_connection(&gw).await;
+    // A slowloris client: the request line and one header, then nothing more.
+    tls.write_all(b"POST /v1/records HTTP/1.1\r\nhost: localhost\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    assert!(closed_within(&mut tls, Duration::from_secs(5)).await);
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_is_closed() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nidle_timeout_secs = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut tls = tls_connection(&gw).await;
+    tls.write_all(b"GET /v1/nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    // The answer comes, then the connection stays idle until the gateway closes it.
+    assert!(closed_within(&mut tls, Duration::from_secs(6)).await);
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_connections = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let _a = tls_connection(&gw).await;
+    let _b = tls_connection(&gw).await;
+    // The third connection is closed before any TLS: the handshake fails.
+    let third = common::raw_exchange(
+        &gw,
+        Some(&gw.pki.sz_org),
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        third.is_err() || third.as_ref().is_ok_and(|t| t.is_empty()),
+        "{third:?}"
+    );
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("hetao_connections_refused_total{reason=\"max_connections\"} 1"));
+}
+
+#[tokio::test]
+async fn a_decided_record_id_stays_decided_after_a_restart() {
+    let mut gw = TestGateway::start().await;
+    let record = example(ALLOWED);
+    assert_eq!(gw.send(&gw.sz_client(), &record).await.status, 200);
+    gw.stop().await;
+    // A new gateway on the same audit log refuses the same record id.
+    let config = hetao_gateway::config::Config::load(&gw.config_path).unwrap();
+    let gateway = hetao_gateway::state::Gateway::build(config).unwrap();
+    assert!(gateway
+        .replay
+        .reserve(record["record_id"].as_str().unwrap())
+        .is_none());
+    gateway.audit.close().await.unwrap();
+}

@@ -1,0 +1,127 @@
+//! `check` and `policy test` as a user runs them: exit codes 0 allow / 1 deny / 2 invalid input.
+
+use std::path::PathBuf;
+use std::process::{Command, Output};
+
+fn root() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+fn gateway(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .current_dir(root())
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+const AT: &str = "2026-12-01T10:00:00+08:00";
+
+#[test]
+fn check_allow_exits_0_and_prints_json() {
+    let out = gateway(&[
+        "check",
+        "--at",
+        AT,
+        "--format",
+        "json",
+        "policies/tests/records/data-sz-hk-academic-measurements.json",
+    ]);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["decision"], "allow");
+    assert_eq!(v["matched"][1]["id"], "D5.academic-nonpersonal");
+}
+
+#[test]
+fn check_deny_exits_1_with_every_matched_rule_in_the_table() {
+    let dir = tempfile::tempdir().unwrap();
+    let text = std::fs::read_to_string(
+        root().join("policies/tests/records/data-sz-hk-academic-measurements.json"),
+    )
+    .unwrap();
+    let core = dir.path().join("core.json");
+    std::fs::write(
+        &core,
+        text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"core\""),
+    )
+    .unwrap();
+    let out = gateway(&["check", "--at", AT, core.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1));
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(table.contains("DENY"));
+    assert!(table.contains("D1.core-data"));
+    assert!(table.contains("D5.academic-exemption-misused"));
+}
+
+#[test]
+fn check_origin_mismatch_is_a_deny() {
+    let out = gateway(&[
+        "check",
+        "--at",
+        AT,
+        "--as-park",
+        "hk",
+        "--format",
+        "json",
+        "policies/tests/records/data-sz-hk-academic-measurements.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["matched"][0]["id"], "gateway.origin-mismatch");
+}
+
+#[test]
+fn check_invalid_record_exits_2_naming_the_pointer() {
+    let dir = tempfile::tempdir().unwrap();
+    let bad = dir.path().join("bad.json");
+    let text = std::fs::read_to_string(
+        root().join("policies/tests/records/data-sz-hk-academic-measurements.json"),
+    )
+    .unwrap();
+    std::fs::write(
+        &bad,
+        text.replace("\"data_grade\": \"general\"", "\"data_grade\": \"secret\""),
+    )
+    .unwrap();
+    let out = gateway(&["check", "--at", AT, bad.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/body/data_grade"));
+    std::fs::write(&bad, "{not json").unwrap();
+    assert_eq!(
+        gateway(&["check", bad.to_str().unwrap()]).status.code(),
+        Some(2)
+    );
+}
+
+#[test]
+fn policy_test_runs_the_shipped_cases() {
+    let out = gateway(&["policy", "test"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(stdout.contains("PASS"));
+    assert!(stdout.contains(" 0 failed"));
+}
+
+#[test]
+fn policy_test_reports_a_failing_case_and_exits_nonzero() {
+    let dir = tempfile::tempdir().unwrap();
+    let rec = root().join("policies/tests/records/data-sz-hk-academic-measurements.json");
+    std::fs::write(
+        dir.path().join("wrong.toml"),
+        format!(
+            "[[case]]\nname = \"wrong on purpose\"\nrecord = {rec:?}\nat = \"{AT}\"\nexpect = \"deny\"\nrules = [\"D1.core-data\"]\n"
+        ),
+    )
+    .unwrap();
+    let out = gateway(&["policy", "test", dir.path().to_str().unwrap()]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("FAIL") && stdout.contains("wrong on purpose"));
+    assert!(stdout.contains("expected deny, got allow"));
+}
