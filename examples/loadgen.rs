@@ -173,7 +173,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     let ca_path = args.ca.as_deref().ok_or_else(|| missing("ca"))?;
     let cert_path = args.cert.as_deref().ok_or_else(|| missing("cert"))?;
     let key_path = args.key.as_deref().ok_or_else(|| missing("key"))?;
-    let body_dir = args.body_dir.as_deref().ok_or_else(|| missing("body-dir"))?;
+    let body_dir = args
+        .body_dir
+        .as_deref()
+        .ok_or_else(|| missing("body-dir"))?;
     let uri: http::Uri = url.parse().with_context(|| format!("--url {url}"))?;
     if uri.scheme_str() != Some("https") {
         bail!("--url must be https://");
@@ -594,6 +597,9 @@ struct Run {
     failures: u64,
 }
 
+/// Median req/s, p50, p99, p99.9 of one target at one level.
+type Medians = (f64, f64, f64, f64);
+
 fn median(mut v: Vec<f64>) -> f64 {
     if v.is_empty() {
         return 0.0;
@@ -647,9 +653,11 @@ fn report(path: &Path) -> anyhow::Result<String> {
     labels.dedup();
 
     let mut out = String::new();
-    out.push_str("| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed |\n");
+    out.push_str(
+        "| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed |\n",
+    );
     out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
-    let mut medians: BTreeMap<(String, u64, String), (f64, f64, f64, f64)> = BTreeMap::new();
+    let mut medians: BTreeMap<(String, u64, String), Medians> = BTreeMap::new();
     for (mode, conns) in &keys {
         for label in &labels {
             let rs: Vec<&Run> = runs
@@ -677,7 +685,9 @@ fn report(path: &Path) -> anyhow::Result<String> {
             medians.insert((mode.clone(), *conns, label.clone()), m);
         }
     }
-    out.push_str("\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms |\n");
+    out.push_str(
+        "\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms |\n",
+    );
     out.push_str("|---|---:|---|---:|---:|---:|\n");
     for ((mode, conns, label), g) in &medians {
         if !label.starts_with("gateway") {
