@@ -1,0 +1,236 @@
+#!/usr/bin/env bash
+# Load benchmark on loopback: the gateway (schema, policy, durable audit, forwarding) against
+# nginx as a plain mutual-TLS reverse proxy, both in front of the same park endpoint, with the
+# same certificates, the same records and the same concurrency levels, runs alternating.
+#
+#   bench/load.sh                 # everything (about 3 minutes after the build)
+#   LEVELS="16 64" ROUNDS=3 DURATION=5 bench/load.sh
+#
+# Environment: LEVELS (connections, default "1 16 64"), ROUNDS (alternating rounds per level,
+# default 2), DURATION (measured seconds per run, default 4), WARMUP (seconds, default 1),
+# HANDSHAKE_CONNS (concurrent new connections, default 16), IDLE (idle connections, default
+# 1000), OUT (result folder, default target/bench-load/<time>), SKIP_BUILD=1, SKIP_NEVER=1 (no
+# fsync = "never" run), BASE_PORT (default 18400; uses BASE_PORT..BASE_PORT+6).
+#
+# Starts: one park endpoint, the gateway (release build, fsync = "always"), nginx (foreground,
+# private prefix), later a second gateway with fsync = "never". Stops every one of them on exit,
+# whatever happens (trap). Results: OUT/results.jsonl (one JSON line per run), OUT/report.md.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+LEVELS=${LEVELS:-"1 16 64"}
+ROUNDS=${ROUNDS:-2}
+DURATION=${DURATION:-4}
+WARMUP=${WARMUP:-1}
+HANDSHAKE_CONNS=${HANDSHAKE_CONNS:-16}
+IDLE=${IDLE:-1000}
+BASE_PORT=${BASE_PORT:-18400}
+OUT=${OUT:-$ROOT/target/bench-load/$(date -u +%Y%m%dT%H%M%SZ)}
+WORKERS=$(nproc)
+
+EP_PORT=$((BASE_PORT + 1))
+GW_PORT=$((BASE_PORT + 2))
+GW_ADMIN=$((BASE_PORT + 3))
+NGINX_PORT=$((BASE_PORT + 4))
+NEVER_PORT=$((BASE_PORT + 5))
+NEVER_ADMIN=$((BASE_PORT + 6))
+
+log() { printf '[load.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+
+# --- what it needs -------------------------------------------------------------------------------
+if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
+    log "installing nginx from Debian's packages"
+    SUDO=""
+    [ "$(id -u)" -ne 0 ] && SUDO=sudo
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light \
+        || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+fi
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+    log "building (release): gateway, load generator, park endpoint"
+    (cd "$ROOT" && cargo build --release --quiet --bin hetao-gateway \
+        --example loadgen --example park_endpoint)
+fi
+BIN=$ROOT/target/release/hetao-gateway
+LOADGEN=$ROOT/target/release/examples/loadgen
+ENDPOINT=$ROOT/target/release/examples/park_endpoint
+
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+if [ "$(stat -f -c %T "$OUT")" = tmpfs ]; then
+    log "warning: $OUT is on tmpfs: fsync costs nothing there; set OUT to a folder on disk"
+fi
+
+# --- processes and their cleanup ----------------------------------------------------------------
+PIDS=()
+cleanup() {
+    local pid
+    for pid in "${PIDS[@]}"; do
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for pid in "${PIDS[@]}"; do
+        # Bounded wait: a process that ignores SIGTERM gets SIGKILL after 10 s.
+        for _ in $(seq 100); do kill -0 "$pid" 2>/dev/null || break; sleep 0.1; done
+        kill -KILL "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
+}
+trap cleanup EXIT
+trap 'exit 130' INT TERM
+
+wait_port() {
+    local port=$1 what=$2
+    for _ in $(seq 200); do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then return 0; fi
+        sleep 0.05
+    done
+    log "$what did not start listening on $port"; exit 1
+}
+
+rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+nginx_rss_kb() { # master and workers together
+    local total=0 p
+    for p in $NGINX_PID $(pgrep -P "$NGINX_PID" || true); do
+        total=$((total + $(rss_kb "$p")))
+    done
+    echo $total
+}
+
+# --- PKI, configuration, records ----------------------------------------------------------------
+PKI=$OUT/pki
+log "development PKI in $PKI"
+"$BIN" certs init --out "$PKI" >/dev/null
+CONF=$PKI/gateway.toml
+sed -i \
+    -e "s#127.0.0.1:8443#127.0.0.1:$GW_PORT#" \
+    -e "s#127.0.0.1:9443#127.0.0.1:$GW_ADMIN#" \
+    -e "s#https://127.0.0.1:9002#https://127.0.0.1:$EP_PORT#" \
+    "$CONF"
+# [audit] is the file's last table: the product default, spelled out.
+printf 'fsync = "always"\n' >>"$CONF"
+sed -e "s#127.0.0.1:$GW_PORT#127.0.0.1:$NEVER_PORT#" \
+    -e "s#127.0.0.1:$GW_ADMIN#127.0.0.1:$NEVER_ADMIN#" \
+    -e 's#^fsync = "always"#fsync = "never"#' \
+    -e 's#^log = "audit/audit.jsonl"#log = "audit-never/audit.jsonl"#' \
+    "$CONF" >"$PKI/gateway-never.toml"
+grep -q '^log = "audit-never/' "$PKI/gateway-never.toml" \
+    || { log "could not point the fsync-never gateway at its own audit log"; exit 1; }
+
+SENDER_CERT=$(ls "$PKI"/orgs/sz-*.pem | head -n1)
+SENDER_KEY=${SENDER_CERT%.pem}.key
+RECORDS=$ROOT/examples/records
+log "sender: $(basename "$SENDER_CERT"); records: $(ls "$RECORDS"/*-sz-hk-*.json | wc -l) sz->hk examples ($(cat "$RECORDS"/*-sz-hk-*.json | wc -c) bytes in all)"
+
+# --- park endpoint, gateway, nginx ----------------------------------------------------------------
+"$ENDPOINT" --listen "127.0.0.1:$EP_PORT" --cert "$PKI/hk-endpoint.pem" \
+    --key "$PKI/hk-endpoint.key" --client-ca "$PKI/gateway-ca.pem" \
+    >"$OUT/endpoint.log" 2>&1 &
+PIDS+=($!)
+wait_port "$EP_PORT" "park endpoint"
+
+"$BIN" serve --config "$CONF" >"$OUT/gateway.log" 2>&1 &
+GW_PID=$!
+PIDS+=("$GW_PID")
+wait_port "$GW_PORT" "gateway"
+
+NGX=$OUT/nginx
+mkdir -p "$NGX"
+cat "$PKI/sz-ca.pem" "$PKI/hk-ca.pem" >"$NGX/park-cas.pem"
+sed -e "s#@PREFIX@#$NGX#g" -e "s#@PKI@#$PKI#g" -e "s#@PORT@#$NGINX_PORT#g" \
+    -e "s#@UPSTREAM@#127.0.0.1:$EP_PORT#g" -e "s#@PARK@#hk#g" -e "s#@WORKERS@#$WORKERS#g" \
+    "$ROOT/bench/nginx.conf.template" >"$NGX/nginx.conf"
+"$NGINX" -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" -t -q
+"$NGINX" -p "$NGX" -c "$NGX/nginx.conf" -e "$NGX/error.log" &
+NGINX_PID=$!
+PIDS+=("$NGINX_PID")
+wait_port "$NGINX_PORT" "nginx"
+log "running: endpoint :$EP_PORT, gateway :$GW_PORT (pid $GW_PID), nginx :$NGINX_PORT (pid $NGINX_PID, $WORKERS workers)"
+GW_RSS_START=$(rss_kb "$GW_PID")
+
+RESULTS=$OUT/results.jsonl
+: >"$RESULTS"
+url_of() {
+    case $1 in
+        gateway) echo "https://127.0.0.1:$GW_PORT/v1/records" ;;
+        gateway-fsync-never) echo "https://127.0.0.1:$NEVER_PORT/v1/records" ;;
+        nginx) echo "https://127.0.0.1:$NGINX_PORT/v1/records" ;;
+    esac
+}
+run() { # target connections round [extra loadgen flags...]
+    local target=$1 conns=$2 round=$3
+    shift 3
+    "$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
+        --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
+        --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
+        --label "$target" "$@" | tee -a "$RESULTS" \
+        | jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, latency_ms, status, errors}' >&2
+}
+
+# --- keep-alive throughput and latency, alternating -----------------------------------------------
+for conns in $LEVELS; do
+    for round in $(seq "$ROUNDS"); do
+        if [ $((round % 2)) -eq 1 ]; then order="gateway nginx"; else order="nginx gateway"; fi
+        for target in $order; do run "$target" "$conns" "$round"; done
+    done
+done
+GW_HWM_LOAD=$(hwm_kb "$GW_PID")
+NGINX_RSS_LOAD=$(nginx_rss_kb)
+
+# --- new-connection (full handshake) rate, alternating ---------------------------------------------
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) -eq 1 ]; then order="gateway nginx"; else order="nginx gateway"; fi
+    for target in $order; do run "$target" "$HANDSHAKE_CONNS" "$round" --new-connections; done
+done
+
+# --- memory at IDLE idle mTLS connections ----------------------------------------------------------
+idle_rss() { # target pid-reader
+    local target=$1 reader=$2 ready=$OUT/idle-$1.ready
+    rm -f "$ready"
+    "$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
+        --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
+        --idle-connections "$IDLE" --hold 6 --ready-file "$ready" --label "$target" \
+        >>"$RESULTS" &
+    local lg=$!
+    for _ in $(seq 600); do [ -f "$ready" ] && break; sleep 0.1; done
+    sleep 2
+    $reader
+    wait "$lg"
+}
+GW_RSS_IDLE=$(idle_rss gateway "rss_kb $GW_PID")
+NGINX_RSS_IDLE=$(idle_rss nginx nginx_rss_kb)
+GW_HWM_ALL=$(hwm_kb "$GW_PID")
+
+# --- the price of durability: one gateway with fsync = "never" -------------------------------------
+if [ "${SKIP_NEVER:-0}" != 1 ]; then
+    "$BIN" serve --config "$PKI/gateway-never.toml" >"$OUT/gateway-never.log" 2>&1 &
+    PIDS+=($!)
+    wait_port "$NEVER_PORT" "gateway (fsync never)"
+    for conns in $LEVELS; do
+        [ "$conns" -ge 16 ] || continue
+        run gateway-fsync-never "$conns" 1
+    done
+fi
+
+# --- report ----------------------------------------------------------------------------------------
+{
+    echo "# Load benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
+    echo
+    echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2)."
+    echo "Runs: ${DURATION}s measured after ${WARMUP}s warm-up, $ROUNDS alternating rounds per level (medians shown), HTTP/1.1 keep-alive, TLS 1.3, client certificate of $(basename "$SENDER_CERT" .pem); records: the $(ls "$RECORDS"/*-sz-hk-*.json | wc -l) sz->hk examples (1.1-2.6 KiB), a fresh record_id each."
+    echo
+    "$LOADGEN" --report "$RESULTS"
+    echo
+    echo "| memory (RSS) | gateway | nginx (master + workers) |"
+    echo "|---|---:|---:|"
+    echo "| after start | $((GW_RSS_START / 1024)) MiB | |"
+    echo "| peak during the load runs (gateway VmHWM) | $((GW_HWM_LOAD / 1024)) MiB | $((NGINX_RSS_LOAD / 1024)) MiB (after) |"
+    echo "| $IDLE idle mTLS connections | $((GW_RSS_IDLE / 1024)) MiB | $((NGINX_RSS_IDLE / 1024)) MiB |"
+    echo "| gateway VmHWM at the end | $((GW_HWM_ALL / 1024)) MiB | |"
+    echo
+    echo "Idle runs: $(jq -c 'select(.mode=="idle") | {"label": .label, opened, still_open_after_hold, open_seconds, errors}' "$RESULTS" | tr '\n' ' ')"
+} >"$OUT/report.md"
+cat "$OUT/report.md"
+log "results in $OUT"

@@ -1,0 +1,466 @@
+//! A whole pipeline pass without the network, and where its microseconds go (criterion).
+//!
+//! Run: `cargo bench --bench pipeline`.
+//!
+//! - `handle/*`: the gateway's real request handler, [`hetao_gateway::pipeline::handle`], on a
+//!   gateway built from a development PKI (`certs init`), for a record the shipped policies deny:
+//!   every phase runs — body read, depth check, parse, envelope and kind schemas, route and
+//!   origin, replay reservation, policy decision, durable audit entry, signed receipt, answer,
+//!   metrics, access log — except the forward (which needs a park endpoint; the load benchmark
+//!   covers it). With `fsync = "never"` and `"always"` (the product default).
+//! - `phases/*`: the same phases called one by one through the library's public API for records
+//!   the policies allow (the forwarding path), so each phase's share is visible, and
+//!   `phases/all (no forward, fsync never)` runs them back to back.
+//!
+//! The records get a fresh `record_id` every iteration (the replay guard refuses a second one).
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use hetao_gateway::audit::{AuditEvent, EntryType, RuleRef};
+use hetao_gateway::config::Config;
+use hetao_gateway::envelope::{record_id_hint, EnvelopeHead};
+use hetao_gateway::json_limits::nesting_depth;
+use hetao_gateway::pipeline::{self, ConnectionCtx};
+use hetao_gateway::pki::{init_dev_pki, DevPkiOptions};
+use hetao_gateway::policy::{Decision, DecisionInput, Effect};
+use hetao_gateway::state::Gateway;
+use hetao_gateway::tls::identity::ClientIdentity;
+use http_body_util::{BodyExt, Full};
+use serde_json::{json, Value};
+
+/// A gateway over a throw-away development PKI.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    runtime: tokio::runtime::Runtime,
+    gateway: Arc<Gateway>,
+    conn: Arc<ConnectionCtx>,
+}
+
+fn fixture(fsync: &str) -> Fixture {
+    let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).expect("tempdir on disk");
+    let files = init_dev_pki(dir.path(), &DevPkiOptions::default()).expect("dev PKI");
+    // `[audit]` is the last table of the written config: extra keys land in it.
+    let mut text = std::fs::read_to_string(&files.config).expect("config");
+    text.push_str(&format!(
+        "fsync = \"{fsync}\"\n\n[logging]\nlevel = \"warn\"\n"
+    ));
+    std::fs::write(&files.config, text).expect("config");
+    let config = Config::load(&files.config).expect("config loads");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let gateway = {
+        let _in_runtime = runtime.enter();
+        Arc::new(Gateway::build(config).expect("gateway builds"))
+    };
+    let org = files
+        .orgs
+        .iter()
+        .find(|o| o.park == "sz")
+        .expect("an sz organisation");
+    let conn = Arc::new(ConnectionCtx {
+        identity: Arc::new(ClientIdentity {
+            park: "sz".into(),
+            organisation: org.organisation.clone(),
+            subject: format!("CN={}, O={}", org.common_name, org.organisation),
+            fingerprint_sha256: "5a".repeat(32),
+        }),
+        remote: "127.0.0.1:50000".parse().expect("addr"),
+    });
+    Fixture {
+        _dir: dir,
+        runtime,
+        gateway,
+        conn,
+    }
+}
+
+/// A record file split around its `record_id`, so every iteration sends a fresh id.
+struct Template {
+    name: String,
+    prefix: Vec<u8>,
+    suffix: Vec<u8>,
+}
+
+static COUNTER: AtomicU64 = AtomicU64::new(0);
+
+impl Template {
+    fn load(path: &Path) -> Template {
+        let text = std::fs::read(path).expect("record file");
+        let name = path
+            .file_stem()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        Template::from_bytes(name, text)
+    }
+
+    fn from_bytes(name: String, text: Vec<u8>) -> Template {
+        let record: Value = serde_json::from_slice(&text).expect("json");
+        let id = record["record_id"].as_str().expect("record_id").to_string();
+        let at = text
+            .windows(id.len())
+            .position(|w| w == id.as_bytes())
+            .expect("id in text");
+        Template {
+            name,
+            prefix: text[..at].to_vec(),
+            suffix: text[at + id.len()..].to_vec(),
+        }
+    }
+
+    fn fresh(&self) -> Bytes {
+        let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+        let id = format!("b3e0c1a2-7d4f-4e6a-8c2b-{n:012x}");
+        let mut v = Vec::with_capacity(self.prefix.len() + 36 + self.suffix.len());
+        v.extend_from_slice(&self.prefix);
+        v.extend_from_slice(id.as_bytes());
+        v.extend_from_slice(&self.suffix);
+        Bytes::from(v)
+    }
+
+    fn len(&self) -> usize {
+        self.prefix.len() + 36 + self.suffix.len()
+    }
+}
+
+fn records_dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("examples/records")
+}
+
+/// The academic measurements declared `core` data: rule D1 denies it (policies/tests/data.toml).
+fn core_data_record() -> Template {
+    let text = std::fs::read(records_dir().join("data-sz-hk-academic-measurements.json"))
+        .expect("example record");
+    let mut record: Value = serde_json::from_slice(&text).expect("json");
+    record["body"]["data_grade"] = json!("core");
+    Template::from_bytes(
+        "data-sz-hk-core-data".into(),
+        serde_json::to_vec_pretty(&record).expect("serialise"),
+    )
+}
+
+/// The sz→hk example records, split by what the shipped policies decide for them now.
+fn classify(fx: &Fixture) -> Vec<Template> {
+    let mut allowed = Vec::new();
+    let mut paths: Vec<PathBuf> = std::fs::read_dir(records_dir())
+        .expect("records")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            p.extension().is_some_and(|x| x == "json")
+                && p.file_name()
+                    .is_some_and(|n| n.to_string_lossy().contains("-sz-hk-"))
+        })
+        .collect();
+    paths.sort();
+    let rules = fx.gateway.rules.load_full();
+    for path in paths {
+        let t = Template::load(&path);
+        let record: Value = serde_json::from_slice(&t.fresh()).expect("json");
+        let head = EnvelopeHead::read(&record).expect("envelope");
+        let decision = rules.policies.decide(&DecisionInput {
+            identity: &fx.conn.identity,
+            record: &record,
+            kind: head.kind,
+            from: &head.from,
+            to: &head.to,
+            now: chrono::Utc::now(),
+        });
+        eprintln!(
+            "pipeline bench: {} ({} B) -> {} {:?}",
+            t.name,
+            t.len(),
+            decision.effect.as_str(),
+            decision.rule_ids()
+        );
+        if decision.effect == Effect::Allow {
+            allowed.push(t);
+        }
+    }
+    allowed
+}
+
+fn request(body: Bytes) -> http::Request<Full<Bytes>> {
+    http::Request::post(pipeline::RECORDS_PATH)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(body))
+        .expect("request")
+}
+
+async fn handle_once(fx: &Fixture, body: Bytes) -> u16 {
+    let response = pipeline::handle(fx.gateway.clone(), fx.conn.clone(), request(body))
+        .await
+        .expect("infallible");
+    let status = response.status().as_u16();
+    let _ = response.into_body().collect().await;
+    status
+}
+
+fn bench_handle(c: &mut Criterion) {
+    let mut group = c.benchmark_group("handle");
+    group
+        .warm_up_time(Duration::from_millis(500))
+        .measurement_time(Duration::from_secs(3));
+    for fsync in ["never", "always"] {
+        let fx = fixture(fsync);
+        let t = &core_data_record();
+        let status = fx.runtime.block_on(handle_once(&fx, t.fresh()));
+        assert_eq!(status, 403, "{} must be denied", t.name);
+        group.sample_size(if fsync == "always" { 10 } else { 30 });
+        group.throughput(Throughput::Bytes(t.len() as u64));
+        group.bench_function(
+            BenchmarkId::new(format!("denied record, fsync {fsync}"), &t.name),
+            |b| b.iter(|| fx.runtime.block_on(handle_once(&fx, t.fresh()))),
+        );
+    }
+    group.finish();
+}
+
+/// The decision entry as the pipeline writes it.
+fn decision_event(
+    fx: &Fixture,
+    head: &EnvelopeHead,
+    sha: &str,
+    decision: &Decision,
+    applied: &[String],
+) -> AuditEvent {
+    let rules = fx.gateway.rules.load_full();
+    AuditEvent {
+        entry_type: Some(EntryType::Decision),
+        record_id: Some(head.record_id.clone()),
+        kind: Some(head.kind.as_str().to_string()),
+        from: Some(head.from.clone()),
+        to: Some(head.to.clone()),
+        sender: Some((*fx.conn.identity).clone()),
+        body_sha256: Some(sha.to_string()),
+        decision: decision.effect.as_str().to_string(),
+        status: 200,
+        error: None,
+        rules: decision
+            .matched
+            .iter()
+            .map(|r| RuleRef {
+                id: r.id.clone(),
+                effect: r.effect.as_str().to_string(),
+                reason: r.reason.clone(),
+            })
+            .collect(),
+        policy_version: Some(rules.policies.version().to_string()),
+        policy_hash: Some(rules.policies.hash().to_string()),
+        schema_hash: Some(rules.schemas.hash().to_string()),
+        obligations: applied.to_vec(),
+        refers_to: None,
+        latency_us: 250,
+    }
+}
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
+}
+
+fn parse(bytes: &[u8]) -> Value {
+    assert!(nesting_depth(bytes, 32) <= 32);
+    serde_json::from_slice(bytes).expect("json")
+}
+
+fn decide(fx: &Fixture, record: &Value, head: &EnvelopeHead) -> Decision {
+    fx.gateway.rules.load().policies.decide(&DecisionInput {
+        identity: &fx.conn.identity,
+        record,
+        kind: head.kind,
+        from: &head.from,
+        to: &head.to,
+        now: chrono::Utc::now(),
+    })
+}
+
+/// Applies obligations and serialises the record to forward, as the pipeline does.
+fn obligations(
+    fx: &Fixture,
+    decision: &Decision,
+    record: &Value,
+    body: &Bytes,
+) -> (Bytes, Vec<String>) {
+    if decision.obligations.is_empty() {
+        return (body.clone(), Vec::new());
+    }
+    let mut r = record.clone();
+    let applied = fx
+        .gateway
+        .rules
+        .load()
+        .policies
+        .apply_obligations(decision, &mut r)
+        .expect("obligations apply");
+    (
+        Bytes::from(serde_json::to_vec(&r).expect("serialise")),
+        applied,
+    )
+}
+
+fn answer(
+    head: &EnvelopeHead,
+    decision: &Decision,
+    receipt: &impl serde::Serialize,
+    applied: &[String],
+) -> Vec<u8> {
+    serde_json::to_vec(&json!({
+        "record_id": head.record_id,
+        "decision": "allow",
+        "status": "forwarded",
+        "audit_seq": 1,
+        "receipt": receipt,
+        "upstream_status": 200,
+        "upstream": {"accepted": true, "record_id": head.record_id},
+        "rules": decision.matched,
+        "obligations": applied,
+        "policy_version": decision.policy_version,
+    }))
+    .expect("serialise")
+}
+
+fn bench_phases(c: &mut Criterion) {
+    let fx = fixture("never");
+    let allowed = classify(&fx);
+    let mut group = c.benchmark_group("phases");
+    group
+        .sample_size(30)
+        .warm_up_time(Duration::from_millis(300))
+        .measurement_time(Duration::from_millis(1500));
+    // Two allowed records: one with obligations (talent) and one forwarded byte for byte.
+    let picked: Vec<&Template> = [
+        "talent-sz-hk-researcher",
+        "data-sz-hk-academic-measurements",
+    ]
+    .iter()
+    .filter_map(|n| allowed.iter().find(|t| t.name == *n))
+    .chain(allowed.first())
+    .take(2)
+    .collect();
+    for t in picked {
+        let body = t.fresh();
+        let record = parse(&body);
+        let head = EnvelopeHead::read(&record).expect("head");
+        let decision = decide(&fx, &record, &head);
+        let (forwarded, applied) = obligations(&fx, &decision, &record, &body);
+        let sha = sha256_hex(&body);
+        let appended = fx
+            .runtime
+            .block_on(
+                fx.gateway
+                    .audit
+                    .append(decision_event(&fx, &head, &sha, &decision, &applied)),
+            )
+            .expect("append");
+        let receipt = fx.gateway.audit.receipt(&appended, &head.record_id);
+        let name = format!("{} ({} B)", t.name, t.len());
+        let rules = fx.gateway.rules.load_full();
+        eprintln!(
+            "pipeline bench: {} obligations {:?}, forwarded {} B",
+            t.name,
+            applied,
+            forwarded.len()
+        );
+
+        group.bench_function(BenchmarkId::new("1 sha256 of body", &name), |b| {
+            b.iter(|| sha256_hex(black_box(&body)))
+        });
+        group.bench_function(BenchmarkId::new("2 depth check + parse", &name), |b| {
+            b.iter(|| parse(black_box(&body)))
+        });
+        group.bench_function(BenchmarkId::new("3 envelope + kind schema", &name), |b| {
+            b.iter(|| rules.schemas.validate(black_box(&record)).is_ok())
+        });
+        group.bench_function(BenchmarkId::new("4 head + replay reserve", &name), |b| {
+            b.iter(|| {
+                let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+                let id = format!("c4e0c1a2-7d4f-4e6a-8c2b-{n:012x}");
+                let _ = record_id_hint(black_box(&record));
+                let head = EnvelopeHead::read(black_box(&record));
+                let reservation = fx.gateway.replay.reserve(&id).expect("fresh id");
+                reservation.commit();
+                head
+            })
+        });
+        group.bench_function(BenchmarkId::new("5 policy decision", &name), |b| {
+            b.iter(|| decide(&fx, black_box(&record), &head))
+        });
+        group.bench_function(
+            BenchmarkId::new("6 obligations + re-serialise", &name),
+            |b| b.iter(|| obligations(&fx, &decision, black_box(&record), &body)),
+        );
+        group.bench_function(
+            BenchmarkId::new("7 audit append (fsync never)", &name),
+            |b| {
+                b.iter(|| {
+                    fx.runtime
+                        .block_on(
+                            fx.gateway
+                                .audit
+                                .append(decision_event(&fx, &head, &sha, &decision, &applied)),
+                        )
+                        .expect("append")
+                })
+            },
+        );
+        group.bench_function(
+            BenchmarkId::new("8 receipt (Ed25519 signature)", &name),
+            |b| {
+                b.iter(|| {
+                    fx.gateway
+                        .audit
+                        .receipt(black_box(&appended), &head.record_id)
+                })
+            },
+        );
+        group.bench_function(BenchmarkId::new("9 answer JSON", &name), |b| {
+            b.iter(|| answer(&head, &decision, &receipt, &applied))
+        });
+        group.bench_function(
+            BenchmarkId::new("all (no forward, fsync never)", &name),
+            |b| {
+                b.iter(|| {
+                    let body = t.fresh();
+                    let sha = sha256_hex(&body);
+                    let record = parse(&body);
+                    let ok = rules.schemas.validate(&record).is_ok();
+                    assert!(ok);
+                    let head = EnvelopeHead::read(&record).expect("head");
+                    let reservation = fx.gateway.replay.reserve(&head.record_id).expect("fresh");
+                    let decision = decide(&fx, &record, &head);
+                    let (_forwarded, applied) = obligations(&fx, &decision, &record, &body);
+                    let appended = fx
+                        .runtime
+                        .block_on(
+                            fx.gateway
+                                .audit
+                                .append(decision_event(&fx, &head, &sha, &decision, &applied)),
+                        )
+                        .expect("append");
+                    // The outcome entry the pipeline writes after forwarding.
+                    let mut outcome = decision_event(&fx, &head, &sha, &decision, &[]);
+                    outcome.entry_type = Some(EntryType::Outcome);
+                    outcome.decision = "forwarded".into();
+                    outcome.refers_to = Some(appended.seq);
+                    fx.runtime
+                        .block_on(fx.gateway.audit.append(outcome))
+                        .expect("append");
+                    reservation.commit();
+                    let receipt = fx.gateway.audit.receipt(&appended, &head.record_id);
+                    answer(&head, &decision, &receipt, &applied)
+                })
+            },
+        );
+    }
+    group.finish();
+}
+
+criterion_group!(benches, bench_handle, bench_phases);
+criterion_main!(benches);
