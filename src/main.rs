@@ -6,6 +6,12 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+// mimalloc instead of the system allocator: a request allocates many small short-lived objects
+// across threads, and glibc's malloc spent ~15% of the gateway's CPU (much of it on its locks)
+// under load (docs/benchmarks.md).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> ExitCode {
     let cli = hetao_gateway::cli::Cli::parse();

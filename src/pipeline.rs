@@ -433,7 +433,9 @@ async fn forward(
             .with_label_values(&[&head.to, code])
             .inc();
     }
-    if let Err(e) = gateway.audit.append(outcome).await {
+    // The decision entry is already durable; the outcome follows in the writer's next batch
+    // without holding the answer for a second fsync.
+    if let Err(e) = gateway.audit.append_in_background(outcome) {
         // The record has already left under a durable decision entry; the missing outcome is
         // visible to auditors as a decision without outcome, and /readyz now reports the log.
         tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,

@@ -665,3 +665,63 @@ async fn query_filters_and_counts() {
     assert_eq!(stats.by_rule["D7"], 1);
     assert_eq!(stats.by_type["checkpoint"], 1);
 }
+
+#[tokio::test]
+async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
+    let f = fixture(3);
+    let log = AuditLog::open(&f.cfg).unwrap();
+    let mut tasks = Vec::new();
+    for i in 0..64 {
+        let log = log.clone();
+        tasks.push(tokio::spawn(async move {
+            let id = format!("rec-{i}");
+            let appended = log.append(decision(&id, "allow")).await.unwrap();
+            log.receipt(&appended, &id)
+        }));
+    }
+    let mut receipts = Vec::new();
+    for t in tasks {
+        receipts.push(t.await.unwrap());
+    }
+    log.close().await.unwrap();
+    for r in &receipts {
+        verify_receipt(r, &f.public).unwrap();
+    }
+    // Concurrent appends were committed together: some batch covers several receipts.
+    assert!(
+        receipts
+            .iter()
+            .any(|r| r.batch.last_seq > r.batch.first_seq),
+        "no batch held more than one entry"
+    );
+    let shared = receipts
+        .iter()
+        .find(|r| !r.batch.proof.is_empty())
+        .expect("a receipt with a path");
+    // A different path, root or range no longer verifies.
+    let mut r = shared.clone();
+    r.batch.proof[0].hash = "0".repeat(64);
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
+    let mut r = shared.clone();
+    r.batch.root = "0".repeat(64);
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
+    let mut r = shared.clone();
+    r.batch.last_seq += 1;
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
+    // One receipt cannot be re-pointed at another record in the same batch.
+    let mut r = shared.clone();
+    r.record_id = "rec-other".into();
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
+}

@@ -329,7 +329,7 @@ async fn wrong_path_is_404_and_wrong_method_is_405_in_json() {
 
 #[tokio::test]
 async fn every_record_gets_an_audit_entry_whatever_the_outcome() {
-    let gw = TestGateway::start().await;
+    let mut gw = TestGateway::start().await;
     let client = gw.sz_client();
     let ok = example(ALLOWED[0]);
     let mut bad = example(ALLOWED[0]);
@@ -343,6 +343,8 @@ async fn every_record_gets_an_audit_entry_whatever_the_outcome() {
             .status,
     ];
     assert_eq!(answers, [200, 409, 422, 400]);
+    // Outcome entries follow in the writer's next batch: stop (drain, flush) before reading.
+    gw.stop().await;
     let entries = gw.audit_entries();
     let decisions: Vec<&str> = entries
         .iter()

@@ -21,7 +21,6 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ];
 
 const CHECKPOINT_DOMAIN: &str = "hetao-audit-checkpoint/v1";
-const RECEIPT_DOMAIN: &str = "hetao-audit-receipt/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -39,11 +38,6 @@ pub enum KeyError {
 /// The message a checkpoint signs: everything up to `covers_seq`, whose hash is `chain_head`.
 pub fn checkpoint_message(covers_seq: u64, chain_head: &str) -> Vec<u8> {
     format!("{CHECKPOINT_DOMAIN}\n{covers_seq}\n{chain_head}").into_bytes()
-}
-
-/// The message a receipt signs.
-pub fn receipt_message(audit_seq: u64, entry_hash: &str, record_id: &str) -> Vec<u8> {
-    format!("{RECEIPT_DOMAIN}\n{audit_seq}\n{entry_hash}\n{record_id}").into_bytes()
 }
 
 fn key_id_of(raw: &[u8]) -> String {
@@ -119,8 +113,9 @@ impl AuditSigner {
         self.sign_b64(&checkpoint_message(covers_seq, chain_head))
     }
 
-    pub fn sign_receipt(&self, audit_seq: u64, entry_hash: &str, record_id: &str) -> String {
-        self.sign_b64(&receipt_message(audit_seq, entry_hash, record_id))
+    /// Signs the root of a batch's receipt tree (see `batch.rs`).
+    pub fn sign_batch(&self, first_seq: u64, last_seq: u64, root_hex: &str) -> String {
+        self.sign_b64(&super::batch::batch_message(first_seq, last_seq, root_hex))
     }
 }
 
@@ -186,15 +181,15 @@ impl AuditPublicKey {
         self.verify_b64(&checkpoint_message(covers_seq, chain_head), signature)
     }
 
-    pub fn verify_receipt(
+    pub fn verify_batch(
         &self,
-        audit_seq: u64,
-        entry_hash: &str,
-        record_id: &str,
+        first_seq: u64,
+        last_seq: u64,
+        root_hex: &str,
         signature: &str,
     ) -> bool {
         self.verify_b64(
-            &receipt_message(audit_seq, entry_hash, record_id),
+            &super::batch::batch_message(first_seq, last_seq, root_hex),
             signature,
         )
     }
@@ -237,11 +232,13 @@ mod tests {
     }
 
     #[test]
-    fn checkpoint_signature_is_never_a_valid_receipt() {
+    fn checkpoint_signature_is_never_a_valid_receipt_batch() {
         let (private_pem, _) = generate_signing_key().unwrap();
         let signer = AuditSigner::from_pem(private_pem.as_bytes(), "t").unwrap();
         let sig = signer.sign_checkpoint(5, "ab");
-        assert!(!signer.public_key().verify_receipt(5, "ab", "", &sig));
+        assert!(!signer.public_key().verify_batch(5, 5, "ab", &sig));
+        let sig = signer.sign_batch(5, 5, "ab");
+        assert!(!signer.public_key().verify_checkpoint(5, "ab", &sig));
     }
 
     #[test]

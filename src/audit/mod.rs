@@ -21,6 +21,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuditConfig;
 use crate::tls::identity::ClientIdentity;
 
+pub mod batch;
 pub mod chain;
 pub mod entry;
 pub mod keys;
@@ -90,6 +91,19 @@ pub struct AuditEvent {
 pub struct Appended {
     pub seq: u64,
     pub hash: String,
+    /// The batch whose signed receipt tree holds this entry (set by the writer at commit).
+    #[serde(skip)]
+    pub batch: Option<batch::BatchRef>,
+}
+
+/// The batch part of a receipt: which entries were committed (and signed) together, the root of
+/// their receipt tree, and the path from this receipt's leaf to that root.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptBatch {
+    pub first_seq: u64,
+    pub last_seq: u64,
+    pub root: String,
+    pub proof: Vec<batch::ProofStep>,
 }
 
 /// Proof for the sender that its record was logged: signed by the gateway's audit key.
@@ -98,6 +112,9 @@ pub struct Receipt {
     pub audit_seq: u64,
     pub entry_hash: String,
     pub record_id: String,
+    /// The batch of entries committed together and this entry's path to its signed root.
+    pub batch: ReceiptBatch,
+    /// Ed25519 over `hetao-audit-receipt-batch/v1\n{first_seq}\n{last_seq}\n{root}`.
     pub signature: String,
     pub key_id: String,
 }
@@ -421,16 +438,50 @@ impl AuditLog {
             .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
     }
 
-    /// Signs a receipt for an appended entry.
+    /// Queues an entry without waiting for it to become durable: the writer puts it in the chain
+    /// in order and makes it durable with its batch. For entries whose durability nothing waits
+    /// on, such as the outcome of a record already forwarded under a durable decision entry:
+    /// the sender's answer is not held back by a second fsync. A crash before that batch's fsync
+    /// can lose such an entry; the decision entry before it is already on disk.
+    pub fn append_in_background(&self, event: AuditEvent) -> Result<(), AuditError> {
+        self.health().map_err(AuditError::Unavailable)?;
+        // Nobody awaits the reply; the writer ignores a dropped receiver.
+        let (reply, _) = tokio::sync::oneshot::channel();
+        self.inner
+            .tx
+            .send(Command::Append(Box::new(event), reply))
+            .map_err(|_| AuditError::Unavailable("audit log is closed".into()))
+    }
+
+    /// The receipt for an appended entry: its path in the batch's receipt tree, whose root the
+    /// writer signed once for the whole batch.
     pub fn receipt(&self, appended: &Appended, record_id: &str) -> Receipt {
+        let sealed;
+        let (seal, index) = match &appended.batch {
+            Some(b) => (&*b.seal, b.index),
+            None => {
+                // Not committed through the writer's batches (should not happen): a batch of one.
+                let leaf = batch::leaf(appended.seq, &appended.hash, record_id);
+                sealed = batch::BatchSeal::seal(
+                    appended.seq,
+                    appended.seq,
+                    vec![leaf],
+                    &self.inner.signer,
+                );
+                (&sealed, 0)
+            }
+        };
         Receipt {
             audit_seq: appended.seq,
             entry_hash: appended.hash.clone(),
             record_id: record_id.to_string(),
-            signature: self
-                .inner
-                .signer
-                .sign_receipt(appended.seq, &appended.hash, record_id),
+            batch: ReceiptBatch {
+                first_seq: seal.first_seq,
+                last_seq: seal.last_seq,
+                root: seal.root_hex(),
+                proof: seal.proof(index),
+            },
+            signature: seal.signature.clone(),
             key_id: self.inner.signer.key_id().to_string(),
         }
     }
@@ -541,12 +592,16 @@ pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), Rec
             given: key.key_id().to_string(),
         });
     }
-    if !key.verify_receipt(
-        receipt.audit_seq,
-        &receipt.entry_hash,
-        &receipt.record_id,
-        &receipt.signature,
-    ) {
+    let b = &receipt.batch;
+    if receipt.audit_seq < b.first_seq || receipt.audit_seq > b.last_seq {
+        return Err(ReceiptError::BadSignature);
+    }
+    let leaf = batch::leaf(receipt.audit_seq, &receipt.entry_hash, &receipt.record_id);
+    let root = batch::fold(leaf, &b.proof).map(hex::encode);
+    if root.as_deref() != Some(b.root.as_str()) {
+        return Err(ReceiptError::BadSignature);
+    }
+    if !key.verify_batch(b.first_seq, b.last_seq, &b.root, &receipt.signature) {
         return Err(ReceiptError::BadSignature);
     }
     Ok(())

@@ -169,6 +169,7 @@ impl Writer {
         Ok(Appended {
             seq: entry.seq,
             hash: entry.hash,
+            batch: None,
         })
     }
 
@@ -397,6 +398,7 @@ impl Writer {
 
             buf.clear();
             waiting.clear();
+            let mut leaves = Vec::new();
             let mut close_reply = None;
             let mut result: Result<(), String> = Ok(());
             for cmd in batch.drain(..) {
@@ -408,8 +410,16 @@ impl Writer {
                             )));
                             continue;
                         }
+                        let record_id = event.record_id.clone().unwrap_or_default();
                         match self.push(Self::event_entry(*event), &mut buf) {
-                            Ok(appended) => waiting.push((reply, appended)),
+                            Ok(appended) => {
+                                leaves.push(super::batch::leaf(
+                                    appended.seq,
+                                    &appended.hash,
+                                    &record_id,
+                                ));
+                                waiting.push((reply, appended));
+                            }
                             Err(reason) => {
                                 let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
                                 result = Err(reason);
@@ -433,6 +443,21 @@ impl Writer {
                     self.stats.entries.fetch_add(n as u64, Ordering::Relaxed);
                     if n > 0 {
                         self.stats.observe_batch(n);
+                    }
+                    // One signature for the whole batch's receipts (see batch.rs).
+                    if let (Some((_, first)), Some((_, last))) = (waiting.first(), waiting.last()) {
+                        let seal = Arc::new(super::batch::BatchSeal::seal(
+                            first.seq,
+                            last.seq,
+                            std::mem::take(&mut leaves),
+                            &self.signer,
+                        ));
+                        for (index, (_, appended)) in waiting.iter_mut().enumerate() {
+                            appended.batch = Some(super::batch::BatchRef {
+                                seal: seal.clone(),
+                                index,
+                            });
+                        }
                     }
                     for (reply, appended) in waiting.drain(..) {
                         let _ = reply.send(Ok(appended));
