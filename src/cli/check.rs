@@ -20,6 +20,29 @@ use crate::tls::identity::ClientIdentity;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
+    #[command(flatten)]
+    pub rules: RuleSource,
+    /// The record (a whole envelope) as JSON; `-` reads standard input.
+    #[arg(value_name = "RECORD.json")]
+    pub record: PathBuf,
+    /// The sender's park, as its certificate would prove it (default: the record's `from`).
+    #[arg(long, value_name = "P")]
+    pub as_park: Option<String>,
+    /// The sender's organisation (certificate Subject O).
+    #[arg(long, value_name = "O", default_value = "unknown")]
+    pub as_org: String,
+    /// Decision time, RFC 3339 (default: now).
+    #[arg(long, value_name = "TIME")]
+    pub at: Option<String>,
+    /// Output: a readable table or JSON.
+    #[arg(long, value_enum, default_value_t = Format::Table)]
+    pub format: Format,
+}
+
+/// Where the schemas, policies, settings and pseudonymisation key come from: a gateway
+/// configuration, or folders given directly. Shared by `check` and `policy test`.
+#[derive(clap::Args, Debug)]
+pub struct RuleSource {
     /// Gateway configuration: schema folder, policy folder, settings, pseudonymisation key.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
@@ -42,21 +65,37 @@ pub struct CheckArgs {
     /// Pseudonymisation key file (without --config).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub pseudonymisation_key: Option<PathBuf>,
-    /// The record (a whole envelope) as JSON; `-` reads standard input.
-    #[arg(value_name = "RECORD.json")]
-    pub record: PathBuf,
-    /// The sender's park, as its certificate would prove it (default: the record's `from`).
-    #[arg(long, value_name = "P")]
-    pub as_park: Option<String>,
-    /// The sender's organisation (certificate Subject O).
-    #[arg(long, value_name = "O", default_value = "unknown")]
-    pub as_org: String,
-    /// Decision time, RFC 3339 (default: now).
-    #[arg(long, value_name = "TIME")]
-    pub at: Option<String>,
-    /// Output: a readable table or JSON.
-    #[arg(long, value_enum, default_value_t = Format::Table)]
-    pub format: Format,
+}
+
+/// What a `RuleSource` resolves to.
+pub struct ResolvedRules {
+    pub schema_dir: PathBuf,
+    pub policy_dir: PathBuf,
+    pub settings: BTreeMap<String, Value>,
+    pub pseudonymisation_key: Option<PathBuf>,
+}
+
+impl RuleSource {
+    /// Reads the configuration if one is given, else takes the folders as they are.
+    pub fn resolve(&self) -> anyhow::Result<ResolvedRules> {
+        Ok(match &self.config {
+            Some(path) => {
+                let c = Config::load(path)?;
+                ResolvedRules {
+                    schema_dir: c.schemas.dir,
+                    policy_dir: c.policies.dir,
+                    settings: c.policies.settings,
+                    pseudonymisation_key: c.policies.pseudonymisation_key,
+                }
+            }
+            None => ResolvedRules {
+                schema_dir: self.schemas.clone(),
+                policy_dir: self.policies.clone(),
+                settings: BTreeMap::new(),
+                pseudonymisation_key: self.pseudonymisation_key.clone(),
+            },
+        })
+    }
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -68,23 +107,12 @@ pub enum Format {
 const EXIT_INVALID: u8 = 2;
 
 pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
-    let (schema_dir, policy_dir, settings, key) = match &args.config {
-        Some(path) => {
-            let c = Config::load(path)?;
-            (
-                c.schemas.dir,
-                c.policies.dir,
-                c.policies.settings,
-                c.policies.pseudonymisation_key,
-            )
-        }
-        None => (
-            args.schemas.clone(),
-            args.policies.clone(),
-            BTreeMap::new(),
-            args.pseudonymisation_key.clone(),
-        ),
-    };
+    let ResolvedRules {
+        schema_dir,
+        policy_dir,
+        settings,
+        pseudonymisation_key: key,
+    } = args.rules.resolve()?;
     let now: DateTime<Utc> = match &args.at {
         None => Utc::now(),
         Some(t) => DateTime::parse_from_rfc3339(t)

@@ -6,7 +6,6 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::config::Config;
 use crate::policy::cases;
 use crate::policy::obligations::PseudonymKey;
 use crate::policy::PolicyEngine;
@@ -24,25 +23,8 @@ pub enum PolicyCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct TestArgs {
-    /// Gateway configuration: schema folder, policy folder, settings, pseudonymisation key.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Policy folder (without --config).
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "config",
-        default_value = "policies"
-    )]
-    pub policies: PathBuf,
-    /// Schema folder (without --config).
-    #[arg(
-        long,
-        value_name = "DIR",
-        conflicts_with = "config",
-        default_value = "schemas"
-    )]
-    pub schemas: PathBuf,
+    #[command(flatten)]
+    pub rules: super::check::RuleSource,
     /// Show the matched rules of passing cases too.
     #[arg(long, short)]
     pub verbose: bool,
@@ -58,23 +40,12 @@ pub async fn run(cmd: PolicyCommand) -> anyhow::Result<ExitCode> {
 }
 
 fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
-    let (schema_dir, policy_dir, base_settings, key_path) = match &args.config {
-        Some(path) => {
-            let c = Config::load(path)?;
-            (
-                c.schemas.dir,
-                c.policies.dir,
-                c.policies.settings,
-                c.policies.pseudonymisation_key,
-            )
-        }
-        None => (
-            args.schemas.clone(),
-            args.policies.clone(),
-            BTreeMap::new(),
-            None,
-        ),
-    };
+    let super::check::ResolvedRules {
+        schema_dir,
+        policy_dir,
+        settings: base_settings,
+        pseudonymisation_key: key_path,
+    } = args.rules.resolve()?;
     let schemas = SchemaSet::load(&schema_dir)?;
     let paths = if args.paths.is_empty() {
         vec![policy_dir.join("tests")]
