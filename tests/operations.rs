@@ -342,3 +342,38 @@ async fn a_decided_record_id_stays_decided_after_a_restart() {
         .is_none());
     gateway.audit.close().await.unwrap();
 }
+
+#[tokio::test]
+async fn a_body_that_trickles_in_is_cut_off_with_408_and_audited() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nbody_read_timeout_ms = 500\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut tls = tls_connection(&gw).await;
+    tls.write_all(
+        b"POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"record_id\":",
+    )
+    .await
+    .unwrap();
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.windows(4).any(|w| w == b"\r\n\r\n") && answer.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 408"), "{text}");
+    assert!(text.contains("body_timeout"), "{text}");
+    assert!(gw
+        .audit_entries()
+        .iter()
+        .any(|e| e["error"] == "body_timeout"));
+}
