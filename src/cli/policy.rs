@@ -1,4 +1,5 @@
-//! `hetao-gateway policy test`: run policy test cases and report PASS/FAIL per case.
+//! `hetao-gateway policy test`: run policy test cases and report PASS/FAIL per case; with
+//! `--export DIR`, write each case's record and an index (`examples/records/rules/`).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -28,6 +29,11 @@ pub struct TestArgs {
     /// Show the matched rules of passing cases too.
     #[arg(long, short)]
     pub verbose: bool,
+    /// After all cases pass, write each case's record (patches applied, a stable record id of
+    /// its own) to DIR/<case-name>.json and a table of them to DIR/index.md. DIR must be new,
+    /// empty or an earlier export.
+    #[arg(long, value_name = "DIR")]
+    pub export: Option<PathBuf>,
     /// Case files or folders of case files (`*.toml`).
     #[arg(value_name = "PATH")]
     pub paths: Vec<PathBuf>,
@@ -108,7 +114,25 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         outcomes.len() - failed,
         failed
     );
-    Ok(if failed == 0 && !outcomes.is_empty() {
+    let passed = failed == 0 && !outcomes.is_empty();
+    if let Some(dir) = &args.export {
+        if !passed {
+            eprintln!(
+                "not exporting to {}: every case must pass first ({failed} failed of {})",
+                dir.display(),
+                outcomes.len()
+            );
+            return Ok(ExitCode::from(1));
+        }
+        // The exported records carry their own record ids: run them again so the folder never
+        // holds a record that decides differently from its case.
+        let items = cases::prepare_export(&all);
+        let exported: Vec<cases::PolicyCase> = items.iter().map(|i| i.case.clone()).collect();
+        let again = cases::run_all(&exported, &load, Some(&validate));
+        let n = cases::write_export(dir, &items, &again)?;
+        println!("exported {n} records and index.md to {}", dir.display());
+    }
+    Ok(if passed {
         ExitCode::SUCCESS
     } else {
         ExitCode::from(1)
