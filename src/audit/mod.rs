@@ -157,7 +157,8 @@ struct Inner {
     signer: Arc<AuditSigner>,
     failure: Arc<Mutex<Option<String>>>,
     stats: Arc<StatsCells>,
-    decided: HashSet<String>,
+    /// Handed over once to the replay guard (kept here it would double the memory).
+    decided: Mutex<HashSet<String>>,
     closed: AtomicBool,
 }
 
@@ -419,7 +420,7 @@ impl AuditLog {
                 signer,
                 failure,
                 stats,
-                decided: rec.decided,
+                decided: Mutex::new(rec.decided),
                 closed: AtomicBool::new(false),
             }),
         })
@@ -487,8 +488,14 @@ impl AuditLog {
     }
 
     /// Record ids that already have a decision (allow or deny) in the log, read at open.
+    ///
+    /// Handed over, not copied: the set can be large (every decided id since the log began), so
+    /// the first call takes it and later calls get an empty set.
     pub fn decided_record_ids(&self) -> HashSet<String> {
-        self.inner.decided.clone()
+        match self.inner.decided.lock() {
+            Ok(mut ids) => std::mem::take(&mut *ids),
+            Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
+        }
     }
 
     /// `Err(reason)` once the log has failed; the gateway then refuses to forward.
