@@ -141,12 +141,7 @@ async fn an_invalid_envelope_is_400_with_the_pointer() {
     assert_eq!(answer.status, 400, "{:#}", answer.json);
     assert_eq!(answer.error(), "invalid_envelope");
     assert_eq!(answer.json["record_id"], record["record_id"]);
-    let pointers: Vec<&str> = answer.json["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v["pointer"].as_str())
-        .collect();
+    let pointers = answer.violation_pointers();
     assert!(pointers.contains(&"/kind"), "{pointers:?}");
 }
 
@@ -179,12 +174,7 @@ async fn a_schema_violation_is_422_with_every_pointer() {
     let answer = gw.send(&gw.sz_client(), &record).await;
     assert_eq!(answer.status, 422, "{:#}", answer.json);
     assert_eq!(answer.error(), "schema_violation");
-    let pointers: Vec<&str> = answer.json["violations"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter_map(|v| v["pointer"].as_str())
-        .collect();
+    let pointers = answer.violation_pointers();
     assert!(pointers.contains(&"/body/carriage"), "{pointers:?}");
     assert!(pointers.contains(&"/body/items/0/hs_code"), "{pointers:?}");
     assert!(gw.hk_endpoint.received().is_empty());

@@ -335,6 +335,14 @@ impl Answer {
     pub fn error(&self) -> &str {
         self.json["error"].as_str().unwrap_or("")
     }
+
+    /// The JSON pointers of the answer's `violations`.
+    pub fn violation_pointers(&self) -> Vec<&str> {
+        self.json["violations"]
+            .as_array()
+            .map(|v| v.iter().filter_map(|v| v["pointer"].as_str()).collect())
+            .unwrap_or_default()
+    }
 }
 
 async fn admin_request(addr: SocketAddr, method: &str, path: &str) -> (u16, String) {
