@@ -26,7 +26,8 @@ pub struct ServeArgs {
 
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
-    crate::telemetry::init(&config.logging);
+    // Held to the end of `run`: dropping it flushes the log queue.
+    let _log_guard = crate::telemetry::init(&config.logging);
     if args.check {
         return check(&config);
     }
