@@ -40,6 +40,13 @@ pub fn checkpoint_message(covers_seq: u64, chain_head: &str) -> Vec<u8> {
     format!("{CHECKPOINT_DOMAIN}\n{covers_seq}\n{chain_head}").into_bytes()
 }
 
+fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
+    std::fs::read(path).map_err(|source| KeyError::Read {
+        path: path.to_path_buf(),
+        source,
+    })
+}
+
 fn key_id_of(raw: &[u8]) -> String {
     let d = ring::digest::digest(&ring::digest::SHA256, raw);
     hex::encode(d)[..16].to_string()
@@ -72,11 +79,7 @@ impl std::fmt::Debug for AuditSigner {
 
 impl AuditSigner {
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_pem(&pem, &path.display().to_string())
+        Self::from_pem(&read_key_file(path)?, &path.display().to_string())
     }
 
     /// `origin` names where the PEM came from, for error messages.
@@ -135,11 +138,7 @@ impl AuditPublicKey {
     }
 
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
-        let pem = std::fs::read(path).map_err(|source| KeyError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        Self::from_pem(&pem, &path.display().to_string())
+        Self::from_pem(&read_key_file(path)?, &path.display().to_string())
     }
 
     pub fn from_pem(pem: &[u8], origin: &str) -> Result<Self, KeyError> {
