@@ -377,3 +377,47 @@ async fn a_body_that_trickles_in_is_cut_off_with_408_and_audited() {
         .iter()
         .any(|e| e["error"] == "body_timeout"));
 }
+
+#[tokio::test]
+async fn an_http2_rapid_reset_flood_is_cut_off() {
+    let gw = TestGateway::start().await;
+    let mut config = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = common::tls_connect(&gw, std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let (mut client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    // CVE-2023-44487: open streams and reset them at once, ten times the pending-reset cap (20).
+    // (Without the cap the connection survives 200 such streams: checked by raising the limit.)
+    let mut refused = false;
+    for _ in 0..200 {
+        let request = http::Request::post(gw.url()).body(()).unwrap();
+        let ready = match client.clone().ready().await {
+            Ok(c) => c,
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        };
+        client = ready;
+        match client.send_request(request, false) {
+            Ok((_response, mut stream)) => stream.send_reset(h2::Reason::CANCEL),
+            Err(_) => {
+                refused = true;
+                break;
+            }
+        }
+    }
+    // The server ends the connection (GOAWAY) instead of serving the flood.
+    let ended = tokio::time::timeout(Duration::from_secs(5), driver).await;
+    assert!(
+        refused || matches!(ended, Ok(Ok(Err(_)))),
+        "the connection survived a rapid-reset flood: {ended:?}"
+    );
+    // Well-behaved senders are unaffected.
+    assert_eq!(
+        gw.send(&gw.sz_client(), &example(ALLOWED)).await.status,
+        200
+    );
+}
