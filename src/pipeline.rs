@@ -90,11 +90,11 @@ where
         audited: false,
         decision: "invalid",
     };
-    let response = match process(&gateway, &mut ctx, req).await {
-        Ok(forwarded) => forwarded.response,
+    let (response, error) = match process(&gateway, &mut ctx, req).await {
+        Ok(forwarded) => (forwarded.response, "none"),
         Err(refusal) => refuse(&gateway, &mut ctx, refusal).await,
     };
-    finish(&gateway, &ctx, &conn, response.status());
+    finish(&gateway, &ctx, &conn, response.status(), error);
     gateway.metrics.inflight_requests.dec();
     Ok(response)
 }
@@ -469,11 +469,12 @@ async fn forward(
 
 /// The final phase for a refused record: its audit entry (unless the decision entry was already
 /// written), then the answer.
+/// Returns the answer and its error code (for the metrics).
 async fn refuse(
     gateway: &Gateway,
     ctx: &mut RequestCtx,
     refusal: Refusal,
-) -> Response<Full<Bytes>> {
+) -> (Response<Full<Bytes>>, &'static str) {
     let mut refusal = refusal;
     if !ctx.audited {
         ctx.audited = true;
@@ -495,11 +496,20 @@ async fn refuse(
     } else if let Refusal::AuditUnavailable(_) = refusal {
         ctx.decision = refusal.audit_decision();
     }
-    refusal.to_response(ctx.record_id.as_deref())
+    (
+        refusal.to_response(ctx.record_id.as_deref()),
+        refusal.code(),
+    )
 }
 
 /// Metrics and the access-log line; runs for every record request.
-fn finish(gateway: &Gateway, ctx: &RequestCtx, conn: &ConnectionCtx, status: StatusCode) {
+fn finish(
+    gateway: &Gateway,
+    ctx: &RequestCtx,
+    conn: &ConnectionCtx,
+    status: StatusCode,
+    error: &'static str,
+) {
     let kind = ctx.kind.map(Kind::as_str).unwrap_or("unknown");
     let route = match (&ctx.from, &ctx.to) {
         (Some(f), Some(t)) => format!("{f}->{t}"),
@@ -510,9 +520,7 @@ fn finish(gateway: &Gateway, ctx: &RequestCtx, conn: &ConnectionCtx, status: Sta
     m.records
         .with_label_values(&[kind, &route, ctx.decision])
         .inc();
-    m.answers
-        .with_label_values(&[status.as_str(), status_code_label(status)])
-        .inc();
+    m.answers.with_label_values(&[status.as_str(), error]).inc();
     m.request_duration
         .with_label_values(&[kind, ctx.decision])
         .observe(elapsed.as_secs_f64());
@@ -526,27 +534,10 @@ fn finish(gateway: &Gateway, ctx: &RequestCtx, conn: &ConnectionCtx, status: Sta
         route = %route,
         decision = ctx.decision,
         status = status.as_u16(),
+        error,
         latency_ms = elapsed.as_secs_f64() * 1000.0,
         "record"
     );
-}
-
-fn status_code_label(status: StatusCode) -> &'static str {
-    match status.as_u16() {
-        200 => "none",
-        400 => "bad_request",
-        403 => "forbidden",
-        408 => "timeout",
-        409 => "replay",
-        413 => "too_large",
-        415 => "unsupported_media_type",
-        422 => "schema_violation",
-        429 => "rate_limited",
-        502 => "upstream_failed",
-        503 => "unavailable",
-        504 => "upstream_timeout",
-        _ => "other",
-    }
 }
 
 fn event(ctx: &RequestCtx, entry_type: EntryType, decision: &str) -> AuditEvent {
