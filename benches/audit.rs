@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hetao_gateway::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
-use hetao_gateway::config::{AuditConfig, FsyncPolicy};
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
+use hetao_gateway_core::config::{AuditConfig, FsyncPolicy};
+use hetao_gateway_core::tls::identity::ClientIdentity;
 
 /// Entries appended per measured iteration, whatever the number of writers.
 const ENTRIES_PER_ITER: usize = 512;

@@ -2,7 +2,7 @@
 //!
 //! Run: `cargo bench --bench pipeline`.
 //!
-//! - `handle/*`: the gateway's real request handler, [`hetao_gateway::pipeline::handle`], on a
+//! - `handle/*`: the gateway's real request handler, [`hetao_gateway_core::pipeline::handle`], on a
 //!   gateway built from a development PKI (`certs init`), for a record the shipped policies deny:
 //!   every phase runs — body read, depth check, parse, envelope and kind schemas, route and
 //!   origin, replay reservation, policy decision, durable audit entry, signed receipt, answer,
@@ -22,15 +22,15 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hetao_gateway::audit::{AuditEvent, EntryType, RuleRef};
-use hetao_gateway::config::Config;
-use hetao_gateway::envelope::{record_id_hint, EnvelopeHead};
-use hetao_gateway::json_limits::nesting_depth;
-use hetao_gateway::pipeline::{self, ConnectionCtx};
-use hetao_gateway::pki::{init_dev_pki, DevPkiOptions};
-use hetao_gateway::policy::{Decision, DecisionInput, Effect};
-use hetao_gateway::state::Gateway;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::audit::{AuditEvent, EntryType, RuleRef};
+use hetao_gateway_core::config::Config;
+use hetao_gateway_core::envelope::{record_id_hint, EnvelopeHead};
+use hetao_gateway_core::json_limits::nesting_depth;
+use hetao_gateway_core::pipeline::{self, ConnectionCtx};
+use hetao_gateway_core::policy::{Decision, DecisionInput, Effect};
+use hetao_gateway_core::state::Gateway;
+use hetao_gateway_core::tls::identity::ClientIdentity;
+use hetao_pki::{init_dev_pki, DevPkiOptions};
 use http_body_util::{BodyExt, Full};
 use serde_json::{json, Value};
 

@@ -6,11 +6,11 @@ use std::hint::black_box;
 use std::path::PathBuf;
 
 use criterion::{criterion_group, criterion_main, Criterion};
-use hetao_gateway::envelope::EnvelopeHead;
-use hetao_gateway::policy::obligations::PseudonymKey;
-use hetao_gateway::policy::{DecisionInput, PolicyEngine};
-use hetao_gateway::schema::SchemaSet;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::envelope::EnvelopeHead;
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::{DecisionInput, PolicyEngine};
+use hetao_gateway_core::schema::SchemaSet;
+use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
 
 fn bench_decide(c: &mut Criterion) {

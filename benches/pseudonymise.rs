@@ -10,11 +10,11 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hetao_gateway::envelope::EnvelopeHead;
-use hetao_gateway::policy::obligations::PseudonymKey;
-use hetao_gateway::policy::{DecisionInput, Effect, PolicyEngine};
-use hetao_gateway::schema::SchemaSet;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::envelope::EnvelopeHead;
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::schema::SchemaSet;
+use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
 
 const KEY_HEX: &str = "6b8f3a0c5e2d4f7a9b1c3d5e7f90a2b4c6d8e0f1a3b5c7d9e1f2a4b6c8d0e2f4";

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use hetao_gateway::json_limits::nesting_depth;
-use hetao_gateway::schema::SchemaSet;
+use hetao_gateway_core::json_limits::nesting_depth;
+use hetao_gateway_core::schema::SchemaSet;
 use serde_json::Value;
 
 /// The pipeline's default `limits.max_json_depth`.

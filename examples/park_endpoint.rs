@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
-use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint};
+use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint};
 
 #[derive(Parser, Debug)]
 #[command(about = "Reference park endpoint (mTLS), for benchmarks")]

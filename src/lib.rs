@@ -1,29 +1,6 @@
-//! hetao-gateway: the mutual-TLS checkpoint between the Shenzhen and Hong Kong parks of the Hetao
-//! co-operation zone. A record arrives over mTLS, is validated against the schema of its kind,
-//! decided against the declared flow policies, written to the tamper-evident audit log, forwarded
-//! over mTLS to the destination park, and answered with a signed receipt.
-//!
-//! The data flow reads top to bottom in [`pipeline`].
+//! The `hetao-gateway` command line: one binary with every subcommand. The gateway itself lives in
+//! `hetao-gateway-core`; the tooling (`certs`, `send`, `demo`) in `hetao-pki`, `hetao-client` and
+//! `hetao-devkit`. This library exists so tests drive the same code as the binary.
 #![forbid(unsafe_code)]
 
-pub mod admin;
-pub mod audit;
 pub mod cli;
-pub mod client;
-pub mod config;
-pub mod endpoint;
-pub mod envelope;
-pub mod error;
-pub mod json_limits;
-pub mod metrics;
-pub mod pipeline;
-pub mod pki;
-pub mod policy;
-pub mod rate_limit;
-pub mod replay;
-pub mod schema;
-pub mod server;
-pub mod state;
-pub mod telemetry;
-pub mod tls;
-pub mod upstream;

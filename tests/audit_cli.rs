@@ -1,11 +1,14 @@
 //! `hetao-gateway audit verify | query | receipt verify | public-key` as an auditor runs them.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, Output};
 use std::time::Duration;
 
-use hetao_gateway::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
-use hetao_gateway::config::{AuditConfig, FsyncPolicy};
+use hetao_gateway_core::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
+use hetao_gateway_core::config::{AuditConfig, FsyncPolicy};
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))

@@ -1,16 +1,19 @@
 //! The audit log on real files with real keys: chain, checkpoints, tamper detection, recovery,
 //! rotation, receipts, fail-closed behaviour, queries.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use hetao_gateway::audit::{
+use hetao_gateway_core::audit::{
     find_receipt_entry, generate_signing_key, query_logs, segment_paths, verify_logs,
     verify_receipt, AuditEntryType, AuditError, AuditEvent, AuditLog, AuditPublicKey, EntryType,
     QueryFilter, QueryStats, ReceiptError, RuleRef,
 };
-use hetao_gateway::config::{AuditConfig, FsyncPolicy};
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::config::{AuditConfig, FsyncPolicy};
+use hetao_gateway_core::tls::identity::ClientIdentity;
 
 struct Fixture {
     _dir: tempfile::TempDir,
@@ -112,7 +115,7 @@ fn lines(path: &Path) -> Vec<String> {
         .collect()
 }
 
-fn verify_text(f: &Fixture, text: &str) -> hetao_gateway::audit::VerifyReport {
+fn verify_text(f: &Fixture, text: &str) -> hetao_gateway_core::audit::VerifyReport {
     let path = f.cfg.log.with_file_name("tampered.jsonl");
     std::fs::write(&path, text).unwrap();
     verify_logs(&[path], Some(&f.public))

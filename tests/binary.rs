@@ -1,14 +1,17 @@
 //! The real binary and real third-party clients: curl as a partner organisation, and the process
 //! lifecycle (SIGHUP reload, SIGTERM drain with a final signed checkpoint).
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{example, public_key, Options, TestGateway};
-use hetao_gateway::audit::verify_logs;
-use hetao_gateway::endpoint::EndpointBehaviour;
+use hetao_devkit::endpoint::EndpointBehaviour;
+use hetao_gateway_core::audit::verify_logs;
 
 const ALLOWED: &str = "materials-sz-hk-quantum-equipment.json";
 
@@ -318,17 +321,17 @@ async fn the_admin_listener_can_require_tls_client_certificates() {
         .gateway_ca
         .issue_server(
             &["localhost".into()],
-            hetao_gateway::pki::Validity::For(common::YEAR),
+            hetao_pki::Validity::For(common::YEAR),
         )
         .unwrap();
     std::fs::write(gw.path("admin.pem"), &admin.cert_pem).unwrap();
     std::fs::write(gw.path("admin.key"), &admin.key_pem).unwrap();
-    let cfg = hetao_gateway::config::AdminTls {
+    let cfg = hetao_gateway_core::config::AdminTls {
         cert: gw.path("admin.pem"),
         key: gw.path("admin.key"),
         client_ca: Some(gw.path("sz-ca.pem")),
     };
-    let acceptor = hetao_gateway::admin::admin_tls(&cfg).unwrap();
+    let acceptor = hetao_gateway_core::admin::admin_tls(&cfg).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {

@@ -1,14 +1,17 @@
 //! The data path end to end: a partner's HTTPS client → the gateway (mTLS) → a park endpoint
 //! (mTLS), with every answer code of SPEC.md produced by the input that should produce it.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
 
 use bytes::Bytes;
 use common::{example, Options, TestGateway};
-use hetao_gateway::client::{ClientOptions, HttpVersion};
-use hetao_gateway::endpoint::EndpointBehaviour;
+use hetao_client::{ClientOptions, HttpVersion};
+use hetao_devkit::endpoint::EndpointBehaviour;
 use serde_json::json;
 
 /// Records the shipped policies allow, one per kind, all Shenzhen → Hong Kong.

@@ -1,6 +1,9 @@
 //! The demo, run in-process as `cargo run -- demo --dir DIR` would run it: it must pass, leave a
 //! usable folder behind, and its audit log must verify with the CLI an auditor would use.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 use std::process::{Command, ExitCode};
 
@@ -46,7 +49,7 @@ async fn demo_passes_and_keeps_a_verifiable_folder() {
     assert!(lines(&dir.join("endpoint-hk.jsonl")) > 0);
 
     // The kept configuration is a real one: it loads, and names the ports of this run.
-    let config = hetao_gateway::config::Config::load(&dir.join("gateway.toml")).unwrap();
+    let config = hetao_gateway_core::config::Config::load(&dir.join("gateway.toml")).unwrap();
     assert_ne!(config.server.listen.port(), 8443);
     assert_ne!(config.parks["sz"].endpoint, "https://127.0.0.1:9001");
 

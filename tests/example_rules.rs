@@ -2,17 +2,20 @@
 //! `hetao-gateway policy test --export`. Every file decides as its `index.md` row says, every rule
 //! is shown allowing and denying where the cases do, and the folder matches a fresh export.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use chrono::{DateTime, Utc};
-use hetao_gateway::envelope::EnvelopeHead;
-use hetao_gateway::policy::cases::{self, PolicyCase};
-use hetao_gateway::policy::obligations::PseudonymKey;
-use hetao_gateway::policy::{DecisionInput, Effect, PolicyEngine};
-use hetao_gateway::schema::SchemaSet;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::envelope::EnvelopeHead;
+use hetao_gateway_core::policy::cases::{self, PolicyCase};
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::schema::SchemaSet;
+use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
 
 const KEY_HEX: &str = "8f3c2a9b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a";
@@ -169,10 +172,12 @@ fn every_exported_record_decides_as_its_index_row_says() {
         let mut want: Vec<&str> = row.rules.iter().map(String::as_str).collect();
         want.sort_unstable();
         assert_eq!(got, want, "{} ({})", row.file, row.case);
-        let pseudonymises = d
-            .obligations
-            .iter()
-            .any(|o| matches!(o, hetao_gateway::policy::Obligation::Pseudonymise { .. }));
+        let pseudonymises = d.obligations.iter().any(|o| {
+            matches!(
+                o,
+                hetao_gateway_core::policy::Obligation::Pseudonymise { .. }
+            )
+        });
         assert_eq!(
             pseudonymises,
             row.conditions.contains("needs a pseudonymisation key"),

@@ -1,12 +1,15 @@
 //! Running it like production: admin endpoints, metrics, hot reload, fail-closed audit, limits
 //! against hostile clients, and an audit log written under concurrency that verifies.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 mod common;
 
 use std::time::Duration;
 
 use common::{example, public_key, Options, TestGateway};
-use hetao_gateway::audit::verify_logs;
+use hetao_gateway_core::audit::verify_logs;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -334,8 +337,8 @@ async fn a_decided_record_id_stays_decided_after_a_restart() {
     assert_eq!(gw.send(&gw.sz_client(), &record).await.status, 200);
     gw.stop().await;
     // A new gateway on the same audit log refuses the same record id.
-    let config = hetao_gateway::config::Config::load(&gw.config_path).unwrap();
-    let gateway = hetao_gateway::state::Gateway::build(config).unwrap();
+    let config = hetao_gateway_core::config::Config::load(&gw.config_path).unwrap();
+    let gateway = hetao_gateway_core::state::Gateway::build(config).unwrap();
     assert!(gateway
         .replay
         .reserve(record["record_id"].as_str().unwrap())

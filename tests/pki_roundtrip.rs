@@ -1,11 +1,14 @@
 //! `certs init` and the development PKI, end to end: real files in a temp folder, parsed back.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use hetao_gateway::config::Config;
-use hetao_gateway::pki::{init_dev_pki, DevPkiOptions, ParkCa, Validity};
+use hetao_gateway_core::config::Config;
+use hetao_pki::{init_dev_pki, DevPkiOptions, ParkCa, Validity};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer};
 use x509_parser::prelude::{parse_x509_certificate, parse_x509_crl, GeneralName};
@@ -374,9 +377,8 @@ fn rustls_verifier_honours_the_crl_and_refuses_a_stale_one() {
         .build()
         .unwrap()
     };
-    let der = |c: &hetao_gateway::pki::IssuedCert| {
-        CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap()
-    };
+    let der =
+        |c: &hetao_pki::IssuedCert| CertificateDer::from_pem_slice(c.cert_pem.as_bytes()).unwrap();
     let now = rustls_pki_types::UnixTime::now();
 
     let fresh = verifier(

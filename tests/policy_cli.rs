@@ -1,5 +1,8 @@
 //! `check` and `policy test` as a user runs them: exit codes 0 allow / 1 deny / 2 invalid input.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::PathBuf;
 use std::process::{Command, Output};
 

@@ -1,14 +1,17 @@
 //! Property tests: evaluation never panics on arbitrary JSON, and deny always overrides allow.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-use hetao_gateway::envelope::Kind;
-use hetao_gateway::policy::obligations::PseudonymKey;
-use hetao_gateway::policy::{DecisionInput, Effect, PolicyEngine};
-use hetao_gateway::schema::SchemaSet;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::envelope::Kind;
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::schema::SchemaSet;
+use hetao_gateway_core::tls::identity::ClientIdentity;
 use proptest::prelude::*;
 use serde_json::{json, Map, Value};
 

@@ -1,15 +1,20 @@
 //! The shipped policy set against the shipped schemas: it loads, every shipped test case passes,
 //! every rule is covered by cases, settings behave as documented, obligations are applied.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
-use hetao_gateway::envelope::EnvelopeHead;
-use hetao_gateway::policy::cases::{self, PolicyCase};
-use hetao_gateway::policy::obligations::PseudonymKey;
-use hetao_gateway::policy::{DecisionInput, Effect, Obligation, PolicyEngine, PolicyLoadError};
-use hetao_gateway::schema::SchemaSet;
-use hetao_gateway::tls::identity::ClientIdentity;
+use hetao_gateway_core::envelope::EnvelopeHead;
+use hetao_gateway_core::policy::cases::{self, PolicyCase};
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::{
+    DecisionInput, Effect, Obligation, PolicyEngine, PolicyLoadError,
+};
+use hetao_gateway_core::schema::SchemaSet;
+use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
 
 const KEY_HEX: &str = "8f3c2a9b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a";

@@ -1,10 +1,13 @@
 //! The `send` command against a stand-in gateway: a ParkEndpoint with the gateway's certificate
 //! that trusts the Shenzhen park CA, as the real gateway does. Real binary, real files, real mTLS.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::path::Path;
 
-use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
-use hetao_gateway::pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
+use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use hetao_pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
 
 struct Setup {
     dir: tempfile::TempDir,

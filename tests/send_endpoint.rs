@@ -1,11 +1,14 @@
 //! RecordClient ↔ ParkEndpoint over real mutual TLS on loopback, with a PKI generated here.
 
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hetao_gateway::client::{ClientError, ClientOptions, HttpVersion, RecordClient};
-use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
-use hetao_gateway::pki::{GatewayCa, IssuedCert, ParkCa, Validity};
+use hetao_client::{ClientError, ClientOptions, HttpVersion, RecordClient};
+use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use hetao_pki::{GatewayCa, IssuedCert, ParkCa, Validity};
 use rustls_pki_types::pem::PemObject;
 
 const DAY: Duration = Duration::from_secs(86_400);

@@ -7,7 +7,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use crate::audit::{
+use hetao_gateway_core::audit::{
     find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
     verify_logs, verify_receipt, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
     QueryStats, Receipt, VerifyReport,

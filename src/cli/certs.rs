@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use crate::pki::{self, DevPkiOptions, ParkCa, Validity};
+use hetao_pki::{DevPkiOptions, ParkCa, Validity};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CertsCommand {
@@ -84,7 +84,7 @@ pub async fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
 fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     let parks: Vec<String> = args.parks.iter().map(|p| p.trim().to_string()).collect();
     let orgs = if args.orgs.is_empty() {
-        pki::default_orgs(&parks)
+        hetao_pki::default_orgs(&parks)
     } else {
         args.orgs
             .iter()
@@ -100,7 +100,7 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         parks,
         orgs,
         gateway_sans: if args.sans.is_empty() {
-            pki::default_gateway_sans()
+            hetao_pki::default_gateway_sans()
         } else {
             args.sans
         },
@@ -110,7 +110,7 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
         ..DevPkiOptions::default()
     };
     let out = absolute(args.out)?;
-    let files = pki::init_dev_pki(&out, &opts)
+    let files = hetao_pki::init_dev_pki(&out, &opts)
         .with_context(|| format!("certs init --out {}", out.display()))?;
 
     let show = |p: &Path| p.strip_prefix(&out).unwrap_or(p).display().to_string();
@@ -211,8 +211,8 @@ fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
         None => args.dir.join("orgs").join(format!(
             "{}-{}-{}",
             args.park,
-            pki::org_slug(&args.org),
-            pki::org_slug(&args.cn)
+            hetao_pki::org_slug(&args.org),
+            hetao_pki::org_slug(&args.cn)
         )),
     };
     let cert_path = stem.with_extension("pem");

@@ -12,11 +12,11 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use crate::config::Config;
-use crate::envelope::EnvelopeHead;
-use crate::policy::{Decision, DecisionInput, Effect, PolicyEngine};
-use crate::schema::{SchemaFailure, SchemaSet};
-use crate::tls::identity::ClientIdentity;
+use hetao_gateway_core::config::Config;
+use hetao_gateway_core::envelope::EnvelopeHead;
+use hetao_gateway_core::policy::{Decision, DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::schema::{SchemaFailure, SchemaSet};
+use hetao_gateway_core::tls::identity::ClientIdentity;
 
 #[derive(clap::Args, Debug)]
 pub struct CheckArgs {
@@ -204,7 +204,7 @@ pub fn decide_with_origin(
     if identity.park != head.from {
         return Decision {
             effect: Effect::Deny,
-            matched: vec![crate::policy::MatchedRule {
+            matched: vec![hetao_gateway_core::policy::MatchedRule {
                 id: "gateway.origin-mismatch".into(),
                 effect: Effect::Deny,
                 reason: format!(
@@ -263,10 +263,12 @@ pub fn decision_table(record_id: &str, d: &Decision) -> String {
     }
     for o in &d.obligations {
         let (what, p, r) = match o {
-            crate::policy::Obligation::Pseudonymise { pointer, rule } => {
+            hetao_gateway_core::policy::Obligation::Pseudonymise { pointer, rule } => {
                 ("pseudonymise", pointer, rule)
             }
-            crate::policy::Obligation::Drop { pointer, rule } => ("drop", pointer, rule),
+            hetao_gateway_core::policy::Obligation::Drop { pointer, rule } => {
+                ("drop", pointer, rule)
+            }
         };
         let _ = writeln!(out, "obligation: {what} {p} (rule {r})");
     }

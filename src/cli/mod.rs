@@ -7,7 +7,7 @@ use clap::{Parser, Subcommand};
 pub mod audit;
 pub mod certs;
 pub mod check;
-pub mod demo;
+pub use hetao_devkit::demo;
 pub mod policy;
 pub mod send;
 pub mod serve;

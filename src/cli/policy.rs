@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use crate::policy::cases;
-use crate::policy::obligations::PseudonymKey;
-use crate::policy::PolicyEngine;
-use crate::schema::{SchemaFailure, SchemaSet};
+use hetao_gateway_core::policy::cases;
+use hetao_gateway_core::policy::obligations::PseudonymKey;
+use hetao_gateway_core::policy::PolicyEngine;
+use hetao_gateway_core::schema::{SchemaFailure, SchemaSet};
 
 /// A fixed key for test runs without a configured one, so cases exercise the allow path of rules
 /// that pseudonymise (a case with `pseudonymisation_key = false` tests the fail-closed path).

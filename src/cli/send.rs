@@ -12,7 +12,7 @@ use anyhow::Context;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::client::{ClientOptions, HttpVersion, RecordClient, SendAnswer};
+use hetao_client::{ClientOptions, HttpVersion, RecordClient, SendAnswer};
 
 #[derive(clap::Args, Debug)]
 pub struct SendArgs {

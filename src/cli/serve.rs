@@ -5,10 +5,10 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use tokio::net::TcpListener;
+use hetao_gateway_core::server::bind;
 
-use crate::config::Config;
-use crate::state::{Gateway, RuleSet};
+use hetao_gateway_core::config::Config;
+use hetao_gateway_core::state::{Gateway, RuleSet};
 
 #[derive(clap::Args, Debug)]
 #[command(
@@ -27,42 +27,29 @@ pub struct ServeArgs {
 pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     let config = Config::load(&args.config)?;
     // Held to the end of `run`: dropping it flushes the log queue.
-    let _log_guard = crate::telemetry::init(&config.logging);
+    let _log_guard = hetao_gateway_core::telemetry::init(&config.logging);
     if args.check {
         return check(&config);
     }
     let listener = bind(&config.server.listen, "server.listen").await?;
     let admin_listener = bind(&config.admin.listen, "admin.listen").await?;
     if let Some(tls) = &config.admin.tls {
-        crate::admin::admin_tls(tls)?;
+        hetao_gateway_core::admin::admin_tls(tls)?;
     }
     let gateway = Arc::new(Gateway::build(config)?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     spawn_signal_handlers(gateway.clone(), stop)?;
-    crate::server::run(gateway, listener, admin_listener, stopped).await?;
+    hetao_gateway_core::server::run(gateway, listener, admin_listener, stopped).await?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Binds a listener; "address in use" gets a sentence saying what to do.
-pub async fn bind(addr: &std::net::SocketAddr, key: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr).await.map_err(|e| {
-        if e.kind() == std::io::ErrorKind::AddrInUse {
-            anyhow::anyhow!(
-                "{key} = {addr}: the address is already in use (another gateway running?); \
-                 stop it or choose another port"
-            )
-        } else {
-            anyhow::anyhow!("{key} = {addr}: cannot listen: {e}")
-        }
-    })
-}
-
 fn check(config: &Config) -> anyhow::Result<ExitCode> {
     let rules = RuleSet::load(config)?;
-    crate::tls::inbound(config)?;
-    crate::upstream::Upstreams::new(config)?;
+    hetao_gateway_core::tls::inbound(config)?;
+    hetao_gateway_core::upstream::Upstreams::new(config)?;
     if let Some(tls) = &config.admin.tls {
-        crate::admin::admin_tls(tls)?;
+        hetao_gateway_core::admin::admin_tls(tls)?;
     }
     std::fs::read(&config.audit.signing_key).with_context(|| {
         format!(

@@ -1,5 +1,8 @@
 //! Test harness: a PKI generated at test time, two mTLS park endpoints and the real gateway, all
 //! on 127.0.0.1:0, with real files in a temporary folder.
+
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
 use std::net::SocketAddr;
@@ -8,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use hetao_gateway::client::{ClientOptions, RecordClient};
-use hetao_gateway::config::Config;
-use hetao_gateway::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
-use hetao_gateway::pki::{AuditSigningKey, GatewayCa, IssuedCert, ParkCa, Validity};
-use hetao_gateway::state::Gateway;
+use hetao_client::{ClientOptions, RecordClient};
+use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use hetao_gateway_core::config::Config;
+use hetao_gateway_core::state::Gateway;
+use hetao_pki::{AuditSigningKey, GatewayCa, IssuedCert, ParkCa, Validity};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -219,7 +222,7 @@ request_timeout_ms = 2000
         let admin_addr = admin_listener.local_addr().unwrap();
         let gateway = Arc::new(Gateway::build(config).unwrap());
         let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(hetao_gateway::server::run(
+        let task = tokio::spawn(hetao_gateway_core::server::run(
             gateway.clone(),
             listener,
             admin_listener,
@@ -449,6 +452,6 @@ pub fn copy_dir(from: &Path, to: &Path) {
 }
 
 /// The audit signing key's public half, as an auditor holds it.
-pub fn public_key(gw: &TestGateway) -> hetao_gateway::audit::AuditPublicKey {
-    hetao_gateway::audit::AuditPublicKey::from_pem_file(&gw.path("audit-signing.pub")).unwrap()
+pub fn public_key(gw: &TestGateway) -> hetao_gateway_core::audit::AuditPublicKey {
+    hetao_gateway_core::audit::AuditPublicKey::from_pem_file(&gw.path("audit-signing.pub")).unwrap()
 }

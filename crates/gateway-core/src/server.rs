@@ -23,6 +23,33 @@ use crate::state::Gateway;
 /// Starts nothing by itself: sends `true` to stop the servers started by [`run`].
 pub type ShutdownSender = watch::Sender<bool>;
 
+/// A listener that could not be opened, naming the configuration key it came from.
+#[derive(Debug, thiserror::Error)]
+pub enum BindError {
+    #[error("{key} = {addr}: the address is already in use (another gateway running?); stop it or choose another port")]
+    InUse { key: String, addr: SocketAddr },
+    #[error("{key} = {addr}: cannot listen: {source}")]
+    Other {
+        key: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Opens a listener; `key` names where the address came from (`server.listen`, `demo --listen`).
+pub async fn bind(addr: &SocketAddr, key: &str) -> Result<TcpListener, BindError> {
+    TcpListener::bind(addr).await.map_err(|source| {
+        let key = key.to_string();
+        let addr = *addr;
+        if source.kind() == std::io::ErrorKind::AddrInUse {
+            BindError::InUse { key, addr }
+        } else {
+            BindError::Other { key, addr, source }
+        }
+    })
+}
+
 /// Runs the gateway's partner listener and admin listener until `shutdown` turns true, then
 /// stops accepting, drains in-flight requests for up to the configured grace period, and writes
 /// the audit log's final signed checkpoint.

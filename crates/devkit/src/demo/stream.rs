@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use crate::policy::cases::set_pointer;
+use hetao_gateway_core::policy::cases::set_pointer;
 
 /// The answer a record must get.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -217,7 +217,8 @@ const DENIALS: &[Denial] = &[
 
 /// The repository's example records (`examples/records`, build-time path).
 pub fn repository_examples_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/records")
+    // This crate lives in `crates/devkit/` of the repository.
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../examples/records")
 }
 
 /// An example record as read from disk, with its name (file stem).

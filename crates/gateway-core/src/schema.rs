@@ -909,7 +909,8 @@ mod tests {
     use std::path::PathBuf;
 
     fn manifest_dir() -> PathBuf {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        // The repository root: this crate lives in `crates/gateway-core/`.
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
     }
 
     fn shipped_dir() -> PathBuf {

@@ -21,12 +21,12 @@ use chrono::Utc;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
-use crate::audit::AuditPublicKey;
-use crate::client::{ClientOptions, RecordClient};
-use crate::config::Config;
 use crate::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
-use crate::pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
-use crate::state::Gateway;
+use hetao_client::{ClientOptions, RecordClient};
+use hetao_gateway_core::audit::AuditPublicKey;
+use hetao_gateway_core::config::Config;
+use hetao_gateway_core::state::Gateway;
+use hetao_pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
 
 pub use stream::{freshen, repository_examples_dir, Expect, Shot};
 
@@ -238,7 +238,7 @@ impl Zone {
         let files = init_dev_pki(dir, &DevPkiOptions::default())
             .with_context(|| format!("cannot write the development PKI into {}", dir.display()))?;
         let loopback = SocketAddr::from(([127, 0, 0, 1], 0));
-        let listener = crate::cli::serve::bind(&listen, "demo --listen").await?;
+        let listener = hetao_gateway_core::server::bind(&listen, "demo --listen").await?;
         let admin_listener = TcpListener::bind(loopback)
             .await
             .context("cannot listen on 127.0.0.1 for the admin listener")?;
@@ -258,7 +258,7 @@ impl Zone {
         let config = Config::load(&files.config)?;
         let gateway = Arc::new(Gateway::build(config)?);
         let (stop, stopped) = tokio::sync::watch::channel(false);
-        let server = tokio::spawn(crate::server::run(
+        let server = tokio::spawn(hetao_gateway_core::server::run(
             gateway.clone(),
             listener,
             admin_listener,
@@ -280,7 +280,7 @@ impl Zone {
         format!(
             "https://{}{}",
             self.gateway_addr,
-            crate::pipeline::RECORDS_PATH
+            hetao_gateway_core::pipeline::RECORDS_PATH
         )
     }
 

@@ -84,14 +84,14 @@ pub fn default_orgs(parks: &[String]) -> Vec<(String, String)> {
     orgs
 }
 
-/// The repository's `schemas/` (build-time path).
+/// The repository's `schemas/` (build-time path; this crate lives in `crates/pki/`).
 pub fn repository_schemas_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("schemas")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
 }
 
 /// The repository's `policies/` (build-time path).
 pub fn repository_policies_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("policies")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../policies")
 }
 
 /// `Shenzhen Bay Genomics Institute` → `shenzhen-bay-genomics-institute`.

@@ -11,13 +11,13 @@ use serde_json::Value;
 
 use super::stream::{matched_rules, Expect};
 use super::Sent;
-use crate::audit::{
+use crate::endpoint::{ReceivedRecord, RunningEndpoint};
+use hetao_gateway_core::audit::{
     query_logs, segment_paths, verify_receipt, AuditEntryType, AuditPublicKey, QueryFilter,
     Receipt, VerifyReport,
 };
-use crate::endpoint::{ReceivedRecord, RunningEndpoint};
-use crate::pki::DevPkiFiles;
-use crate::upstream::headers::RECORD_ID;
+use hetao_gateway_core::upstream::headers::RECORD_ID;
+use hetao_pki::DevPkiFiles;
 
 /// Standard output, unless `--quiet` silences the per-record lines.
 pub struct Out {
@@ -488,7 +488,7 @@ impl AuditCheck {
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        let report = crate::audit::verify_logs(&paths, Some(key));
+        let report = hetao_gateway_core::audit::verify_logs(&paths, Some(key));
         let entries = query_logs(&paths, &QueryFilter::default())
             .map_err(|e| anyhow::anyhow!("audit log {}: {e}", log.display()))?;
         let mut check = AuditCheck {

@@ -1,0 +1,25 @@
+//! hetao-gateway: the mutual-TLS checkpoint between the Shenzhen and Hong Kong parks of the Hetao
+//! co-operation zone. A record arrives over mTLS, is validated against the schema of its kind,
+//! decided against the declared flow policies, written to the tamper-evident audit log, forwarded
+//! over mTLS to the destination park, and answered with a signed receipt.
+//!
+//! The data flow reads top to bottom in [`pipeline`].
+#![forbid(unsafe_code)]
+
+pub mod admin;
+pub mod audit;
+pub mod config;
+pub mod envelope;
+pub mod error;
+pub mod json_limits;
+pub mod metrics;
+pub mod pipeline;
+pub mod policy;
+pub mod rate_limit;
+pub mod replay;
+pub mod schema;
+pub mod server;
+pub mod state;
+pub mod telemetry;
+pub mod tls;
+pub mod upstream;
