@@ -8,9 +8,10 @@
 //!   origin, replay reservation, policy decision, durable audit entry, signed receipt, answer,
 //!   metrics, access log — except the forward (which needs a park endpoint; the load benchmark
 //!   covers it). With `fsync = "never"` and `"always"` (the product default).
-//! - `phases/*`: the same phases called one by one through the library's public API for records
-//!   the policies allow (the forwarding path), so each phase's share is visible, and
-//!   `phases/all (no forward, fsync never)` runs them back to back.
+//! - `phases/*`: the phases one by one for records the policies allow (the forwarding path):
+//!   the whole decision through the one decision function (`Checkpoint::examine`, as the pipeline,
+//!   `check` and `policy test` call it) and its parts, then replay reservation, audit append,
+//!   receipt and answer, so each phase's share is visible.
 //!
 //! The records get a fresh `record_id` every iteration (the replay guard refuses a second one).
 
@@ -24,7 +25,7 @@ use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use hetao_gateway_core::audit::{AuditEvent, EntryType, RuleRef};
 use hetao_gateway_core::config::Config;
-use hetao_gateway_core::envelope::{record_id_hint, EnvelopeHead};
+use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::json_limits::nesting_depth;
 use hetao_gateway_core::pipeline::{self, ConnectionCtx};
 use hetao_gateway_core::policy::{Decision, DecisionInput, Effect};
@@ -161,18 +162,14 @@ fn classify(fx: &Fixture) -> Vec<Template> {
         .collect();
     paths.sort();
     let rules = fx.gateway.rules.load_full();
+    let checkpoint = fx.gateway.checkpoint(&rules);
     for path in paths {
         let t = Template::load(&path);
-        let record: Value = serde_json::from_slice(&t.fresh()).expect("json");
-        let head = EnvelopeHead::read(&record).expect("envelope");
-        let decision = rules.policies.decide(&DecisionInput {
-            identity: &fx.conn.identity,
-            record: &record,
-            kind: head.kind,
-            from: &head.from,
-            to: &head.to,
-            now: chrono::Utc::now(),
-        });
+        let verdict = checkpoint
+            .examine(&t.fresh(), &fx.conn.identity, chrono::Utc::now())
+            .outcome
+            .expect("a valid example record");
+        let decision = verdict.decision;
         eprintln!(
             "pipeline bench: {} ({} B) -> {} {:?}",
             t.name,
@@ -281,30 +278,6 @@ fn decide(fx: &Fixture, record: &Value, head: &EnvelopeHead) -> Decision {
     })
 }
 
-/// Applies obligations and serialises the record to forward, as the pipeline does.
-fn obligations(
-    fx: &Fixture,
-    decision: &Decision,
-    record: &Value,
-    body: &Bytes,
-) -> (Bytes, Vec<String>) {
-    if decision.obligations.is_empty() {
-        return (body.clone(), Vec::new());
-    }
-    let mut r = record.clone();
-    let applied = fx
-        .gateway
-        .rules
-        .load()
-        .policies
-        .apply_obligations(decision, &mut r)
-        .expect("obligations apply");
-    (
-        Bytes::from(serde_json::to_vec(&r).expect("serialise")),
-        applied,
-    )
-}
-
 fn answer(
     head: &EnvelopeHead,
     decision: &Decision,
@@ -344,74 +317,77 @@ fn bench_phases(c: &mut Criterion) {
     .chain(allowed.first())
     .take(2)
     .collect();
+    let rules = fx.gateway.rules.load_full();
+    let checkpoint = fx.gateway.checkpoint(&rules);
     for t in picked {
         let body = t.fresh();
+        let now = chrono::Utc::now();
+        let verdict = checkpoint
+            .examine(&body, &fx.conn.identity, now)
+            .outcome
+            .expect("allowed record");
+        let (head, decision, applied) = (&verdict.head, &verdict.decision, &verdict.applied);
         let record = parse(&body);
-        let head = EnvelopeHead::read(&record).expect("head");
-        let decision = decide(&fx, &record, &head);
-        let (forwarded, applied) = obligations(&fx, &decision, &record, &body);
         let sha = sha256_hex(&body);
         let appended = fx
             .runtime
             .block_on(
                 fx.gateway
                     .audit
-                    .append(decision_event(&fx, &head, &sha, &decision, &applied)),
+                    .append(decision_event(&fx, head, &sha, decision, applied)),
             )
             .expect("append");
         let receipt = fx.gateway.audit.receipt(&appended, &head.record_id);
         let name = format!("{} ({} B)", t.name, t.len());
-        let rules = fx.gateway.rules.load_full();
         eprintln!(
             "pipeline bench: {} obligations {:?}, forwarded {} B",
             t.name,
             applied,
-            forwarded.len()
+            verdict.forward.as_ref().map_or(0, Bytes::len)
         );
 
         group.bench_function(BenchmarkId::new("1 sha256 of body", &name), |b| {
             b.iter(|| sha256_hex(black_box(&body)))
         });
-        group.bench_function(BenchmarkId::new("2 depth check + parse", &name), |b| {
+        // The whole decision, as the pipeline, `check` and `policy test` run it.
+        group.bench_function(
+            BenchmarkId::new("2 examine (parse .. obligations)", &name),
+            |b| b.iter(|| checkpoint.examine(black_box(&body), &fx.conn.identity, now)),
+        );
+        // Its parts, one by one, to show where the examine time goes.
+        group.bench_function(BenchmarkId::new("2a depth check + parse", &name), |b| {
             b.iter(|| parse(black_box(&body)))
         });
-        group.bench_function(BenchmarkId::new("3 envelope + kind schema", &name), |b| {
+        group.bench_function(BenchmarkId::new("2b envelope + kind schema", &name), |b| {
             b.iter(|| rules.schemas.validate(black_box(&record)).is_ok())
         });
-        group.bench_function(BenchmarkId::new("4 head + replay reserve", &name), |b| {
+        group.bench_function(BenchmarkId::new("2c policy decision", &name), |b| {
+            b.iter(|| decide(&fx, black_box(&record), head))
+        });
+        group.bench_function(BenchmarkId::new("3 replay reserve", &name), |b| {
             b.iter(|| {
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
                 let id = format!("c4e0c1a2-7d4f-4e6a-8c2b-{n:012x}");
-                let _ = record_id_hint(black_box(&record));
-                let head = EnvelopeHead::read(black_box(&record));
                 let reservation = fx.gateway.replay.reserve(&id).expect("fresh id");
                 reservation.commit();
-                head
             })
         });
-        group.bench_function(BenchmarkId::new("5 policy decision", &name), |b| {
-            b.iter(|| decide(&fx, black_box(&record), &head))
-        });
         group.bench_function(
-            BenchmarkId::new("6 obligations + re-serialise", &name),
-            |b| b.iter(|| obligations(&fx, &decision, black_box(&record), &body)),
-        );
-        group.bench_function(
-            BenchmarkId::new("7 audit append (fsync never)", &name),
+            BenchmarkId::new("4 audit append (fsync never)", &name),
             |b| {
                 b.iter(|| {
                     fx.runtime
                         .block_on(
                             fx.gateway
                                 .audit
-                                .append(decision_event(&fx, &head, &sha, &decision, &applied)),
+                                .append(decision_event(&fx, head, &sha, decision, applied)),
                         )
                         .expect("append")
                 })
             },
         );
         group.bench_function(
-            BenchmarkId::new("8 receipt (Ed25519 signature)", &name),
+            BenchmarkId::new("5 receipt (Ed25519 signature)", &name),
             |b| {
                 b.iter(|| {
                     fx.gateway
@@ -420,44 +396,9 @@ fn bench_phases(c: &mut Criterion) {
                 })
             },
         );
-        group.bench_function(BenchmarkId::new("9 answer JSON", &name), |b| {
-            b.iter(|| answer(&head, &decision, &receipt, &applied))
+        group.bench_function(BenchmarkId::new("6 answer JSON", &name), |b| {
+            b.iter(|| answer(head, decision, &receipt, applied))
         });
-        group.bench_function(
-            BenchmarkId::new("all (no forward, fsync never)", &name),
-            |b| {
-                b.iter(|| {
-                    let body = t.fresh();
-                    let sha = sha256_hex(&body);
-                    let record = parse(&body);
-                    let ok = rules.schemas.validate(&record).is_ok();
-                    assert!(ok);
-                    let head = EnvelopeHead::read(&record).expect("head");
-                    let reservation = fx.gateway.replay.reserve(&head.record_id).expect("fresh");
-                    let decision = decide(&fx, &record, &head);
-                    let (_forwarded, applied) = obligations(&fx, &decision, &record, &body);
-                    let appended = fx
-                        .runtime
-                        .block_on(
-                            fx.gateway
-                                .audit
-                                .append(decision_event(&fx, &head, &sha, &decision, &applied)),
-                        )
-                        .expect("append");
-                    // The outcome entry the pipeline writes after forwarding.
-                    let mut outcome = decision_event(&fx, &head, &sha, &decision, &[]);
-                    outcome.entry_type = Some(EntryType::Outcome);
-                    outcome.decision = "forwarded".into();
-                    outcome.refers_to = Some(appended.seq);
-                    fx.runtime
-                        .block_on(fx.gateway.audit.append(outcome))
-                        .expect("append");
-                    reservation.commit();
-                    let receipt = fx.gateway.audit.receipt(&appended, &head.record_id);
-                    answer(&head, &decision, &receipt, &applied)
-                })
-            },
-        );
     }
     group.finish();
 }

@@ -193,11 +193,17 @@ async fn a_shenzhen_certificate_claiming_to_come_from_hong_kong_is_403() {
     assert_eq!(answer.status, 403, "{:#}", answer.json);
     assert_eq!(answer.error(), "origin_mismatch");
     assert_eq!(answer.json["decision"], "deny");
+    // One wording wherever the gateway's own rule is reported: answer, audit entry, `check`.
+    let rule = hetao_gateway_core::checkpoint::origin_mismatch_rule("hk", "sz");
+    assert_eq!(answer.json["rules"][0]["id"], rule.id.as_str());
+    assert_eq!(answer.json["rules"][0]["reason"], rule.reason.as_str());
     assert!(gw.sz_endpoint.received().is_empty());
     let entries = gw.audit_entries();
-    assert!(entries
+    let entry = entries
         .iter()
-        .any(|e| e["record_id"] == record["record_id"] && e["error"] == "origin_mismatch"));
+        .find(|e| e["record_id"] == record["record_id"] && e["error"] == "origin_mismatch")
+        .expect("an audit entry for the origin mismatch");
+    assert_eq!(entry["rules"][0]["reason"], rule.reason.as_str());
 }
 
 #[tokio::test]

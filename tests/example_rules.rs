@@ -11,9 +11,9 @@ use std::process::Command;
 
 use chrono::{DateTime, Utc};
 use hetao_gateway_core::envelope::EnvelopeHead;
-use hetao_gateway_core::policy::cases::{self, PolicyCase};
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::policy_cases::{self as cases, PolicyCase};
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;

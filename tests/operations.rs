@@ -133,6 +133,28 @@ async fn an_unreadable_certificate_on_reload_is_refused() {
 }
 
 #[tokio::test]
+async fn a_reload_that_changes_the_parks_is_refused_and_routing_stays_as_it_was() {
+    let gw = TestGateway::start().await;
+    let before = gw.gateway.report();
+    // A third park in the file: routing, verifiers and upstreams must change together, so the
+    // gateway refuses the whole reload instead of applying half of it.
+    let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
+    text.push_str(
+        "\n[parks.mo]\nclient_ca = \"hk-ca.pem\"\nendpoint = \"https://127.0.0.1:9\"\nendpoint_ca = \"hk-ca.pem\"\n",
+    );
+    std::fs::write(&gw.config_path, text).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 422, "{body}");
+    assert!(body.contains("parks"), "{body}");
+    assert!(body.contains("restart"), "{body}");
+    assert_eq!(gw.gateway.report().policy_hash, before.policy_hash);
+    assert!(!gw.gateway.config.parks.contains_key("mo"));
+    // Records between the configured parks still flow.
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+}
+
+#[tokio::test]
 async fn the_audit_log_written_under_concurrent_requests_verifies() {
     let mut gw = TestGateway::start().await;
     let sz = gw.sz_client();

@@ -77,6 +77,44 @@ fn check_origin_mismatch_is_a_deny() {
     assert_eq!(out.status.code(), Some(1));
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["matched"][0]["id"], "gateway.origin-mismatch");
+    // The same wording as the gateway's answer and audit entry (tests/data_path.rs).
+    let rule = hetao_gateway_core::checkpoint::origin_mismatch_rule("sz", "hk");
+    assert_eq!(v["matched"][0]["reason"], rule.reason.as_str());
+    assert_eq!(v["matched"][0]["regulation"], rule.regulation.as_str());
+}
+
+#[test]
+fn check_with_a_config_refuses_a_park_the_gateway_does_not_serve() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = hetao_pki::init_dev_pki(
+        &dir.path().join("pki"),
+        &hetao_pki::DevPkiOptions::default(),
+    )
+    .unwrap();
+    let text = std::fs::read_to_string(
+        root().join("policies/tests/records/data-sz-hk-academic-measurements.json"),
+    )
+    .unwrap();
+    let mut record: serde_json::Value = serde_json::from_str(&text).unwrap();
+    record["to"] = serde_json::json!("mo");
+    let path = dir.path().join("to-mo.json");
+    std::fs::write(&path, record.to_string()).unwrap();
+    let config = files.config.to_string_lossy().into_owned();
+    let args = [
+        "check",
+        "--config",
+        &config,
+        "--at",
+        AT,
+        path.to_str().unwrap(),
+    ];
+    let out = gateway(&args);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("`mo` at /to is not a park"), "{stderr}");
+    // Without a configuration the parks are unknown: the policies decide (no rule covers sz->mo).
+    let out = gateway(&["check", "--at", AT, path.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
 #[test]

@@ -12,10 +12,14 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
-use hetao_gateway_core::config::Config;
-use hetao_gateway_core::envelope::EnvelopeHead;
-use hetao_gateway_core::policy::{Decision, DecisionInput, Effect, PolicyEngine};
-use hetao_gateway_core::schema::{SchemaFailure, SchemaSet};
+use bytes::Bytes;
+use hetao_gateway_core::checkpoint::Checkpoint;
+use hetao_gateway_core::config::{Config, ParkConfig, ParkId};
+use hetao_gateway_core::envelope::Kind;
+use hetao_gateway_core::error::Refusal;
+use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
+use hetao_gateway_core::policy::{Decision, Effect, PolicyEngine};
+use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 
 #[derive(clap::Args, Debug)]
@@ -73,6 +77,9 @@ pub struct ResolvedRules {
     pub policy_dir: PathBuf,
     pub settings: BTreeMap<String, Value>,
     pub pseudonymisation_key: Option<PathBuf>,
+    /// The configured parks (only with --config): records to or from another park are invalid.
+    pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
+    pub max_json_depth: usize,
 }
 
 impl RuleSource {
@@ -86,6 +93,8 @@ impl RuleSource {
                     policy_dir: c.policies.dir,
                     settings: c.policies.settings,
                     pseudonymisation_key: c.policies.pseudonymisation_key,
+                    parks: Some(c.parks),
+                    max_json_depth: c.limits.max_json_depth,
                 }
             }
             None => ResolvedRules {
@@ -93,6 +102,8 @@ impl RuleSource {
                 policy_dir: self.policies.clone(),
                 settings: BTreeMap::new(),
                 pseudonymisation_key: self.pseudonymisation_key.clone(),
+                parks: None,
+                max_json_depth: DEFAULT_MAX_DEPTH,
             },
         })
     }
@@ -112,6 +123,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         policy_dir,
         settings,
         pseudonymisation_key: key,
+        parks,
+        max_json_depth,
     } = args.rules.resolve()?;
     let now: DateTime<Utc> = match &args.at {
         None => Utc::now(),
@@ -119,60 +132,45 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("--at `{t}` is not an RFC 3339 time"))?
             .with_timezone(&Utc),
     };
-    let text = read_record(&args.record)?;
-    let record: Value = match serde_json::from_str(&text) {
-        Ok(v) => v,
-        Err(e) => {
-            eprintln!("invalid input: the record is not JSON: {e}");
-            return Ok(ExitCode::from(EXIT_INVALID));
-        }
-    };
+    let body = Bytes::from(read_record(&args.record)?);
     let schemas = SchemaSet::load(&schema_dir)?;
-    if let Err(failure) = schemas.validate(&record) {
-        let (what, violations) = match &failure {
-            SchemaFailure::Envelope(v) => ("envelope".to_string(), v),
-            SchemaFailure::Body(kind, v) => (format!("{kind} body"), v),
-        };
-        if args.format == Format::Json {
-            let list: Vec<Value> = violations
-                .iter()
-                .map(|v| json!({"pointer": v.pointer, "rule": v.rule, "message": v.message}))
-                .collect();
-            println!(
-                "{}",
-                json!({"error": "schema_violation", "part": what, "violations": list})
-            );
-        } else {
-            eprintln!("invalid input: the record breaks the {what} schema:");
-            for v in violations {
-                let p = if v.pointer.is_empty() {
-                    "(root)"
-                } else {
-                    &v.pointer
-                };
-                eprintln!("  {p}: {} ({})", v.message, v.rule);
-            }
-        }
-        return Ok(ExitCode::from(EXIT_INVALID));
-    }
-    let Some(head) = EnvelopeHead::read(&record) else {
-        eprintln!("invalid input: the envelope has no kind, from, to or record_id");
-        return Ok(ExitCode::from(EXIT_INVALID));
-    };
     let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?;
     for w in engine.warnings() {
         eprintln!("warning: {w}");
     }
+    // Without --as-park the sender is taken to be of the record's own park.
+    let park = match &args.as_park {
+        Some(p) => p.clone(),
+        None => serde_json::from_slice::<Value>(&body)
+            .ok()
+            .and_then(|r| r.get("from").and_then(Value::as_str).map(str::to_string))
+            .unwrap_or_default(),
+    };
     let identity = ClientIdentity {
-        park: args.as_park.clone().unwrap_or_else(|| head.from.clone()),
+        park,
         organisation: args.as_org.clone(),
         subject: format!("O={}", args.as_org),
         fingerprint_sha256: String::new(),
     };
-    let decision = decide_with_origin(&engine, &identity, &record, &head, now);
+    let checkpoint = Checkpoint {
+        schemas: &schemas,
+        policies: &engine,
+        parks: parks.as_ref(),
+        max_json_depth,
+    };
+    let examination = checkpoint.examine(&body, &identity, now);
+    let record_id = examination.facts.record_id.clone().unwrap_or_default();
+    let kind = examination.facts.kind;
+    let decision = match checkpoint.offline_decision(examination.outcome) {
+        Ok(decision) => decision,
+        Err(refusal) => {
+            report_invalid(&refusal, kind, args.format);
+            return Ok(ExitCode::from(EXIT_INVALID));
+        }
+    };
     match args.format {
-        Format::Json => println!("{}", decision_json(&head.record_id, &decision)),
-        Format::Table => print!("{}", decision_table(&head.record_id, &decision)),
+        Format::Json => println!("{}", decision_json(&record_id, &decision)),
+        Format::Table => print!("{}", decision_table(&record_id, &decision)),
     }
     Ok(ExitCode::from(match decision.effect {
         Effect::Allow => 0,
@@ -180,52 +178,55 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     }))
 }
 
-fn read_record(path: &Path) -> anyhow::Result<String> {
-    if path.as_os_str() == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .context("cannot read the record from standard input")?;
-        Ok(s)
+/// Prints why a record is invalid input, with each schema violation.
+fn report_invalid(refusal: &Refusal, kind: Option<Kind>, format: Format) {
+    let (what, violations) = match refusal {
+        Refusal::InvalidEnvelope(v) => ("envelope".to_string(), v.as_slice()),
+        Refusal::SchemaViolation(v) => (
+            format!("{} body", kind.map(Kind::as_str).unwrap_or("record")),
+            v.as_slice(),
+        ),
+        other => {
+            if format == Format::Json {
+                println!("{}", other.body(None));
+            } else {
+                eprintln!("invalid input: {}", other.message());
+            }
+            return;
+        }
+    };
+    if format == Format::Json {
+        let list: Vec<Value> = violations
+            .iter()
+            .map(|v| json!({"pointer": v.pointer, "rule": v.rule, "message": v.message}))
+            .collect();
+        println!(
+            "{}",
+            json!({"error": "schema_violation", "part": what, "violations": list})
+        );
     } else {
-        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))
+        eprintln!("invalid input: the record breaks the {what} schema:");
+        for v in violations {
+            let p = if v.pointer.is_empty() {
+                "(root)"
+            } else {
+                &v.pointer
+            };
+            eprintln!("  {p}: {} ({})", v.message, v.rule);
+        }
     }
 }
 
-/// Decides like the gateway: a sender whose park is not the record's `from` is denied first
-/// (SPEC: origin mismatch is a denial, never trusted from the body).
-pub fn decide_with_origin(
-    engine: &PolicyEngine,
-    identity: &ClientIdentity,
-    record: &Value,
-    head: &EnvelopeHead,
-    now: DateTime<Utc>,
-) -> Decision {
-    if identity.park != head.from {
-        return Decision {
-            effect: Effect::Deny,
-            matched: vec![hetao_gateway_core::policy::MatchedRule {
-                id: "gateway.origin-mismatch".into(),
-                effect: Effect::Deny,
-                reason: format!(
-                    "the sender's certificate is from park `{}` but the record says from `{}`",
-                    identity.park, head.from
-                ),
-                regulation: "SPEC.md: `from` must be the park whose CA issued the certificate"
-                    .into(),
-            }],
-            obligations: Vec::new(),
-            policy_version: engine.version().to_string(),
-        };
+fn read_record(path: &Path) -> anyhow::Result<Vec<u8>> {
+    if path.as_os_str() == "-" {
+        let mut bytes = Vec::new();
+        std::io::stdin()
+            .read_to_end(&mut bytes)
+            .context("cannot read the record from standard input")?;
+        Ok(bytes)
+    } else {
+        std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))
     }
-    engine.decide(&DecisionInput {
-        identity,
-        record,
-        kind: head.kind,
-        from: &head.from,
-        to: &head.to,
-        now,
-    })
 }
 
 /// The decision as one JSON object (`decision`, `matched`, `obligations`, `policy_version`).

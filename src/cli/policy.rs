@@ -7,10 +7,10 @@ use std::process::ExitCode;
 
 use serde_json::Value;
 
-use hetao_gateway_core::policy::cases;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::PolicyEngine;
-use hetao_gateway_core::schema::{SchemaFailure, SchemaSet};
+use hetao_gateway_core::policy_cases as cases;
+use hetao_gateway_core::schema::SchemaSet;
 
 /// A fixed key for test runs without a configured one, so cases exercise the allow path of rules
 /// that pseudonymise (a case with `pseudonymisation_key = false` tests the fail-closed path).
@@ -51,6 +51,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         policy_dir,
         settings: base_settings,
         pseudonymisation_key: key_path,
+        ..
     } = args.rules.resolve()?;
     let schemas = SchemaSet::load(&schema_dir)?;
     let paths = if args.paths.is_empty() {
@@ -75,18 +76,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key)
             .map_err(|e| e.to_string())
     };
-    let validate = |record: &Value| -> Result<(), String> {
-        schemas.validate(record).map(|_| ()).map_err(|f| {
-            let v = match &f {
-                SchemaFailure::Envelope(v) | SchemaFailure::Body(_, v) => v,
-            };
-            v.iter()
-                .map(|v| format!("{}: {}", v.pointer, v.message))
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-    };
-    let outcomes = cases::run_all(&all, &load, Some(&validate));
+    let outcomes = cases::run_all(&all, &schemas, &load);
     let mut failed = 0;
     for o in &outcomes {
         match &o.failure {
@@ -128,7 +118,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         // holds a record that decides differently from its case.
         let items = cases::prepare_export(&all);
         let exported: Vec<cases::PolicyCase> = items.iter().map(|i| i.case.clone()).collect();
-        let again = cases::run_all(&exported, &load, Some(&validate));
+        let again = cases::run_all(&exported, &schemas, &load);
         let n = cases::write_export(dir, &items, &again)?;
         println!("exported {n} records and index.md to {}", dir.display());
     }

@@ -70,7 +70,7 @@ pub async fn serve(
                     }
                 });
             }
-            _ = crate::server::stop_requested(&mut shutdown) => break,
+            _ = crate::shutdown::stop_requested(&mut shutdown) => break,
         }
     }
 }

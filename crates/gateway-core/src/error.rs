@@ -7,7 +7,7 @@ use http_body_util::Full;
 use serde_json::{json, Value};
 
 use crate::audit::Receipt;
-use crate::policy::MatchedRule;
+use crate::policy::{Effect, MatchedRule};
 use crate::schema::SchemaViolation;
 
 /// Why the gateway did not forward a record (or did and the endpoint failed).
@@ -140,12 +140,10 @@ impl Refusal {
             Refusal::TooDeep { limit } => {
                 format!("the JSON nests deeper than the gateway's limit of {limit} levels")
             }
-            Refusal::InvalidEnvelope(_) => {
-                "the record envelope is invalid; see violations".into()
+            Refusal::InvalidEnvelope(_) => "the record envelope is invalid; see violations".into(),
+            Refusal::UnknownPark { pointer, park } => {
+                format!("`{park}` at {pointer} is not a park this gateway serves")
             }
-            Refusal::UnknownPark { pointer, park } => format!(
-                "`{park}` at {pointer} is not a park this gateway serves"
-            ),
             Refusal::SamePark(p) => {
                 format!("from and to are both `{p}`: a record must cross the boundary")
             }
@@ -156,17 +154,15 @@ impl Refusal {
             Refusal::OriginMismatch {
                 claimed,
                 certificate_park,
-            } => format!(
-                "the record claims to come from `{claimed}` but the client certificate was issued by the `{certificate_park}` park CA"
-            ),
+            } => origin_mismatch_rule(claimed, certificate_park).reason,
             Refusal::Replay => "this record_id has already been decided".into(),
-            Refusal::RateLimited { retry_after_secs } => format!(
-                "too many records from this organisation; retry after {retry_after_secs} s"
-            ),
+            Refusal::RateLimited { retry_after_secs } => {
+                format!("too many records from this organisation; retry after {retry_after_secs} s")
+            }
             Refusal::PolicyDenied { rules, .. } => {
                 let denying: Vec<&str> = rules
                     .iter()
-                    .filter(|r| r.effect == crate::policy::Effect::Deny)
+                    .filter(|r| r.effect == Effect::Deny)
                     .map(|r| r.id.as_str())
                     .collect();
                 format!("denied by policy: {}", denying.join(", "))
@@ -180,6 +176,18 @@ impl Refusal {
             Refusal::UpstreamTimeout { park, .. } => {
                 format!("the endpoint of park `{park}` did not answer in time")
             }
+        }
+    }
+
+    /// The gateway's own rule behind a refusal that is a decision (an origin mismatch is a deny
+    /// by the gateway itself, not by a policy), for the answer, the audit entry and `check`.
+    pub fn gateway_rule(&self) -> Option<MatchedRule> {
+        match self {
+            Refusal::OriginMismatch {
+                claimed,
+                certificate_park,
+            } => Some(origin_mismatch_rule(claimed, certificate_park)),
+            _ => None,
         }
     }
 
@@ -207,12 +215,7 @@ impl Refusal {
             }
             Refusal::OriginMismatch { .. } => {
                 obj.insert("decision".into(), json!("deny"));
-                obj.insert(
-                    "rules".into(),
-                    json!([{ "id": "gateway.origin-mismatch", "effect": "deny",
-                             "reason": self.message(),
-                             "regulation": "SPEC: `from` must be the park whose CA issued the client certificate" }]),
-                );
+                obj.insert("rules".into(), json!([self.gateway_rule()]));
             }
             Refusal::PolicyDenied {
                 rules,
@@ -266,6 +269,23 @@ impl Refusal {
             _ => {}
         }
         response
+    }
+}
+
+/// The id of the gateway's own rule for a sender whose certificate is from another park than the
+/// record's `from`.
+pub const ORIGIN_MISMATCH_RULE: &str = "gateway.origin-mismatch";
+
+/// The gateway's own rule denying a sender that claims another park's `from`; the one wording,
+/// used in answers, audit entries and `check`.
+pub fn origin_mismatch_rule(claimed: &str, certificate_park: &str) -> MatchedRule {
+    MatchedRule {
+        id: ORIGIN_MISMATCH_RULE.into(),
+        effect: Effect::Deny,
+        reason: format!(
+            "the record claims to come from `{claimed}` but the client certificate was issued by the `{certificate_park}` park CA"
+        ),
+        regulation: "SPEC: `from` must be the park whose CA issued the client certificate".into(),
     }
 }
 

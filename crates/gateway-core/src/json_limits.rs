@@ -4,6 +4,9 @@
 //! needs more than a handful, so the gateway refuses deep nesting earlier, with a clear error, and
 //! without building the tree first.
 
+/// `limits.max_json_depth` when the configuration does not set it.
+pub const DEFAULT_MAX_DEPTH: usize = 32;
+
 /// Returns the deepest nesting of arrays and objects in `bytes`, stopping early (with `limit + 1`)
 /// once `limit` is exceeded. Brackets inside strings do not count.
 pub fn nesting_depth(bytes: &[u8], limit: usize) -> usize {

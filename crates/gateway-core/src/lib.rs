@@ -3,11 +3,13 @@
 //! decided against the declared flow policies, written to the tamper-evident audit log, forwarded
 //! over mTLS to the destination park, and answered with a signed receipt.
 //!
-//! The data flow reads top to bottom in [`pipeline`].
+//! The data flow reads top to bottom in [`pipeline`]; the decision itself is one pure function,
+//! [`checkpoint::Checkpoint::examine`], shared with `check`, `policy test` and the benches.
 #![forbid(unsafe_code)]
 
 pub mod admin;
 pub mod audit;
+pub mod checkpoint;
 pub mod config;
 pub mod envelope;
 pub mod error;
@@ -15,10 +17,12 @@ pub mod json_limits;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;
+pub mod policy_cases;
 pub mod rate_limit;
 pub mod replay;
 pub mod schema;
 pub mod server;
+pub mod shutdown;
 pub mod state;
 pub mod telemetry;
 pub mod tls;

@@ -1,8 +1,9 @@
 //! One record's way through the gateway, in phases over one [`RequestCtx`]:
 //!
-//! read body (limited) → parse (depth-limited) → envelope schema → route and origin → replay →
-//! rate limit → body schema → policy → obligations → audit decision (durable) → forward →
-//! audit outcome → answer.
+//! read body (limited) → examine ([`Checkpoint::examine`](crate::checkpoint::Checkpoint::examine):
+//! parse, schemas, route and origin, policy, obligations — the one pure decision function) →
+//! admit (replay memory, rate limit) → audit decision (durable) → forward → audit outcome →
+//! answer.
 //!
 //! Whatever happens, the final phase runs: every record that reaches this layer gets an audit
 //! entry, an access-log line and metrics. Refusals are mapped to answers only in `error.rs`.
@@ -16,15 +17,14 @@ use bytes::Bytes;
 use chrono::Utc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full, Limited};
-use serde_json::{json, Value};
+use serde_json::json;
 
 use crate::audit::{Appended, AuditEvent, EntryType, RuleRef};
-use crate::envelope::{record_id_hint, EnvelopeHead, Kind};
+use crate::checkpoint::{RecordFacts, Verdict};
+use crate::envelope::Kind;
 use crate::error::{json_response, Refusal};
-use crate::json_limits::nesting_depth;
-use crate::policy::{Decision, DecisionInput, Effect, MatchedRule};
+use crate::policy::{Effect, MatchedRule};
 use crate::replay::Reservation;
-use crate::schema::SchemaFailure;
 use crate::state::{Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
 use crate::upstream::{ForwardMeta, UpstreamError};
@@ -39,21 +39,65 @@ pub struct ConnectionCtx {
     pub remote: SocketAddr,
 }
 
-/// What one request has learnt so far; read by the audit and logging phase whatever the outcome.
+/// One request's state, owned phase by phase: what the record is, how it was decided, its place
+/// in the audit log and its replay reservation. Read by the final phase whatever the outcome.
 struct RequestCtx {
     started: Instant,
     identity: Arc<ClientIdentity>,
-    record_id: Option<String>,
-    kind: Option<Kind>,
-    from: Option<String>,
-    to: Option<String>,
     body_sha256: Option<String>,
+    /// What is known of the record, also when it is refused.
+    facts: RecordFacts,
+    /// One rule set for the whole request, even if a reload lands meanwhile.
     rules: Option<Arc<RuleSet>>,
+    /// The record id held against replays until the outcome is known.
+    reservation: Option<Reservation>,
+    /// The durable decision entry.
+    decision_entry: Option<Appended>,
     /// Set once the request's decision entry has been written (or attempted): the final phase
     /// then writes nothing more.
     audited: bool,
     /// The decision, for the access log and metrics.
     decision: &'static str,
+}
+
+impl RequestCtx {
+    fn new(identity: Arc<ClientIdentity>) -> RequestCtx {
+        RequestCtx {
+            started: Instant::now(),
+            identity,
+            body_sha256: None,
+            facts: RecordFacts::default(),
+            rules: None,
+            reservation: None,
+            decision_entry: None,
+            audited: false,
+            decision: "invalid",
+        }
+    }
+
+    /// An audit entry carrying what the request knows so far.
+    fn event(&self, entry_type: EntryType, decision: &str) -> AuditEvent {
+        let rules = self.rules.as_ref();
+        AuditEvent {
+            entry_type: Some(entry_type),
+            record_id: self.facts.record_id.clone(),
+            kind: self.facts.kind.map(|k| k.as_str().to_string()),
+            from: self.facts.from.clone(),
+            to: self.facts.to.clone(),
+            sender: Some((*self.identity).clone()),
+            body_sha256: self.body_sha256.clone(),
+            decision: decision.to_string(),
+            status: 0,
+            error: None,
+            rules: Vec::new(),
+            policy_version: rules.map(|r| r.policies.version().to_string()),
+            policy_hash: rules.map(|r| r.policies.hash().to_string()),
+            schema_hash: rules.map(|r| r.schemas.hash().to_string()),
+            obligations: Vec::new(),
+            refers_to: None,
+            latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
+        }
+    }
 }
 
 /// The answer to an accepted and forwarded record.
@@ -78,18 +122,7 @@ where
         return Ok(answer_without_record(&gateway, Refusal::MethodNotAllowed));
     }
     gateway.metrics.inflight_requests.inc();
-    let mut ctx = RequestCtx {
-        started: Instant::now(),
-        identity: conn.identity.clone(),
-        record_id: None,
-        kind: None,
-        from: None,
-        to: None,
-        body_sha256: None,
-        rules: None,
-        audited: false,
-        decision: "invalid",
-    };
+    let mut ctx = RequestCtx::new(conn.identity.clone());
     let (response, error) = match process(&gateway, &mut ctx, req).await {
         Ok(forwarded) => (forwarded.response, "none"),
         Err(refusal) => refuse(&gateway, &mut ctx, refusal).await,
@@ -125,106 +158,25 @@ where
     let body = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
     ctx.body_sha256 = Some(sha256_hex(&body));
 
-    if nesting_depth(&body, limits.max_json_depth) > limits.max_json_depth {
-        return Err(Refusal::TooDeep {
-            limit: limits.max_json_depth,
-        });
-    }
-    let record: Value =
-        serde_json::from_slice(&body).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
-    ctx.record_id = record_id_hint(&record);
-
-    // One rule set for the whole request, even if a reload lands meanwhile.
     let rules = gateway.rules.load_full();
-    ctx.rules = Some(rules.clone());
-    let schema_result = rules.schemas.validate(&record);
-    if let Err(SchemaFailure::Envelope(violations)) = schema_result {
-        note_partial_head(ctx, &record);
-        return Err(Refusal::InvalidEnvelope(violations));
-    }
-    let head = EnvelopeHead::read(&record).ok_or_else(|| {
-        Refusal::InvalidEnvelope(vec![crate::schema::SchemaViolation {
-            pointer: String::new(),
-            rule: "envelope".into(),
-            message: "record_id, kind, from and to must be strings".into(),
-        }])
-    })?;
-    ctx.record_id = Some(head.record_id.clone());
-    ctx.kind = Some(head.kind);
-    ctx.from = Some(head.from.clone());
-    ctx.to = Some(head.to.clone());
+    let examination = gateway
+        .checkpoint(&rules)
+        .examine(&body, &ctx.identity, Utc::now());
+    ctx.rules = Some(rules);
+    ctx.facts = examination.facts;
+    let verdict = examination.outcome?;
 
-    check_route(gateway, ctx, &head)?;
-    if let Err(SchemaFailure::Body(_, violations)) = schema_result {
-        return Err(Refusal::SchemaViolation(violations));
-    }
-
-    let reservation = gateway
-        .replay
-        .reserve(&head.record_id)
-        .ok_or(Refusal::Replay)?;
-    gateway
-        .rate_limiter
-        .check(&ctx.identity.park, &ctx.identity.organisation)
-        .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
-
-    let decision = rules.policies.decide(&DecisionInput {
-        identity: &ctx.identity,
-        record: &record,
-        kind: head.kind,
-        from: &head.from,
-        to: &head.to,
-        now: Utc::now(),
-    });
-    let (decision, forwarded_record, applied) = apply_obligations(&rules, decision, record, body);
-    for rule in &decision.matched {
-        gateway
-            .metrics
-            .rule_matches
-            .with_label_values(&[&rule.id, effect_str(rule.effect)])
-            .inc();
-    }
-
-    // The decision is durable before anything leaves the gateway.
-    ctx.audited = true;
-    ctx.decision = effect_str(decision.effect);
-    let mut event = event(ctx, EntryType::Decision, effect_str(decision.effect));
-    event.rules = rule_refs(&decision.matched);
-    event.obligations = applied.clone();
-    event.status = match decision.effect {
-        Effect::Allow => 200,
-        Effect::Deny => 403,
-    };
-    if decision.effect == Effect::Deny {
-        event.error = Some("policy_denied".into());
-    }
-    let appended = gateway
-        .audit
-        .append(event)
-        .await
-        .map_err(|e| Refusal::AuditUnavailable(e.to_string()))?;
-
-    match (decision.effect, forwarded_record) {
-        (Effect::Allow, Some(bytes)) => {
-            forward(
-                gateway,
-                ctx,
-                &head,
-                &decision,
-                applied,
-                bytes,
-                appended,
-                reservation,
-            )
-            .await
+    admit(gateway, ctx, &verdict.head.record_id)?;
+    record_decision(gateway, ctx, &verdict).await?;
+    match verdict.forward.clone() {
+        Some(bytes) if verdict.decision.effect == Effect::Allow => {
+            forward(gateway, ctx, verdict, bytes).await
         }
         _ => {
-            reservation.commit();
-            Err(Refusal::PolicyDenied {
-                receipt: Box::new(gateway.audit.receipt(&appended, &head.record_id)),
-                rules: decision.matched,
-                policy_version: decision.policy_version,
-            })
+            if let Some(reservation) = ctx.reservation.take() {
+                reservation.commit();
+            }
+            Err(denial(gateway, ctx, verdict))
         }
     }
 }
@@ -281,110 +233,89 @@ where
     }
 }
 
-/// Keeps whatever routing facts an invalid envelope does have, for the audit entry.
-fn note_partial_head(ctx: &mut RequestCtx, record: &Value) {
-    let short = |k: &str| {
-        record
-            .get(k)
-            .and_then(Value::as_str)
-            .filter(|s| s.len() <= 32)
-            .map(str::to_string)
-    };
-    ctx.kind = record
-        .get("kind")
-        .and_then(Value::as_str)
-        .and_then(Kind::parse);
-    ctx.from = short("from");
-    ctx.to = short("to");
+/// Replay memory and rate limit: the stateful checks between the decision and its audit entry.
+/// A refused record (invalid, wrong park) never gets this far, so it reserves no record id.
+fn admit(gateway: &Gateway, ctx: &mut RequestCtx, record_id: &str) -> Result<(), Refusal> {
+    let reservation = gateway.replay.reserve(record_id).ok_or(Refusal::Replay)?;
+    ctx.reservation = Some(reservation);
+    gateway
+        .rate_limiter
+        .check(&ctx.identity.park, &ctx.identity.organisation)
+        .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })
 }
 
-/// `from` and `to` must be configured parks, different from each other, and `from` must be the
-/// park whose CA issued the sender's certificate — never trusted from the body.
-fn check_route(gateway: &Gateway, ctx: &RequestCtx, head: &EnvelopeHead) -> Result<(), Refusal> {
-    if !gateway.config.parks.contains_key(&head.from) {
-        return Err(Refusal::UnknownPark {
-            pointer: "/from",
-            park: head.from.clone(),
-        });
+/// Writes the decision entry and waits until it is durable: nothing leaves before.
+async fn record_decision(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    verdict: &Verdict,
+) -> Result<(), Refusal> {
+    let decision = &verdict.decision;
+    for rule in &decision.matched {
+        gateway
+            .metrics
+            .rule_matches
+            .with_label_values(&[&rule.id, rule.effect.as_str()])
+            .inc();
     }
-    if !gateway.config.parks.contains_key(&head.to) {
-        return Err(Refusal::UnknownPark {
-            pointer: "/to",
-            park: head.to.clone(),
-        });
+    let allowed = decision.effect == Effect::Allow && verdict.forward.is_some();
+    let mut event = ctx.event(EntryType::Decision, decision.effect.as_str());
+    event.rules = rule_refs(&decision.matched);
+    event.obligations = verdict.applied.clone();
+    event.status = if allowed { 200 } else { 403 };
+    if !allowed {
+        event.error = Some("policy_denied".into());
     }
-    if head.from == head.to {
-        return Err(Refusal::SamePark(head.from.clone()));
-    }
-    if head.from != ctx.identity.park {
-        return Err(Refusal::OriginMismatch {
-            claimed: head.from.clone(),
-            certificate_park: ctx.identity.park.clone(),
-        });
-    }
+    ctx.audited = true;
+    ctx.decision = decision.effect.as_str();
+    let appended = gateway
+        .audit
+        .append(event)
+        .await
+        .map_err(|e| Refusal::AuditUnavailable(e.to_string()))?;
+    ctx.decision_entry = Some(appended);
     Ok(())
 }
 
-/// Applies the obligations of an allow decision to the record. Without obligations the record
-/// leaves exactly as it arrived, byte for byte (its SHA-256 in the audit log matches what the
-/// endpoint receives). A record whose obligations cannot be met is denied (fail closed), with the
-/// reason among the matched rules.
-fn apply_obligations(
-    rules: &RuleSet,
-    decision: Decision,
-    record: Value,
-    body: Bytes,
-) -> (Decision, Option<Bytes>, Vec<String>) {
-    if decision.effect != Effect::Allow {
-        return (decision, None, Vec::new());
-    }
-    if decision.obligations.is_empty() {
-        return (decision, Some(body), Vec::new());
-    }
-    let mut record = record;
-    match rules.policies.apply_obligations(&decision, &mut record) {
-        Ok(applied) => match serde_json::to_vec(&record) {
-            Ok(bytes) => (decision, Some(Bytes::from(bytes)), applied),
-            Err(e) => (obligation_denial(decision, e.to_string()), None, Vec::new()),
+/// The 403 for a record the policies denied, with its receipt.
+fn denial(gateway: &Gateway, ctx: &RequestCtx, verdict: Verdict) -> Refusal {
+    match &ctx.decision_entry {
+        Some(appended) => Refusal::PolicyDenied {
+            receipt: Box::new(gateway.audit.receipt(appended, &verdict.head.record_id)),
+            rules: verdict.decision.matched,
+            policy_version: verdict.decision.policy_version,
         },
-        Err(e) => (obligation_denial(decision, e.to_string()), None, Vec::new()),
+        // record_decision() sets the entry or fails: not reached.
+        None => Refusal::AuditUnavailable("the decision entry is missing".into()),
     }
 }
 
-fn obligation_denial(mut decision: Decision, reason: String) -> Decision {
-    decision.effect = Effect::Deny;
-    decision.obligations.clear();
-    decision.matched.push(MatchedRule {
-        id: "gateway.obligation-failed".into(),
-        effect: Effect::Deny,
-        reason: format!("an obligation of the allowing rule could not be met: {reason}"),
-        regulation: "fail closed: a record is forwarded only with every obligation applied".into(),
-    });
-    decision
-}
-
-#[allow(clippy::too_many_arguments)]
+/// Forwards an allowed record under its durable decision entry, writes the outcome entry, and
+/// answers.
 async fn forward(
     gateway: &Gateway,
     ctx: &mut RequestCtx,
-    head: &EnvelopeHead,
-    decision: &Decision,
-    applied: Vec<String>,
+    verdict: Verdict,
     bytes: Bytes,
-    appended: Appended,
-    reservation: Reservation,
 ) -> Result<Forwarded, Refusal> {
+    let Some(appended) = ctx.decision_entry.clone() else {
+        // record_decision() sets the entry or fails: not reached.
+        return Err(Refusal::AuditUnavailable(
+            "the decision entry is missing".into(),
+        ));
+    };
+    let head = &verdict.head;
     let meta = ForwardMeta {
         record_id: &head.record_id,
         audit_seq: appended.seq,
         source_park: &ctx.identity.park,
         source_org: &ctx.identity.organisation,
-        policy_version: &decision.policy_version,
+        policy_version: &verdict.decision.policy_version,
     };
     let upstreams = gateway.upstreams.load_full();
     let result = upstreams.forward(&head.to, bytes, &meta).await;
 
-    let mut outcome = event(ctx, EntryType::Outcome, "forwarded");
+    let mut outcome = ctx.event(EntryType::Outcome, "forwarded");
     outcome.refers_to = Some(appended.seq);
     let refusal = match &result {
         Ok(answer) if (200..300).contains(&answer.status) => {
@@ -444,10 +375,12 @@ async fn forward(
     if let Some(refusal) = refusal {
         ctx.decision = "upstream_failed";
         // Dropping the reservation lets the sender retry a record the endpoint did not take.
-        drop(reservation);
+        drop(ctx.reservation.take());
         return Err(refusal);
     }
-    reservation.commit();
+    if let Some(reservation) = ctx.reservation.take() {
+        reservation.commit();
+    }
     let answer = result.ok();
     let receipt = gateway.audit.receipt(&appended, &head.record_id);
     let body = json!({
@@ -458,9 +391,9 @@ async fn forward(
         "receipt": receipt,
         "upstream_status": answer.as_ref().map(|a| a.status),
         "upstream": answer.and_then(|a| a.json),
-        "rules": decision.matched,
-        "obligations": applied,
-        "policy_version": decision.policy_version,
+        "rules": verdict.decision.matched,
+        "obligations": verdict.applied,
+        "policy_version": verdict.decision.policy_version,
     });
     Ok(Forwarded {
         response: json_response(StatusCode::OK, &body),
@@ -479,15 +412,11 @@ async fn refuse(
     if !ctx.audited {
         ctx.audited = true;
         ctx.decision = refusal.audit_decision();
-        let mut entry = event(ctx, EntryType::Decision, refusal.audit_decision());
+        let mut entry = ctx.event(EntryType::Decision, refusal.audit_decision());
         entry.status = refusal.status().as_u16();
         entry.error = Some(refusal.code().to_string());
-        if let Refusal::OriginMismatch { .. } = refusal {
-            entry.rules = vec![RuleRef {
-                id: "gateway.origin-mismatch".into(),
-                effect: "deny".into(),
-                reason: refusal.message(),
-            }];
+        if let Some(rule) = refusal.gateway_rule() {
+            entry.rules = rule_refs(&[rule]);
         }
         if let Err(e) = gateway.audit.append(entry).await {
             refusal = Refusal::AuditUnavailable(e.to_string());
@@ -497,7 +426,7 @@ async fn refuse(
         ctx.decision = refusal.audit_decision();
     }
     (
-        refusal.to_response(ctx.record_id.as_deref()),
+        refusal.to_response(ctx.facts.record_id.as_deref()),
         refusal.code(),
     )
 }
@@ -510,8 +439,8 @@ fn finish(
     status: StatusCode,
     error: &'static str,
 ) {
-    let kind = ctx.kind.map(Kind::as_str).unwrap_or("unknown");
-    let route = match (&ctx.from, &ctx.to) {
+    let kind = ctx.facts.kind.map(Kind::as_str).unwrap_or("unknown");
+    let route = match (&ctx.facts.from, &ctx.facts.to) {
         (Some(f), Some(t)) => format!("{f}->{t}"),
         _ => "unknown".into(),
     };
@@ -526,7 +455,7 @@ fn finish(
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "hetao::access",
-        record_id = ctx.record_id.as_deref().unwrap_or("-"),
+        record_id = ctx.facts.record_id.as_deref().unwrap_or("-"),
         park = %ctx.identity.park,
         org = %ctx.identity.organisation,
         remote = %conn.remote,
@@ -540,44 +469,15 @@ fn finish(
     );
 }
 
-fn event(ctx: &RequestCtx, entry_type: EntryType, decision: &str) -> AuditEvent {
-    AuditEvent {
-        entry_type: Some(entry_type),
-        record_id: ctx.record_id.clone(),
-        kind: ctx.kind.map(|k| k.as_str().to_string()),
-        from: ctx.from.clone(),
-        to: ctx.to.clone(),
-        sender: Some((*ctx.identity).clone()),
-        body_sha256: ctx.body_sha256.clone(),
-        decision: decision.to_string(),
-        status: 0,
-        error: None,
-        rules: Vec::new(),
-        policy_version: ctx.rules.as_ref().map(|r| r.policies.version().to_string()),
-        policy_hash: ctx.rules.as_ref().map(|r| r.policies.hash().to_string()),
-        schema_hash: ctx.rules.as_ref().map(|r| r.schemas.hash().to_string()),
-        obligations: Vec::new(),
-        refers_to: None,
-        latency_us: u64::try_from(ctx.started.elapsed().as_micros()).unwrap_or(u64::MAX),
-    }
-}
-
 fn rule_refs(rules: &[MatchedRule]) -> Vec<RuleRef> {
     rules
         .iter()
         .map(|r| RuleRef {
             id: r.id.clone(),
-            effect: effect_str(r.effect).to_string(),
+            effect: r.effect.as_str().to_string(),
             reason: r.reason.clone(),
         })
         .collect()
-}
-
-fn effect_str(effect: Effect) -> &'static str {
-    match effect {
-        Effect::Allow => "allow",
-        Effect::Deny => "deny",
-    }
 }
 
 fn sha256_hex(bytes: &[u8]) -> String {

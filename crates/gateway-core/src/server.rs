@@ -18,6 +18,7 @@ use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::{self, ConnectionCtx};
+use crate::shutdown::stop_requested;
 use crate::state::Gateway;
 
 /// Starts nothing by itself: sends `true` to stop the servers started by [`run`].
@@ -259,12 +260,6 @@ async fn serve_connection(
             }
         }
     }
-}
-
-/// Resolves once shutdown has been requested (or the sender is gone).
-pub async fn stop_requested(shutdown: &mut watch::Receiver<bool>) {
-    // The guard `wait_for` returns is not Send; drop it here rather than hold it in a select!.
-    let _ = shutdown.wait_for(|stop| *stop).await.map(|_| ());
 }
 
 /// Requests in flight on one connection and when the last one ended: a connection is idle only

@@ -9,6 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditError, AuditLog};
+use crate::checkpoint::Checkpoint;
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyLoadError};
@@ -31,6 +32,12 @@ pub enum LoadError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("{path}: the set of parks changed (running: {running}; in the file: {in_file}); parks are added or removed by a restart, not a reload; their CAs, CRLs and endpoints do reload")]
+    ParksChanged {
+        path: PathBuf,
+        running: String,
+        in_file: String,
+    },
 }
 
 /// Schemas and policies of one load: a request is decided entirely under one `RuleSet`, even if
@@ -41,6 +48,7 @@ pub struct RuleSet {
 }
 
 impl RuleSet {
+    /// Loads the schemas and policies the configuration names.
     pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         let schemas = SchemaSet::load(&config.schemas.dir)?;
         let policies = PolicyEngine::load(
@@ -70,8 +78,9 @@ fn load_reloadable(config: &Config) -> Result<Loaded, LoadError> {
 
 /// The gateway: shared by every connection and request.
 pub struct Gateway {
-    /// The configuration as started. Listeners and limits keep these values until restart;
-    /// rules, certificates and upstreams follow reloads.
+    /// The configuration as started. Listeners, limits and the set of parks keep these values
+    /// until restart (a reload that changes the parks is refused); rules, certificates, CRLs and
+    /// upstreams follow reloads.
     pub config: Config,
     pub rules: ArcSwap<RuleSet>,
     pub tls: ArcSwap<InboundTls>,
@@ -125,8 +134,19 @@ impl Gateway {
     pub async fn reload(&self) -> Result<ReloadReport, LoadError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let source: PathBuf = self.config.source.clone();
+        let running = park_list(&self.config);
         let result = tokio::task::spawn_blocking(move || {
             let config = Config::load(&source)?;
+            // Routing, the per-park verifiers and the upstreams must agree on one set of parks;
+            // the running set is fixed at start, so a reload that changes it is refused whole.
+            let in_file = park_list(&config);
+            if in_file != running {
+                return Err(LoadError::ParksChanged {
+                    path: source,
+                    running,
+                    in_file,
+                });
+            }
             load_reloadable(&config)
         })
         .await
@@ -167,6 +187,16 @@ impl Gateway {
         }
     }
 
+    /// The decision sequence under `rules`, for this gateway's parks and limits.
+    pub fn checkpoint<'a>(&'a self, rules: &'a RuleSet) -> Checkpoint<'a> {
+        Checkpoint {
+            schemas: &rules.schemas,
+            policies: &rules.policies,
+            parks: Some(&self.config.parks),
+            max_json_depth: self.config.limits.max_json_depth,
+        }
+    }
+
     /// Versions of what is in force.
     pub fn report(&self) -> ReloadReport {
         let rules = self.rules.load();
@@ -201,4 +231,14 @@ impl Gateway {
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }
+}
+
+/// The configured park ids, for messages: `hk, sz`.
+fn park_list(config: &Config) -> String {
+    config
+        .parks
+        .keys()
+        .map(String::as_str)
+        .collect::<Vec<_>>()
+        .join(", ")
 }

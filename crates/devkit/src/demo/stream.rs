@@ -9,7 +9,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Duration, FixedOffset, NaiveDate, SecondsFormat, Utc};
 use serde_json::{json, Value};
 
-use hetao_gateway_core::policy::cases::set_pointer;
+use hetao_gateway_core::policy_cases::set_pointer;
 
 /// The answer a record must get.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -7,7 +7,7 @@
 use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
 
-use super::compile::{
+use super::compiled::{
     kind_slot, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand,
     ObligationAction, Op, Pointer, Rule, Source,
 };

@@ -17,8 +17,8 @@ use crate::envelope::Kind;
 use crate::schema::SchemaSet;
 use crate::tls::identity::ClientIdentity;
 
-pub mod cases;
 pub mod compile;
+pub mod compiled;
 pub mod dates;
 pub mod eval;
 pub mod obligations;

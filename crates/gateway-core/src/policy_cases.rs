@@ -15,8 +15,13 @@ use chrono::{DateTime, Utc};
 use serde::Deserialize;
 use serde_json::Value;
 
-use super::{Decision, DecisionInput, Effect, Obligation, PolicyEngine};
-use crate::envelope::EnvelopeHead;
+use bytes::Bytes;
+
+use crate::checkpoint::Checkpoint;
+use crate::error::Refusal;
+use crate::json_limits::DEFAULT_MAX_DEPTH;
+use crate::policy::{Decision, Effect, Obligation, PolicyEngine};
+use crate::schema::SchemaSet;
 use crate::tls::identity::ClientIdentity;
 
 #[derive(Debug, thiserror::Error)]
@@ -205,7 +210,7 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
 
 /// Sets the value at an RFC 6901 pointer, creating missing objects on the way (`-` appends).
 pub fn set_pointer(root: &mut Value, ptr: &str, v: Value) -> Result<(), String> {
-    let parsed = super::compile::parse_pointer(ptr)?;
+    let parsed = crate::policy::compile::parse_pointer(ptr)?;
     let Some((last, parents)) = parsed.tokens.split_last() else {
         *root = v;
         return Ok(());
@@ -258,29 +263,24 @@ fn remove_pointer(root: &mut Value, ptr: &str) -> Result<(), String> {
     }
 }
 
-/// Runs one case against an engine loaded with the case's settings.
-pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
+/// Runs one case through the gateway's decision sequence ([`Checkpoint::examine`]): the record
+/// must pass the schemas, then its decision must be the one expected.
+pub fn run_case(checkpoint: &Checkpoint<'_>, case: &PolicyCase) -> CaseOutcome {
     let outcome = |failure: Option<String>, decision: Option<Decision>| CaseOutcome {
         file: case.file.clone(),
         name: case.name.clone(),
         failure,
         decision,
     };
-    let Some(head) = EnvelopeHead::read(&case.record) else {
-        return outcome(
-            Some("record has no valid envelope head (kind, from, to, record_id)".into()),
-            None,
-        );
+    let body = match serde_json::to_vec(&case.record) {
+        Ok(bytes) => Bytes::from(bytes),
+        Err(e) => return outcome(Some(format!("record cannot be serialised: {e}")), None),
     };
-    let input = DecisionInput {
-        identity: &case.identity,
-        record: &case.record,
-        kind: head.kind,
-        from: &head.from,
-        to: &head.to,
-        now: case.at,
+    let examination = checkpoint.examine(&body, &case.identity, case.at);
+    let d = match checkpoint.offline_decision(examination.outcome) {
+        Ok(d) => d,
+        Err(refusal) => return outcome(Some(refusal_failure(&refusal)), None),
     };
-    let d = engine.decide(&input);
     let mut got: Vec<&str> = d.rule_ids();
     got.sort_unstable();
     let mut want: Vec<&str> = case.rules.iter().map(String::as_str).collect();
@@ -304,34 +304,35 @@ pub fn run_case(engine: &PolicyEngine, case: &PolicyCase) -> CaseOutcome {
     outcome(failure, Some(d))
 }
 
+/// Why a case's record never reached a decision. Shipped cases must be realistic records, so a
+/// schema violation fails the case.
+fn refusal_failure(refusal: &Refusal) -> String {
+    match refusal {
+        Refusal::InvalidEnvelope(v) | Refusal::SchemaViolation(v) => format!(
+            "record is not valid against the schemas: {}",
+            v.iter()
+                .map(|v| format!("{}: {}", v.pointer, v.message))
+                .collect::<Vec<_>>()
+                .join("; ")
+        ),
+        other => format!("record refused ({}): {}", other.code(), other.message()),
+    }
+}
+
 /// Loads the policy set with setting overrides, with or without a pseudonymisation key.
 pub type EngineLoader<'a> =
     dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String> + 'a;
-/// Checks a record against the schemas; the error describes the violations.
-pub type RecordValidator<'a> = dyn Fn(&Value) -> Result<(), String> + 'a;
 
-/// Runs cases, loading one engine per distinct (settings override, key present) through `load`.
-/// `validate` (when given) checks each record against the schemas first: an invalid record is a
-/// failed case, so shipped cases stay realistic.
+/// Runs cases against `schemas`, loading one engine per distinct (settings override, key
+/// present) through `load`. Offline: no configured parks, the default JSON depth limit.
 pub fn run_all(
     cases: &[PolicyCase],
+    schemas: &SchemaSet,
     load: &EngineLoader<'_>,
-    validate: Option<&RecordValidator<'_>>,
 ) -> Vec<CaseOutcome> {
     let mut engines: BTreeMap<String, Result<PolicyEngine, String>> = BTreeMap::new();
     let mut out = Vec::new();
     for case in cases {
-        if let Some(v) = validate {
-            if let Err(m) = v(&case.record) {
-                out.push(CaseOutcome {
-                    file: case.file.clone(),
-                    name: case.name.clone(),
-                    failure: Some(format!("record is not valid against the schemas: {m}")),
-                    decision: None,
-                });
-                continue;
-            }
-        }
         let key = format!(
             "{}{}",
             case.with_key,
@@ -341,7 +342,15 @@ pub fn run_all(
             .entry(key)
             .or_insert_with(|| load(&case.settings, case.with_key));
         match engine {
-            Ok(e) => out.push(run_case(e, case)),
+            Ok(policies) => {
+                let checkpoint = Checkpoint {
+                    schemas,
+                    policies,
+                    parks: None,
+                    max_json_depth: DEFAULT_MAX_DEPTH,
+                };
+                out.push(run_case(&checkpoint, case));
+            }
             Err(m) => out.push(CaseOutcome {
                 file: case.file.clone(),
                 name: case.name.clone(),

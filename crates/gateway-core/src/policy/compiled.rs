@@ -1,0 +1,182 @@
+//! The compiled form of a policy set: what [`super::compile`] produces once per load and
+//! [`super::eval`] runs for every decision. Types only, so both depend on this and not on each
+//! other.
+
+use chrono::FixedOffset;
+use serde_json::Value;
+
+use super::dates::{DateValue, Offset};
+use super::{Effect, MatchedRule, SettingInfo};
+use crate::envelope::Kind;
+
+/// A JSON pointer split into tokens at load; array indices pre-parsed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Pointer {
+    pub text: Box<str>,
+    pub tokens: Box<[Token]>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Token {
+    pub key: Box<str>,
+    pub index: Option<usize>,
+}
+
+/// Which part of the sender's identity a condition reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityField {
+    Park,
+    Organisation,
+    Subject,
+    Fingerprint,
+}
+
+/// Where a condition reads its value.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Source {
+    /// A pointer into the whole envelope (`/body/data_grade`).
+    Field(Pointer),
+    /// A pointer into the item of an enclosing `any_item`/`every_item`; `up` 0 is the innermost.
+    Item {
+        up: usize,
+        pointer: Pointer,
+    },
+    Identity(IdentityField),
+    /// A setting's value (folded into a constant at load; kept for completeness).
+    Constant(Value),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cmp {
+    Lt,
+    Le,
+    Gt,
+    Ge,
+    Eq,
+}
+
+impl Cmp {
+    pub fn holds(self, o: std::cmp::Ordering) -> bool {
+        use std::cmp::Ordering::*;
+        match self {
+            Cmp::Lt => o == Less,
+            Cmp::Le => o != Greater,
+            Cmp::Gt => o == Greater,
+            Cmp::Ge => o != Less,
+            Cmp::Eq => o == Equal,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum NumOperand {
+    Const(f64),
+    Source(Source),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum DateBase {
+    Now,
+    Literal(DateValue),
+    Source(Source),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DateOperand {
+    pub base: DateBase,
+    pub offset: Offset,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Op {
+    Equals(Value),
+    OneOf(Box<[Value]>),
+    Num(Cmp, NumOperand),
+    /// `true`: present and not null; `false`: absent or null.
+    Exists(bool),
+    Date(Cmp, DateOperand),
+    AnyItem(Box<Cond>),
+    EveryItem(Box<Cond>),
+    /// The array at the source holds this value.
+    Contains(Value),
+    /// The value at the source is one of the items of the array at another source.
+    MemberOf(Source),
+    /// The value at the source equals the value at another source.
+    SameAs(Source),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Cond {
+    Const(bool),
+    All(Box<[Cond]>),
+    Any(Box<[Cond]>),
+    Not(Box<Cond>),
+    Test(Source, Op),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ObligationAction {
+    Pseudonymise,
+    Drop,
+}
+
+#[derive(Debug, Clone)]
+pub struct CompiledObligation {
+    pub action: ObligationAction,
+    pub pointer: String,
+}
+
+/// One rule, ready to evaluate.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    pub id: String,
+    pub effect: Effect,
+    pub file: String,
+    /// `None`: any. Otherwise the accepted values.
+    pub kinds: Option<Vec<Kind>>,
+    pub from: Option<Vec<String>>,
+    pub to: Option<Vec<String>>,
+    pub organisations: Option<Vec<String>>,
+    pub parks: Option<Vec<String>>,
+    pub when: Cond,
+    pub obligations: Vec<CompiledObligation>,
+    /// Built once so a decision clones instead of formatting.
+    pub shown: MatchedRule,
+}
+
+impl Rule {
+    pub fn needs_key(&self) -> bool {
+        self.effect == Effect::Allow
+            && self
+                .obligations
+                .iter()
+                .any(|o| o.action == ObligationAction::Pseudonymise)
+    }
+}
+
+/// A compiled policy set.
+#[derive(Debug, Clone)]
+pub struct CompiledSet {
+    pub rules: Vec<Rule>,
+    /// Indices into `rules` of the rules that can match each kind, in policy order.
+    pub by_kind: [Vec<usize>; 3],
+    pub settings: Vec<SettingInfo>,
+    /// Local time of the zone, for "the decision date" and plain dates.
+    pub zone: FixedOffset,
+}
+
+pub fn kind_slot(kind: Kind) -> usize {
+    match kind {
+        Kind::Talent => 0,
+        Kind::Materials => 1,
+        Kind::Data => 2,
+    }
+}
+
+/// What [`load_dir`] produces.
+pub struct LoadedSet {
+    pub set: CompiledSet,
+    pub declared_version: String,
+    /// SHA-256 (hex) over the manifest and rule files in name order.
+    pub hash: String,
+}
