@@ -184,6 +184,43 @@ async fn a_schema_violation_is_422_with_every_pointer() {
 }
 
 #[tokio::test]
+async fn a_key_written_twice_is_400_duplicate_key_and_nothing_is_forwarded() {
+    let gw = TestGateway::start().await;
+    let record = example(ALLOWED[0]);
+    let text = serde_json::to_string(&record).unwrap();
+    // serde_json would keep the last value; a downstream parser may keep the first.
+    let doubled = text.replacen(
+        "\"body\":{",
+        "\"body\":{\"data_grade\":\"core\",\"data_grade\":\"general\",",
+        1,
+    );
+    assert_ne!(doubled, text);
+    let answer = gw.send_bytes(&gw.sz_client(), doubled.into()).await;
+    assert_eq!(answer.status, 400, "{:#}", answer.json);
+    assert_eq!(answer.error(), "duplicate_key");
+    assert_eq!(answer.violation_pointers(), vec!["/body/data_grade"]);
+    // Two record ids: neither is taken.
+    let twice = text.replacen(
+        "{",
+        "{\"record_id\":\"9a7c0f3e-2d41-4b8e-9c55-0e6d1f2a3b4c\",",
+        1,
+    );
+    let answer = gw.send_bytes(&gw.sz_client(), twice.into()).await;
+    assert_eq!(answer.status, 400, "{:#}", answer.json);
+    assert_eq!(answer.error(), "duplicate_key");
+    assert_eq!(answer.violation_pointers(), vec!["/record_id"]);
+    assert!(gw.hk_endpoint.received().is_empty());
+    let entries = gw.audit_entries();
+    assert_eq!(
+        entries
+            .iter()
+            .filter(|e| e["error"] == "duplicate_key")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
 async fn a_shenzhen_certificate_claiming_to_come_from_hong_kong_is_403() {
     let gw = TestGateway::start().await;
     let mut record = example(ALLOWED[0]);

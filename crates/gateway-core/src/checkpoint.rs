@@ -3,7 +3,7 @@
 //! no shared state. The pipeline (`serve`), `check`, `policy test` and the benches all call
 //! [`Checkpoint::examine`], so a record is decided the same way wherever it is decided.
 //!
-//! The sequence: JSON depth limit → parse → envelope schema → route (configured parks, crossing
+//! The sequence: JSON depth limit → parse (a key written twice is refused) → envelope schema → route (configured parks, crossing
 //! the boundary, `from` is the certificate's park) → body schema → policy → obligations.
 //! What is stateful (replay memory, rate limits, the audit log, forwarding) stays in the pipeline.
 
@@ -17,7 +17,7 @@ use crate::config::{ParkConfig, ParkId};
 use crate::envelope::{record_id_hint, EnvelopeHead, Kind};
 use crate::error::Refusal;
 pub use crate::error::{origin_mismatch_rule, ORIGIN_MISMATCH_RULE};
-use crate::json_limits::nesting_depth;
+use crate::json_limits::{nesting_depth, parse_record, JsonError};
 use crate::policy::{Decision, DecisionInput, Effect, MatchedRule, PolicyEngine};
 use crate::schema::{SchemaFailure, SchemaSet, SchemaViolation};
 use crate::tls::identity::ClientIdentity;
@@ -93,8 +93,10 @@ impl Checkpoint<'_> {
                 limit: self.max_json_depth,
             });
         }
-        let record: Value =
-            serde_json::from_slice(body).map_err(|e| Refusal::MalformedJson(e.to_string()))?;
+        let record = parse_record(body).map_err(|e| match e {
+            JsonError::DuplicateKey { pointer } => Refusal::DuplicateKey { pointer },
+            JsonError::Malformed(e) => Refusal::MalformedJson(e.to_string()),
+        })?;
         facts.record_id = record_id_hint(&record);
 
         let schema_result = self.schemas.validate(&record);

@@ -24,6 +24,10 @@ pub enum Refusal {
     BodyTimeout,
     BodyRead(String),
     MalformedJson(String),
+    /// An object key written twice: the record would read differently to different parsers.
+    DuplicateKey {
+        pointer: String,
+    },
     TooDeep {
         limit: usize,
     },
@@ -70,6 +74,7 @@ impl Refusal {
             Refusal::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Refusal::BodyRead(_)
             | Refusal::MalformedJson(_)
+            | Refusal::DuplicateKey { .. }
             | Refusal::TooDeep { .. }
             | Refusal::InvalidEnvelope(_)
             | Refusal::UnknownPark { .. }
@@ -94,6 +99,7 @@ impl Refusal {
             Refusal::BodyTimeout => "body_timeout",
             Refusal::BodyRead(_) => "body_unreadable",
             Refusal::MalformedJson(_) => "malformed_json",
+            Refusal::DuplicateKey { .. } => "duplicate_key",
             Refusal::TooDeep { .. } => "json_too_deep",
             Refusal::InvalidEnvelope(_) => "invalid_envelope",
             Refusal::UnknownPark { .. } => "unknown_park",
@@ -137,6 +143,9 @@ impl Refusal {
             Refusal::BodyTimeout => "the record was not received in time".into(),
             Refusal::BodyRead(e) => format!("the record could not be read: {e}"),
             Refusal::MalformedJson(e) => format!("the body is not valid JSON: {e}"),
+            Refusal::DuplicateKey { pointer } => {
+                format!("the key at {pointer} appears twice in its object; write each key once")
+            }
             Refusal::TooDeep { limit } => {
                 format!("the JSON nests deeper than the gateway's limit of {limit} levels")
             }
@@ -205,6 +214,13 @@ impl Refusal {
         match self {
             Refusal::InvalidEnvelope(v) | Refusal::SchemaViolation(v) => {
                 obj.insert("violations".into(), json!(v));
+            }
+            Refusal::DuplicateKey { pointer } => {
+                obj.insert(
+                    "violations".into(),
+                    json!([{ "pointer": pointer, "rule": "duplicate_key",
+                             "message": "this key appears twice in its object" }]),
+                );
             }
             Refusal::UnknownPark { pointer, park } => {
                 obj.insert(
