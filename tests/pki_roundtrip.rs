@@ -877,3 +877,279 @@ fn every_certificate_and_crl_of_the_test_pki_is_strict_der() {
     assert_eq!(certs.len(), 11);
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
+
+// === certs csr ===
+
+fn csr_cli(out: &Path, extra: &[&str]) -> std::process::Output {
+    binary()
+        .args(["certs", "csr", "--out"])
+        .arg(out)
+        .args(extra)
+        .output()
+        .unwrap()
+}
+
+/// A request as x509-parser reads it, after checking its signature with the public key it
+/// carries (ECDSA P-256, as `certs csr` makes them).
+fn verified_csr(der: &[u8]) -> x509_parser::certification_request::X509CertificationRequest<'_> {
+    use x509_parser::prelude::FromDer;
+    let (rest, csr) =
+        x509_parser::certification_request::X509CertificationRequest::from_der(der).unwrap();
+    assert!(rest.is_empty());
+    let info = &csr.certification_request_info;
+    ring::signature::UnparsedPublicKey::new(
+        &ring::signature::ECDSA_P256_SHA256_ASN1,
+        &info.subject_pki.subject_public_key.data,
+    )
+    .verify(info.raw, &csr.signature_value.data)
+    .expect("the request's signature verifies with its own public key");
+    csr
+}
+
+fn csr_der(path: &Path) -> Vec<u8> {
+    rustls_pki_types::CertificateSigningRequestDer::from_pem_file(path)
+        .unwrap()
+        .as_ref()
+        .to_vec()
+}
+
+#[test]
+fn certs_csr_writes_0600_keys_and_signed_requests_with_the_subject_and_sans_asked_for() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("prod");
+    let run = csr_cli(
+        &out,
+        &[
+            "--organisation",
+            "Hetao Gateway Operator Ltd.",
+            "--san",
+            "gw.hetao.example",
+            "--san",
+            "203.0.113.7,gw2.hetao.example",
+        ],
+    );
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    for (stem, cn, server) in [
+        ("gateway", "gw.hetao.example", true),
+        ("gateway-client", "hetao-gateway upstream client", false),
+    ] {
+        let key_path = out.join(format!("{stem}.key"));
+        assert_eq!(mode(&key_path), 0o600, "{stem}.key");
+        let der = csr_der(&out.join(format!("{stem}.csr")));
+        strict_der::csr(&der).unwrap();
+        let csr = verified_csr(&der);
+        let info = &csr.certification_request_info;
+
+        // The key file holds the private half of the key the request carries.
+        let key = rcgen::KeyPair::from_pem(&std::fs::read_to_string(&key_path).unwrap()).unwrap();
+        assert_eq!(key.public_key_der(), info.subject_pki.raw);
+
+        let o = info.subject.iter_organization().next().unwrap();
+        assert_eq!(o.as_str().unwrap(), "Hetao Gateway Operator Ltd.");
+        let got_cn = info.subject.iter_common_name().next().unwrap();
+        assert_eq!(got_cn.as_str().unwrap(), cn);
+
+        let mut dns = Vec::new();
+        let mut ips = Vec::new();
+        let mut eku = None;
+        for ext in csr.requested_extensions().unwrap() {
+            match ext {
+                x509_parser::extensions::ParsedExtension::SubjectAlternativeName(san) => {
+                    for name in &san.general_names {
+                        match name {
+                            GeneralName::DNSName(d) => dns.push(d.to_string()),
+                            GeneralName::IPAddress(ip) => ips.push(ip.to_vec()),
+                            other => panic!("unexpected SAN {other:?}"),
+                        }
+                    }
+                }
+                x509_parser::extensions::ParsedExtension::ExtendedKeyUsage(e) => {
+                    eku = Some((e.server_auth, e.client_auth))
+                }
+                _ => {}
+            }
+        }
+        assert_eq!(dns, ["gw.hetao.example", "gw2.hetao.example"], "{stem}");
+        assert_eq!(ips, [vec![203, 0, 113, 7]], "{stem}");
+        assert_eq!(eku, Some((server, !server)), "{stem}");
+    }
+}
+
+#[test]
+fn certs_csr_for_the_upstream_client_only_names_no_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = csr_cli(dir.path(), &["--for", "upstream-client"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!dir.path().join("gateway.key").exists());
+    let der = csr_der(&dir.path().join("gateway-client.csr"));
+    let csr = verified_csr(&der);
+    let o = csr
+        .certification_request_info
+        .subject
+        .iter_organization()
+        .next()
+        .unwrap();
+    assert_eq!(o.as_str().unwrap(), "Hetao Gateway");
+    let sans = csr.requested_extensions().unwrap().any(|e| {
+        matches!(
+            e,
+            x509_parser::extensions::ParsedExtension::SubjectAlternativeName(_)
+        )
+    });
+    assert!(!sans);
+}
+
+#[test]
+fn certs_csr_refuses_to_replace_a_key_without_force() {
+    let dir = tempfile::tempdir().unwrap();
+    let san = ["--san", "gw.hetao.example"];
+    assert!(csr_cli(dir.path(), &san).status.success());
+    let key = dir.path().join("gateway.key");
+    let before = std::fs::read(&key).unwrap();
+
+    let again = csr_cli(dir.path(), &san);
+    assert!(!again.status.success());
+    let stderr = String::from_utf8_lossy(&again.stderr);
+    assert!(
+        stderr.contains("gateway.key already exists") && stderr.contains("--force"),
+        "{stderr}"
+    );
+    assert_eq!(std::fs::read(&key).unwrap(), before);
+
+    let forced = csr_cli(dir.path(), &["--san", "gw.hetao.example", "--force"]);
+    assert!(forced.status.success());
+    assert_ne!(std::fs::read(&key).unwrap(), before);
+    assert_eq!(mode(&key), 0o600);
+}
+
+/// Moves TLS records between a client and a server until both finish the handshake (or one
+/// refuses the other).
+fn handshake(
+    client: &mut rustls::ClientConnection,
+    server: &mut rustls::ServerConnection,
+) -> Result<(), rustls::Error> {
+    for _ in 0..10 {
+        let mut bytes = Vec::new();
+        while client.wants_write() {
+            client.write_tls(&mut bytes).unwrap();
+        }
+        let mut rd = bytes.as_slice();
+        while !rd.is_empty() {
+            server.read_tls(&mut rd).unwrap();
+            server.process_new_packets()?;
+        }
+        let mut bytes = Vec::new();
+        while server.wants_write() {
+            server.write_tls(&mut bytes).unwrap();
+        }
+        let mut rd = bytes.as_slice();
+        while !rd.is_empty() {
+            client.read_tls(&mut rd).unwrap();
+            client.process_new_packets()?;
+        }
+        if !client.is_handshaking() && !server.is_handshaking() {
+            return Ok(());
+        }
+    }
+    panic!("the handshake did not finish");
+}
+
+/// The production path end to end: `certs csr` on the gateway host, a park CA signs both
+/// requests, and the gateway's own TLS loading (`tls::inbound`, `tls::upstream_client`) takes the
+/// certificates with their keys; a sender and a park endpoint then complete real handshakes
+/// with it.
+#[test]
+fn park_ca_signs_the_requests_and_the_gateway_tls_setup_accepts_the_certificates() {
+    use std::sync::Arc;
+
+    let (dir, schemas, policies) = workspace();
+    let files = init_dev_pki(dir.path(), &options(&schemas, &policies)).unwrap();
+    let csr_dir = dir.path().join("csr");
+    let run = csr_cli(&csr_dir, &["--san", "localhost", "--san", "127.0.0.1"]);
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+
+    // The sz park CA signs both; the certificates and keys replace the development ones.
+    let sz = files.park("sz").unwrap();
+    let ca = ParkCa::from_files("sz", &sz.ca_cert, &sz.ca_key).unwrap();
+    for stem in ["gateway", "gateway-client"] {
+        let csr = std::fs::read_to_string(csr_dir.join(format!("{stem}.csr"))).unwrap();
+        let signed = ca.sign_request(&csr, Validity::For(common::YEAR)).unwrap();
+        let der = CertificateDer::from_pem_slice(signed.cert_pem.as_bytes()).unwrap();
+        strict_der::certificate(&der).unwrap();
+        let (_, x) = parse_x509_certificate(&der).unwrap();
+        assert_eq!(x.raw_serial(), signed.serial.as_slice());
+        std::fs::write(dir.path().join(format!("{stem}.pem")), &signed.cert_pem).unwrap();
+        std::fs::copy(
+            csr_dir.join(format!("{stem}.key")),
+            dir.path().join(format!("{stem}.key")),
+        )
+        .unwrap();
+    }
+    let config = Config::load(&files.config).unwrap();
+    let inbound = hetao_gateway_core::tls::inbound(&config).unwrap();
+    let park = &config.parks["sz"];
+    let upstream = hetao_gateway_core::tls::upstream_client(&config, park).unwrap();
+
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let sz_roots = || {
+        let mut roots = rustls::RootCertStore::empty();
+        roots
+            .add(CertificateDer::from_pem_file(&sz.ca_cert).unwrap())
+            .unwrap();
+        Arc::new(roots)
+    };
+    let localhost = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+
+    // A sender of the sz park connects to the gateway: it verifies the CSR-signed server
+    // certificate against the sz CA, the gateway verifies the sender.
+    let org = &files.orgs[0];
+    let sender = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(sz_roots())
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_file(&org.cert).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_file(&org.key).unwrap(),
+        )
+        .unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(sender), localhost.clone()).unwrap();
+    let mut server = rustls::ServerConnection::new(inbound.server_config.clone()).unwrap();
+    handshake(&mut client, &mut server).unwrap();
+
+    // The gateway connects to the sz endpoint with its CSR-signed upstream-client certificate;
+    // the endpoint verifies it against the sz CA.
+    let endpoint_verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(sz_roots(), provider.clone())
+            .build()
+            .unwrap();
+    let endpoint = rustls::ServerConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_client_cert_verifier(endpoint_verifier)
+        .with_single_cert(
+            vec![CertificateDer::from_pem_file(&sz.endpoint_cert).unwrap()],
+            rustls_pki_types::PrivateKeyDer::from_pem_file(&sz.endpoint_key).unwrap(),
+        )
+        .unwrap();
+    let mut client = rustls::ClientConnection::new(Arc::new(upstream), localhost).unwrap();
+    let mut server = rustls::ServerConnection::new(Arc::new(endpoint)).unwrap();
+    handshake(&mut client, &mut server).unwrap();
+    let presented = server.peer_certificates().unwrap();
+    assert_eq!(
+        presented[0].as_ref(),
+        cert_der(&dir.path().join("gateway-client.pem"))
+    );
+}

@@ -13,6 +13,7 @@
 //!
 //! Keys are ECDSA P-256: small, and the fastest handshakes ring offers.
 
+mod csr;
 mod dev;
 mod keys;
 
@@ -25,6 +26,7 @@ use rcgen::{
     KeyUsagePurpose, PublicKeyData, RevokedCertParams, SerialNumber,
 };
 
+pub use csr::{gateway_csr, write_gateway_csrs, CsrFiles, CsrOptions, GatewayCertRole, GatewayCsr};
 pub use dev::{
     default_orgs, init_dev_pki, org_slug, repository_policies_dir, repository_schemas_dir,
     DevPkiFiles, DevPkiOptions, OrgFiles, ParkFiles,
@@ -54,8 +56,8 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} already exists; pass --force to overwrite the development PKI in that folder")]
-    Exists { path: String },
+    #[error("{path} already exists; {hint}")]
+    Exists { path: String, hint: &'static str },
     #[error("invalid option {option}: {message}")]
     Option { option: String, message: String },
     #[error("random number generator failed")]
@@ -78,6 +80,14 @@ impl std::fmt::Debug for IssuedCert {
             .field("serial", &hex::encode(&self.serial))
             .finish_non_exhaustive()
     }
+}
+
+/// A certificate signed for a request (CSR): the key stayed with whoever made the request.
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    pub cert_pem: String,
+    /// Serial number, big-endian, exactly as written in the certificate.
+    pub serial: Vec<u8>,
 }
 
 /// Validity of an issued certificate relative to now.
@@ -291,6 +301,31 @@ impl SigningCa {
         Ok((cert, serial))
     }
 
+    /// Signs a PKCS#10 request: its signature must verify; its Subject, SANs and extended key
+    /// usages are taken over, everything else is this CA's leaf profile.
+    fn sign_request(
+        &self,
+        what: &str,
+        csr_pem: &str,
+        validity: Validity,
+    ) -> Result<SignedCert, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::Parse {
+                what: what.to_string(),
+                message: format!("not a valid certificate request ({e})"),
+            }
+        })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = csr.params.distinguished_name;
+        params.subject_alt_names = csr.params.subject_alt_names;
+        params.extended_key_usages = csr.params.extended_key_usages;
+        let (cert, serial) = self.sign_end_entity(what, params, &csr.public_key, validity)?;
+        Ok(SignedCert {
+            cert_pem: cert.pem(),
+            serial,
+        })
+    }
+
     fn client(
         &self,
         organisation: &str,
@@ -454,6 +489,16 @@ impl ParkCa {
     ) -> Result<IssuedCert, PkiError> {
         let org = format!("Hetao {} park endpoint", park_display_name(&self.park));
         self.ca.server(&org, sans, validity)
+    }
+
+    /// Signs a certificate signing request (e.g. one `certs csr` made for the gateway), as the
+    /// park's production CA would: Subject, SANs and extended key usages from the request.
+    pub fn sign_request(&self, csr_pem: &str, validity: Validity) -> Result<SignedCert, PkiError> {
+        self.ca.sign_request(
+            &format!("certificate request signed by the CA of park {}", self.park),
+            csr_pem,
+            validity,
+        )
     }
 
     /// A CRL revoking `serials`, valid until `next_update_in` from now (negative = already stale).
