@@ -878,6 +878,50 @@ fn every_certificate_and_crl_of_the_test_pki_is_strict_der() {
     assert!(failures.is_empty(), "{}", failures.join("\n"));
 }
 
+#[test]
+fn certs_init_writes_to_certs_dev_without_out_and_issue_client_reads_it_there() {
+    let (dir, schemas, policies) = workspace();
+    let run = binary()
+        .current_dir(dir.path())
+        .args(["certs", "init", "--schemas"])
+        .arg(&schemas)
+        .arg("--policies")
+        .arg(&policies)
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    let out = dir.path().join("certs/dev");
+    assert!(Config::load(&out.join("gateway.toml")).is_ok());
+    for name in CERTS.iter().chain(SECRETS) {
+        assert!(out.join(name).is_file(), "certs/dev/{name} missing");
+    }
+
+    // `issue-client` finds the CA there without --dir.
+    let run = binary()
+        .current_dir(dir.path())
+        .args([
+            "certs",
+            "issue-client",
+            "--park",
+            "hk",
+            "--org",
+            "HKSTP Biomedical Ltd.",
+        ])
+        .args(["--cn", "Lab 2"])
+        .output()
+        .unwrap();
+    assert!(
+        run.status.success(),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(out.join("orgs/hk-hkstp-biomedical-ltd-lab-2.pem").is_file());
+}
+
 // === certs csr ===
 
 fn csr_cli(out: &Path, extra: &[&str]) -> std::process::Output {

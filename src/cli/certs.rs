@@ -13,9 +13,10 @@ use hetao_pki::{CsrOptions, DevPkiOptions, GatewayCertRole, ParkCa, Validity};
 pub enum CertsCommand {
     /// Write a development PKI and a ready gateway.toml (development and tests only).
     ///
-    /// One CA per park, the gateway CA with the gateway's server and upstream-client certificates, a server certificate per park
-    /// endpoint, a client certificate per sample organisation, empty CRLs, the audit signing
-    /// key and the pseudonymisation key. FOR DEVELOPMENT AND TESTS ONLY.
+    /// One CA per park, the gateway CA with the gateway's server and upstream-client
+    /// certificates, a server certificate per park endpoint, a client certificate per sample
+    /// organisation, empty CRLs, the audit signing key and the pseudonymisation key, in
+    /// certs/dev/ unless --out says otherwise. FOR DEVELOPMENT AND TESTS ONLY.
     Init(InitArgs),
     /// Issue one more client certificate from a park CA written by `certs init`.
     IssueClient(IssueClientArgs),
@@ -32,8 +33,8 @@ pub enum CertsCommand {
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    /// Folder to write into (created if missing).
-    #[arg(long, value_name = "DIR")]
+    /// Folder to write into (created if missing); certs/dev/ is ignored by git.
+    #[arg(long, value_name = "DIR", default_value = "certs/dev")]
     pub out: PathBuf,
     /// Park ids, comma separated.
     #[arg(
@@ -68,7 +69,7 @@ pub struct IssueClientArgs {
     #[arg(long, value_name = "ID")]
     pub park: String,
     /// Folder written by `certs init`.
-    #[arg(long, default_value = ".", value_name = "DIR")]
+    #[arg(long, default_value = "certs/dev", value_name = "DIR")]
     pub dir: PathBuf,
     /// Organisation (Subject O): the gateway's policies match on it.
     #[arg(long, value_name = "NAME")]
