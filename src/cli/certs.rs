@@ -1,4 +1,5 @@
-//! `hetao-gateway certs ...`: the development PKI.
+//! `hetao-gateway certs ...`: the development PKI, and certificate signing requests for the
+//! gateway's production certificates.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -6,24 +7,34 @@ use std::time::Duration;
 
 use anyhow::Context;
 
-use hetao_pki::{DevPkiOptions, ParkCa, Validity};
+use hetao_pki::{CsrOptions, DevPkiOptions, GatewayCertRole, ParkCa, Validity};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum CertsCommand {
     /// Write a development PKI and a ready gateway.toml (development and tests only).
     ///
-    /// One CA per park, the gateway CA with the gateway's server and upstream-client certificates, a server certificate per park
-    /// endpoint, a client certificate per sample organisation, empty CRLs, the audit signing
-    /// key and the pseudonymisation key. FOR DEVELOPMENT AND TESTS ONLY.
+    /// One CA per park, the gateway CA with the gateway's server and upstream-client
+    /// certificates, a server certificate per park endpoint, a client certificate per sample
+    /// organisation, empty CRLs, the audit signing key and the pseudonymisation key, in
+    /// certs/dev/ unless --out says otherwise. FOR DEVELOPMENT AND TESTS ONLY.
     Init(InitArgs),
     /// Issue one more client certificate from a park CA written by `certs init`.
     IssueClient(IssueClientArgs),
+    /// Make the gateway's private keys and certificate signing requests for a park CA to sign.
+    ///
+    /// For production: writes a fresh ECDSA P-256 key (mode 0600; it never leaves this host) and a
+    /// PKCS#10 request (.csr) for the gateway's server certificate (gateway.key, gateway.csr) and
+    /// for its upstream-client certificate (gateway-client.key, gateway-client.csr). Send the .csr
+    /// files to the CA; save the certificates it returns as gateway.pem and gateway-client.pem
+    /// next to the keys, then reload the gateway (SIGHUP or POST /reload). Refuses to replace an
+    /// existing file unless --force. See certs/README.md.
+    Csr(CsrArgs),
 }
 
 #[derive(clap::Args, Debug)]
 pub struct InitArgs {
-    /// Folder to write into (created if missing).
-    #[arg(long, value_name = "DIR")]
+    /// Folder to write into (created if missing); certs/dev/ is ignored by git.
+    #[arg(long, value_name = "DIR", default_value = "certs/dev")]
     pub out: PathBuf,
     /// Park ids, comma separated.
     #[arg(
@@ -58,7 +69,7 @@ pub struct IssueClientArgs {
     #[arg(long, value_name = "ID")]
     pub park: String,
     /// Folder written by `certs init`.
-    #[arg(long, default_value = ".", value_name = "DIR")]
+    #[arg(long, default_value = "certs/dev", value_name = "DIR")]
     pub dir: PathBuf,
     /// Organisation (Subject O): the gateway's policies match on it.
     #[arg(long, value_name = "NAME")]
@@ -74,10 +85,48 @@ pub struct IssueClientArgs {
     pub out: Option<PathBuf>,
 }
 
+/// Which requests `certs csr` makes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CsrFor {
+    /// The server certificate partner organisations connect to ([server]; serverAuth).
+    Server,
+    /// The gateway's identity towards the park endpoints ([upstream_client]; clientAuth).
+    UpstreamClient,
+    /// Both.
+    Both,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct CsrArgs {
+    /// Folder to write the keys and requests into (created if missing).
+    #[arg(long, value_name = "DIR", default_value = ".")]
+    pub out: PathBuf,
+    /// Which certificate to request.
+    #[arg(long = "for", value_enum, default_value_t = CsrFor::Both, value_name = "WHICH")]
+    pub for_: CsrFor,
+    /// Subject O of the certificates.
+    #[arg(long, visible_alias = "org", default_value = hetao_pki::GATEWAY_ORGANISATION, value_name = "NAME")]
+    pub organisation: String,
+    /// Subject CN (default: the first --san for the server certificate, "hetao-gateway upstream
+    /// client" for the upstream-client certificate).
+    #[arg(long, value_name = "NAME")]
+    pub cn: Option<String>,
+    /// DNS name or IP address partner organisations use to reach the gateway (repeatable or
+    /// comma separated). Default: this machine's host name, on the server request only; names
+    /// given here go into every request made.
+    #[arg(long = "san", value_delimiter = ',', value_name = "NAME")]
+    pub sans: Vec<String>,
+    /// Replace existing keys and requests (the certificates issued for the old keys stop
+    /// matching).
+    #[arg(long)]
+    pub force: bool,
+}
+
 pub async fn run(cmd: CertsCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         CertsCommand::Init(args) => init(args),
         CertsCommand::IssueClient(args) => issue_client(args),
+        CertsCommand::Csr(args) => csr(args),
     }
 }
 
@@ -238,6 +287,69 @@ fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
     );
     println!("  {}\n  {}", cert_path.display(), key_path.display());
     Ok(ExitCode::SUCCESS)
+}
+
+fn csr(args: CsrArgs) -> anyhow::Result<ExitCode> {
+    let roles: &[GatewayCertRole] = match args.for_ {
+        CsrFor::Server => &[GatewayCertRole::Server],
+        CsrFor::UpstreamClient => &[GatewayCertRole::UpstreamClient],
+        CsrFor::Both => &[GatewayCertRole::Server, GatewayCertRole::UpstreamClient],
+    };
+    let sans: Vec<String> = args.sans.iter().map(|s| s.trim().to_string()).collect();
+    let mut requests = Vec::new();
+    for &role in roles {
+        let sans = match (role, sans.is_empty()) {
+            (_, false) => sans.clone(),
+            (GatewayCertRole::Server, true) => vec![host_name()?],
+            (GatewayCertRole::UpstreamClient, true) => Vec::new(),
+        };
+        requests.push(CsrOptions {
+            organisation: args.organisation.clone(),
+            common_name: args.cn.clone(),
+            ..CsrOptions::new(role, sans)
+        });
+    }
+    let files = hetao_pki::write_gateway_csrs(&args.out, &requests, args.force)
+        .with_context(|| format!("certs csr --out {}", args.out.display()))?;
+
+    println!("Keys (mode 0600, keep them on this host) and certificate signing requests:");
+    for (f, r) in files.iter().zip(&requests) {
+        let what = match f.role {
+            GatewayCertRole::Server => "server",
+            GatewayCertRole::UpstreamClient => "upstream client",
+        };
+        let sans = if r.sans.is_empty() {
+            String::new()
+        } else {
+            format!(", SAN {}", r.sans.join(", "))
+        };
+        println!(
+            "  {what:<16} {}  {}  (O={}{sans})",
+            f.key.display(),
+            f.csr.display(),
+            r.organisation
+        );
+    }
+    println!();
+    println!("Next: send the .csr files to the park CA. Save each certificate it returns next to");
+    println!("its key with the same name and .pem (gateway.pem, gateway-client.pem), check with");
+    println!("`hetao-gateway serve --config FILE --check`, then reload (SIGHUP or POST /reload).");
+    Ok(ExitCode::SUCCESS)
+}
+
+/// This machine's host name (the default SAN of the server request).
+fn host_name() -> anyhow::Result<String> {
+    for path in ["/proc/sys/kernel/hostname", "/etc/hostname"] {
+        if let Ok(text) = std::fs::read_to_string(path) {
+            let name = text.trim();
+            if !name.is_empty() {
+                return Ok(name.to_string());
+            }
+        }
+    }
+    anyhow::bail!(
+        "cannot tell this machine's host name; pass --san with the name partners connect to"
+    )
 }
 
 fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {

@@ -18,6 +18,7 @@ use super::{default_gateway_sans, park_display_name, GatewayCa, ParkCa, PkiError
 /// Leaf certificates of the development PKI live a year; CRLs thirty days.
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
 const CRL_LIFETIME_DAYS: i64 = 30;
+const EXISTS_HINT: &str = "pass --force to overwrite the development PKI in that folder";
 
 #[derive(Debug, Clone)]
 pub struct DevPkiOptions {
@@ -310,6 +311,7 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         if !opts.force && path.exists() {
             return Err(PkiError::Exists {
                 path: path.display().to_string(),
+                hint: EXISTS_HINT,
             });
         }
     }
@@ -558,9 +560,24 @@ fn write_pair(
     write_file(key_path, key_pem.as_bytes(), true, force)
 }
 
-/// Writes `bytes`; secrets get mode 0600 from creation on (never readable by others, not even
-/// briefly), and again after an overwrite, since `mode` only applies to new files.
+/// Writes a file of the development PKI (see [`write_file_with`]).
 fn write_file(path: &Path, bytes: &[u8], secret: bool, overwrite: bool) -> Result<(), PkiError> {
+    write_file_with(path, bytes, secret, overwrite, |path| PkiError::Exists {
+        path: path.display().to_string(),
+        hint: EXISTS_HINT,
+    })
+}
+
+/// Writes `bytes`; secrets get mode 0600 from creation on (never readable by others, not even
+/// briefly), and again after an overwrite, since `mode` only applies to new files. Without
+/// `overwrite` an existing file is left alone and `exists` says why.
+pub(crate) fn write_file_with(
+    path: &Path,
+    bytes: &[u8],
+    secret: bool,
+    overwrite: bool,
+    exists: impl FnOnce(&Path) -> PkiError,
+) -> Result<(), PkiError> {
     let err = |source| PkiError::Write {
         path: path.display().to_string(),
         source,
@@ -577,9 +594,7 @@ fn write_file(path: &Path, bytes: &[u8], secret: bool, overwrite: bool) -> Resul
     }
     let mut file = options.open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
-            PkiError::Exists {
-                path: path.display().to_string(),
-            }
+            exists(path)
         } else {
             err(source)
         }

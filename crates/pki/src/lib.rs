@@ -13,6 +13,7 @@
 //!
 //! Keys are ECDSA P-256: small, and the fastest handshakes ring offers.
 
+mod csr;
 mod dev;
 mod keys;
 
@@ -20,11 +21,12 @@ use std::path::Path;
 use std::time::{Duration, SystemTime};
 
 use rcgen::{
-    BasicConstraints, CertificateParams, CertificateRevocationListParams, DistinguishedName,
-    DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair, KeyUsagePurpose,
-    RevokedCertParams, SerialNumber,
+    BasicConstraints, CertificateParams, CertificateRevocationListParams, CustomExtension,
+    DistinguishedName, DnType, DnValue, ExtendedKeyUsagePurpose, IsCa, KeyIdMethod, KeyPair,
+    KeyUsagePurpose, PublicKeyData, RevokedCertParams, SerialNumber,
 };
 
+pub use csr::{gateway_csr, write_gateway_csrs, CsrFiles, CsrOptions, GatewayCertRole, GatewayCsr};
 pub use dev::{
     default_orgs, init_dev_pki, org_slug, repository_policies_dir, repository_schemas_dir,
     DevPkiFiles, DevPkiOptions, OrgFiles, ParkFiles,
@@ -54,8 +56,8 @@ pub enum PkiError {
         #[source]
         source: std::io::Error,
     },
-    #[error("{path} already exists; pass --force to overwrite the development PKI in that folder")]
-    Exists { path: String },
+    #[error("{path} already exists; {hint}")]
+    Exists { path: String, hint: &'static str },
     #[error("invalid option {option}: {message}")]
     Option { option: String, message: String },
     #[error("random number generator failed")]
@@ -78,6 +80,14 @@ impl std::fmt::Debug for IssuedCert {
             .field("serial", &hex::encode(&self.serial))
             .finish_non_exhaustive()
     }
+}
+
+/// A certificate signed for a request (CSR): the key stayed with whoever made the request.
+#[derive(Debug, Clone)]
+pub struct SignedCert {
+    pub cert_pem: String,
+    /// Serial number, big-endian, exactly as written in the certificate.
+    pub serial: Vec<u8>,
 }
 
 /// Validity of an issued certificate relative to now.
@@ -123,11 +133,11 @@ impl SigningCa {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(organisation, common_name);
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        params.key_usages = vec![
-            KeyUsagePurpose::KeyCertSign,
-            KeyUsagePurpose::CrlSign,
-            KeyUsagePurpose::DigitalSignature,
-        ];
+        params.custom_extensions = vec![key_usage_extension(&[
+            KeyUsageBit::DigitalSignature,
+            KeyUsageBit::KeyCertSign,
+            KeyUsageBit::CrlSign,
+        ])];
         let now = SystemTime::now();
         params.not_before = (now - HOUR).into();
         params.not_after = (now + CA_LIFETIME).into();
@@ -212,6 +222,8 @@ impl SigningCa {
             }
         }
 
+        // Only the issuer's name, key identifier and key usages matter here: this certificate is
+        // never written out (the original PEM is handed out instead).
         let mut params = CertificateParams::default();
         params.distinguished_name = dn;
         params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
@@ -239,29 +251,77 @@ impl SigningCa {
         })
     }
 
+    /// A new key and an end-entity certificate for it.
     fn issue(
         &self,
         what: &str,
-        mut params: CertificateParams,
+        params: CertificateParams,
         validity: Validity,
     ) -> Result<IssuedCert, PkiError> {
         let key = generate_key(what)?;
+        let (cert, serial) = self.sign_end_entity(what, params, &key, validity)?;
+        Ok(IssuedCert {
+            cert_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+            serial,
+        })
+    }
+
+    /// Signs an end-entity certificate for `public_key`: random serial, the validity window,
+    /// authority and subject key identifiers, KeyUsage digitalSignature and an empty
+    /// BasicConstraints (see [`end_entity_basic_constraints`]). Returns it with its serial.
+    fn sign_end_entity(
+        &self,
+        what: &str,
+        mut params: CertificateParams,
+        public_key: &impl PublicKeyData,
+        validity: Validity,
+    ) -> Result<(rcgen::Certificate, Vec<u8>), PkiError> {
         let serial = random_serial()?;
         let (not_before, not_after) = validity.window();
         params.not_before = not_before.into();
         params.not_after = not_after.into();
         params.serial_number = Some(SerialNumber::from_slice(&serial));
-        params.is_ca = IsCa::ExplicitNoCa;
+        // Never `IsCa::ExplicitNoCa` nor rcgen's `key_usages`: both are written in forms DER
+        // forbids. The three extensions below say the same in DER.
+        params.is_ca = IsCa::NoCa;
+        params.key_usages = Vec::new();
+        params.custom_extensions.extend([
+            end_entity_basic_constraints(),
+            key_usage_extension(&[KeyUsageBit::DigitalSignature]),
+            subject_key_identifier(public_key),
+        ]);
         params.use_authority_key_identifier_extension = true;
         let cert = params
-            .signed_by(&key, &self.cert, &self.key)
+            .signed_by(public_key, &self.cert, &self.key)
             .map_err(|source| PkiError::Generate {
                 what: what.to_string(),
                 source,
             })?;
-        Ok(IssuedCert {
+        Ok((cert, serial))
+    }
+
+    /// Signs a PKCS#10 request: its signature must verify; its Subject, SANs and extended key
+    /// usages are taken over, everything else is this CA's leaf profile.
+    fn sign_request(
+        &self,
+        what: &str,
+        csr_pem: &str,
+        validity: Validity,
+    ) -> Result<SignedCert, PkiError> {
+        let csr = rcgen::CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
+            PkiError::Parse {
+                what: what.to_string(),
+                message: format!("not a valid certificate request ({e})"),
+            }
+        })?;
+        let mut params = CertificateParams::default();
+        params.distinguished_name = csr.params.distinguished_name;
+        params.subject_alt_names = csr.params.subject_alt_names;
+        params.extended_key_usages = csr.params.extended_key_usages;
+        let (cert, serial) = self.sign_end_entity(what, params, &csr.public_key, validity)?;
+        Ok(SignedCert {
             cert_pem: cert.pem(),
-            key_pem: key.serialize_pem(),
             serial,
         })
     }
@@ -274,7 +334,6 @@ impl SigningCa {
     ) -> Result<IssuedCert, PkiError> {
         let mut params = CertificateParams::default();
         params.distinguished_name = distinguished_name(organisation, common_name);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
         self.issue(
             &format!("client certificate {common_name} ({organisation})"),
@@ -301,7 +360,6 @@ impl SigningCa {
                 source,
             })?;
         params.distinguished_name = distinguished_name(organisation, first);
-        params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
         self.issue(&what, params, validity)
     }
@@ -433,6 +491,16 @@ impl ParkCa {
         self.ca.server(&org, sans, validity)
     }
 
+    /// Signs a certificate signing request (e.g. one `certs csr` made for the gateway), as the
+    /// park's production CA would: Subject, SANs and extended key usages from the request.
+    pub fn sign_request(&self, csr_pem: &str, validity: Validity) -> Result<SignedCert, PkiError> {
+        self.ca.sign_request(
+            &format!("certificate request signed by the CA of park {}", self.park),
+            csr_pem,
+            validity,
+        )
+    }
+
     /// A CRL revoking `serials`, valid until `next_update_in` from now (negative = already stale).
     pub fn crl_pem(
         &self,
@@ -559,6 +627,61 @@ pub fn park_display_name(park: &str) -> String {
     }
 }
 
+// === DER-exact extensions ===
+//
+// rcgen 0.13 writes two extensions in forms DER forbids, which strict parsers refuse (Python's
+// `cryptography`: "ParseError { kind: EncodedDefault, location: [BasicConstraints::ca] }"):
+// `IsCa::ExplicitNoCa` encodes BasicConstraints' DEFAULT `cA FALSE`, and `key_usages` always takes
+// nine bits (`03 03 07 80 00` for digitalSignature) where X.690 11.2.2 drops a named bit list's
+// trailing zero bits (`03 02 07 80`). The PKI writes these extensions itself.
+
+const OID_BASIC_CONSTRAINTS: &[u64] = &[2, 5, 29, 19];
+const OID_KEY_USAGE: &[u64] = &[2, 5, 29, 15];
+const OID_SUBJECT_KEY_IDENTIFIER: &[u64] = &[2, 5, 29, 14];
+
+/// KeyUsage bits (RFC 5280 4.2.1.3), numbered as in the BIT STRING.
+#[derive(Debug, Clone, Copy)]
+enum KeyUsageBit {
+    DigitalSignature = 0,
+    KeyCertSign = 5,
+    CrlSign = 6,
+}
+
+/// Critical KeyUsage with exactly `bits` set, trailing zero bits dropped.
+fn key_usage_extension(bits: &[KeyUsageBit]) -> CustomExtension {
+    // Bit n of the BIT STRING is the n-th most significant bit of the first byte (all our
+    // bits fit in one).
+    let byte = bits
+        .iter()
+        .fold(0u8, |byte, bit| byte | (0x80 >> (*bit as u8)));
+    let content = if byte == 0 {
+        vec![0x03, 0x01, 0x00]
+    } else {
+        vec![0x03, 0x02, byte.trailing_zeros() as u8, byte]
+    };
+    let mut ext = CustomExtension::from_oid_content(OID_KEY_USAGE, content);
+    ext.set_criticality(true);
+    ext
+}
+
+/// Critical BasicConstraints of an end-entity certificate: an empty SEQUENCE, `cA` left at its
+/// DEFAULT FALSE (as DER requires) and no path length. Present rather than absent so that no
+/// verifier can mistake a leaf for a CA (RFC 5280 4.2.1.9).
+fn end_entity_basic_constraints() -> CustomExtension {
+    let mut ext = CustomExtension::from_oid_content(OID_BASIC_CONSTRAINTS, vec![0x30, 0x00]);
+    ext.set_criticality(true);
+    ext
+}
+
+/// SubjectKeyIdentifier by RFC 7093 method 1: the first 160 bits of the SHA-256 of the
+/// subjectPublicKey bits.
+fn subject_key_identifier(public_key: &impl PublicKeyData) -> CustomExtension {
+    let digest = ring::digest::digest(&ring::digest::SHA256, public_key.der_bytes());
+    let mut content = vec![0x04, 20];
+    content.extend_from_slice(&digest.as_ref()[..20]);
+    CustomExtension::from_oid_content(OID_SUBJECT_KEY_IDENTIFIER, content)
+}
+
 fn distinguished_name(organisation: &str, common_name: &str) -> DistinguishedName {
     let mut dn = DistinguishedName::new();
     dn.push(DnType::OrganizationName, organisation);
@@ -624,6 +747,47 @@ mod tests {
         assert_eq!(cn, "Shenzhen Park CA (development)");
         let ku = x.key_usage().unwrap().unwrap().value;
         assert!(ku.key_cert_sign() && ku.crl_sign());
+    }
+
+    #[test]
+    fn key_usage_is_encoded_without_trailing_zero_bits() {
+        let ds = key_usage_extension(&[KeyUsageBit::DigitalSignature]);
+        assert_eq!(ds.content(), [0x03, 0x02, 0x07, 0x80]);
+        assert!(ds.criticality());
+        let ca = key_usage_extension(&[
+            KeyUsageBit::DigitalSignature,
+            KeyUsageBit::KeyCertSign,
+            KeyUsageBit::CrlSign,
+        ]);
+        // Bits 0, 5 and 6: 1000 0110, the last (bit 7) unused.
+        assert_eq!(ca.content(), [0x03, 0x02, 0x01, 0x86]);
+    }
+
+    #[test]
+    fn leaves_are_end_entities_with_the_usages_they_had() {
+        let ca = ParkCa::new("sz").unwrap();
+        let c = ca.issue_client("Org", "a", Validity::For(DAY)).unwrap();
+        let der = parse(&c.cert_pem);
+        let (_, x) = parse_x509_certificate(&der).unwrap();
+        let bc = x.basic_constraints().unwrap().unwrap();
+        assert!(bc.critical && !bc.value.ca && bc.value.path_len_constraint.is_none());
+        let ku = x.key_usage().unwrap().unwrap();
+        assert!(ku.critical && ku.value.digital_signature());
+        assert_eq!(ku.value.flags, 1);
+        let ski = x
+            .iter_extensions()
+            .find_map(|e| match e.parsed_extension() {
+                x509_parser::extensions::ParsedExtension::SubjectKeyIdentifier(id) => {
+                    Some(id.0.to_vec())
+                }
+                _ => None,
+            })
+            .unwrap();
+        let digest = ring::digest::digest(
+            &ring::digest::SHA256,
+            &x.public_key().subject_public_key.data,
+        );
+        assert_eq!(ski, &digest.as_ref()[..20]);
     }
 
     #[test]
