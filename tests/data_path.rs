@@ -322,6 +322,18 @@ async fn an_endpoint_that_fails_gives_502_and_the_record_may_be_retried() {
     let other = example(ALLOWED[0]);
     let answer = gw.send(&client, &other).await;
     assert_eq!(answer.status, 502, "{:#}", answer.json);
+    // The transport error (hyper's, the OS's) is for the operator's log, not for the sender.
+    assert_eq!(
+        answer.json["message"],
+        "the endpoint of park `hk` could not be reached"
+    );
+    let text = answer.json.to_string();
+    for internal in ["connection", "os error", "closed", "hyper", "tcp", "tls"] {
+        assert!(
+            !text.to_lowercase().contains(internal),
+            "{internal}: {text}"
+        );
+    }
 
     // The first record was not taken by the endpoint: once it is back, a retry goes through.
     gw.hk_endpoint.set_behaviour(EndpointBehaviour::Accept);

@@ -51,6 +51,32 @@ async fn health_readiness_and_metrics_are_served_on_the_admin_listener() {
 }
 
 #[tokio::test]
+async fn metric_labels_come_from_the_configuration_not_from_what_senders_write() {
+    let gw = TestGateway::start().await;
+    let client = gw.sz_client();
+    for i in 0..30 {
+        // An invalid envelope (the record id is a number) with a park name of the sender's own.
+        let mut record = example(ALLOWED);
+        record["record_id"] = serde_json::json!(i);
+        record["from"] = serde_json::json!(format!("made-up-{i}"));
+        record["to"] = serde_json::json!(format!("elsewhere-{i}"));
+        let answer = gw.send(&client, &record).await;
+        assert_eq!(answer.status, 400, "{:#}", answer.json);
+    }
+    let (status, text) = gw.admin_get("/metrics").await;
+    assert_eq!(status, 200);
+    assert!(!text.contains("made-up-"), "a sender's word became a label");
+    assert!(
+        !text.contains("elsewhere-"),
+        "a sender's word became a label"
+    );
+    assert!(
+        text.contains("route=\"unknown\""),
+        "invalid envelopes are counted under route=unknown"
+    );
+}
+
+#[tokio::test]
 async fn a_broken_policy_set_is_refused_and_the_last_good_one_stays_in_force() {
     let gw = TestGateway::start_with(Options {
         own_rules: true,
@@ -231,6 +257,11 @@ async fn when_the_audit_log_fails_nothing_is_forwarded_and_readiness_says_why() 
     let answer = last.expect("the log fails once the segment is full");
     assert_eq!(answer.status, 503, "{:#}", answer.json);
     assert_eq!(answer.error(), "audit_unavailable");
+    // The I/O error and the file path go to the log; the sender learns only what happened.
+    let text = answer.json.to_string();
+    assert!(!text.contains("audit.jsonl"), "{text}");
+    assert!(!text.contains(&*gw.dir.path().to_string_lossy()), "{text}");
+    assert!(answer.json.get("reason").is_none(), "{text}");
     let forwarded = gw.hk_endpoint.received().len();
     // Every further record is refused and none leaves.
     let again = gw.send(&client, &example(ALLOWED)).await;

@@ -22,6 +22,7 @@ pub enum Refusal {
         limit: usize,
     },
     BodyTimeout,
+    /// The connection failed mid-body; the detail goes to the log, never into the answer.
     BodyRead(String),
     MalformedJson(String),
     /// An object key written twice: the record would read differently to different parsers.
@@ -51,10 +52,13 @@ pub enum Refusal {
         policy_version: String,
         receipt: Box<Receipt>,
     },
+    /// The audit log cannot take the entry; the detail (an I/O error, a path) goes to the log,
+    /// never into the answer.
     AuditUnavailable(String),
     UpstreamFailed {
         park: String,
-        message: String,
+        /// What went wrong (a TLS or connect error), for the log only.
+        detail: Option<String>,
         upstream_status: Option<u16>,
         audit_seq: u64,
     },
@@ -141,7 +145,10 @@ impl Refusal {
                 format!("the record is larger than the gateway's limit of {limit} bytes")
             }
             Refusal::BodyTimeout => "the record was not received in time".into(),
-            Refusal::BodyRead(e) => format!("the record could not be read: {e}"),
+            Refusal::BodyRead(_) => {
+                "the record could not be read: the connection failed before the body was complete"
+                    .into()
+            }
             Refusal::MalformedJson(e) => format!("the body is not valid JSON: {e}"),
             Refusal::DuplicateKey { pointer } => {
                 format!("the key at {pointer} appears twice in its object; write each key once")
@@ -179,12 +186,27 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => {
                 "the audit log cannot record decisions right now; nothing was forwarded".into()
             }
-            Refusal::UpstreamFailed { park, message, .. } => {
-                format!("the endpoint of park `{park}` failed: {message}")
+            Refusal::UpstreamFailed {
+                park,
+                upstream_status: Some(status),
+                ..
+            } => format!("the endpoint of park `{park}` refused the record (HTTP {status})"),
+            Refusal::UpstreamFailed { park, .. } => {
+                format!("the endpoint of park `{park}` could not be reached")
             }
             Refusal::UpstreamTimeout { park, .. } => {
                 format!("the endpoint of park `{park}` did not answer in time")
             }
+        }
+    }
+
+    /// What the operator needs and the sender must not see (OS errors, file paths, upstream TLS
+    /// errors): logged under the request's record id and audit sequence, never answered.
+    pub fn detail(&self) -> Option<&str> {
+        match self {
+            Refusal::BodyRead(detail) | Refusal::AuditUnavailable(detail) => Some(detail),
+            Refusal::UpstreamFailed { detail, .. } => detail.as_deref(),
+            _ => None,
         }
     }
 
@@ -243,9 +265,6 @@ impl Refusal {
                 obj.insert("policy_version".into(), json!(policy_version));
                 obj.insert("audit_seq".into(), json!(receipt.audit_seq));
                 obj.insert("receipt".into(), json!(receipt));
-            }
-            Refusal::AuditUnavailable(reason) => {
-                obj.insert("reason".into(), json!(reason));
             }
             Refusal::UpstreamFailed {
                 upstream_status,

@@ -333,7 +333,7 @@ async fn forward(
             outcome.error = Some("upstream_rejected".into());
             Some(Refusal::UpstreamFailed {
                 park: head.to.clone(),
-                message: format!("it answered HTTP {}", answer.status),
+                detail: None,
                 upstream_status: Some(answer.status),
                 audit_seq: appended.seq,
             })
@@ -351,7 +351,7 @@ async fn forward(
             outcome.error = Some("upstream_unavailable".into());
             Some(Refusal::UpstreamFailed {
                 park: head.to.clone(),
-                message: e.to_string(),
+                detail: Some(e.to_string()),
                 upstream_status: None,
                 audit_seq: appended.seq,
             })
@@ -425,6 +425,18 @@ async fn refuse(
     } else if let Refusal::AuditUnavailable(_) = refusal {
         ctx.decision = refusal.audit_decision();
     }
+    if let Some(detail) = refusal.detail() {
+        // The answer says what happened in plain words; the operator gets the cause here, under
+        // the record id and audit sequence the answer carries.
+        tracing::warn!(
+            target: "hetao::refusal",
+            record_id = ctx.facts.record_id.as_deref().unwrap_or("-"),
+            audit_seq = ctx.decision_entry.as_ref().map(|a| a.seq),
+            error = refusal.code(),
+            detail,
+            "record refused"
+        );
+    }
     (
         refusal.to_response(ctx.facts.record_id.as_deref()),
         refusal.code(),
@@ -440,8 +452,13 @@ fn finish(
     error: &'static str,
 ) {
     let kind = ctx.facts.kind.map(Kind::as_str).unwrap_or("unknown");
+    // Label values come from the configuration only: an invalid envelope's `from`/`to` are the
+    // sender's words, and a label per word would grow the metrics without bound.
+    let parks = &gateway.config.parks;
     let route = match (&ctx.facts.from, &ctx.facts.to) {
-        (Some(f), Some(t)) => format!("{f}->{t}"),
+        (Some(f), Some(t)) if parks.contains_key(f) && parks.contains_key(t) => {
+            format!("{f}->{t}")
+        }
         _ => "unknown".into(),
     };
     let elapsed = ctx.started.elapsed();
