@@ -8,7 +8,10 @@ mod common;
 
 use std::time::Duration;
 
+use bytes::Bytes;
+
 use common::{example, public_key, Options, TestGateway};
+use hetao_devkit::endpoint::EndpointBehaviour;
 use hetao_gateway_core::audit::verify_logs;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -293,10 +296,34 @@ async fn the_organisation_rate_limit_answers_429_and_audits_it() {
         )
         .await;
     assert_ne!(hk.status, 429);
+    // Checked before the body is read, so the entry names the sender, not the record.
     assert!(gw
         .audit_entries()
         .iter()
-        .any(|e| e["decision"] == "rate_limited" && e["record_id"] == third.json["record_id"]));
+        .any(|e| e["decision"] == "rate_limited"
+            && e["sender"]["organisation"] == "Shenzhen Bay Genomics Institute"));
+}
+
+#[tokio::test]
+async fn refusals_count_against_the_rate_limit_like_everything_else() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[rate_limit]\nper_org_per_second = 1\nburst = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let client = gw.sz_client();
+    let mut statuses = Vec::new();
+    for _ in 0..30 {
+        let answer = gw
+            .send_bytes(&client, Bytes::from_static(b"{not json"))
+            .await;
+        statuses.push(answer.status);
+    }
+    let limited = statuses.iter().filter(|s| **s == 429).count();
+    let malformed = statuses.iter().filter(|s| **s == 400).count();
+    // The burst of two, plus at most a token or two refilled while the loop ran.
+    assert!(malformed <= 5, "{statuses:?}");
+    assert_eq!(limited + malformed, 30, "{statuses:?}");
 }
 
 /// Opens an authenticated TLS connection (HTTP/1.1 by ALPN).
@@ -476,4 +503,101 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
         gw.send(&gw.sz_client(), &example(ALLOWED)).await.status,
         200
     );
+}
+
+/// Waits until the audit log has an outcome entry for `record_id`, up to five seconds.
+async fn outcome_entry(gw: &TestGateway, record_id: &str) -> Option<serde_json::Value> {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(e) = gw
+            .audit_entries()
+            .into_iter()
+            .find(|e| e["record_id"] == record_id && e["type"] == "outcome")
+        {
+            return Some(e);
+        }
+        if tokio::time::Instant::now() > deadline {
+            return None;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// What must hold once a client has walked away from a record it sent: the forward finished,
+/// both audit entries are there, the record id stays decided, and nothing is left in flight.
+async fn settled_after_the_client_left(gw: &TestGateway, record: &serde_json::Value) {
+    let id = record["record_id"].as_str().unwrap();
+    let outcome = outcome_entry(gw, id).await;
+    assert!(outcome.is_some(), "no outcome entry for {id}");
+    assert_eq!(gw.hk_endpoint.received().len(), 1);
+    let entries = gw.audit_entries();
+    assert!(entries
+        .iter()
+        .any(|e| e["record_id"] == id && e["type"] == "decision" && e["decision"] == "allow"));
+    // The reservation was committed: the same record id is not forwarded a second time.
+    gw.hk_endpoint.set_behaviour(EndpointBehaviour::Accept);
+    let again = gw.send(&gw.sz_client(), record).await;
+    assert_eq!(again.status, 409, "{:#}", again.json);
+    assert_eq!(gw.hk_endpoint.received().len(), 1);
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    assert!(
+        metrics.contains("hetao_inflight_requests 0"),
+        "a request is still counted in flight"
+    );
+}
+
+#[tokio::test]
+async fn a_client_that_resets_its_http2_stream_mid_forward_cannot_leave_the_record_halfway() {
+    let gw = TestGateway::start().await;
+    gw.hk_endpoint
+        .set_behaviour(EndpointBehaviour::Delay(Duration::from_millis(800)));
+    let record = example(ALLOWED);
+    let mut config = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = common::tls_connect(&gw, std::sync::Arc::new(config))
+        .await
+        .unwrap();
+    let (client, connection) = h2::client::handshake(tls).await.unwrap();
+    let driver = tokio::spawn(connection);
+    let mut client = client.ready().await.unwrap();
+    let request = http::Request::post(gw.url())
+        .header("content-type", "application/json")
+        .body(())
+        .unwrap();
+    let (response, mut stream) = client.send_request(request, false).unwrap();
+    stream
+        .send_data(Bytes::from(serde_json::to_vec(&record).unwrap()), true)
+        .unwrap();
+    // The decision is durable and the forward is waiting on the slow endpoint: walk away.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.hk_endpoint.received().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(response);
+    settled_after_the_client_left(&gw, &record).await;
+    driver.abort();
+}
+
+#[tokio::test]
+async fn a_client_that_closes_its_http1_socket_mid_forward_cannot_leave_the_record_halfway() {
+    let gw = TestGateway::start().await;
+    gw.hk_endpoint
+        .set_behaviour(EndpointBehaviour::Delay(Duration::from_millis(800)));
+    let record = example(ALLOWED);
+    let body = serde_json::to_vec(&record).unwrap();
+    let mut tls = tls_connection(&gw).await;
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body).await.unwrap();
+    tls.flush().await.unwrap();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while gw.hk_endpoint.received().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    drop(tls);
+    settled_after_the_client_left(&gw, &record).await;
 }

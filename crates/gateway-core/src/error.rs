@@ -66,6 +66,8 @@ pub enum Refusal {
         park: String,
         audit_seq: u64,
     },
+    /// The gateway itself failed (a task panicked); the details are in its log.
+    Internal,
 }
 
 impl Refusal {
@@ -90,6 +92,7 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
+            Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
@@ -116,6 +119,7 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => "audit_unavailable",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::Internal => "internal_error",
         }
     }
 
@@ -196,6 +200,10 @@ impl Refusal {
             }
             Refusal::UpstreamTimeout { park, .. } => {
                 format!("the endpoint of park `{park}` did not answer in time")
+            }
+            Refusal::Internal => {
+                "the gateway failed while handling this record; its operators have the details"
+                    .into()
             }
         }
     }

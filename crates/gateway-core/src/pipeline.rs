@@ -1,11 +1,12 @@
 //! One record's way through the gateway, in phases over one [`RequestCtx`]:
 //!
-//! read body (limited) → examine ([`Checkpoint::examine`](crate::checkpoint::Checkpoint::examine):
+//! rate limit → read body (limited) → examine ([`Checkpoint::examine`](crate::checkpoint::Checkpoint::examine):
 //! parse, schemas, route and origin, policy, obligations — the one pure decision function) →
-//! admit (replay memory, rate limit) → audit decision (durable) → forward → audit outcome →
+//! admit (replay memory) → audit decision (durable) → forward → audit outcome →
 //! answer.
 //!
-//! Whatever happens, the final phase runs: every record that reaches this layer gets an audit
+//! Once the body is read, the rest runs in a task of its own, so a client that resets the stream
+//! or closes the socket cannot leave a decision halfway. Whatever happens, the final phase runs: every record that reaches this layer gets an audit
 //! entry, an access-log line and metrics. Refusals are mapped to answers only in `error.rs`.
 
 use std::convert::Infallible;
@@ -121,15 +122,60 @@ where
     if req.method() != Method::POST {
         return Ok(answer_without_record(&gateway, Refusal::MethodNotAllowed));
     }
-    gateway.metrics.inflight_requests.inc();
+    let in_flight = InFlight::start(gateway.clone());
     let mut ctx = RequestCtx::new(conn.identity.clone());
-    let (response, error) = match process(&gateway, &mut ctx, req).await {
-        Ok(forwarded) => (forwarded.response, "none"),
-        Err(refusal) => refuse(&gateway, &mut ctx, refusal).await,
+    let body = match receive(&gateway, &mut ctx, req).await {
+        Ok(body) => body,
+        Err(refusal) => return Ok(conclude(&gateway, ctx, &conn, Err(refusal)).await),
     };
-    finish(&gateway, &ctx, &conn, response.status(), error);
-    gateway.metrics.inflight_requests.dec();
-    Ok(response)
+    // From here on the request settles whatever the client does. hyper drops this future when an
+    // HTTP/2 client resets the stream or the connection goes away; a spawned task runs on, so the
+    // decision, its audit entries, the replay reservation and the gauges are never left halfway.
+    let settled = tokio::spawn({
+        let gateway = gateway.clone();
+        let conn = conn.clone();
+        async move {
+            let _in_flight = in_flight;
+            let mut ctx = ctx;
+            let result = decide_and_forward(&gateway, &mut ctx, body).await;
+            conclude(&gateway, ctx, &conn, result).await
+        }
+    });
+    Ok(settled.await.unwrap_or_else(|e| {
+        tracing::error!(target: "hetao::pipeline", error = %e, "request task failed");
+        answer_without_record(&gateway, Refusal::Internal)
+    }))
+}
+
+/// Counts a request in flight for as long as it lives, however it ends.
+struct InFlight(Arc<Gateway>);
+
+impl InFlight {
+    fn start(gateway: Arc<Gateway>) -> InFlight {
+        gateway.metrics.inflight_requests.inc();
+        InFlight(gateway)
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.metrics.inflight_requests.dec();
+    }
+}
+
+/// The final phase: the refusal's audit entry if one is due, the metrics and the access-log line.
+async fn conclude(
+    gateway: &Gateway,
+    mut ctx: RequestCtx,
+    conn: &ConnectionCtx,
+    result: Result<Forwarded, Refusal>,
+) -> Response<Full<Bytes>> {
+    let (response, error) = match result {
+        Ok(forwarded) => (forwarded.response, "none"),
+        Err(refusal) => refuse(gateway, &mut ctx, refusal).await,
+    };
+    finish(gateway, &ctx, conn, response.status(), error);
+    response
 }
 
 fn answer_without_record(gateway: &Gateway, refusal: Refusal) -> Response<Full<Bytes>> {
@@ -144,20 +190,34 @@ fn answer_without_record(gateway: &Gateway, refusal: Refusal) -> Response<Full<B
 
 // === phases ===
 
-async fn process<B>(
+/// Everything before the body is in memory: the organisation's allowance (every request counts,
+/// before the gateway spends anything on it), the content type, the body under its limits.
+async fn receive<B>(
     gateway: &Gateway,
     ctx: &mut RequestCtx,
     req: Request<B>,
-) -> Result<Forwarded, Refusal>
+) -> Result<Bytes, Refusal>
 where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let limits = &gateway.config.limits;
+    gateway
+        .rate_limiter
+        .check(&ctx.identity.park, &ctx.identity.organisation)
+        .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
     check_content_type(&req)?;
+    let limits = &gateway.config.limits;
     let body = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
     ctx.body_sha256 = Some(sha256_hex(&body));
+    Ok(body)
+}
 
+/// The record is in memory: decide it, make the decision durable, forward what is allowed.
+async fn decide_and_forward(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    body: Bytes,
+) -> Result<Forwarded, Refusal> {
     let rules = gateway.rules.load_full();
     let examination = gateway
         .checkpoint(&rules)
@@ -233,15 +293,12 @@ where
     }
 }
 
-/// Replay memory and rate limit: the stateful checks between the decision and its audit entry.
-/// A refused record (invalid, wrong park) never gets this far, so it reserves no record id.
+/// Replay memory: the record id is held from here until the outcome is known. A refused record
+/// (invalid, wrong park) never gets this far, so it reserves no record id.
 fn admit(gateway: &Gateway, ctx: &mut RequestCtx, record_id: &str) -> Result<(), Refusal> {
     let reservation = gateway.replay.reserve(record_id).ok_or(Refusal::Replay)?;
     ctx.reservation = Some(reservation);
-    gateway
-        .rate_limiter
-        .check(&ctx.identity.park, &ctx.identity.organisation)
-        .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })
+    Ok(())
 }
 
 /// Writes the decision entry and waits until it is durable: nothing leaves before.
