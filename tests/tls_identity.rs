@@ -146,6 +146,45 @@ async fn a_certificate_without_an_organisation_is_refused() {
 }
 
 #[tokio::test]
+async fn a_certificate_with_two_organisations_is_refused() {
+    let gw = TestGateway::start().await;
+    // Two Subject O values: which one is "the" sender would depend on the reader. rcgen keeps
+    // one value per attribute type, so the second O goes in under its OID (2.5.4.10).
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name.push(
+        rcgen::DnType::OrganizationName,
+        "Shenzhen Bay Genomics Institute",
+    );
+    params.distinguished_name.push(
+        rcgen::DnType::CustomDnType(vec![2, 5, 4, 10]),
+        "HKSTP Biomedical Ltd.",
+    );
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "two-orgs");
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    params.not_after = rcgen::date_time_ymd(2099, 1, 1);
+    // Signed directly by the park CA's key: a certificate request would fold the two O values.
+    let ca_key = rcgen::KeyPair::from_pem(gw.pki.sz.key_pem()).unwrap();
+    let ca = rcgen::CertificateParams::from_ca_cert_pem(gw.pki.sz.cert_pem())
+        .unwrap()
+        .self_signed(&ca_key)
+        .unwrap();
+    let cert = params.signed_by(&key, &ca, &ca_key).unwrap();
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.der()).unwrap();
+    assert_eq!(parsed.subject().iter_organization().count(), 2);
+    let two = IssuedCert {
+        cert_pem: cert.pem(),
+        key_pem: key.serialize_pem(),
+        serial: parsed.raw_serial().to_vec(),
+    };
+    assert!(refused(&exchange(&gw, Some(&two)).await));
+    // The same CA's one-organisation certificate still gets in.
+    assert!(!refused(&exchange(&gw, Some(&gw.pki.sz_org)).await));
+}
+
+#[tokio::test]
 async fn the_server_offers_no_session_resumption() {
     let gw = TestGateway::start().await;
     // Two connections with one client config: the second must be a full handshake, so a

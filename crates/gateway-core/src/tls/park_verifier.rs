@@ -48,6 +48,8 @@ pub enum IdentityError {
     Unparseable(String),
     #[error("the client certificate has no organisation (Subject O)")]
     NoOrganisation,
+    #[error("the client certificate names {count} organisations (Subject O); a sender is one organisation")]
+    SeveralOrganisations { count: usize },
     #[error("no configured park CA accepts the client certificate")]
     UnknownPark,
 }
@@ -200,6 +202,11 @@ fn describe(
     let (_, cert) = x509_parser::parse_x509_certificate(der)
         .map_err(|e| IdentityError::Unparseable(e.to_string()))?;
     let subject = cert.subject();
+    // Two O values would make the sender whichever one a reader takes first.
+    let count = subject.iter_organization().count();
+    if count > 1 {
+        return Err(IdentityError::SeveralOrganisations { count });
+    }
     let organisation = subject
         .iter_organization()
         .find_map(|attr| attr.as_str().ok())
