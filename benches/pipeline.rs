@@ -67,15 +67,17 @@ fn fixture(fsync: &str) -> Fixture {
         .iter()
         .find(|o| o.park == "sz")
         .expect("an sz organisation");
-    let conn = Arc::new(ConnectionCtx {
-        identity: Arc::new(ClientIdentity {
+    // No handshake here, so no certificate to re-check per request.
+    let conn = Arc::new(ConnectionCtx::new(
+        Arc::new(ClientIdentity {
             park: "sz".into(),
             organisation: org.organisation.clone(),
             subject: format!("CN={}, O={}", org.common_name, org.organisation),
             fingerprint_sha256: "5a".repeat(32),
         }),
-        remote: "127.0.0.1:50000".parse().expect("addr"),
-    });
+        "127.0.0.1:50000".parse().expect("addr"),
+        None,
+    ));
     Fixture {
         _dir: dir,
         runtime,

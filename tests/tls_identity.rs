@@ -201,3 +201,115 @@ async fn the_server_offers_no_session_resumption() {
         assert_eq!(conn.handshake_kind(), Some(rustls::HandshakeKind::Full));
     }
 }
+
+/// Sends one HTTP/1.1 request on an open connection and reads its answer (head and a
+/// `content-length` body).
+async fn keep_alive_exchange<S>(tls: &mut S, body: &[u8]) -> String
+where
+    S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(body).await.unwrap();
+    tls.flush().await.unwrap();
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
+            .await
+            .unwrap()
+            .unwrap();
+        if n == 0 {
+            break;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out);
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                break;
+            }
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+#[tokio::test]
+async fn a_certificate_revoked_by_a_reload_is_refused_on_its_next_request_over_an_open_connection()
+{
+    let gw = TestGateway::start_with(Options {
+        sz_crl: Some((vec![], chrono::Duration::days(30))),
+        ..Options::default()
+    })
+    .await;
+    let revoked = gw
+        .pki
+        .sz
+        .issue_client(
+            "Shenzhen Bay Genomics Institute",
+            "lims-02",
+            Validity::For(YEAR),
+        )
+        .unwrap();
+    let config = Arc::new(common::tls_client_config(&gw, Some(&revoked)));
+    let mut tls = common::tls_connect(&gw, config).await.unwrap();
+    let record = || {
+        serde_json::to_vec(&common::example("materials-sz-hk-quantum-equipment.json")).unwrap()
+    };
+    let first = keep_alive_exchange(&mut tls, &record()).await;
+    assert!(first.starts_with("HTTP/1.1 200"), "{first}");
+
+    let crl = gw
+        .pki
+        .sz
+        .crl_pem(
+            std::slice::from_ref(&revoked.serial),
+            chrono::Duration::days(30),
+        )
+        .unwrap();
+    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 200, "{body}");
+
+    // Same connection, opened before the reload: the next request is refused and audited.
+    let received = gw.hk_endpoint.received().len();
+    let second = keep_alive_exchange(&mut tls, &record()).await;
+    assert!(second.starts_with("HTTP/1.1 403"), "{second}");
+    assert!(second.contains("certificate_refused"), "{second}");
+    assert!(
+        second.to_ascii_lowercase().contains("connection: close"),
+        "{second}"
+    );
+    assert_eq!(gw.hk_endpoint.received().len(), received);
+    assert!(gw
+        .audit_entries()
+        .iter()
+        .any(|e| e["error"] == "certificate_refused"));
+    // And the connection ends.
+    let mut rest = Vec::new();
+    let ended = tokio::time::timeout(
+        std::time::Duration::from_secs(5),
+        tls.read_to_end(&mut rest),
+    )
+    .await
+    .is_ok();
+    assert!(ended, "the connection stays open");
+    // Others of the same park, on connections of their own, still get through.
+    let answer = gw
+        .send(
+            &gw.sz_client(),
+            &common::example("materials-sz-hk-quantum-equipment.json"),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+}

@@ -68,6 +68,9 @@ pub enum Refusal {
     },
     /// The gateway itself failed (a task panicked); the details are in its log.
     Internal,
+    /// The connection's client certificate is no longer accepted (revoked by a reloaded CRL,
+    /// its CA removed, the CRL expired).
+    CertificateRefused,
 }
 
 impl Refusal {
@@ -93,6 +96,7 @@ impl Refusal {
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Refusal::CertificateRefused => StatusCode::FORBIDDEN,
         }
     }
 
@@ -120,6 +124,7 @@ impl Refusal {
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::Internal => "internal_error",
+            Refusal::CertificateRefused => "certificate_refused",
         }
     }
 
@@ -133,6 +138,7 @@ impl Refusal {
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
             Refusal::AuditUnavailable(_) => "unavailable",
             Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
+            Refusal::CertificateRefused => "certificate_refused",
             _ => "invalid",
         }
     }
@@ -203,6 +209,10 @@ impl Refusal {
             }
             Refusal::Internal => {
                 "the gateway failed while handling this record; its operators have the details"
+                    .into()
+            }
+            Refusal::CertificateRefused => {
+                "the client certificate of this connection is no longer accepted (revoked or its CA removed); the connection is closed"
                     .into()
             }
         }

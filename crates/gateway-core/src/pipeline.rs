@@ -11,6 +11,7 @@
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
@@ -28,16 +29,42 @@ use crate::policy::{Effect, MatchedRule};
 use crate::replay::Reservation;
 use crate::state::{Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
+use crate::tls::standing::PeerStanding;
 use crate::upstream::{ForwardMeta, UpstreamError};
 
 /// The path partner organisations send records to.
 pub const RECORDS_PATH: &str = "/v1/records";
 
 /// What the connection knows about its peer (from the verified certificate).
-#[derive(Debug, Clone)]
 pub struct ConnectionCtx {
     pub identity: Arc<ClientIdentity>,
     pub remote: SocketAddr,
+    /// The certificate the connection was authenticated with, checked again on each request
+    /// against the TLS setup in force. `None` only for a context built without a handshake
+    /// (benches).
+    pub standing: Option<PeerStanding>,
+    /// Set when the certificate is no longer accepted: the server closes the connection.
+    pub refused: AtomicBool,
+}
+
+impl ConnectionCtx {
+    pub fn new(
+        identity: Arc<ClientIdentity>,
+        remote: SocketAddr,
+        standing: Option<PeerStanding>,
+    ) -> ConnectionCtx {
+        ConnectionCtx {
+            identity,
+            remote,
+            standing,
+            refused: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the connection's certificate was found no longer acceptable.
+    pub fn is_refused(&self) -> bool {
+        self.refused.load(Ordering::Relaxed)
+    }
 }
 
 /// One request's state, owned phase by phase: what the record is, how it was decided, its place
@@ -124,6 +151,16 @@ where
     }
     let in_flight = InFlight::start(gateway.clone());
     let mut ctx = RequestCtx::new(conn.identity.clone());
+    if let Err(refusal) = check_standing(&gateway, &conn) {
+        let close = req.version() < http::Version::HTTP_2;
+        let mut response = conclude(&gateway, ctx, &conn, Err(refusal)).await;
+        if close {
+            response
+                .headers_mut()
+                .insert(header::CONNECTION, http::HeaderValue::from_static("close"));
+        }
+        return Ok(response);
+    }
     let body = match receive(&gateway, &mut ctx, req).await {
         Ok(body) => body,
         Err(refusal) => return Ok(conclude(&gateway, ctx, &conn, Err(refusal)).await),
@@ -145,6 +182,25 @@ where
         tracing::error!(target: "hetao::pipeline", error = %e, "request task failed");
         answer_without_record(&gateway, Refusal::Internal)
     }))
+}
+
+/// The connection's certificate must still be good under the TLS setup in force (a reload may
+/// have revoked it); once it is not, every request on the connection is refused and the server
+/// closes it.
+fn check_standing(gateway: &Gateway, conn: &ConnectionCtx) -> Result<(), Refusal> {
+    if conn.is_refused() {
+        return Err(Refusal::CertificateRefused);
+    }
+    let Some(standing) = &conn.standing else {
+        return Ok(());
+    };
+    let current = gateway.tls.load_full();
+    standing.check(&current, &conn.identity).map_err(|e| {
+        conn.refused.store(true, Ordering::Relaxed);
+        tracing::warn!(target: "hetao::tls", remote = %conn.remote, error = %e,
+                "client certificate no longer accepted; closing the connection");
+        Refusal::CertificateRefused
+    })
 }
 
 /// Counts a request in flight for as long as it lives, however it ends.

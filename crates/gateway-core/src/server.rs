@@ -20,6 +20,7 @@ use tokio_rustls::TlsAcceptor;
 use crate::pipeline::{self, ConnectionCtx};
 use crate::shutdown::stop_requested;
 use crate::state::Gateway;
+use crate::tls::standing::PeerStanding;
 
 /// Starts nothing by itself: sends `true` to stop the servers started by [`run`].
 pub type ShutdownSender = watch::Sender<bool>;
@@ -202,6 +203,13 @@ async fn serve_connection(
             _ => Err(crate::tls::park_verifier::IdentityError::UnknownPark),
         }
     };
+    let peer_chain: Vec<_> = {
+        let (_, session) = tls.get_ref();
+        session
+            .peer_certificates()
+            .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
+            .unwrap_or_default()
+    };
     let identity = match identity {
         Ok(id) => id,
         Err(e) => {
@@ -218,7 +226,12 @@ async fn serve_connection(
         org = %identity.organisation, "client authenticated");
 
     let activity = Arc::new(Activity::new());
-    let conn_ctx = Arc::new(ConnectionCtx { identity, remote });
+    let conn_ctx = Arc::new(ConnectionCtx::new(
+        identity,
+        remote,
+        Some(PeerStanding::new(peer_chain, inbound.clone())),
+    ));
+    let watched = conn_ctx.clone();
     let service = {
         let gateway = gateway.clone();
         let activity = activity.clone();
@@ -252,7 +265,12 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
-                if activity.idle_for() >= idle_timeout {
+                if watched.is_refused() {
+                    // The certificate was refused on a request: no more requests on this
+                    // connection (HTTP/2 gets a GOAWAY; HTTP/1.1 was answered `connection: close`).
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                } else if activity.idle_for() >= idle_timeout {
                     tracing::debug!(target: "hetao::server", %remote, "closing idle connection");
                     closing = true;
                     conn.as_mut().graceful_shutdown();

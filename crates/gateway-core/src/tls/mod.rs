@@ -6,6 +6,7 @@
 
 pub mod identity;
 pub mod park_verifier;
+pub mod standing;
 
 use std::path::Path;
 use std::sync::Arc;

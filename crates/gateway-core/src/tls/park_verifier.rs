@@ -52,6 +52,8 @@ pub enum IdentityError {
     SeveralOrganisations { count: usize },
     #[error("no configured park CA accepts the client certificate")]
     UnknownPark,
+    #[error("the client certificate is no longer accepted: {0}")]
+    Refused(#[source] rustls::Error),
 }
 
 impl ParkClientVerifier {
@@ -84,6 +86,19 @@ impl ParkClientVerifier {
         let identity = Arc::new(describe(park, end_entity.as_ref(), fingerprint)?);
         self.remember(fingerprint, identity.clone());
         Ok(identity)
+    }
+
+    /// Verifies a client certificate again, as in a handshake now: against the CAs and CRLs of
+    /// this verifier, bypassing the cache (used when the TLS setup changed since the handshake).
+    pub fn reverify(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        intermediates: &[CertificateDer<'_>],
+    ) -> Result<ClientIdentity, IdentityError> {
+        let park = self
+            .verifying_park(end_entity, intermediates, UnixTime::now())
+            .map_err(IdentityError::Refused)?;
+        describe(park, end_entity.as_ref(), sha256(end_entity.as_ref()))
     }
 
     fn verifying_park(
