@@ -178,3 +178,37 @@ fn shipped_set_without_a_key_warns_and_names_the_rules() {
     assert!(e.warnings()[0].contains("T.sz-hk.crossing"));
     assert!(!e.has_pseudonymisation_key());
 }
+
+#[test]
+fn a_typo_below_a_shared_schema_type_is_a_load_error() {
+    // `exporter` is common.json's `party`, `registered_city` its own `#/$defs/city`: the field
+    // check follows both references, so a misspelt field there is refused, not silently false.
+    let dir = tempfile::tempdir().unwrap();
+    for entry in std::fs::read_dir(root().join("policies")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            std::fs::copy(&path, dir.path().join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let key = || Some(PseudonymKey::from_hex(KEY_HEX).unwrap());
+    let load = |dir: &std::path::Path| {
+        PolicyEngine::load_with_key(dir, &schemas(), &BTreeMap::new(), key())
+    };
+    load(dir.path()).unwrap();
+
+    let data = dir.path().join("data.toml");
+    let text = std::fs::read_to_string(&data).unwrap();
+    assert!(text.contains("/body/exporter/registered_city"));
+    std::fs::write(
+        &data,
+        text.replacen(
+            "/body/exporter/registered_city",
+            "/body/exporter/registered_cty",
+            1,
+        ),
+    )
+    .unwrap();
+    let err = load(dir.path()).err().unwrap().to_string();
+    assert!(err.contains("/body/exporter/registered_cty"), "{err}");
+    assert!(err.contains("no such field"), "{err}");
+}

@@ -6,7 +6,7 @@
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use hetao_client::{ClientError, ClientOptions, HttpVersion, RecordClient};
+use hetao_client::{ClientError, ClientOptions, HttpVersion, RecordClient, TlsProblem};
 use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
 use hetao_pki::{GatewayCa, IssuedCert, ParkCa, Validity};
 use rustls_pki_types::pem::PemObject;
@@ -172,10 +172,30 @@ async fn client_with_a_certificate_of_another_ca_is_refused_in_the_handshake() {
             .await
             .unwrap_err();
         // The alert (UnknownCA) or, depending on timing, the closed connection it causes.
-        match &err {
-            ClientError::Tls { .. } => assert!(err.to_string().contains("UnknownCA"), "{err}"),
-            ClientError::ConnectionClosed { .. } => {}
-            other => panic!("{http:?}: {other}"),
+        // Over HTTP/1 the rustls error itself comes up; over HTTP/2 h2 keeps only its I/O kind.
+        match (&err, http) {
+            (
+                ClientError::Tls {
+                    problem: TlsProblem::Alert(rustls::AlertDescription::UnknownCA),
+                    ..
+                },
+                HttpVersion::Http1,
+            )
+            | (
+                ClientError::Tls {
+                    problem: TlsProblem::AfterHandshake,
+                    ..
+                },
+                HttpVersion::Http2,
+            ) => {
+                assert!(err.to_string().contains("UnknownCA"), "{err}");
+                assert!(
+                    err.to_string().contains("refused our client certificate"),
+                    "{err}"
+                );
+            }
+            (ClientError::ConnectionClosed { .. }, _) => {}
+            (other, _) => panic!("{http:?}: {other:?}"),
         }
     }
     assert!(ep.received().is_empty());
@@ -311,7 +331,16 @@ async fn connection_refused_is_reported_as_such() {
         .send(&format!("https://127.0.0.1:{port}/v1/records"), record("r"))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Connect { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Connect {
+                io_kind: Some(std::io::ErrorKind::ConnectionRefused),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("refused"), "{err}");
 }
 
@@ -331,7 +360,16 @@ async fn server_not_issued_by_the_given_ca_is_a_tls_error() {
         .send(&format!("{}/v1/records", ep.url()), record("r"))
         .await
         .unwrap_err();
-    assert!(matches!(err, ClientError::Tls { .. }), "{err}");
+    assert!(
+        matches!(
+            err,
+            ClientError::Tls {
+                problem: TlsProblem::ServerCertificate(rustls::CertificateError::UnknownIssuer),
+                ..
+            }
+        ),
+        "{err:?}"
+    );
     assert!(err.to_string().contains("not trusted"), "{err}");
 }
 
@@ -355,4 +393,35 @@ async fn bad_pem_errors_name_the_file() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("nope.key"), "{err}");
+}
+
+#[tokio::test]
+async fn a_key_of_another_certificate_is_a_tls_setup_error_naming_both_files() {
+    let pki = pki();
+    let other = pki
+        .park_ca
+        .issue_client("Other Org", "other", Validity::For(DAY))
+        .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let ca = dir.path().join("ca.pem");
+    let cert = dir.path().join("client.pem");
+    let key = dir.path().join("other.key");
+    std::fs::write(&ca, pki.park_ca.cert_pem()).unwrap();
+    std::fs::write(&cert, &pki.upstream_client.cert_pem).unwrap();
+    std::fs::write(&key, &other.key_pem).unwrap();
+    let err = RecordClient::from_files(&ca, &cert, &key, ClientOptions::default())
+        .err()
+        .unwrap();
+    assert!(matches!(err, ClientError::TlsSetup { .. }), "{err:?}");
+    let text = err.to_string();
+    assert!(
+        text.contains("client.pem") && text.contains("other.key"),
+        "{text}"
+    );
+    // The rustls error stays attached for whoever wants more than the message.
+    let source = std::error::Error::source(&err).unwrap();
+    assert!(
+        source.downcast_ref::<rustls::Error>().is_some(),
+        "{source:?}"
+    );
 }

@@ -263,9 +263,8 @@ async fn a_certificate_revoked_by_a_reload_is_refused_on_its_next_request_over_a
         .unwrap();
     let config = Arc::new(common::tls_client_config(&gw, Some(&revoked)));
     let mut tls = common::tls_connect(&gw, config).await.unwrap();
-    let record = || {
-        serde_json::to_vec(&common::example("materials-sz-hk-quantum-equipment.json")).unwrap()
-    };
+    let record =
+        || serde_json::to_vec(&common::example("materials-sz-hk-quantum-equipment.json")).unwrap();
     let first = keep_alive_exchange(&mut tls, &record()).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 

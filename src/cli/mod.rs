@@ -3,6 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use hetao_gateway_core::error::chain_text;
 
 pub mod audit;
 pub mod certs;
@@ -57,22 +58,9 @@ pub async fn run(cli: Cli) -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {}", error_chain(&e));
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            eprintln!("error: {}", chain_text(e));
             ExitCode::from(2)
         }
     }
-}
-
-/// The error and its causes on one line, without repeating a cause a message already quotes
-/// (many errors here name their cause in their own message, for logs that print only the top).
-fn error_chain(e: &anyhow::Error) -> String {
-    let mut text = e.to_string();
-    for cause in e.chain().skip(1) {
-        let cause = cause.to_string();
-        if !text.contains(&cause) {
-            text.push_str(": ");
-            text.push_str(&cause);
-        }
-    }
-    text
 }

@@ -4,6 +4,8 @@
 //! One [`RecordClient`] holds a pool of keep-alive connections (HTTP/2 multiplexes over one),
 //! so a batch of records pays for one handshake, not one per record.
 
+use std::error::Error as StdError;
+use std::io;
 use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
@@ -14,7 +16,7 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
-use rustls::RootCertStore;
+use rustls::{AlertDescription, CertificateError, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer};
 
@@ -76,7 +78,13 @@ impl SendAnswer {
     }
 }
 
+/// A transport error as hyper and the TLS layer hand it up; kept whole so callers can walk it.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
 /// Why a record could not be sent (not: why the gateway refused it — that is a [`SendAnswer`]).
+///
+/// Sorted from the types of the transport error's causes (`io::ErrorKind`, `rustls::Error`,
+/// hyper's own kinds), never from their text; the error itself stays attached as the source.
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("cannot read {what} {path}: {source}")]
@@ -92,14 +100,30 @@ pub enum ClientError {
         origin: String,
         message: String,
     },
-    #[error("TLS setup: {0}")]
-    TlsSetup(String),
+    #[error("TLS setup: {what}: {source}")]
+    TlsSetup {
+        what: String,
+        #[source]
+        source: rustls::Error,
+    },
     #[error("`{url}` is not a usable URL: {message}")]
     Url { url: String, message: String },
-    #[error("cannot connect to {url}: {message}")]
-    Connect { url: String, message: String },
-    #[error("TLS handshake with {url} failed: {message}")]
-    Tls { url: String, message: String },
+    /// No connection was made. `io_kind` is the operating system's reason when there is one
+    /// (`ConnectionRefused`: nothing listens there).
+    #[error("cannot connect to {url}: {}", connect_detail(*.io_kind, .source.as_ref()))]
+    Connect {
+        url: String,
+        io_kind: Option<io::ErrorKind>,
+        #[source]
+        source: BoxError,
+    },
+    #[error("TLS handshake with {url} failed: {problem} ({})", root_cause(.source.as_ref()))]
+    Tls {
+        url: String,
+        problem: TlsProblem,
+        #[source]
+        source: BoxError,
+    },
     #[error("no answer from {url} within {after:?}")]
     Timeout { url: String, after: Duration },
     /// The connection died before an answer. In TLS 1.3 the server judges the client
@@ -107,12 +131,100 @@ pub enum ClientError {
     /// certificate shows up either as an alert ([`ClientError::Tls`]) or, depending on timing,
     /// as this.
     #[error(
-        "{url} closed the connection before answering ({message}); if this happens for every \
-         record, the gateway most likely refused our client certificate"
+        "{url} closed the connection before answering ({}); if this happens for every \
+         record, the gateway most likely refused our client certificate",
+        root_cause(.source.as_ref())
     )]
-    ConnectionClosed { url: String, message: String },
-    #[error("request to {url} failed: {message}")]
-    Request { url: String, message: String },
+    ConnectionClosed {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("request to {url} failed: {}", root_cause(.source.as_ref()))]
+    Request {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+    #[error("request to {url} failed: reading the answer: {source}")]
+    Answer {
+        url: String,
+        #[source]
+        source: BoxError,
+    },
+}
+
+/// What went wrong in TLS, read from the rustls error (or, under HTTP/2, from its I/O kind).
+#[derive(Debug, Clone, PartialEq)]
+pub enum TlsProblem {
+    /// The gateway ended the handshake with this alert.
+    Alert(AlertDescription),
+    /// The gateway's certificate does not verify against the CA we were given.
+    ServerCertificate(CertificateError),
+    /// Any other TLS failure rustls reports.
+    Other(rustls::Error),
+    /// The TLS layer failed once the handshake had finished, under an HTTP/2 connection: h2
+    /// passes on only the I/O error's kind (`InvalidData`, which tokio-rustls gives every TLS
+    /// error) and its text, not the rustls error. In TLS 1.3 that is how the gateway's late
+    /// verdict on our certificate arrives.
+    AfterHandshake,
+}
+
+impl std::fmt::Display for TlsProblem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            TlsProblem::Alert(AlertDescription::CertificateRequired) => {
+                "the gateway requires a client certificate"
+            }
+            TlsProblem::Alert(
+                AlertDescription::UnknownCA
+                | AlertDescription::BadCertificate
+                | AlertDescription::DecryptError,
+            ) => "the gateway refused our client certificate",
+            TlsProblem::Alert(AlertDescription::CertificateExpired) => {
+                "the gateway says our client certificate has expired"
+            }
+            TlsProblem::Alert(AlertDescription::CertificateRevoked) => {
+                "the gateway says our client certificate is revoked"
+            }
+            TlsProblem::Alert(_) => "the gateway ended the handshake with an alert",
+            TlsProblem::ServerCertificate(_) => "the gateway's certificate is not trusted by --ca",
+            TlsProblem::Other(_) => "the TLS layer failed",
+            TlsProblem::AfterHandshake => {
+                "the gateway ended TLS after the handshake: most likely it refused our client \
+                 certificate"
+            }
+        })
+    }
+}
+
+impl From<&rustls::Error> for TlsProblem {
+    fn from(err: &rustls::Error) -> Self {
+        match err {
+            rustls::Error::AlertReceived(alert) => TlsProblem::Alert(*alert),
+            rustls::Error::InvalidCertificate(reason) => {
+                TlsProblem::ServerCertificate(reason.clone())
+            }
+            other => TlsProblem::Other(other.clone()),
+        }
+    }
+}
+
+/// The innermost cause: what actually happened, without the layers that passed it on.
+fn root_cause<'a>(err: &'a (dyn StdError + 'static)) -> &'a (dyn StdError + 'static) {
+    let mut root = err;
+    while let Some(next) = root.source() {
+        root = next;
+    }
+    root
+}
+
+fn connect_detail(io_kind: Option<io::ErrorKind>, source: &(dyn StdError + 'static)) -> String {
+    let root = root_cause(source);
+    match io_kind {
+        Some(io::ErrorKind::ConnectionRefused) => format!("connection refused ({root})"),
+        _ => root.to_string(),
+    }
 }
 
 impl ClientError {
@@ -128,7 +240,7 @@ impl ClientError {
             ClientError::Pem { .. } => {
                 "pass PEM files (-----BEGIN CERTIFICATE-----), e.g. from `certs init`"
             }
-            ClientError::TlsSetup(_) => {
+            ClientError::TlsSetup { .. } => {
                 "check that --cert and --key belong together and --ca is a CA certificate"
             }
             ClientError::Url { .. } => "use a URL like https://127.0.0.1:8443/v1/records",
@@ -146,7 +258,9 @@ impl ClientError {
             ClientError::Timeout { .. } => {
                 "the gateway or the destination park is slow; try again or raise the timeout"
             }
-            ClientError::Request { .. } => "see the message; the gateway's log may say more",
+            ClientError::Request { .. } | ClientError::Answer { .. } => {
+                "see the message; the gateway's log may say more"
+            }
         }
     }
 }
@@ -227,14 +341,18 @@ impl RecordClient {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
         let tls = rustls::ClientConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
-            .map_err(|e| ClientError::TlsSetup(e.to_string()))?
+            .map_err(|source| ClientError::TlsSetup {
+                what: "protocol versions".into(),
+                source,
+            })?
             .with_root_certificates(roots)
             .with_client_auth_cert(chain, private_key)
-            .map_err(|e| {
-                ClientError::TlsSetup(format!(
-                    "client certificate {} and key {} do not form a usable pair: {e}",
+            .map_err(|source| ClientError::TlsSetup {
+                what: format!(
+                    "client certificate {} and key {} do not form a usable pair",
                     cert.0, key.0
-                ))
+                ),
+                source,
             })?;
 
         let mut http = HttpConnector::new();
@@ -309,14 +427,14 @@ impl RecordClient {
                 .client
                 .request(request)
                 .await
-                .map_err(|e| classify(url, &e))?;
+                .map_err(|e| classify(url, e))?;
             let (parts, body) = response.into_parts();
             let body = Limited::new(body, MAX_ANSWER_BYTES)
                 .collect()
                 .await
-                .map_err(|e| ClientError::Request {
+                .map_err(|source| ClientError::Answer {
                     url: url.to_string(),
-                    message: format!("reading the answer: {e}"),
+                    source,
                 })?
                 .to_bytes();
             Ok::<_, ClientError>(SendAnswer {
@@ -359,113 +477,80 @@ fn load_certs(
     Ok(certs)
 }
 
-/// Sorts a failed request into connection refused / TLS failure / other, by walking the error's
-/// causes: hyper-rustls hands rustls errors up wrapped in `std::io::Error`.
-fn classify(url: &str, err: &hyper_util::client::legacy::Error) -> ClientError {
-    let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(err);
-    let mut io_message = None;
-    while let Some(e) = cause {
-        if let Some(tls) = e.downcast_ref::<rustls::Error>() {
-            return tls_error(url, tls);
-        }
-        cause = e.source();
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io_message.is_none() {
-                io_message = Some((io.kind(), io.to_string()));
+/// What the causes of a failed request say, read from their types.
+#[derive(Default)]
+struct Causes {
+    tls: Option<TlsProblem>,
+    /// Kind of the outermost `io::Error`.
+    io_kind: Option<io::ErrorKind>,
+    /// hyper saw the connection end under the request.
+    closed: bool,
+}
+
+impl Causes {
+    /// Walks `err`'s causes. `io::Error` hides what it wraps from `source()`, and hyper-rustls
+    /// wraps rustls errors in one or two layers of it, so the walk also looks inside.
+    fn of(err: &(dyn StdError + 'static)) -> Causes {
+        let mut found = Causes::default();
+        let mut cause = Some(err);
+        while let Some(e) = cause {
+            if let Some(tls) = e.downcast_ref::<rustls::Error>() {
+                found.tls = Some(tls.into());
+                break;
             }
-            // io::Error hides what it wraps from `source()`; hyper-rustls wraps rustls errors in
-            // one or two layers of it.
-            if let Some(inner) = io.get_ref() {
-                cause = Some(inner as &(dyn std::error::Error + 'static));
+            if let Some(h) = e.downcast_ref::<hyper::Error>() {
+                // Incomplete: EOF mid-message; closed: the connection task ended; canceled:
+                // the pooled connection was no longer ready to take the request.
+                found.closed |= h.is_incomplete_message() || h.is_closed() || h.is_canceled();
             }
-        }
-    }
-    match io_message {
-        Some((std::io::ErrorKind::ConnectionRefused, m)) => ClientError::Connect {
-            url: url.to_string(),
-            message: format!("connection refused ({m})"),
-        },
-        Some((_, m)) if err.is_connect() => ClientError::Connect {
-            url: url.to_string(),
-            message: m,
-        },
-        _ if err.is_connect() => ClientError::Connect {
-            url: url.to_string(),
-            message: error_chain(err),
-        },
-        _ => {
-            let message = error_chain(err);
-            // Over HTTP/2 the TLS alert arrives inside an h2 error, which exposes no cause;
-            // its text still says what happened.
-            if message.contains("fatal alert") {
-                ClientError::Tls {
-                    url: url.to_string(),
-                    message: format!("the gateway refused our client certificate ({message})"),
-                }
-            } else if closed_early(&message) {
-                ClientError::ConnectionClosed {
-                    url: url.to_string(),
-                    message,
-                }
-            } else {
-                ClientError::Request {
-                    url: url.to_string(),
-                    message,
+            cause = e.source();
+            if let Some(io) = e.downcast_ref::<io::Error>() {
+                found.io_kind.get_or_insert(io.kind());
+                if let Some(inner) = io.get_ref() {
+                    cause = Some(inner as &(dyn StdError + 'static));
                 }
             }
         }
+        found
     }
 }
 
-fn tls_error(url: &str, err: &rustls::Error) -> ClientError {
-    use rustls::AlertDescription as A;
-    let message = match err {
-        rustls::Error::AlertReceived(A::CertificateRequired) => {
-            "the gateway requires a client certificate".to_string()
-        }
-        rustls::Error::AlertReceived(A::UnknownCA | A::BadCertificate | A::DecryptError) => {
-            format!("the gateway refused our client certificate ({err})")
-        }
-        rustls::Error::AlertReceived(A::CertificateExpired) => {
-            "the gateway says our client certificate has expired".to_string()
-        }
-        rustls::Error::AlertReceived(A::CertificateRevoked) => {
-            "the gateway says our client certificate is revoked".to_string()
-        }
-        rustls::Error::InvalidCertificate(reason) => {
-            format!("the gateway's certificate is not trusted by --ca ({reason:?})")
-        }
-        other => other.to_string(),
-    };
-    ClientError::Tls {
-        url: url.to_string(),
-        message,
+/// Sorts a failed request into no connection / TLS failure / connection closed / other.
+fn classify(url: &str, err: hyper_util::client::legacy::Error) -> ClientError {
+    use io::ErrorKind as K;
+    let causes = Causes::of(&err);
+    let is_connect = err.is_connect();
+    let url = url.to_string();
+    let source: BoxError = Box::new(err);
+    if let Some(problem) = causes.tls {
+        return ClientError::Tls {
+            url,
+            problem,
+            source,
+        };
     }
-}
-
-/// Texts hyper, h2 and the OS use for a connection that ended under a request.
-fn closed_early(message: &str) -> bool {
-    [
-        "broken pipe",
-        "connection reset",
-        "not ready",
-        "closed before",
-        "connection closed",
-        "unexpected end of file",
-        "close_notify",
-        "IncompleteMessage",
-    ]
-    .iter()
-    .any(|m| message.contains(m))
-}
-
-fn error_chain(err: &dyn std::error::Error) -> String {
-    let mut out = err.to_string();
-    let mut cause = err.source();
-    while let Some(e) = cause {
-        out.push_str(": ");
-        out.push_str(&e.to_string());
-        cause = e.source();
+    if is_connect {
+        return ClientError::Connect {
+            url,
+            io_kind: causes.io_kind,
+            source,
+        };
     }
-    out
+    match causes.io_kind {
+        // Every TLS error reaches us as `InvalidData` (see TlsProblem::AfterHandshake).
+        Some(K::InvalidData) => ClientError::Tls {
+            url,
+            problem: TlsProblem::AfterHandshake,
+            source,
+        },
+        Some(
+            K::UnexpectedEof
+            | K::ConnectionReset
+            | K::ConnectionAborted
+            | K::BrokenPipe
+            | K::NotConnected,
+        ) => ClientError::ConnectionClosed { url, source },
+        _ if causes.closed => ClientError::ConnectionClosed { url, source },
+        _ => ClientError::Request { url, source },
+    }
 }

@@ -32,6 +32,10 @@ pub enum ConfigError {
 pub type ParkId = String;
 
 /// The loaded, validated configuration with every path made absolute.
+///
+/// The sections are read from the file by serde directly (defaults included); only what needs
+/// more than a default is handled by hand: the listen addresses (so a bad one is reported with
+/// its key), the admin listener's optional TLS pair, park ids and endpoints, and the paths.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// The file this was loaded from (for messages and reloads).
@@ -82,14 +86,18 @@ pub struct AdminTls {
     pub client_ca: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct UpstreamClientConfig {
     pub cert: PathBuf,
     pub key: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ParkConfig {
+    /// The park's table name (`[parks.<id>]`).
+    #[serde(skip)]
     pub id: ParkId,
     /// CA whose certificates identify senders of this park.
     pub client_ca: PathBuf,
@@ -97,39 +105,79 @@ pub struct ParkConfig {
     pub endpoint: String,
     /// CA that verifies the park's endpoint.
     pub endpoint_ca: PathBuf,
-    /// Revocation lists of the park CA (zero or more).
+    /// Revocation lists of the park CA (zero or more): `crl = "a.pem"` or `crl = ["a.pem", ...]`.
+    #[serde(default, deserialize_with = "one_or_many")]
     pub crl: Vec<PathBuf>,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SchemasConfig {
     pub dir: PathBuf,
 }
 
-#[derive(Debug, Clone)]
+/// Without a `[schemas]` table.
+impl Default for SchemasConfig {
+    fn default() -> Self {
+        SchemasConfig {
+            dir: PathBuf::from("schemas"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct PoliciesConfig {
     pub dir: PathBuf,
     /// Key for the `pseudonymise` obligation (HMAC-SHA-256). Without it, a record whose rule needs
     /// pseudonymisation is refused (fail closed).
+    #[serde(default)]
     pub pseudonymisation_key: Option<PathBuf>,
     /// Overrides of the policy set's documented settings (e.g. D2's GBA volume question).
+    #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
 }
 
-#[derive(Debug, Clone)]
+/// Without a `[policies]` table.
+impl Default for PoliciesConfig {
+    fn default() -> Self {
+        PoliciesConfig {
+            dir: PathBuf::from("policies"),
+            pseudonymisation_key: None,
+            settings: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AuditConfig {
     pub log: PathBuf,
     pub signing_key: PathBuf,
+    #[serde(default = "defaults::fsync")]
     pub fsync: FsyncPolicy,
     /// Under `fsync = "interval"`: the longest a written entry waits for its fsync.
+    #[serde(
+        rename = "fsync_interval_ms",
+        default = "defaults::fsync_interval",
+        deserialize_with = "millis"
+    )]
     pub fsync_interval: Duration,
     /// A signed checkpoint after this many entries...
+    #[serde(default = "defaults::checkpoint_every_entries")]
     pub checkpoint_every_entries: u64,
     /// ...or after this much time with unsigned entries, whichever comes first.
+    #[serde(
+        rename = "checkpoint_interval_secs",
+        default = "defaults::checkpoint_interval",
+        deserialize_with = "secs"
+    )]
     pub checkpoint_interval: Duration,
     /// Start a new segment once the current one reaches this size.
+    #[serde(default = "defaults::segment_max_bytes")]
     pub segment_max_bytes: u64,
     /// Most entries written by one group commit.
+    #[serde(default = "defaults::max_batch")]
     pub max_batch: usize,
 }
 
@@ -147,35 +195,84 @@ pub enum FsyncPolicy {
     Never,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
     pub max_header_bytes: usize,
+    #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
     pub header_read_timeout: Duration,
+    #[serde(rename = "handshake_timeout_ms", deserialize_with = "millis")]
     pub handshake_timeout: Duration,
+    #[serde(rename = "body_read_timeout_ms", deserialize_with = "millis")]
     pub body_read_timeout: Duration,
+    #[serde(rename = "idle_timeout_secs", deserialize_with = "secs")]
     pub idle_timeout: Duration,
     pub max_connections: usize,
     pub max_concurrent_streams: u32,
     pub max_pending_reset_streams: usize,
     /// Grace period for in-flight requests at shutdown.
+    #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
     pub shutdown_grace: Duration,
 }
 
-#[derive(Debug, Clone)]
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_body_bytes: 1024 * 1024,
+            max_json_depth: 32,
+            max_header_bytes: 16 * 1024,
+            header_read_timeout: Duration::from_millis(10_000),
+            handshake_timeout: Duration::from_millis(10_000),
+            body_read_timeout: Duration::from_millis(30_000),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+            max_concurrent_streams: 100,
+            max_pending_reset_streams: 20,
+            shutdown_grace: Duration::from_secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct UpstreamConfig {
+    #[serde(rename = "connect_timeout_ms", deserialize_with = "millis")]
     pub connect_timeout: Duration,
+    #[serde(rename = "request_timeout_ms", deserialize_with = "millis")]
     pub request_timeout: Duration,
+    #[serde(rename = "pool_idle_timeout_secs", deserialize_with = "secs")]
     pub pool_idle_timeout: Duration,
     pub pool_max_idle_per_host: usize,
 }
 
-#[derive(Debug, Clone)]
+impl Default for UpstreamConfig {
+    fn default() -> Self {
+        UpstreamConfig {
+            connect_timeout: Duration::from_secs(3),
+            request_timeout: Duration::from_secs(10),
+            pool_idle_timeout: Duration::from_secs(90),
+            pool_max_idle_per_host: 256,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
 pub struct LoggingConfig {
     /// `tracing` filter directive; `RUST_LOG` overrides it.
     pub level: String,
     pub format: LogFormat,
+}
+
+impl Default for LoggingConfig {
+    fn default() -> Self {
+        LoggingConfig {
+            level: "info".into(),
+            format: LogFormat::Auto,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -187,7 +284,8 @@ pub enum LogFormat {
     Json,
 }
 
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "RateLimitTable")]
 pub struct RateLimitConfig {
     /// Sustained records per second per sending organisation; 0 turns the limit off.
     pub per_org_per_second: f64,
@@ -195,129 +293,148 @@ pub struct RateLimitConfig {
     pub burst: f64,
 }
 
-// === raw file format ===
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawConfig {
-    server: RawServer,
-    admin: Option<RawAdmin>,
-    upstream_client: RawUpstreamClient,
-    parks: BTreeMap<String, RawPark>,
-    schemas: Option<RawDir>,
-    policies: Option<RawPolicies>,
-    audit: RawAudit,
-    limits: Option<RawLimits>,
-    upstream: Option<RawUpstream>,
-    logging: Option<RawLogging>,
-    rate_limit: Option<RawRateLimit>,
+/// Without a `[rate_limit]` table: no limit.
+impl Default for RateLimitConfig {
+    fn default() -> Self {
+        RateLimitConfig {
+            per_org_per_second: 0.0,
+            burst: 0.0,
+        }
+    }
 }
 
+/// `[rate_limit]` as written: the default burst depends on the rate, which a serde default
+/// cannot express.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RateLimitTable {
+    #[serde(default)]
+    per_org_per_second: f64,
+    burst: Option<f64>,
+}
+
+impl From<RateLimitTable> for RateLimitConfig {
+    fn from(t: RateLimitTable) -> Self {
+        RateLimitConfig {
+            per_org_per_second: t.per_org_per_second,
+            burst: t.burst.unwrap_or(t.per_org_per_second.max(1.0)),
+        }
+    }
+}
+
+// === the file ===
+
+/// The file as written. Sections that need more than serde defaults stay raw here (see
+/// [`Config`]); everything else is read straight into its final type.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ConfigFile {
+    server: RawServer,
+    #[serde(default)]
+    admin: RawAdmin,
+    upstream_client: UpstreamClientConfig,
+    parks: BTreeMap<String, ParkConfig>,
+    #[serde(default)]
+    schemas: SchemasConfig,
+    #[serde(default)]
+    policies: PoliciesConfig,
+    audit: AuditConfig,
+    #[serde(default)]
+    limits: LimitsConfig,
+    #[serde(default)]
+    upstream: UpstreamConfig,
+    #[serde(default)]
+    logging: LoggingConfig,
+    #[serde(default)]
+    rate_limit: RateLimitConfig,
+}
+
+/// `[server]`: `listen` is parsed by hand so that a bad address is reported with its key.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawServer {
     listen: String,
     cert: PathBuf,
     key: PathBuf,
-    min_tls_version: Option<TlsVersion>,
+    #[serde(default = "defaults::min_tls_version")]
+    min_tls_version: TlsVersion,
 }
 
+/// `[admin]`: the address as for `[server]`, and `cert`/`key` only make sense together.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawAdmin {
-    listen: Option<String>,
+    #[serde(default = "defaults::admin_listen")]
+    listen: String,
     cert: Option<PathBuf>,
     key: Option<PathBuf>,
     client_ca: Option<PathBuf>,
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstreamClient {
-    cert: PathBuf,
-    key: PathBuf,
+impl Default for RawAdmin {
+    fn default() -> Self {
+        RawAdmin {
+            listen: defaults::admin_listen(),
+            cert: None,
+            key: None,
+            client_ca: None,
+        }
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPark {
-    client_ca: PathBuf,
-    endpoint: String,
-    endpoint_ca: PathBuf,
-    crl: Option<OneOrMany>,
+/// Defaults of keys in sections that also have required keys.
+mod defaults {
+    use super::{FsyncPolicy, TlsVersion};
+    use std::time::Duration;
+
+    pub fn min_tls_version() -> TlsVersion {
+        TlsVersion::Tls13
+    }
+    pub fn admin_listen() -> String {
+        "127.0.0.1:9443".into()
+    }
+    pub fn fsync() -> FsyncPolicy {
+        FsyncPolicy::Always
+    }
+    pub fn fsync_interval() -> Duration {
+        Duration::from_millis(200)
+    }
+    pub fn checkpoint_every_entries() -> u64 {
+        1000
+    }
+    pub fn checkpoint_interval() -> Duration {
+        Duration::from_secs(60)
+    }
+    pub fn segment_max_bytes() -> u64 {
+        256 * 1024 * 1024
+    }
+    pub fn max_batch() -> usize {
+        1024
+    }
 }
 
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum OneOrMany {
-    One(PathBuf),
-    Many(Vec<PathBuf>),
+/// A `*_ms` key: whole milliseconds.
+fn millis<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_millis)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawDir {
-    dir: PathBuf,
+/// A `*_secs` key: whole seconds.
+fn secs<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    u64::deserialize(d).map(Duration::from_secs)
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawPolicies {
-    dir: PathBuf,
-    pseudonymisation_key: Option<PathBuf>,
-    settings: Option<BTreeMap<String, toml::Value>>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAudit {
-    log: PathBuf,
-    signing_key: PathBuf,
-    fsync: Option<FsyncPolicy>,
-    fsync_interval_ms: Option<u64>,
-    checkpoint_every_entries: Option<u64>,
-    checkpoint_interval_secs: Option<u64>,
-    segment_max_bytes: Option<u64>,
-    max_batch: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_body_bytes: Option<usize>,
-    max_json_depth: Option<usize>,
-    max_header_bytes: Option<usize>,
-    header_read_timeout_ms: Option<u64>,
-    handshake_timeout_ms: Option<u64>,
-    body_read_timeout_ms: Option<u64>,
-    idle_timeout_secs: Option<u64>,
-    max_connections: Option<usize>,
-    max_concurrent_streams: Option<u32>,
-    max_pending_reset_streams: Option<usize>,
-    shutdown_grace_secs: Option<u64>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    connect_timeout_ms: Option<u64>,
-    request_timeout_ms: Option<u64>,
-    pool_idle_timeout_secs: Option<u64>,
-    pool_max_idle_per_host: Option<usize>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLogging {
-    level: Option<String>,
-    format: Option<LogFormat>,
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRateLimit {
-    per_org_per_second: Option<f64>,
-    burst: Option<f64>,
+/// One path or a list of them.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<PathBuf>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(PathBuf),
+        Many(Vec<PathBuf>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(p) => vec![p],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 // === impl Config ===
@@ -334,7 +451,7 @@ impl Config {
 
     /// Parses configuration text as if it had been read from `path`.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
-        let raw: RawConfig = toml::from_str(text).map_err(|e| ConfigError::Parse {
+        let file: ConfigFile = toml::from_str(text).map_err(|e| ConfigError::Parse {
             path: path.to_path_buf(),
             message: e.to_string(),
         })?;
@@ -367,70 +484,65 @@ impl Config {
                 )
             })
         };
-
-        let server = ServerConfig {
-            listen: addr("server.listen", &raw.server.listen)?,
-            cert: resolve(&raw.server.cert),
-            key: resolve(&raw.server.key),
-            min_tls_version: raw.server.min_tls_version.unwrap_or(TlsVersion::Tls13),
-        };
-
-        let admin = match raw.admin {
-            None => AdminConfig {
-                listen: addr("admin.listen", "127.0.0.1:9443")?,
-                tls: None,
-            },
-            Some(a) => {
-                let listen = addr(
-                    "admin.listen",
-                    a.listen.as_deref().unwrap_or("127.0.0.1:9443"),
-                )?;
-                let tls = match (a.cert, a.key) {
-                    (Some(cert), Some(key)) => Some(AdminTls {
-                        cert: resolve(&cert),
-                        key: resolve(&key),
-                        client_ca: a.client_ca.as_deref().map(resolve),
-                    }),
-                    (None, None) => {
-                        if a.client_ca.is_some() {
-                            return Err(invalid(
-                                "admin.client_ca",
-                                "needs admin.cert and admin.key: client certificates require TLS"
-                                    .into(),
-                            ));
-                        }
-                        None
-                    }
-                    (Some(_), None) => {
-                        return Err(invalid(
-                            "admin.key",
-                            "admin.cert is set but not admin.key".into(),
-                        ))
-                    }
-                    (None, Some(_)) => {
-                        return Err(invalid(
-                            "admin.cert",
-                            "admin.key is set but not admin.cert".into(),
-                        ))
-                    }
-                };
-                AdminConfig { listen, tls }
+        let at_least_1 = |key: &str, n: u64| {
+            if n == 0 {
+                Err(invalid(key, "must be at least 1".into()))
+            } else {
+                Ok(())
             }
         };
 
-        let upstream_client = UpstreamClientConfig {
-            cert: resolve(&raw.upstream_client.cert),
-            key: resolve(&raw.upstream_client.key),
+        let server = ServerConfig {
+            listen: addr("server.listen", &file.server.listen)?,
+            cert: resolve(&file.server.cert),
+            key: resolve(&file.server.key),
+            min_tls_version: file.server.min_tls_version,
         };
 
-        if raw.parks.is_empty() {
+        let a = file.admin;
+        let listen = addr("admin.listen", &a.listen)?;
+        let tls = match (a.cert, a.key) {
+            (Some(cert), Some(key)) => Some(AdminTls {
+                cert: resolve(&cert),
+                key: resolve(&key),
+                client_ca: a.client_ca.as_deref().map(resolve),
+            }),
+            (None, None) => {
+                if a.client_ca.is_some() {
+                    return Err(invalid(
+                        "admin.client_ca",
+                        "needs admin.cert and admin.key: client certificates require TLS".into(),
+                    ));
+                }
+                None
+            }
+            (Some(_), None) => {
+                return Err(invalid(
+                    "admin.key",
+                    "admin.cert is set but not admin.key".into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    "admin.cert",
+                    "admin.key is set but not admin.cert".into(),
+                ))
+            }
+        };
+        let admin = AdminConfig { listen, tls };
+
+        let mut upstream_client = file.upstream_client;
+        upstream_client.cert = resolve(&upstream_client.cert);
+        upstream_client.key = resolve(&upstream_client.key);
+
+        if file.parks.is_empty() {
             return Err(invalid(
                 "parks",
                 "at least one park must be configured".into(),
             ));
         }
         let mut parks = BTreeMap::new();
-        for (id, p) in raw.parks {
+        for (id, mut park) in file.parks {
             let key = format!("parks.{id}");
             if id.is_empty()
                 || id.len() > 32
@@ -443,7 +555,7 @@ impl Config {
                     "a park id is 1-32 lowercase letters, digits, `-` or `_`".into(),
                 ));
             }
-            let endpoint = p.endpoint.trim_end_matches('/').to_string();
+            let endpoint = park.endpoint.trim_end_matches('/').to_string();
             match endpoint.parse::<http::Uri>() {
                 Ok(uri) if uri.scheme_str() == Some("https") && uri.host().is_some() => {}
                 Ok(_) => {
@@ -461,173 +573,58 @@ impl Config {
                     ))
                 }
             }
-            let crl = match p.crl {
-                None => Vec::new(),
-                Some(OneOrMany::One(p)) => vec![resolve(&p)],
-                Some(OneOrMany::Many(v)) => v.iter().map(|p| resolve(p)).collect(),
-            };
-            parks.insert(
-                id.clone(),
-                ParkConfig {
-                    id,
-                    client_ca: resolve(&p.client_ca),
-                    endpoint,
-                    endpoint_ca: resolve(&p.endpoint_ca),
-                    crl,
-                },
-            );
+            park.id = id.clone();
+            park.endpoint = endpoint;
+            park.client_ca = resolve(&park.client_ca);
+            park.endpoint_ca = resolve(&park.endpoint_ca);
+            park.crl = park.crl.iter().map(|p| resolve(p)).collect();
+            parks.insert(id, park);
         }
 
-        let schemas = SchemasConfig {
-            dir: resolve(
-                raw.schemas
-                    .as_ref()
-                    .map(|s| s.dir.as_path())
-                    .unwrap_or(Path::new("schemas")),
-            ),
-        };
+        let mut schemas = file.schemas;
+        schemas.dir = resolve(&schemas.dir);
 
-        let policies = match raw.policies {
-            None => PoliciesConfig {
-                dir: resolve(Path::new("policies")),
-                pseudonymisation_key: None,
-                settings: BTreeMap::new(),
-            },
-            Some(p) => {
-                let mut settings = BTreeMap::new();
-                for (k, v) in p.settings.unwrap_or_default() {
-                    let json = serde_json::to_value(&v)
-                        .map_err(|e| invalid(&format!("policies.settings.{k}"), e.to_string()))?;
-                    settings.insert(k, json);
-                }
-                PoliciesConfig {
-                    dir: resolve(&p.dir),
-                    pseudonymisation_key: p.pseudonymisation_key.as_deref().map(resolve),
-                    settings,
-                }
-            }
-        };
+        let mut policies = file.policies;
+        policies.dir = resolve(&policies.dir);
+        policies.pseudonymisation_key = policies.pseudonymisation_key.as_deref().map(resolve);
 
-        let a = raw.audit;
-        let checkpoint_every_entries = a.checkpoint_every_entries.unwrap_or(1000);
-        if checkpoint_every_entries == 0 {
+        let mut audit = file.audit;
+        at_least_1(
+            "audit.checkpoint_every_entries",
+            audit.checkpoint_every_entries,
+        )?;
+        at_least_1("audit.max_batch", audit.max_batch as u64)?;
+        audit.log = resolve(&audit.log);
+        audit.signing_key = resolve(&audit.signing_key);
+        // Zero would mean a busy loop (intervals) or a rotation per entry (size): the smallest
+        // sensible value is taken instead.
+        audit.fsync_interval = audit.fsync_interval.max(Duration::from_millis(1));
+        audit.checkpoint_interval = audit.checkpoint_interval.max(Duration::from_secs(1));
+        audit.segment_max_bytes = audit.segment_max_bytes.max(4096);
+
+        let mut limits = file.limits;
+        at_least_1("limits.max_body_bytes", limits.max_body_bytes as u64)?;
+        at_least_1("limits.max_json_depth", limits.max_json_depth as u64)?;
+        at_least_1("limits.max_header_bytes", limits.max_header_bytes as u64)?;
+        at_least_1("limits.max_connections", limits.max_connections as u64)?;
+        // A zero timeout would refuse everything; 1 ms (1 s) is the smallest taken.
+        limits.header_read_timeout = limits.header_read_timeout.max(Duration::from_millis(1));
+        limits.handshake_timeout = limits.handshake_timeout.max(Duration::from_millis(1));
+        limits.body_read_timeout = limits.body_read_timeout.max(Duration::from_millis(1));
+        limits.idle_timeout = limits.idle_timeout.max(Duration::from_secs(1));
+        limits.max_concurrent_streams = limits.max_concurrent_streams.max(1);
+
+        let rate_limit = file.rate_limit;
+        let per = rate_limit.per_org_per_second;
+        if !per.is_finite() || per < 0.0 {
             return Err(invalid(
-                "audit.checkpoint_every_entries",
-                "must be at least 1".into(),
+                "rate_limit.per_org_per_second",
+                "must be 0 or more".into(),
             ));
         }
-        let max_batch = a.max_batch.unwrap_or(1024);
-        if max_batch == 0 {
-            return Err(invalid("audit.max_batch", "must be at least 1".into()));
+        if !rate_limit.burst.is_finite() || rate_limit.burst < 0.0 {
+            return Err(invalid("rate_limit.burst", "must be 0 or more".into()));
         }
-        let audit = AuditConfig {
-            log: resolve(&a.log),
-            signing_key: resolve(&a.signing_key),
-            fsync: a.fsync.unwrap_or(FsyncPolicy::Always),
-            fsync_interval: Duration::from_millis(a.fsync_interval_ms.unwrap_or(200).max(1)),
-            checkpoint_every_entries,
-            checkpoint_interval: Duration::from_secs(
-                a.checkpoint_interval_secs.unwrap_or(60).max(1),
-            ),
-            segment_max_bytes: a.segment_max_bytes.unwrap_or(256 * 1024 * 1024).max(4096),
-            max_batch,
-        };
-
-        let l = raw.limits.unwrap_or(RawLimits {
-            max_body_bytes: None,
-            max_json_depth: None,
-            max_header_bytes: None,
-            header_read_timeout_ms: None,
-            handshake_timeout_ms: None,
-            body_read_timeout_ms: None,
-            idle_timeout_secs: None,
-            max_connections: None,
-            max_concurrent_streams: None,
-            max_pending_reset_streams: None,
-            shutdown_grace_secs: None,
-        });
-        let limits = LimitsConfig {
-            max_body_bytes: positive("limits.max_body_bytes", l.max_body_bytes, 1024 * 1024)
-                .map_err(|m| invalid("limits.max_body_bytes", m))?,
-            max_json_depth: positive("limits.max_json_depth", l.max_json_depth, 32)
-                .map_err(|m| invalid("limits.max_json_depth", m))?,
-            max_header_bytes: positive("limits.max_header_bytes", l.max_header_bytes, 16 * 1024)
-                .map_err(|m| invalid("limits.max_header_bytes", m))?,
-            header_read_timeout: Duration::from_millis(
-                l.header_read_timeout_ms.unwrap_or(10_000).max(1),
-            ),
-            handshake_timeout: Duration::from_millis(
-                l.handshake_timeout_ms.unwrap_or(10_000).max(1),
-            ),
-            body_read_timeout: Duration::from_millis(
-                l.body_read_timeout_ms.unwrap_or(30_000).max(1),
-            ),
-            idle_timeout: Duration::from_secs(l.idle_timeout_secs.unwrap_or(60).max(1)),
-            max_connections: positive("limits.max_connections", l.max_connections, 10_000)
-                .map_err(|m| invalid("limits.max_connections", m))?,
-            max_concurrent_streams: l.max_concurrent_streams.unwrap_or(100).max(1),
-            max_pending_reset_streams: l.max_pending_reset_streams.unwrap_or(20),
-            shutdown_grace: Duration::from_secs(l.shutdown_grace_secs.unwrap_or(30)),
-        };
-
-        let upstream = match raw.upstream {
-            None => UpstreamConfig::default(),
-            Some(u) => {
-                let d = UpstreamConfig::default();
-                UpstreamConfig {
-                    connect_timeout: u
-                        .connect_timeout_ms
-                        .map(Duration::from_millis)
-                        .unwrap_or(d.connect_timeout),
-                    request_timeout: u
-                        .request_timeout_ms
-                        .map(Duration::from_millis)
-                        .unwrap_or(d.request_timeout),
-                    pool_idle_timeout: u
-                        .pool_idle_timeout_secs
-                        .map(Duration::from_secs)
-                        .unwrap_or(d.pool_idle_timeout),
-                    pool_max_idle_per_host: u
-                        .pool_max_idle_per_host
-                        .unwrap_or(d.pool_max_idle_per_host),
-                }
-            }
-        };
-
-        let logging = match raw.logging {
-            None => LoggingConfig {
-                level: "info".into(),
-                format: LogFormat::Auto,
-            },
-            Some(l) => LoggingConfig {
-                level: l.level.unwrap_or_else(|| "info".into()),
-                format: l.format.unwrap_or(LogFormat::Auto),
-            },
-        };
-
-        let rate_limit = match raw.rate_limit {
-            None => RateLimitConfig {
-                per_org_per_second: 0.0,
-                burst: 0.0,
-            },
-            Some(r) => {
-                let per = r.per_org_per_second.unwrap_or(0.0);
-                if !per.is_finite() || per < 0.0 {
-                    return Err(invalid(
-                        "rate_limit.per_org_per_second",
-                        "must be 0 or more".into(),
-                    ));
-                }
-                let burst = r.burst.unwrap_or(per.max(1.0));
-                if !burst.is_finite() || burst < 0.0 {
-                    return Err(invalid("rate_limit.burst", "must be 0 or more".into()));
-                }
-                RateLimitConfig {
-                    per_org_per_second: per,
-                    burst,
-                }
-            }
-        };
 
         Ok(Config {
             source: path.to_path_buf(),
@@ -639,8 +636,8 @@ impl Config {
             policies,
             audit,
             limits,
-            upstream,
-            logging,
+            upstream: file.upstream,
+            logging: file.logging,
             rate_limit,
         })
     }
@@ -652,25 +649,6 @@ impl Config {
             .filter(|p| !p.as_os_str().is_empty())
             .map(Path::to_path_buf)
             .unwrap_or_else(|| PathBuf::from("."))
-    }
-}
-
-impl Default for UpstreamConfig {
-    fn default() -> Self {
-        UpstreamConfig {
-            connect_timeout: Duration::from_secs(3),
-            request_timeout: Duration::from_secs(10),
-            pool_idle_timeout: Duration::from_secs(90),
-            pool_max_idle_per_host: 256,
-        }
-    }
-}
-
-fn positive(_key: &str, v: Option<usize>, default: usize) -> Result<usize, String> {
-    match v {
-        None => Ok(default),
-        Some(0) => Err("must be at least 1".into()),
-        Some(n) => Ok(n),
     }
 }
 
@@ -745,5 +723,86 @@ signing_key = "audit-signing.key"
             .unwrap_err()
             .to_string();
         assert!(err.contains("max_bodybytes"), "{err}");
+    }
+
+    fn parse(extra: &str) -> Result<Config, ConfigError> {
+        Config::parse(&format!("{SKELETON}\n{extra}"), Path::new("/x/g.toml"))
+    }
+
+    #[test]
+    fn zero_counts_are_refused_and_zero_durations_raised_to_the_smallest() {
+        let err = Config::parse(
+            &SKELETON.replace(
+                "signing_key = \"audit-signing.key\"",
+                "signing_key = \"audit-signing.key\"\nmax_batch = 0",
+            ),
+            Path::new("/x/g.toml"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("/x/g.toml") && err.contains("audit.max_batch"),
+            "{err}"
+        );
+        let err = parse("[limits]\nmax_connections = 0")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("limits.max_connections"), "{err}");
+
+        let c = parse(
+            "[limits]\nidle_timeout_secs = 0\nbody_read_timeout_ms = 0\nshutdown_grace_secs = 0",
+        )
+        .unwrap();
+        assert_eq!(c.limits.idle_timeout, Duration::from_secs(1));
+        assert_eq!(c.limits.body_read_timeout, Duration::from_millis(1));
+        // No floor: a zero grace period means "stop at once".
+        assert_eq!(c.limits.shutdown_grace, Duration::ZERO);
+        // The rest of the table keeps its defaults.
+        assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn rate_limit_burst_defaults_to_the_rate_once_the_table_is_present() {
+        let off = parse("").unwrap().rate_limit;
+        assert_eq!((off.per_org_per_second, off.burst), (0.0, 0.0));
+        let r = parse("[rate_limit]\nper_org_per_second = 5.0")
+            .unwrap()
+            .rate_limit;
+        assert_eq!((r.per_org_per_second, r.burst), (5.0, 5.0));
+        let r = parse("[rate_limit]\nper_org_per_second = 0.5")
+            .unwrap()
+            .rate_limit;
+        assert_eq!(r.burst, 1.0);
+        let r = parse("[rate_limit]\nper_org_per_second = 5.0\nburst = 20.0")
+            .unwrap()
+            .rate_limit;
+        assert_eq!(r.burst, 20.0);
+        let err = parse("[rate_limit]\nburst = -1.0").unwrap_err().to_string();
+        assert!(err.contains("rate_limit.burst"), "{err}");
+        let err = parse("[rate_limit]\nburts = 1.0").unwrap_err().to_string();
+        assert!(err.contains("burts"), "{err}");
+    }
+
+    #[test]
+    fn policy_settings_keep_their_types_and_paths_resolve() {
+        let text = SKELETON.replace(
+            "[policies]\ndir = \"policies\"",
+            "[policies]\ndir = \"rules\"\npseudonymisation_key = \"p.key\"\n\
+             [policies.settings]\nflag = true\nlimit = 3\nnames = [\"a\", \"b\"]",
+        );
+        let c = Config::parse(&text, Path::new("/etc/hetao/g.toml")).unwrap();
+        assert_eq!(c.policies.dir, PathBuf::from("/etc/hetao/rules"));
+        assert_eq!(
+            c.policies.pseudonymisation_key,
+            Some(PathBuf::from("/etc/hetao/p.key"))
+        );
+        assert_eq!(c.policies.settings["flag"], serde_json::json!(true));
+        assert_eq!(c.policies.settings["limit"], serde_json::json!(3));
+        assert_eq!(c.policies.settings["names"], serde_json::json!(["a", "b"]));
+        // Without the table: the folder beside the file, no key, no settings.
+        let bare = SKELETON.replace("[policies]\ndir = \"policies\"\n", "");
+        let c = Config::parse(&bare, Path::new("/etc/hetao/g.toml")).unwrap();
+        assert_eq!(c.policies.dir, PathBuf::from("/etc/hetao/policies"));
+        assert!(c.policies.settings.is_empty());
     }
 }

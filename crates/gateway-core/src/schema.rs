@@ -2,11 +2,13 @@
 //!
 //! `schemas/` holds `envelope.json`, `talent.json`, `materials.json`, `data.json` and, optionally,
 //! `common.json` with the shared `$defs` (zone, party, ...). The kind files refer to it as
-//! `common.json#/$defs/<name>`. At load the shared `$defs` are copied into each kind's document
-//! and those references rewritten to local ones (`#/$defs/<name>`), so that every kind is one
-//! self-contained document: the validator compiles it with no resolver at all (jsonschema is built
-//! without `resolve-http`/`resolve-file`, nothing is ever fetched), and [`SchemaSet::kind_schema`]
-//! hands policy loading the very document records are checked against.
+//! `common.json#/$defs/<name>`. At load `common.json` is handed to the validator as a resource
+//! under its `$id` (and under the name `common.json` next to each kind), and jsonschema resolves
+//! those references itself; nothing is ever fetched (jsonschema is built without
+//! `resolve-http`/`resolve-file`). The same documents, in a [`referencing::Registry`], resolve the
+//! `$ref`s that violation messages and policy loading follow ([`SchemaSet::follow_ref`]), by the
+//! same URI rules: [`SchemaSet::kind_schema`] hands policy loading the very document records are
+//! checked against.
 //!
 //! Violation reports (see `docs/schemas.md`):
 //! - `pointer` is a JSON pointer into the whole record as sent: body errors carry the `/body`
@@ -21,13 +23,14 @@
 
 use std::cmp::Ordering;
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use jsonschema::error::{TypeKind, ValidationErrorKind};
 use jsonschema::{Draft, PatternOptions, ValidationError, Validator};
+use referencing::{Registry, Resource, Uri};
 use ring::digest;
 use serde::Serialize;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
 use crate::envelope::Kind;
 
@@ -46,8 +49,6 @@ pub const COMMON_FILE: &str = "common.json";
 const MAX_POINTER_LEN: usize = 512;
 /// Longest property name quoted in a message.
 const MAX_NAME_IN_MESSAGE: usize = 64;
-/// Guard against reference cycles when walking schemas.
-const MAX_WALK_DEPTH: usize = 64;
 
 /// The schema file of a kind.
 pub fn kind_file(kind: Kind) -> &'static str {
@@ -102,16 +103,22 @@ impl SchemaFailure {
 
 // === impl SchemaSet ===
 
-/// One schema document and its compiled validator.
+/// One schema document's compiled validator, and where the document is.
 struct CompiledSchema {
-    /// The document as compiled (a kind's document has the shared `$defs` bundled in).
-    document: Value,
+    /// The document's base URI (its `$id`, or `json-schema:///<file>` without one): its key in
+    /// [`SchemaSet::documents`] and what its relative `$ref`s resolve against.
+    base: String,
     validator: Validator,
 }
 
 /// The compiled schemas of one load. Immutable once built: `Send + Sync`, shared behind an
 /// `ArcSwap` and replaced whole on reload.
 pub struct SchemaSet {
+    /// Every document of the load (the envelope, the kinds, `common.json`) under its base URI.
+    /// Read to describe a violation and by policy loading, never for a valid record.
+    documents: Registry,
+    /// The keys of `documents`, to tell which document a node belongs to.
+    bases: Vec<String>,
     envelope: CompiledSchema,
     talent: CompiledSchema,
     materials: CompiledSchema,
@@ -137,44 +144,55 @@ impl SchemaSet {
 
         let common_path = dir.join(COMMON_FILE);
         let common = if common_path.exists() {
-            let (bytes, doc) = read_schema_file(&common_path)?;
-            let defs = match doc.get("$defs") {
-                Some(Value::Object(defs)) => defs.clone(),
-                _ => {
-                    return Err(SchemaLoadError::invalid(
-                        &common_path,
-                        "has no \"$defs\" object: the shared file only holds definitions",
-                    ))
-                }
-            };
-            let id = doc.get("$id").and_then(Value::as_str).map(str::to_string);
+            let common = read_schema_file(&common_path, COMMON_FILE)?;
+            if !matches!(common.doc.get("$defs"), Some(Value::Object(_))) {
+                return Err(SchemaLoadError::invalid(
+                    &common_path,
+                    "has no \"$defs\" object: the shared file only holds definitions",
+                ));
+            }
             // Compiling it alone proves every shared definition is itself a valid schema.
-            compile(&common_path, &doc)?;
-            Some(Common {
-                bytes,
-                defs,
-                id,
-                path: common_path.clone(),
-            })
+            compile(&common, &[])?;
+            Some(common)
         } else {
             None
         };
 
-        let mut load_one = |file: &str, bundle: bool| -> Result<CompiledSchema, SchemaLoadError> {
-            let path = dir.join(file);
-            let (bytes, mut doc) = read_schema_file(&path)?;
-            hash_file(&mut hasher, file, &bytes);
-            if bundle {
-                if let Some(common) = &common {
-                    bundle_common(&path, &mut doc, common)?;
+        // Every name a kind reaches `common.json` by; the registry below needs them all.
+        let mut shared_names: Vec<String> = Vec::new();
+        let mut files: Vec<SchemaFile> = Vec::new();
+        let mut load_one =
+            |file: &str, with_common: bool| -> Result<CompiledSchema, SchemaLoadError> {
+                let path = dir.join(file);
+                let schema = read_schema_file(&path, file)?;
+                hash_file(&mut hasher, file, &schema.bytes);
+                let mut shared = Vec::new();
+                if let (true, Some(common)) = (with_common, &common) {
+                    refuse_shadowed_defs(&schema, common)?;
+                    for name in common_names(&schema, common)? {
+                        if !shared_names.contains(&name) {
+                            shared_names.push(name.clone());
+                        }
+                        shared.push((name, common));
+                    }
                 }
-            }
-            let validator = compile(&path, &doc)?;
-            Ok(CompiledSchema {
-                document: doc,
-                validator,
-            })
-        };
+                let validator = compile(&schema, &shared)?;
+                // One key per document: two files claiming one `$id` would make one of them
+                // unreachable for the walkers (and is a copy-paste mistake anyway).
+                if let Some(other) = files.iter().find(|f| f.base == schema.base) {
+                    return Err(SchemaLoadError::invalid(
+                        &path,
+                        format!(
+                            "has the same \"$id\" as {} ({}): each file needs its own",
+                            other.path.display(),
+                            schema.base
+                        ),
+                    ));
+                }
+                let base = schema.base.clone();
+                files.push(schema);
+                Ok(CompiledSchema { base, validator })
+            };
         let envelope = load_one(ENVELOPE_FILE, false)?;
         let talent = load_one(kind_file(Kind::Talent), true)?;
         let materials = load_one(kind_file(Kind::Materials), true)?;
@@ -183,21 +201,47 @@ impl SchemaSet {
             hash_file(&mut hasher, COMMON_FILE, &common.bytes);
         }
 
-        check_envelope_shape(&dir.join(ENVELOPE_FILE), &envelope.document)?;
-
-        Ok(SchemaSet {
+        let mut bases = Vec::new();
+        let mut resources = Vec::new();
+        for file in &files {
+            bases.push(file.base.clone());
+            resources.push((file.base.clone(), resource(file)?));
+        }
+        if let Some(common) = &common {
+            for name in shared_names {
+                resources.push((name.clone(), resource(common)?));
+                bases.push(name);
+            }
+        }
+        // Every reference already resolved when the validators compiled: this cannot fail on
+        // what the files say, but it must not panic if it does.
+        let documents = Registry::try_from_resources(resources).map_err(|e| {
+            SchemaLoadError::invalid(dir, format!("cannot index the schema documents: {e}"))
+        })?;
+        let set = SchemaSet {
+            documents,
+            bases,
             envelope,
             talent,
             materials,
             data,
             hash: hex::encode(hasher.finish().as_ref()),
-        })
+        };
+        let envelope_path = dir.join(ENVELOPE_FILE);
+        let Some(envelope_doc) = set.envelope_schema() else {
+            return Err(SchemaLoadError::invalid(
+                &envelope_path,
+                "is missing from the indexed schema documents",
+            ));
+        };
+        check_envelope_shape(&envelope_path, envelope_doc)?;
+        Ok(set)
     }
 
     /// Validates the envelope, then the body against the schema of its kind. Every violation is
     /// reported (up to [`MAX_VIOLATIONS`]), in a deterministic order.
     pub fn validate(&self, record: &Value) -> Result<Kind, SchemaFailure> {
-        let envelope_violations = collect_violations(
+        let envelope_violations = self.collect_violations(
             &self.envelope,
             self.envelope.validator.iter_errors(record),
             "",
@@ -227,7 +271,7 @@ impl SchemaSet {
         };
         let compiled = self.compiled(kind);
         let violations =
-            collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
+            self.collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
         if violations.is_empty() {
             Ok(kind)
         } else {
@@ -244,67 +288,44 @@ impl SchemaSet {
         &self.hash
     }
 
-    /// The schema document of a kind, self-contained: the shared `$defs` of `common.json` are
-    /// bundled into its `$defs` and every `$ref` is local (`#/$defs/...`). Records' bodies are
-    /// validated against exactly this document.
-    pub fn kind_schema(&self, kind: Kind) -> &Value {
-        &self.compiled(kind).document
+    /// The schema document of a kind, as written: its references into `common.json` stay as
+    /// they are and resolve through [`SchemaSet::follow_ref`]. Records' bodies are validated
+    /// against exactly this document. `None` only if the set was built wrongly.
+    pub fn kind_schema(&self, kind: Kind) -> Option<&Value> {
+        self.document(&self.compiled(kind).base)
     }
 
     /// The envelope schema document.
-    pub fn envelope_schema(&self) -> &Value {
-        &self.envelope.document
+    pub fn envelope_schema(&self) -> Option<&Value> {
+        self.document(&self.envelope.base)
     }
 
-    /// The schema nodes that describe the value at `pointer`, a JSON pointer into a whole record
-    /// of `kind` (`/to`, `/body/gba_sc/filing_date`, `/body/items/0/material_class`). Array
-    /// positions may be an index, `*` or `-` (any item). `$ref`s are resolved and the branches of
-    /// `allOf`/`anyOf`/`oneOf`/`if`/`then`/`else` followed, so the result can hold several nodes
-    /// (e.g. the property's own node and a conditional `then` constraint on it). Empty when no
-    /// record valid for the schema can have a value there.
-    pub fn schema_nodes_at(&self, kind: Kind, pointer: &str) -> Vec<&Value> {
-        let Some(tokens) = parse_pointer(pointer) else {
-            return Vec::new();
-        };
-        let mut out = Vec::new();
-        match tokens.split_first() {
-            Some((first, rest)) if first == "body" => {
-                let doc = self.kind_schema(kind);
-                walk_schema(doc, doc, rest, &mut out, 0);
-            }
-            _ => {
-                let doc = self.envelope_schema();
-                walk_schema(doc, doc, &tokens, &mut out, 0);
-            }
-        }
-        out
+    /// Where the `$ref` `reference`, met in the document `root`, leads: the document it lands in
+    /// and the node there. Resolved as the validator resolves it (relative to `root`'s `$id`,
+    /// into `common.json` or within `root`); `None` if it leads nowhere this set knows.
+    pub fn follow_ref<'a>(
+        &'a self,
+        root: &'a Value,
+        reference: &str,
+    ) -> Option<(&'a Value, &'a Value)> {
+        let base = self.bases.iter().find(|base| {
+            self.document(base)
+                .is_some_and(|doc| std::ptr::eq(doc, root))
+        })?;
+        let target = self
+            .documents
+            .try_resolver(base)
+            .ok()?
+            .lookup(reference)
+            .ok()?;
+        let landed = target.resolver().lookup("#").ok()?.contents();
+        Some((landed, target.contents()))
     }
 
-    /// Whether a record of `kind` can have a value at `pointer` (see [`SchemaSet::schema_nodes_at`]):
-    /// policy loading refuses rules on fields that cannot exist (a typo never silently matches
-    /// nothing).
-    pub fn pointer_exists_in_schema(&self, kind: Kind, pointer: &str) -> bool {
-        !self.schema_nodes_at(kind, pointer).is_empty()
-    }
-
-    /// The values a field may take when its schema is an enumeration (`enum`, or `const`), e.g.
-    /// for `/body/data_grade`: `["core", "important", "general"]`. `None` when the field is not
-    /// restricted to a list. Lets policy loading refuse a comparison with a value that can never
-    /// occur.
-    pub fn allowed_values_at(&self, kind: Kind, pointer: &str) -> Option<Vec<&Value>> {
-        let nodes = self.schema_nodes_at(kind, pointer);
-        let mut values: Option<Vec<&Value>> = None;
-        for node in nodes {
-            if let Some(Value::Array(options)) = node.get("enum") {
-                values.get_or_insert_with(Vec::new).extend(options.iter());
-            } else if let Some(c) = node.get("const") {
-                values.get_or_insert_with(Vec::new).push(c);
-            }
-        }
-        values.map(|mut v| {
-            v.dedup();
-            v
-        })
+    /// The document stored under `base`.
+    fn document(&self, base: &str) -> Option<&Value> {
+        let resolved = self.documents.try_resolver(base).ok()?.lookup("#").ok()?;
+        Some(resolved.contents())
     }
 
     fn compiled(&self, kind: Kind) -> &CompiledSchema {
@@ -318,14 +339,17 @@ impl SchemaSet {
 
 // === loading ===
 
-struct Common {
+/// A schema file as read: checked to be a draft 2020-12 schema, not yet compiled.
+struct SchemaFile {
+    path: PathBuf,
     bytes: Vec<u8>,
-    defs: Map<String, Value>,
-    id: Option<String>,
-    path: std::path::PathBuf,
+    doc: Value,
+    /// `$id`, or `json-schema:///<file name>` for a document without one: what the validator
+    /// resolves its relative references against.
+    base: String,
 }
 
-fn read_schema_file(path: &Path) -> Result<(Vec<u8>, Value), SchemaLoadError> {
+fn read_schema_file(path: &Path, file: &str) -> Result<SchemaFile, SchemaLoadError> {
     let bytes = std::fs::read(path)
         .map_err(|e| SchemaLoadError::invalid(path, format!("cannot be read: {e}")))?;
     let doc: Value = serde_json::from_slice(&bytes)
@@ -365,30 +389,90 @@ fn read_schema_file(path: &Path) -> Result<(Vec<u8>, Value), SchemaLoadError> {
             format!("is not a valid draft 2020-12 schema {first}"),
         ));
     }
-    Ok((bytes, doc))
+    // A relative `$id` (or none) resolves against `json-schema:///`, as in the validator.
+    let id = doc.get("$id").and_then(Value::as_str).unwrap_or(file);
+    let base = referencing::uri::from_str(id.trim_end_matches('#'))
+        .map_err(|e| SchemaLoadError::invalid(path, format!("\"$id\" is not a usable URI: {e}")))?
+        .as_str()
+        .to_string();
+    Ok(SchemaFile {
+        path: path.to_path_buf(),
+        bytes,
+        doc,
+        base,
+    })
 }
 
-fn compile(path: &Path, doc: &Value) -> Result<Validator, SchemaLoadError> {
-    jsonschema::options()
+/// The URIs a kind may reach `common.json` by: its `$id`, and `common.json` beside the kind
+/// (what `common.json#/...` means in a kind whose `$id` lies elsewhere, or that has none).
+fn common_names(kind: &SchemaFile, common: &SchemaFile) -> Result<Vec<String>, SchemaLoadError> {
+    let not_usable = |e: String| SchemaLoadError::invalid(&kind.path, e);
+    let base = Uri::parse(kind.base.as_str())
+        .map_err(|e| not_usable(format!("\"$id\" is not a usable URI: {e}")))?;
+    let beside = referencing::uri::resolve_against(&base, COMMON_FILE)
+        .map_err(|e| not_usable(format!("cannot place {COMMON_FILE} beside it: {e}")))?;
+    let mut names = vec![common.base.clone()];
+    if beside.as_str() != common.base {
+        names.push(beside.as_str().to_string());
+    }
+    Ok(names)
+}
+
+/// A kind may not define a name `common.json` defines. References would resolve unambiguously
+/// (`#/$defs/x` and `common.json#/$defs/x` are different documents), but a kind carrying its own
+/// copy of a shared type is a copy waiting to drift: refused, as it always was.
+fn refuse_shadowed_defs(kind: &SchemaFile, common: &SchemaFile) -> Result<(), SchemaLoadError> {
+    let (Some(Value::Object(own)), Some(Value::Object(shared))) =
+        (kind.doc.get("$defs"), common.doc.get("$defs"))
+    else {
+        return Ok(());
+    };
+    match own.keys().find(|name| shared.contains_key(*name)) {
+        Some(name) => Err(SchemaLoadError::invalid(
+            &kind.path,
+            format!(
+                "defines \"$defs/{name}\", which {} also defines: rename one",
+                common.path.display()
+            ),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn resource(file: &SchemaFile) -> Result<Resource, SchemaLoadError> {
+    Resource::from_contents(file.doc.clone()).map_err(|e| {
+        SchemaLoadError::invalid(&file.path, format!("is not a usable schema resource: {e}"))
+    })
+}
+
+/// Compiles `file`, with the shared documents it may reference each under the URI given.
+fn compile(
+    file: &SchemaFile,
+    shared: &[(String, &SchemaFile)],
+) -> Result<Validator, SchemaLoadError> {
+    let mut options = jsonschema::options()
         .with_draft(Draft::Draft202012)
+        .with_base_uri(file.base.clone())
         .should_validate_formats(true)
         // A misspelt format ("dat") would otherwise silently check nothing.
         .should_ignore_unknown_formats(false)
         // Linear-time matching: a hostile value cannot make a pattern backtrack for long.
-        .with_pattern_options(PatternOptions::regex())
-        .build(doc)
-        .map_err(|e| {
-            // For a compile error the "instance" is the schema itself: its path says where in
-            // the file the problem is.
-            SchemaLoadError::invalid(
-                path,
-                format!(
-                    "does not compile at {}: {}",
-                    display_pointer(e.instance_path.as_str()),
-                    e.masked_with("the value")
-                ),
-            )
-        })
+        .with_pattern_options(PatternOptions::regex());
+    for (uri, doc) in shared {
+        options = options.with_resource(uri.clone(), resource(doc)?);
+    }
+    options.build(&file.doc).map_err(|e| {
+        // For a compile error the "instance" is the schema itself: its path says where in
+        // the file the problem is.
+        SchemaLoadError::invalid(
+            &file.path,
+            format!(
+                "does not compile at {}: {}",
+                display_pointer(e.instance_path.as_str()),
+                e.masked_with("the value")
+            ),
+        )
+    })
 }
 
 fn hash_file(hasher: &mut digest::Context, name: &str, bytes: &[u8]) {
@@ -396,66 +480,6 @@ fn hash_file(hasher: &mut digest::Context, name: &str, bytes: &[u8]) {
     hasher.update(&[0]);
     hasher.update(&(bytes.len() as u64).to_be_bytes());
     hasher.update(bytes);
-}
-
-/// Copies the shared `$defs` into a kind's document and makes its references to them local.
-fn bundle_common(path: &Path, doc: &mut Value, common: &Common) -> Result<(), SchemaLoadError> {
-    let Some(obj) = doc.as_object_mut() else {
-        return Err(SchemaLoadError::invalid(path, "is not a JSON object"));
-    };
-    let defs = obj
-        .entry("$defs")
-        .or_insert_with(|| Value::Object(Map::new()));
-    let Some(defs) = defs.as_object_mut() else {
-        return Err(SchemaLoadError::invalid(path, "\"$defs\" is not an object"));
-    };
-    for (name, def) in &common.defs {
-        if defs.contains_key(name) {
-            return Err(SchemaLoadError::invalid(
-                path,
-                format!(
-                    "defines \"$defs/{name}\", which {} also defines: rename one",
-                    common.path.display()
-                ),
-            ));
-        }
-        defs.insert(name.clone(), def.clone());
-    }
-    let mut prefixes = vec![format!("{COMMON_FILE}#"), format!("./{COMMON_FILE}#")];
-    if let Some(id) = &common.id {
-        prefixes.push(format!("{id}#"));
-    }
-    rewrite_refs(doc, &prefixes);
-    Ok(())
-}
-
-/// Rewrites `"$ref": "common.json#/..."` to `"#/..."` everywhere in a schema, but not inside
-/// keywords whose values are data rather than schemas (`enum`, `const`, ...).
-fn rewrite_refs(schema: &mut Value, prefixes: &[String]) {
-    match schema {
-        Value::Object(obj) => {
-            if let Some(Value::String(r)) = obj.get_mut("$ref") {
-                if let Some(fragment) = prefixes.iter().find_map(|p| r.strip_prefix(p.as_str())) {
-                    *r = format!("#{fragment}");
-                }
-            }
-            for (key, child) in obj.iter_mut() {
-                match key.as_str() {
-                    "enum" | "const" | "examples" | "default" | "$ref" => {}
-                    // Maps from names to schemas: the names are data (a property may well be
-                    // called "enum"), the values are schemas.
-                    "properties" | "patternProperties" | "$defs" | "dependentSchemas" => {
-                        if let Value::Object(named) = child {
-                            named.values_mut().for_each(|s| rewrite_refs(s, prefixes));
-                        }
-                    }
-                    _ => rewrite_refs(child, prefixes),
-                }
-            }
-        }
-        Value::Array(items) => items.iter_mut().for_each(|i| rewrite_refs(i, prefixes)),
-        _ => {}
-    }
 }
 
 /// The gateway reads `record_id`, `kind`, `from`, `to` and `body` after the envelope check: an
@@ -494,15 +518,38 @@ fn display_pointer(p: &str) -> String {
 
 // === violations ===
 
-fn collect_violations<'i>(
-    compiled: &CompiledSchema,
-    errors: impl Iterator<Item = ValidationError<'i>>,
-    prefix: &str,
-) -> Vec<SchemaViolation> {
-    let mut out = Vec::new();
-    for error in errors {
-        to_violations(&compiled.document, &error, prefix, &mut out);
+impl SchemaSet {
+    fn collect_violations<'i>(
+        &self,
+        compiled: &CompiledSchema,
+        errors: impl Iterator<Item = ValidationError<'i>>,
+        prefix: &str,
+    ) -> Vec<SchemaViolation> {
+        let mut errors = errors.peekable();
+        if errors.peek().is_none() {
+            return Vec::new();
+        }
+        // Only a failing record needs the document (titles and reasons for the messages).
+        let document = SchemaDoc {
+            set: self,
+            root: self.document(&compiled.base),
+        };
+        let mut out = Vec::new();
+        for error in errors {
+            to_violations(&document, &error, prefix, &mut out);
+        }
+        limit_violations(out)
     }
+}
+
+/// The document a validator was compiled from, for looking up the schema nodes errors name.
+struct SchemaDoc<'a> {
+    set: &'a SchemaSet,
+    root: Option<&'a Value>,
+}
+
+/// Sorts, removes duplicates and caps the list at [`MAX_VIOLATIONS`].
+fn limit_violations(mut out: Vec<SchemaViolation>) -> Vec<SchemaViolation> {
     out.sort_by(compare_violations);
     out.dedup();
     if out.len() > MAX_VIOLATIONS {
@@ -521,7 +568,7 @@ fn collect_violations<'i>(
 
 /// Turns one validation error into one or more violations (one per unexpected property).
 fn to_violations(
-    document: &Value,
+    document: &SchemaDoc<'_>,
     error: &ValidationError<'_>,
     prefix: &str,
     out: &mut Vec<SchemaViolation>,
@@ -672,7 +719,7 @@ fn to_violations(
 
 /// The `description` of the `then`/`else` branch an error comes from: says why a conditional
 /// requirement applies ("sensitive personal information ... requires sensitive_pi_types").
-fn condition_description<'a>(document: &'a Value, schema_path: &str) -> Option<&'a str> {
+fn condition_description<'a>(document: &SchemaDoc<'a>, schema_path: &str) -> Option<&'a str> {
     let segments: Vec<&str> = schema_path.split('/').collect();
     let last = segments
         .iter()
@@ -684,14 +731,15 @@ fn condition_description<'a>(document: &'a Value, schema_path: &str) -> Option<&
 }
 
 /// The schema node at a keyword location (`/properties/exporter/$ref/properties/id/pattern`),
-/// following `$ref` segments through the document's local references.
-fn schema_node_at_path<'a>(document: &'a Value, schema_path: &str) -> Option<&'a Value> {
-    let mut node = document;
+/// following `$ref` segments wherever they lead (within the document or into `common.json`).
+fn schema_node_at_path<'a>(document: &SchemaDoc<'a>, schema_path: &str) -> Option<&'a Value> {
+    let mut root = document.root?;
+    let mut node = root;
     for raw in schema_path.split('/').skip(1) {
         let segment = unescape_token(raw);
         if segment == "$ref" {
             let target = node.get("$ref")?.as_str()?;
-            node = document.pointer(target.strip_prefix('#')?)?;
+            (root, node) = document.set.follow_ref(root, target)?;
             continue;
         }
         node = match node {
@@ -701,6 +749,11 @@ fn schema_node_at_path<'a>(document: &'a Value, schema_path: &str) -> Option<&'a
         };
     }
     Some(node)
+}
+
+/// A JSON pointer token with `~1` and `~0` unescaped.
+fn unescape_token(token: &str) -> String {
+    token.replace("~1", "/").replace("~0", "~")
 }
 
 fn parent_path(schema_path: &str) -> &str {
@@ -817,91 +870,6 @@ fn compare_pointers(a: &str, b: &str) -> Ordering {
     }
 }
 
-// === pointer walking ===
-
-/// Splits a JSON pointer into unescaped tokens; `None` if it is not a pointer.
-fn parse_pointer(pointer: &str) -> Option<Vec<String>> {
-    if pointer.is_empty() {
-        return Some(Vec::new());
-    }
-    let rest = pointer.strip_prefix('/')?;
-    Some(rest.split('/').map(unescape_token).collect())
-}
-
-fn unescape_token(token: &str) -> String {
-    token.replace("~1", "/").replace("~0", "~")
-}
-
-/// Collects into `out` the schema nodes below `node` that describe the value at `tokens`.
-fn walk_schema<'a>(
-    root: &'a Value,
-    node: &'a Value,
-    tokens: &[String],
-    out: &mut Vec<&'a Value>,
-    depth: usize,
-) {
-    if depth > MAX_WALK_DEPTH {
-        return;
-    }
-    let Some(obj) = node.as_object() else {
-        // The `true` schema allows anything but declares nothing: it only describes the end.
-        if tokens.is_empty() && node.as_bool() == Some(true) {
-            out.push(node);
-        }
-        return;
-    };
-    if let Some(target) = obj
-        .get("$ref")
-        .and_then(Value::as_str)
-        .and_then(|r| r.strip_prefix('#'))
-        .and_then(|fragment| root.pointer(fragment))
-    {
-        walk_schema(root, target, tokens, out, depth + 1);
-    }
-    for key in ["allOf", "anyOf", "oneOf"] {
-        if let Some(branches) = obj.get(key).and_then(Value::as_array) {
-            for branch in branches {
-                walk_schema(root, branch, tokens, out, depth + 1);
-            }
-        }
-    }
-    // `if` only tests; `then`/`else` constrain.
-    for key in ["then", "else"] {
-        if let Some(branch) = obj.get(key) {
-            walk_schema(root, branch, tokens, out, depth + 1);
-        }
-    }
-    let Some((first, rest)) = tokens.split_first() else {
-        out.push(node);
-        return;
-    };
-    if let Some(property) = obj.get("properties").and_then(|p| p.get(first.as_str())) {
-        walk_schema(root, property, rest, out, depth + 1);
-    }
-    if let Some(extra @ Value::Object(_)) = obj.get("additionalProperties") {
-        walk_schema(root, extra, rest, out, depth + 1);
-    }
-    let any_item = first == "*" || first == "-";
-    let index = first.parse::<usize>().ok();
-    if any_item || index.is_some() {
-        if let Some(items) = obj.get("items") {
-            walk_schema(root, items, rest, out, depth + 1);
-        }
-        if let Some(prefix) = obj.get("prefixItems").and_then(Value::as_array) {
-            match index {
-                Some(i) => {
-                    if let Some(p) = prefix.get(i) {
-                        walk_schema(root, p, rest, out, depth + 1);
-                    }
-                }
-                None => prefix
-                    .iter()
-                    .for_each(|p| walk_schema(root, p, rest, out, depth + 1)),
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -996,7 +964,7 @@ mod tests {
     }
 
     #[test]
-    fn kind_schemas_are_self_contained_with_only_local_refs() {
+    fn every_ref_in_a_kind_resolves_within_it_or_into_common_json() {
         fn refs<'a>(v: &'a Value, out: &mut Vec<&'a str>) {
             match v {
                 Value::Object(o) => {
@@ -1011,13 +979,20 @@ mod tests {
         }
         let set = shipped();
         for kind in Kind::ALL {
-            let doc = set.kind_schema(kind);
+            let doc = set.kind_schema(kind).unwrap();
             let mut found = Vec::new();
             refs(doc, &mut found);
-            assert!(!found.is_empty(), "{kind} uses shared definitions");
+            assert!(
+                found.iter().any(|r| r.starts_with("common.json#/$defs/")),
+                "{kind} uses shared definitions"
+            );
             for r in found {
-                assert!(r.starts_with("#/"), "{kind}: non-local $ref {r}");
-                assert!(doc.pointer(&r[1..]).is_some(), "{kind}: dangling $ref {r}");
+                let (landed, target) = set
+                    .follow_ref(doc, r)
+                    .unwrap_or_else(|| panic!("{kind}: dangling $ref {r}"));
+                let local = r.starts_with('#');
+                assert_eq!(std::ptr::eq(landed, doc), local, "{kind}: {r}");
+                assert!(target.is_object(), "{kind}: {r} -> {target}");
             }
             assert_eq!(doc["$schema"], DIALECT_2020_12);
         }
@@ -1057,10 +1032,25 @@ mod tests {
         }
         let set = shipped();
         let mut problems = Vec::new();
-        check(set.envelope_schema(), "envelope", false, &mut problems);
+        check(
+            set.envelope_schema().unwrap(),
+            "envelope",
+            false,
+            &mut problems,
+        );
         for kind in Kind::ALL {
-            check(set.kind_schema(kind), kind.as_str(), false, &mut problems);
+            check(
+                set.kind_schema(kind).unwrap(),
+                kind.as_str(),
+                false,
+                &mut problems,
+            );
         }
+        // The shared definitions are no longer copied into the kinds: check them where they are.
+        let talent = set.kind_schema(Kind::Talent).unwrap();
+        let (common, _) = set.follow_ref(talent, "common.json#").unwrap();
+        assert!(common.get("$defs").is_some());
+        check(common, "common", false, &mut problems);
         assert!(problems.is_empty(), "{problems:#?}");
     }
 
@@ -1355,22 +1345,62 @@ mod tests {
     }
 
     #[test]
-    fn shared_refs_are_rewritten_but_not_inside_data_or_property_names() {
-        let prefixes = vec![format!("{COMMON_FILE}#")];
-        let mut doc = json!({
-            "properties": {
-                "enum": {"$ref": "common.json#/$defs/zone"},
-                "x": {"const": {"$ref": "common.json#/$defs/zone"}}
-            },
-            "items": [{"$ref": "common.json#/$defs/party"}]
+    fn shared_refs_resolve_in_schemas_but_not_inside_data_or_property_names() {
+        let dir = copied_schemas();
+        let path = dir.path().join("data.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        // A property called `enum` whose schema is a shared reference, and a `const` whose value
+        // merely looks like one: the first is a schema, the second is data compared as is.
+        doc["properties"]["enum"] = json!({
+            "description": "a property named like a keyword",
+            "$ref": "common.json#/$defs/zone"
         });
-        rewrite_refs(&mut doc, &prefixes);
-        assert_eq!(doc["properties"]["enum"]["$ref"], "#/$defs/zone");
-        assert_eq!(
-            doc["properties"]["x"]["const"]["$ref"],
-            "common.json#/$defs/zone"
-        );
-        assert_eq!(doc["items"][0]["$ref"], "#/$defs/party");
+        doc["properties"]["literal"] = json!({
+            "description": "data shaped like a reference",
+            "const": {"$ref": "common.json#/$defs/zone"}
+        });
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        let set = SchemaSet::load(dir.path()).unwrap();
+
+        let mut r = example("data-sz-hk-academic-measurements.json");
+        r["body"]["enum"] = json!("hk_park");
+        r["body"]["literal"] = json!({"$ref": "common.json#/$defs/zone"});
+        assert!(set.validate(&r).is_ok(), "{:?}", set.validate(&r));
+
+        r["body"]["enum"] = json!("atlantis");
+        r["body"]["literal"] = json!("hk_park");
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/enum", "enum"), "{v:?}");
+        assert!(has(&v, "/body/literal", "const"), "{v:?}");
+    }
+
+    #[test]
+    fn kinds_without_an_id_find_common_json_beside_them() {
+        let dir = copied_schemas();
+        for file in ["common.json", "talent.json", "materials.json", "data.json"] {
+            let path = dir.path().join(file);
+            let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            doc.as_object_mut().unwrap().remove("$id");
+            std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        }
+        let set = SchemaSet::load(dir.path()).unwrap();
+        let shipped = shipped();
+        for (name, party) in [
+            ("data-sz-hk-academic-measurements.json", "exporter"),
+            ("materials-hk-sz-bio-reagents.json", "consignor"),
+        ] {
+            let mut r = example(name);
+            assert!(set.validate(&r).is_ok(), "{name}");
+            // A shared type still checks, with the same answer as the shipped set gives.
+            r["body"][party] = json!({"name": "x"});
+            let v = body_violations(&set, &r);
+            assert!(
+                v.iter()
+                    .any(|v| v.pointer.starts_with(&format!("/body/{party}/"))),
+                "{v:?}"
+            );
+            assert_eq!(set.validate(&r), shipped.validate(&r), "{name}");
+        }
     }
 
     #[test]
@@ -1648,49 +1678,5 @@ mod tests {
         r["body"]["a/b~c"] = json!(1);
         let v = body_violations(&set, &r);
         assert!(has(&v, "/body/a~1b~0c", "additionalProperties"), "{v:?}");
-    }
-
-    // === pointer walking ===
-
-    #[test]
-    fn pointer_walker_finds_fields_through_items_refs_and_conditionals() {
-        let set = shipped();
-        let exists = |kind, p| set.pointer_exists_in_schema(kind, p);
-        assert!(exists(Kind::Materials, "/body/items/0/material_class"));
-        assert!(exists(Kind::Materials, "/body/items/*/hs_code"));
-        assert!(exists(Kind::Materials, "/body/permits/-/valid_to"));
-        assert!(exists(Kind::Materials, "/body/consignor/registered_city"));
-        assert!(exists(Kind::Data, "/body/gba_sc/filing_date"));
-        assert!(exists(Kind::Data, "/body/gba_sc/declared_purposes/0"));
-        assert!(exists(Kind::Data, "/body/exporter/hetao_whitelist_id"));
-        assert!(exists(Kind::Talent, "/body/exit_endorsement/max_stay_days"));
-        assert!(exists(Kind::Talent, "/body"));
-        assert!(exists(Kind::Talent, "/from"));
-        assert!(exists(Kind::Data, ""));
-
-        assert!(!exists(Kind::Materials, "/body/items/0/nope"));
-        assert!(!exists(Kind::Materials, "/body/items/first/hs_code"));
-        assert!(!exists(Kind::Data, "/body/data_grde"));
-        assert!(!exists(Kind::Data, "/body/consignor"), "a materials field");
-        assert!(!exists(Kind::Talent, "/sender"));
-        assert!(!exists(Kind::Talent, "body/purpose"), "not a pointer");
-    }
-
-    #[test]
-    fn allowed_values_come_from_enums_through_refs() {
-        let set = shipped();
-        let grades = set
-            .allowed_values_at(Kind::Data, "/body/data_grade")
-            .unwrap();
-        assert_eq!(grades, vec!["core", "important", "general"]);
-        let zones = set
-            .allowed_values_at(Kind::Data, "/body/recipient_zone")
-            .unwrap();
-        assert!(zones.contains(&&json!("hk_park")));
-        let types = set
-            .allowed_values_at(Kind::Materials, "/body/permits/*/type")
-            .unwrap();
-        assert_eq!(types.len(), 8);
-        assert_eq!(set.allowed_values_at(Kind::Data, "/body/purpose"), None);
     }
 }

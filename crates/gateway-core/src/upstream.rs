@@ -12,6 +12,7 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
 use crate::config::Config;
+use crate::error::chain_text;
 use crate::tls::{self, TlsError};
 
 /// The most of an endpoint's answer the gateway reads (it only relays status and a short JSON).
@@ -140,7 +141,7 @@ impl Upstreams {
                 } else {
                     UpstreamError::Failed {
                         park: park.to_string(),
-                        message: error_chain(&e),
+                        message: chain_text(&e),
                     }
                 }
             })?;
@@ -178,17 +179,6 @@ fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
         source = err.source();
     }
     false
-}
-
-fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
-    let mut out = e.to_string();
-    let mut source = e.source();
-    while let Some(err) = source {
-        out.push_str(": ");
-        out.push_str(&err.to_string());
-        source = err.source();
-    }
-    out
 }
 
 /// Percent-encodes everything but unreserved ASCII, so any organisation name is a valid header.

@@ -243,6 +243,13 @@ mod tests {
             .unwrap();
         let at = der.windows(from.len()).position(|w| w == from).unwrap();
         der[at..at + from.len()].copy_from_slice(to);
-        crate::keys::pem_encode("CERTIFICATE REQUEST", &der)
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        let mut pem = String::from("-----BEGIN CERTIFICATE REQUEST-----\n");
+        for line in b64.as_bytes().chunks(64) {
+            pem.push_str(&String::from_utf8_lossy(line));
+            pem.push('\n');
+        }
+        pem.push_str("-----END CERTIFICATE REQUEST-----\n");
+        pem
     }
 }

@@ -1,17 +1,12 @@
 //! The two non-certificate secrets of a deployment: the audit signing key (Ed25519) and the
-//! pseudonymisation key. Formats are shared with the audit and policy modules (see the common
-//! rules): PKCS#8 v2 `PRIVATE KEY` PEM, SPKI `PUBLIC KEY` PEM, 32+ bytes as lowercase hex.
+//! pseudonymisation key. Their formats belong to the gateway core, which reads them
+//! (`hetao_gateway_core::audit::keys`, `hetao_gateway_core::policy::obligations`): they are
+//! generated there too, so what `certs init` writes is by construction what the gateway reads.
 
-use base64::Engine;
-use ring::rand::{SecureRandom, SystemRandom};
-use ring::signature::{Ed25519KeyPair, KeyPair};
+use hetao_gateway_core::audit::keys::{AuditSigner, KeyError};
+use hetao_gateway_core::policy::obligations::PseudonymKey;
 
 use super::PkiError;
-
-/// DER prefix of an Ed25519 SubjectPublicKeyInfo; the 32 raw key bytes follow.
-const ED25519_SPKI_PREFIX: [u8; 12] = [
-    0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
-];
 
 /// A fresh audit signing key pair.
 pub struct AuditSigningKey {
@@ -25,49 +20,31 @@ pub struct AuditSigningKey {
 
 impl AuditSigningKey {
     pub fn generate() -> Result<AuditSigningKey, PkiError> {
-        let rng = SystemRandom::new();
-        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| PkiError::Random)?;
-        let pair = Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).map_err(|e| PkiError::Parse {
-            what: "generated audit signing key".into(),
-            message: e.to_string(),
+        let (signer, private_pem) = AuditSigner::generate().map_err(|e| match e {
+            KeyError::Generate => PkiError::Random,
+            other => PkiError::Parse {
+                what: "generated audit signing key".into(),
+                message: other.to_string(),
+            },
         })?;
-        let raw = pair.public_key().as_ref();
-        let mut spki = ED25519_SPKI_PREFIX.to_vec();
-        spki.extend_from_slice(raw);
-        let digest = ring::digest::digest(&ring::digest::SHA256, raw);
         Ok(AuditSigningKey {
-            private_pem: pem_encode("PRIVATE KEY", pkcs8.as_ref()),
-            public_pem: pem_encode("PUBLIC KEY", &spki),
-            key_id: hex::encode(&digest.as_ref()[..8]),
+            private_pem,
+            public_pem: signer.public_key().to_pem(),
+            key_id: signer.key_id().to_string(),
         })
     }
 }
 
 /// 32 random bytes as 64 lowercase hex characters and a newline.
 pub fn pseudonymisation_key_hex() -> Result<String, PkiError> {
-    let mut key = [0u8; 32];
-    SystemRandom::new()
-        .fill(&mut key)
-        .map_err(|_| PkiError::Random)?;
-    Ok(format!("{}\n", hex::encode(key)))
-}
-
-/// RFC 7468 PEM: standard base64 with padding, 64 characters a line.
-pub(crate) fn pem_encode(label: &str, der: &[u8]) -> String {
-    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
-    let mut out = format!("-----BEGIN {label}-----\n");
-    // base64 output is ASCII, so byte chunks are character chunks.
-    for line in b64.as_bytes().chunks(64) {
-        out.push_str(&String::from_utf8_lossy(line));
-        out.push('\n');
-    }
-    out.push_str(&format!("-----END {label}-----\n"));
-    out
+    PseudonymKey::generate_file_text().map_err(|_| PkiError::Random)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use base64::Engine;
+    use ring::signature::{Ed25519KeyPair, KeyPair};
 
     fn pem_body(pem: &str) -> Vec<u8> {
         let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
@@ -76,8 +53,12 @@ mod tests {
             .unwrap()
     }
 
+    /// Checked against ring and RFC 8410 directly, not against the core's own reader.
     #[test]
     fn audit_key_signs_and_public_key_verifies_with_the_shared_formats() {
+        const ED25519_SPKI_PREFIX: [u8; 12] = [
+            0x30, 0x2a, 0x30, 0x05, 0x06, 0x03, 0x2b, 0x65, 0x70, 0x03, 0x21, 0x00,
+        ];
         let k = AuditSigningKey::generate().unwrap();
         assert!(k.private_pem.starts_with("-----BEGIN PRIVATE KEY-----\n"));
         assert!(k.public_pem.starts_with("-----BEGIN PUBLIC KEY-----\n"));
@@ -85,6 +66,7 @@ mod tests {
         let spki = pem_body(&k.public_pem);
         assert_eq!(spki.len(), 44);
         assert_eq!(spki[..12], ED25519_SPKI_PREFIX);
+        assert_eq!(&spki[12..], pair.public_key().as_ref());
         let sig = pair.sign(b"chain head");
         ring::signature::UnparsedPublicKey::new(&ring::signature::ED25519, &spki[12..])
             .verify(b"chain head", sig.as_ref())
@@ -95,12 +77,14 @@ mod tests {
     }
 
     #[test]
-    fn pseudonymisation_key_is_64_lowercase_hex() {
-        let k = pseudonymisation_key_hex().unwrap();
-        let k = k.trim();
+    fn pseudonymisation_key_is_64_lowercase_hex_the_gateway_reads() {
+        let text = pseudonymisation_key_hex().unwrap();
+        assert!(text.ends_with('\n'));
+        let k = text.trim();
         assert_eq!(k.len(), 64);
         assert!(k
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)));
+        PseudonymKey::from_hex(&text).unwrap();
     }
 }

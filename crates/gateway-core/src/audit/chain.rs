@@ -78,24 +78,20 @@ pub struct BadLine {
 /// decides whether a bad line is a torn tail (it is the last one) or corruption.
 pub fn scan_file(
     path: &Path,
-    mut on_entry: impl FnMut(AuditEntry, u64, u64) -> Result<(), String>,
+    mut on_entry: impl FnMut(AuditEntry, u64, u64) -> Result<(), LinkError>,
 ) -> Result<ScanEnd, ScanError> {
-    let file = File::open(path).map_err(|e| ScanError::Io {
+    let io = |source| ScanError::Io {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
+        source,
+    };
+    let file = File::open(path).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(1024);
     let mut offset = 0u64;
     let mut line_no = 0u64;
     loop {
         buf.clear();
-        let n = reader
-            .read_until(b'\n', &mut buf)
-            .map_err(|e| ScanError::Io {
-                path: path.to_path_buf(),
-                message: e.to_string(),
-            })?;
+        let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
         if n == 0 {
             return Ok(ScanEnd {
                 bad: None,
@@ -120,10 +116,10 @@ pub fn scan_file(
         };
         match parsed {
             Ok(entry) => {
-                on_entry(entry, line_no, offset).map_err(|message| ScanError::Chain {
+                on_entry(entry, line_no, offset).map_err(|error| ScanError::Chain {
                     path: path.to_path_buf(),
                     line: line_no,
-                    message,
+                    error,
                 })?;
             }
             Err((error, seq)) => {
@@ -136,12 +132,7 @@ pub fn scan_file(
                 };
                 // Is anything after it? Only a bad *last* line can be a torn write.
                 let mut rest = Vec::new();
-                let more = reader
-                    .read_until(b'\n', &mut rest)
-                    .map_err(|e| ScanError::Io {
-                        path: path.to_path_buf(),
-                        message: e.to_string(),
-                    })?;
+                let more = reader.read_until(b'\n', &mut rest).map_err(io)?;
                 return Ok(ScanEnd {
                     bad: Some((bad, more == 0)),
                     len: offset + n as u64 + more as u64,
@@ -163,14 +154,61 @@ pub struct ScanEnd {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ScanError {
-    #[error("{path}: {message}")]
-    Io { path: PathBuf, message: String },
-    #[error("{path} line {line}: {message}")]
+    #[error("{}: {source}", path.display())]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{} line {line}: {error}", path.display())]
     Chain {
         path: PathBuf,
         line: u64,
-        message: String,
+        #[source]
+        error: LinkError,
     },
+}
+
+/// An entry that does not continue the chain: the sequence it is about and what is wrong.
+/// `seq` is a field (not only part of the message) because `audit verify` reports the first bad
+/// sequence on its own.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("seq {seq}: {problem}")]
+pub struct LinkError {
+    pub seq: u64,
+    pub problem: LinkProblem,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum LinkProblem {
+    #[error("the first entry must have the all-zero prev_hash")]
+    FirstPrevHashNotZero,
+    #[error("the log starts in the middle of a segment: earlier entries are missing")]
+    StartsMidSegment,
+    #[error("duplicate sequence")]
+    Duplicate,
+    #[error("out of order (follows seq {follows}): entries were reordered")]
+    OutOfOrder { follows: u64 },
+    #[error("missing (next entry is seq {next}): entries were removed")]
+    Missing { next: u64 },
+    #[error("broken link: prev_hash does not match the hash of seq {prev} (an entry was removed, reordered or replaced)")]
+    BrokenLink { prev: u64 },
+    #[error("a segment file must begin with a segment_start entry (its head was cut off)")]
+    NoSegmentStart,
+    #[error("checkpoint lacks covers_seq, chain_head, key_id or signature")]
+    CheckpointIncomplete,
+    #[error("checkpoint does not cover the entry right before it")]
+    CheckpointGap,
+    #[error("checkpoint signed by key {key_id}, not by the given public key {given}")]
+    CheckpointWrongKey { key_id: String, given: String },
+    #[error("bad checkpoint signature")]
+    CheckpointBadSignature,
+}
+
+impl LinkProblem {
+    fn at(self, seq: u64) -> LinkError {
+        LinkError { seq, problem: self }
+    }
 }
 
 /// Link checks over entries in chain order, across segment files.
@@ -202,14 +240,12 @@ impl ChainChecker {
         e: &AuditEntry,
         first_in_file: bool,
         key: Option<&AuditPublicKey>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         match &self.last {
             None => {
                 if e.seq == 0 {
                     if e.prev_hash != ZERO_HASH {
-                        return Err(
-                            "seq 0: the first entry must have the all-zero prev_hash".into()
-                        );
+                        return Err(LinkProblem::FirstPrevHashNotZero.at(0));
                     }
                 } else if e.entry_type == AuditEntryType::SegmentStart {
                     self.notes.push(format!(
@@ -218,42 +254,27 @@ impl ChainChecker {
                         e.segment.map(|n| n.to_string()).unwrap_or_else(|| "?".into())
                     ));
                 } else {
-                    return Err(format!(
-                        "seq {}: the log starts in the middle of a segment: earlier entries are missing",
-                        e.seq
-                    ));
+                    return Err(LinkProblem::StartsMidSegment.at(e.seq));
                 }
             }
             Some((last_seq, last_hash)) => {
                 let expected = last_seq + 1;
                 if e.seq == *last_seq {
-                    return Err(format!("seq {}: duplicate sequence", e.seq));
+                    return Err(LinkProblem::Duplicate.at(e.seq));
                 }
                 if e.seq < expected {
-                    return Err(format!(
-                        "seq {}: out of order (follows seq {last_seq}): entries were reordered",
-                        e.seq
-                    ));
+                    return Err(LinkProblem::OutOfOrder { follows: *last_seq }.at(e.seq));
                 }
                 if e.seq > expected {
-                    return Err(format!(
-                        "seq {expected}: missing (next entry is seq {}): entries were removed",
-                        e.seq
-                    ));
+                    return Err(LinkProblem::Missing { next: e.seq }.at(expected));
                 }
                 if &e.prev_hash != last_hash {
-                    return Err(format!(
-                        "seq {}: broken link: prev_hash does not match the hash of seq {last_seq} (an entry was removed, reordered or replaced)",
-                        e.seq
-                    ));
+                    return Err(LinkProblem::BrokenLink { prev: *last_seq }.at(e.seq));
                 }
             }
         }
         if first_in_file && e.entry_type != AuditEntryType::SegmentStart {
-            return Err(format!(
-                "seq {}: a segment file must begin with a segment_start entry (its head was cut off)",
-                e.seq
-            ));
+            return Err(LinkProblem::NoSegmentStart.at(e.seq));
         }
         if e.entry_type == AuditEntryType::Checkpoint {
             self.check_checkpoint(e, key)?;
@@ -277,30 +298,27 @@ impl ChainChecker {
         &mut self,
         e: &AuditEntry,
         key: Option<&AuditPublicKey>,
-    ) -> Result<(), String> {
+    ) -> Result<(), LinkError> {
         let seq = e.seq;
         let (Some(covers), Some(head), Some(key_id), Some(sig)) =
             (e.covers_seq, &e.chain_head, &e.key_id, &e.signature)
         else {
-            return Err(format!(
-                "seq {seq}: checkpoint lacks covers_seq, chain_head, key_id or signature"
-            ));
+            return Err(LinkProblem::CheckpointIncomplete.at(seq));
         };
         if Some(covers) != seq.checked_sub(1) || head != &e.prev_hash {
-            return Err(format!(
-                "seq {seq}: checkpoint does not cover the entry right before it"
-            ));
+            return Err(LinkProblem::CheckpointGap.at(seq));
         }
         self.key_ids.insert(key_id.clone());
         if let Some(key) = key {
             if key.key_id() != key_id {
-                return Err(format!(
-                    "seq {seq}: checkpoint signed by key {key_id}, not by the given public key {}",
-                    key.key_id()
-                ));
+                return Err(LinkProblem::CheckpointWrongKey {
+                    key_id: key_id.clone(),
+                    given: key.key_id().to_string(),
+                }
+                .at(seq));
             }
             if !key.verify_checkpoint(covers, head, sig) {
-                return Err(format!("seq {seq}: bad checkpoint signature"));
+                return Err(LinkProblem::CheckpointBadSignature.at(seq));
             }
             self.signatures_checked += 1;
         }
@@ -444,21 +462,17 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
                     message: what,
                 })
             }
-            Err(ScanError::Io { path, message }) => Some(VerifyProblem {
+            Err(ScanError::Io { path, source }) => Some(VerifyProblem {
                 seq: None,
                 file: path,
                 line: None,
-                message,
+                message: source.to_string(),
             }),
-            Err(ScanError::Chain {
-                path,
-                line,
-                message,
-            }) => Some(VerifyProblem {
-                seq: parse_seq_prefix(&message).or_else(|| checker.head().map(|(s, _)| s + 1)),
+            Err(ScanError::Chain { path, line, error }) => Some(VerifyProblem {
+                seq: Some(error.seq),
                 file: path,
                 line: Some(line),
-                message,
+                message: error.to_string(),
             }),
         };
         if problem.is_some() {
@@ -480,13 +494,6 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
     report
 }
 
-/// `"seq 12: ..."` -> 12 (the checker names the bad sequence first).
-fn parse_seq_prefix(message: &str) -> Option<u64> {
-    let rest = message.strip_prefix("seq ")?;
-    let end = rest.find(|c: char| !c.is_ascii_digit())?;
-    rest[..end].parse().ok()
-}
-
 /// Puts segment files in chain order by the sequence of their first line. A file whose first line
 /// is unreadable sorts where it was given (its problem is then reported by the scan).
 pub fn order_by_first_seq(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyProblem> {
@@ -506,4 +513,59 @@ pub fn order_by_first_seq(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyProbl
     }
     keyed.sort();
     Ok(keyed.into_iter().map(|(_, _, p)| p).collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::entry::seal;
+
+    /// A sealed chain of `n` entries: a segment start, then decisions.
+    fn chain(n: u64) -> Vec<AuditEntry> {
+        let mut prev = ZERO_HASH.to_string();
+        (0..n)
+            .map(|seq| {
+                let kind = if seq == 0 {
+                    AuditEntryType::SegmentStart
+                } else {
+                    AuditEntryType::Decision
+                };
+                let mut e = AuditEntry::new(seq, "2026-01-01T00:00:00Z".into(), kind, prev.clone());
+                seal(&mut e).unwrap();
+                prev = e.hash.clone();
+                e
+            })
+            .collect()
+    }
+
+    fn first_error(entries: &[AuditEntry]) -> LinkError {
+        let mut checker = ChainChecker::default();
+        entries
+            .iter()
+            .enumerate()
+            .find_map(|(i, e)| checker.check(e, i == 0, None).err())
+            .expect("a broken chain")
+    }
+
+    #[test]
+    fn a_removed_entry_names_the_missing_sequence_not_the_next_one() {
+        let mut entries = chain(5);
+        entries.remove(2);
+        let err = first_error(&entries);
+        assert_eq!(err.seq, 2);
+        assert_eq!(err.problem, LinkProblem::Missing { next: 3 });
+        assert_eq!(
+            err.to_string(),
+            "seq 2: missing (next entry is seq 3): entries were removed"
+        );
+    }
+
+    #[test]
+    fn a_replaced_entry_is_a_broken_link_at_its_own_sequence() {
+        let mut entries = chain(4);
+        entries[2].prev_hash = "0".repeat(64);
+        let err = first_error(&entries);
+        assert_eq!(err.seq, 2);
+        assert_eq!(err.problem, LinkProblem::BrokenLink { prev: 1 });
+    }
 }

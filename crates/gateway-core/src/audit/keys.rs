@@ -1,8 +1,9 @@
 //! The audit signing key (Ed25519, ring) and what is signed with it: checkpoints and receipts.
 //!
-//! Formats (shared with `certs init` and the demo): the signing key is PEM `PRIVATE KEY` holding
-//! PKCS#8 DER as produced by `Ed25519KeyPair::generate_pkcs8`; the public key is PEM `PUBLIC KEY`
-//! holding SPKI DER. A key id is the first 16 hex chars of SHA-256 over the 32 raw key bytes.
+//! This module owns the key formats; `certs init` and the demo (hetao-pki) generate keys here.
+//! The signing key is PEM `PRIVATE KEY` holding PKCS#8 DER as produced by
+//! `Ed25519KeyPair::generate_pkcs8`; the public key is PEM `PUBLIC KEY` holding SPKI DER. A key id
+//! is the first 16 hex chars of SHA-256 over the 32 raw key bytes.
 //!
 //! Every signed message starts with its own domain tag, so a checkpoint signature can never be
 //! presented as a receipt or the other way round.
@@ -78,6 +79,16 @@ impl std::fmt::Debug for AuditSigner {
 }
 
 impl AuditSigner {
+    /// A fresh key from the system's random source, with its private key PEM (what the signing
+    /// key file holds).
+    pub fn generate() -> Result<(Self, String), KeyError> {
+        let rng = SystemRandom::new();
+        let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
+        let private_pem = to_pem("PRIVATE KEY", pkcs8.as_ref());
+        let signer = AuditSigner::from_pem(private_pem.as_bytes(), "generated key")?;
+        Ok((signer, private_pem))
+    }
+
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
         Self::from_pem(&read_key_file(path)?, &path.display().to_string())
     }
@@ -194,18 +205,10 @@ impl AuditPublicKey {
     }
 }
 
-/// A fresh signing key: `(private key PEM, public key PEM)`. Used by `certs init`.
+/// A fresh signing key: `(private key PEM, public key PEM)`.
 pub fn generate_signing_key() -> Result<(String, String), KeyError> {
-    let rng = SystemRandom::new();
-    let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).map_err(|_| KeyError::Generate)?;
-    let signer = AuditSigner::from_pem(
-        to_pem("PRIVATE KEY", pkcs8.as_ref()).as_bytes(),
-        "generated key",
-    )?;
-    Ok((
-        to_pem("PRIVATE KEY", pkcs8.as_ref()),
-        signer.public_key().to_pem(),
-    ))
+    let (signer, private_pem) = AuditSigner::generate()?;
+    Ok((private_pem, signer.public_key().to_pem()))
 }
 
 /// The public key PEM belonging to a signing key file (what to hand to auditors).

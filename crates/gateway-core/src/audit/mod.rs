@@ -11,7 +11,7 @@
 
 use std::collections::HashSet;
 use std::fs::OpenOptions;
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -28,15 +28,17 @@ pub mod keys;
 pub mod query;
 pub mod writer;
 
-pub use chain::{segment_paths, verify_logs, VerifyProblem, VerifyReport};
+pub use chain::{segment_paths, verify_logs, LinkError, LinkProblem, VerifyProblem, VerifyReport};
 pub use entry::{AuditEntry, AuditEntryType, ZERO_HASH};
 pub use keys::{
     generate_signing_key, public_key_pem_from_signing_key_file, AuditPublicKey, AuditSigner,
     KeyError,
 };
 pub use query::{query_logs, QueryFilter, QueryStats};
+pub use writer::WriteError;
 
 use chain::{scan_file, ChainChecker, ScanEnd, ScanError};
+use entry::LineError;
 use writer::{sync_dir, ChainHead, Command, StatsCells, Writer, BATCH_BUCKETS, FSYNC_BUCKETS};
 
 /// What an entry records. A decision entry is written before anything is forwarded; an outcome
@@ -119,12 +121,96 @@ pub struct Receipt {
     pub key_id: String,
 }
 
-#[derive(Debug, Clone, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 pub enum AuditError {
     #[error("audit log unavailable: {0}")]
-    Unavailable(String),
-    #[error("audit log {path}: {message}")]
-    Open { path: String, message: String },
+    Unavailable(#[source] Unavailable),
+    #[error("audit log {}: {source}", path.display())]
+    Open {
+        path: PathBuf,
+        #[source]
+        source: OpenError,
+    },
+}
+
+impl AuditError {
+    /// The operating system's reason when an I/O call failed underneath (a full disk is
+    /// `StorageFull`), wherever it sits in the chain of causes.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        crate::error::io_kind(self)
+    }
+}
+
+/// Why the log refuses appends.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum Unavailable {
+    /// A write, fsync or rotation failed; the log refuses every append from then on. Shared by
+    /// every waiter of the batch, hence the `Arc`.
+    #[error(transparent)]
+    Failed(Arc<WriteError>),
+    /// An earlier entry of the same batch could not be prepared, so this one was not written.
+    #[error("audit entry could not be prepared")]
+    NotPrepared,
+    #[error("audit log is closed")]
+    Closed,
+    #[error("audit writer stopped")]
+    WriterStopped,
+}
+
+impl Unavailable {
+    /// See [`AuditError::io_kind`].
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            Unavailable::Failed(e) => e.io_kind(),
+            _ => None,
+        }
+    }
+}
+
+/// Why the log could not be opened (the path is in [`AuditError::Open`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error("signing key: {0}")]
+    SigningKey(#[source] KeyError),
+    #[error("cannot create folder {}: {source}", dir.display())]
+    CreateFolder {
+        dir: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot list segments: {0}")]
+    ListSegments(#[source] io::Error),
+    /// Reading a segment back failed (the segment is the error's path).
+    #[error("{0}")]
+    Read(#[source] io::Error),
+    #[error("line {line}: {error}; the log was altered and needs an operator (run `hetao-gateway audit verify`)")]
+    Altered {
+        line: u64,
+        #[source]
+        error: LinkError,
+    },
+    #[error("seq {seq} (line {line}): {error}; an entry inside the log is corrupt and is not repaired automatically: an operator must look (run `hetao-gateway audit verify`)")]
+    Corrupt {
+        seq: u64,
+        line: u64,
+        #[source]
+        error: LineError,
+    },
+    #[error("recovering a torn tail: {step}: {source}")]
+    TornTail {
+        step: String,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot open for appending: {0}")]
+    OpenForAppend(#[source] io::Error),
+    /// Writing the entries the start owes (segment start, recovery note) failed.
+    #[error(transparent)]
+    Write(#[from] WriteError),
+    #[error("cannot fsync its folder: {0}")]
+    SyncFolder(#[source] io::Error),
+    #[error("cannot start the writer thread: {0}")]
+    WriterThread(#[source] io::Error),
 }
 
 /// Counters for metrics (Prometheus-style: bucket counts are cumulative, bounds are upper bounds).
@@ -155,7 +241,7 @@ struct Inner {
     log: PathBuf,
     tx: mpsc::Sender<Command>,
     signer: Arc<AuditSigner>,
-    failure: Arc<Mutex<Option<String>>>,
+    failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     stats: Arc<StatsCells>,
     /// Handed over once to the replay guard (kept here it would double the memory).
     decided: Mutex<HashSet<String>>,
@@ -175,17 +261,17 @@ struct Recovered {
     torn: Option<(u64, PathBuf)>,
 }
 
-fn open_error(path: &Path, message: impl Into<String>) -> AuditError {
+fn open_error(path: &Path, source: impl Into<OpenError>) -> AuditError {
     AuditError::Open {
-        path: path.display().to_string(),
-        message: message.into(),
+        path: path.to_path_buf(),
+        source: source.into(),
     }
 }
 
 /// Reads every segment back, checks the chain, sets a torn last line aside.
 fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
-    let segments = segment_paths(&cfg.log)
-        .map_err(|e| open_error(&cfg.log, format!("cannot list segments: {e}")))?;
+    let segments =
+        segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
     let mut decided = HashSet::new();
     let mut active_segment = None;
@@ -208,15 +294,10 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
             Ok(())
         })
         .map_err(|e| match e {
-            ScanError::Io { path, message } => open_error(&path, message),
-            ScanError::Chain {
-                path,
-                line,
-                message,
-            } => open_error(
-                &path,
-                format!("line {line}: {message}; the log was altered and needs an operator (run `hetao-gateway audit verify`)"),
-            ),
+            ScanError::Io { path, source } => open_error(&path, OpenError::Read(source)),
+            ScanError::Chain { path, line, error } => {
+                open_error(&path, OpenError::Altered { line, error })
+            }
         })?;
         match end {
             ScanEnd { bad: None, len } => {
@@ -250,10 +331,11 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
                     .unwrap_or(0);
                 return Err(open_error(
                     path,
-                    format!(
-                        "seq {seq} (line {}): {}; an entry inside the log is corrupt and is not repaired automatically: an operator must look (run `hetao-gateway audit verify`)",
-                        bad.line, bad.error
-                    ),
+                    OpenError::Corrupt {
+                        seq,
+                        line: bad.line,
+                        error: bad.error,
+                    },
                 ));
             }
         }
@@ -293,8 +375,14 @@ fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
 
 /// Moves bytes `[offset, len)` of the active segment to `<log>.torn-<UTC time>` and truncates.
 fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, AuditError> {
-    let io = |what: &str, e: std::io::Error| {
-        open_error(path, format!("recovering a torn tail: {what}: {e}"))
+    let io = |step: &str, source: io::Error| {
+        open_error(
+            path,
+            OpenError::TornTail {
+                step: step.to_string(),
+                source,
+            },
+        )
     };
     let mut file = OpenOptions::new()
         .read(true)
@@ -330,13 +418,16 @@ impl AuditLog {
     pub fn open(cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
         let signer = Arc::new(
             AuditSigner::from_pem_file(&cfg.signing_key)
-                .map_err(|e| open_error(&cfg.signing_key, format!("signing key: {e}")))?,
+                .map_err(|e| open_error(&cfg.signing_key, OpenError::SigningKey(e)))?,
         );
         if let Some(dir) = cfg.log.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|e| {
+            std::fs::create_dir_all(dir).map_err(|source| {
                 open_error(
                     &cfg.log,
-                    format!("cannot create folder {}: {e}", dir.display()),
+                    OpenError::CreateFolder {
+                        dir: dir.to_path_buf(),
+                        source,
+                    },
                 )
             })?;
         }
@@ -345,7 +436,7 @@ impl AuditLog {
             .create(true)
             .append(true)
             .open(&cfg.log)
-            .map_err(|e| open_error(&cfg.log, format!("cannot open for appending: {e}")))?;
+            .map_err(|e| open_error(&cfg.log, OpenError::OpenForAppend(e)))?;
         let (next_seq, head_hash) = match &rec.head {
             Some((seq, hash)) => (seq + 1, hash.clone()),
             None => (0, ZERO_HASH.to_string()),
@@ -397,32 +488,39 @@ impl AuditLog {
                 .commit(&buf, true)
                 .map_err(|m| open_error(&cfg.log, m))?;
             if needs_start {
-                sync_dir(&cfg.log)
-                    .map_err(|e| open_error(&cfg.log, format!("cannot fsync its folder: {e}")))?;
+                sync_dir(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::SyncFolder(e)))?;
             }
         }
-        let (tx, rx) = mpsc::channel();
-        std::thread::Builder::new()
-            .name("audit-writer".into())
-            .spawn(move || writer.run(rx))
-            .map_err(|e| open_error(&cfg.log, format!("cannot start the writer thread: {e}")))?;
+        let decided = rec.decided.len();
+        let log = Self::start(writer, rec.decided)
+            .map_err(|e| open_error(&cfg.log, OpenError::WriterThread(e)))?;
         tracing::info!(
             log = %cfg.log.display(),
             next_seq,
             key_id = signer.key_id(),
-            decided = rec.decided.len(),
+            decided,
             "audit log open"
         );
+        Ok(log)
+    }
+
+    /// Starts the writer thread and returns the handle that talks to it.
+    fn start(writer: Writer, decided: HashSet<String>) -> io::Result<AuditLog> {
+        let (tx, rx) = mpsc::channel();
+        let inner = Inner {
+            log: writer.log.clone(),
+            tx,
+            signer: writer.signer.clone(),
+            failure: writer.failure.clone(),
+            stats: writer.stats.clone(),
+            decided: Mutex::new(decided),
+            closed: AtomicBool::new(false),
+        };
+        std::thread::Builder::new()
+            .name("audit-writer".into())
+            .spawn(move || writer.run(rx))?;
         Ok(AuditLog {
-            inner: Arc::new(Inner {
-                log: cfg.log.clone(),
-                tx,
-                signer,
-                failure,
-                stats,
-                decided: Mutex::new(rec.decided),
-                closed: AtomicBool::new(false),
-            }),
+            inner: Arc::new(inner),
         })
     }
 
@@ -433,10 +531,10 @@ impl AuditLog {
         self.inner
             .tx
             .send(Command::Append(Box::new(event), reply))
-            .map_err(|_| AuditError::Unavailable("audit log is closed".into()))?;
+            .map_err(|_| AuditError::Unavailable(Unavailable::Closed))?;
         answer
             .await
-            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
+            .map_err(|_| AuditError::Unavailable(Unavailable::WriterStopped))?
     }
 
     /// Queues an entry without waiting for it to become durable: the writer puts it in the chain
@@ -451,7 +549,7 @@ impl AuditLog {
         self.inner
             .tx
             .send(Command::Append(Box::new(event), reply))
-            .map_err(|_| AuditError::Unavailable("audit log is closed".into()))
+            .map_err(|_| AuditError::Unavailable(Unavailable::Closed))
     }
 
     /// The receipt for an appended entry: its path in the batch's receipt tree, whose root the
@@ -499,12 +597,12 @@ impl AuditLog {
     }
 
     /// `Err(reason)` once the log has failed; the gateway then refuses to forward.
-    pub fn health(&self) -> Result<(), String> {
+    pub fn health(&self) -> Result<(), Unavailable> {
         if let Some(reason) = self.inner.failure.lock().ok().and_then(|f| f.clone()) {
-            return Err(reason);
+            return Err(Unavailable::Failed(reason));
         }
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err("audit log is closed".into());
+            return Err(Unavailable::Closed);
         }
         Ok(())
     }
@@ -518,10 +616,10 @@ impl AuditLog {
         self.inner
             .tx
             .send(Command::Close(reply))
-            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?;
+            .map_err(|_| AuditError::Unavailable(Unavailable::WriterStopped))?;
         answer
             .await
-            .map_err(|_| AuditError::Unavailable("audit writer stopped".into()))?
+            .map_err(|_| AuditError::Unavailable(Unavailable::WriterStopped))?
     }
 
     /// The public key auditors and senders check signatures with (PEM `PUBLIC KEY`).
@@ -648,4 +746,78 @@ pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), Re
         });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::FsyncPolicy;
+
+    /// A log whose writer appends to `/dev/full`, where every write fails as on a full disk.
+    #[cfg(target_os = "linux")]
+    fn log_on_a_full_disk(dir: &Path) -> AuditLog {
+        let (private_pem, _) = generate_signing_key().unwrap();
+        let cfg = AuditConfig {
+            log: PathBuf::from("/dev/full"),
+            signing_key: dir.join("unused.key"),
+            fsync: FsyncPolicy::Always,
+            fsync_interval: writer::FSYNC_INTERVAL,
+            checkpoint_every_entries: 1000,
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            segment_max_bytes: u64::MAX,
+            max_batch: 16,
+        };
+        let file = OpenOptions::new().append(true).open("/dev/full").unwrap();
+        let signer = Arc::new(AuditSigner::from_pem(private_pem.as_bytes(), "test").unwrap());
+        let head = ChainHead {
+            next_seq: 0,
+            head_hash: ZERO_HASH.to_string(),
+            unsigned: 0,
+            segment: 1,
+            segment_bytes: 0,
+        };
+        let writer = Writer::new(
+            &cfg,
+            file,
+            head,
+            signer,
+            Arc::new(Mutex::new(None)),
+            Arc::new(StatsCells::default()),
+        );
+        AuditLog::start(writer, HashSet::new()).unwrap()
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_full_disk_is_reported_as_such_and_the_log_fails_closed() {
+        let dir = tempfile::tempdir().unwrap();
+        // What the operating system answers for a full disk, whatever std calls that kind.
+        let disk_full = OpenOptions::new()
+            .append(true)
+            .open("/dev/full")
+            .and_then(|mut f| f.write_all(b"x"))
+            .unwrap_err()
+            .kind();
+        let log = log_on_a_full_disk(dir.path());
+        let event = AuditEvent {
+            record_id: Some("rec-full".into()),
+            decision: "allow".into(),
+            ..AuditEvent::default()
+        };
+
+        let err = log.append(event.clone()).await.unwrap_err();
+        assert!(
+            matches!(err, AuditError::Unavailable(Unavailable::Failed(_))),
+            "{err:?}"
+        );
+        assert_eq!(err.io_kind(), Some(disk_full), "{err}");
+        assert!(err.to_string().contains("cannot write /dev/full"), "{err}");
+
+        // Sticky, and the kind is still there for whoever asks later (/readyz, the next record).
+        let health = log.health().unwrap_err();
+        assert_eq!(health.io_kind(), Some(disk_full));
+        let again = log.append(event).await.unwrap_err();
+        assert_eq!(again.io_kind(), Some(disk_full));
+        assert!(log.stats().failed);
+    }
 }

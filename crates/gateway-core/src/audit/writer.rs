@@ -4,7 +4,7 @@
 //! failure state live here too.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
@@ -16,7 +16,7 @@ use tokio::sync::oneshot;
 use super::chain::archive_path;
 use super::entry::{seal, AuditEntry, AuditEntryType};
 use super::keys::AuditSigner;
-use super::{Appended, AuditError, AuditEvent, EntryType};
+use super::{Appended, AuditError, AuditEvent, EntryType, Unavailable};
 use crate::config::{AuditConfig, FsyncPolicy};
 
 /// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
@@ -31,6 +31,62 @@ pub(crate) enum Command {
         oneshot::Sender<Result<Appended, AuditError>>,
     ),
     Close(oneshot::Sender<Result<(), AuditError>>),
+}
+
+/// Why the writer could not make entries durable. The `io::Error` stays attached as the source,
+/// so a caller can tell a full disk (`ErrorKind::StorageFull`) from a permission problem or a
+/// failing device; the message names the file as before.
+#[derive(Debug, thiserror::Error)]
+pub enum WriteError {
+    #[error("cannot serialise entry: {0}")]
+    Serialise(#[source] serde_json::Error),
+    #[error("cannot write {}: {source}", path.display())]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot fsync {}: {source}", path.display())]
+    Fsync {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot rotate {}: {} already exists", log.display(), archive.display())]
+    ArchiveExists { log: PathBuf, archive: PathBuf },
+    #[error("cannot rotate {} to {}: {source}", log.display(), archive.display())]
+    Rotate {
+        log: PathBuf,
+        archive: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot create {}: {source}", path.display())]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+    #[error("cannot fsync the folder of {}: {source}", path.display())]
+    SyncDir {
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+impl WriteError {
+    /// The operating system's reason, when the failure was I/O.
+    pub fn io_kind(&self) -> Option<io::ErrorKind> {
+        match self {
+            WriteError::Write { source, .. }
+            | WriteError::Fsync { source, .. }
+            | WriteError::Rotate { source, .. }
+            | WriteError::Create { source, .. }
+            | WriteError::SyncDir { source, .. } => Some(source.kind()),
+            WriteError::Serialise(_) | WriteError::ArchiveExists { .. } => None,
+        }
+    }
 }
 
 /// Upper bounds (seconds) of the fsync latency histogram.
@@ -99,7 +155,8 @@ pub(crate) struct Writer {
     pub checkpoint_interval: Duration,
     pub segment_max_bytes: u64,
     pub max_batch: usize,
-    pub failure: Arc<Mutex<Option<String>>>,
+    /// The first failure; from then on every append is refused (sticky).
+    pub failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     pub stats: Arc<StatsCells>,
     last_checkpoint: Instant,
     /// Written but not yet fsynced (fsync = interval).
@@ -124,7 +181,7 @@ impl Writer {
         file: File,
         head: ChainHead,
         signer: Arc<AuditSigner>,
-        failure: Arc<Mutex<Option<String>>>,
+        failure: Arc<Mutex<Option<Arc<WriteError>>>>,
         stats: Arc<StatsCells>,
     ) -> Self {
         Writer {
@@ -146,14 +203,18 @@ impl Writer {
     }
 
     /// Chains `entry` (seq, prev_hash) and appends its line to `buf`.
-    pub fn push(&mut self, mut entry: AuditEntry, buf: &mut Vec<u8>) -> Result<Appended, String> {
+    pub fn push(
+        &mut self,
+        mut entry: AuditEntry,
+        buf: &mut Vec<u8>,
+    ) -> Result<Appended, WriteError> {
         entry.seq = self.head.next_seq;
         entry.prev_hash = std::mem::take(&mut self.head.head_hash);
         let line = match seal(&mut entry) {
             Ok(l) => l,
             Err(e) => {
                 self.head.head_hash = entry.prev_hash;
-                return Err(format!("cannot serialise entry: {e}"));
+                return Err(WriteError::Serialise(e));
             }
         };
         buf.extend_from_slice(&line);
@@ -197,14 +258,17 @@ impl Writer {
     }
 
     /// Writes `buf` with one write and makes it durable per policy (`force` fsyncs regardless).
-    pub fn commit(&mut self, buf: &[u8], force_sync: bool) -> Result<(), String> {
+    pub fn commit(&mut self, buf: &[u8], force_sync: bool) -> Result<(), WriteError> {
         if buf.is_empty() && !force_sync {
             return Ok(());
         }
         let before = self.head.segment_bytes;
-        if let Err(e) = self.file.write_all(buf) {
+        if let Err(source) = self.file.write_all(buf) {
             self.undo_partial(before);
-            return Err(format!("cannot write {}: {e}", self.log.display()));
+            return Err(WriteError::Write {
+                path: self.log.clone(),
+                source,
+            });
         }
         self.head.segment_bytes += buf.len() as u64;
         let sync_now = force_sync
@@ -223,12 +287,13 @@ impl Writer {
         Ok(())
     }
 
-    fn sync(&mut self) -> Result<(), String> {
+    fn sync(&mut self) -> Result<(), WriteError> {
         let t = Instant::now();
         // fdatasync: the entries matter, not the file's timestamps.
-        self.file
-            .sync_data()
-            .map_err(|e| format!("cannot fsync {}: {e}", self.log.display()))?;
+        self.file.sync_data().map_err(|source| WriteError::Fsync {
+            path: self.log.clone(),
+            source,
+        })?;
         self.stats.observe_fsync(t.elapsed());
         self.dirty_since = None;
         Ok(())
@@ -240,47 +305,49 @@ impl Writer {
         let _ = self.file.set_len(len);
     }
 
-    fn fail(&self, reason: &str) {
+    fn fail(&self, reason: &Arc<WriteError>) {
         tracing::error!(log = %self.log.display(), %reason, "audit log failed: refusing all further appends");
         if let Ok(mut f) = self.failure.lock() {
             if f.is_none() {
-                *f = Some(reason.to_string());
+                *f = Some(reason.clone());
             }
         }
     }
 
-    fn failed(&self) -> Option<String> {
+    fn failed(&self) -> Option<Arc<WriteError>> {
         self.failure.lock().ok().and_then(|f| f.clone())
     }
 
     /// Archives the active segment (sealed by a checkpoint) and starts the next one.
-    fn rotate(&mut self) -> Result<(), String> {
+    fn rotate(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
         let cp = self.checkpoint_entry(false);
         self.push(cp, &mut buf)?;
         self.commit(&buf, true)?;
         let archive = archive_path(&self.log, self.head.segment);
         if archive.exists() {
-            return Err(format!(
-                "cannot rotate {}: {} already exists",
-                self.log.display(),
-                archive.display()
-            ));
+            return Err(WriteError::ArchiveExists {
+                log: self.log.clone(),
+                archive,
+            });
         }
-        std::fs::rename(&self.log, &archive).map_err(|e| {
-            format!(
-                "cannot rotate {} to {}: {e}",
-                self.log.display(),
-                archive.display()
-            )
+        std::fs::rename(&self.log, &archive).map_err(|source| WriteError::Rotate {
+            log: self.log.clone(),
+            archive: archive.clone(),
+            source,
         })?;
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .open(&self.log)
-            .map_err(|e| format!("cannot create {}: {e}", self.log.display()))?;
-        sync_dir(&self.log)
-            .map_err(|e| format!("cannot fsync the folder of {}: {e}", self.log.display()))?;
+            .map_err(|source| WriteError::Create {
+                path: self.log.clone(),
+                source,
+            })?;
+        sync_dir(&self.log).map_err(|source| WriteError::SyncDir {
+            path: self.log.clone(),
+            source,
+        })?;
         self.file = file;
         self.head.segment += 1;
         self.head.segment_bytes = 0;
@@ -309,7 +376,7 @@ impl Writer {
 
     /// Timer work when idle: a checkpoint for unsigned entries that waited long enough, and the
     /// pending fsync of `interval` mode.
-    fn tick(&mut self) -> Result<(), String> {
+    fn tick(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
         if self.head.unsigned > 0 && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
             let cp = self.checkpoint_entry(false);
@@ -360,7 +427,7 @@ impl Writer {
                 Err(RecvTimeoutError::Timeout) => {
                     if self.failed().is_none() {
                         if let Err(reason) = self.tick() {
-                            self.fail(&reason);
+                            self.fail(&Arc::new(reason));
                         }
                     }
                     continue;
@@ -369,7 +436,7 @@ impl Writer {
                     // Every handle was dropped without close(): still seal the log.
                     if self.failed().is_none() {
                         if let Err(reason) = self.close() {
-                            self.fail(&reason);
+                            self.fail(&Arc::new(reason));
                         }
                     }
                     return;
@@ -383,13 +450,14 @@ impl Writer {
             }
 
             if let Some(reason) = self.failed() {
+                let refusal = || AuditError::Unavailable(Unavailable::Failed(reason.clone()));
                 for cmd in batch.drain(..) {
                     match cmd {
                         Command::Append(_, reply) => {
-                            let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                            let _ = reply.send(Err(refusal()));
                         }
                         Command::Close(reply) => {
-                            let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                            let _ = reply.send(Err(refusal()));
                         }
                     }
                 }
@@ -400,14 +468,13 @@ impl Writer {
             waiting.clear();
             let mut leaves = Vec::new();
             let mut close_reply = None;
-            let mut result: Result<(), String> = Ok(());
+            let mut result: Result<(), Arc<WriteError>> = Ok(());
             for cmd in batch.drain(..) {
                 match cmd {
                     Command::Append(event, reply) => {
                         if result.is_err() {
-                            let _ = reply.send(Err(AuditError::Unavailable(
-                                "audit entry could not be prepared".into(),
-                            )));
+                            let _ =
+                                reply.send(Err(AuditError::Unavailable(Unavailable::NotPrepared)));
                             continue;
                         }
                         let record_id = event.record_id.clone().unwrap_or_default();
@@ -421,7 +488,10 @@ impl Writer {
                                 waiting.push((reply, appended));
                             }
                             Err(reason) => {
-                                let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                                let reason = Arc::new(reason);
+                                let _ = reply.send(Err(AuditError::Unavailable(
+                                    Unavailable::Failed(reason.clone()),
+                                )));
                                 result = Err(reason);
                             }
                         }
@@ -433,10 +503,10 @@ impl Writer {
             let n = waiting.len();
             if result.is_ok() && self.head.unsigned >= self.checkpoint_every {
                 let cp = self.checkpoint_entry(false);
-                result = self.push(cp, &mut buf).map(|_| ());
+                result = self.push(cp, &mut buf).map(|_| ()).map_err(Arc::new);
             }
             if result.is_ok() {
-                result = self.commit(&buf, false);
+                result = self.commit(&buf, false).map_err(Arc::new);
             }
             match &result {
                 Ok(()) => {
@@ -466,31 +536,34 @@ impl Writer {
                 Err(reason) => {
                     self.fail(reason);
                     for (reply, _) in waiting.drain(..) {
-                        let _ = reply.send(Err(AuditError::Unavailable(reason.clone())));
+                        let _ = reply.send(Err(AuditError::Unavailable(Unavailable::Failed(
+                            reason.clone(),
+                        ))));
                     }
                 }
             }
             if let Some(reply) = close_reply {
                 let r = match result {
-                    Ok(()) => self.close(),
+                    Ok(()) => self.close().map_err(Arc::new),
                     Err(reason) => Err(reason),
                 };
                 if let Err(reason) = &r {
                     self.fail(reason);
                 }
-                let _ = reply.send(r.map_err(AuditError::Unavailable));
+                let _ = reply
+                    .send(r.map_err(|reason| AuditError::Unavailable(Unavailable::Failed(reason))));
                 return;
             }
             if result.is_ok() && self.head.segment_bytes >= self.segment_max_bytes {
                 if let Err(reason) = self.rotate() {
-                    self.fail(&reason);
+                    self.fail(&Arc::new(reason));
                 }
             }
         }
     }
 
     /// The closing checkpoint, always fsynced.
-    fn close(&mut self) -> Result<(), String> {
+    fn close(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
         let cp = self.checkpoint_entry(true);
         self.push(cp, &mut buf)?;

@@ -312,9 +312,11 @@ fn parse_utc_offset(s: &str) -> Option<FixedOffset> {
 
 /// Where a rule's conditions are checked against: the schemas of the kinds it matches.
 struct SchemaCtx<'s> {
+    /// Resolves the `$ref`s met while walking the schemas.
+    lookup: &'s dyn SchemaLookup,
     roots: Vec<&'s Value>,
     /// For each enclosing item scope, the schema nodes describing one item (root, node).
-    scopes: Vec<Vec<(&'s Value, &'s Value)>>,
+    scopes: Vec<schema_walk::Nodes<'s>>,
     /// No schema known for any matched kind: skip field checks.
     checking: bool,
 }
@@ -458,6 +460,7 @@ fn compile_rule(
         rule: &id,
         settings,
         schema: SchemaCtx {
+            lookup: schemas,
             checking: !roots.is_empty(),
             roots,
             scopes: Vec::new(),
@@ -622,9 +625,9 @@ fn field_nodes<'s>(
     let toks = token_strings(pointer);
     let mut nodes = Vec::new();
     for root in &ctx.schema.roots {
-        match schema_walk::resolve_envelope(root, &toks) {
+        match schema_walk::resolve_envelope(ctx.schema.lookup, root, &toks) {
             None => return Ok(None),
-            Some(ns) => nodes.extend(ns.into_iter().map(|n| (*root, n))),
+            Some(ns) => nodes.extend(ns),
         }
     }
     if nodes.is_empty() {
@@ -666,11 +669,7 @@ fn item_nodes<'s>(
     let toks = token_strings(pointer);
     let mut nodes = Vec::new();
     for (root, node) in &ctx.schema.scopes[depth - 1 - up] {
-        nodes.extend(
-            schema_walk::resolve(root, node, &toks)
-                .into_iter()
-                .map(|n| (*root, n)),
-        );
+        nodes.extend(schema_walk::resolve(ctx.schema.lookup, root, node, &toks));
     }
     if nodes.is_empty() {
         return Err(ctx.err(
@@ -704,7 +703,7 @@ const OPERATOR_KEYS: &[&str] = &[
 ];
 
 /// Schema nodes a source resolves to, each with the document root that resolves its `$ref`s.
-type SchemaNodes<'s> = Vec<(&'s Value, &'s Value)>;
+type SchemaNodes<'s> = schema_walk::Nodes<'s>;
 
 /// A source read by a condition or operand; returns it with its schema nodes (if checked).
 fn compile_source<'s>(
@@ -926,11 +925,12 @@ fn compile_cond_object(
                     }
                     let mut items = Vec::new();
                     for (root, n) in ns {
-                        items.extend(
-                            schema_walk::resolve(root, n, &["0".to_string()])
-                                .into_iter()
-                                .map(|x| (*root, x)),
-                        );
+                        items.extend(schema_walk::resolve(
+                            ctx.schema.lookup,
+                            root,
+                            n,
+                            &["0".to_string()],
+                        ));
                     }
                     items
                 }

@@ -7,6 +7,7 @@
 use std::path::Path;
 
 use ring::hmac;
+use ring::rand::{SecureRandom, SystemRandom};
 use serde_json::Value;
 
 use super::compile::parse_pointer;
@@ -44,6 +45,14 @@ impl PseudonymKey {
         Ok(PseudonymKey {
             key: hmac::Key::new(hmac::HMAC_SHA256, &bytes),
         })
+    }
+
+    /// The content of a fresh key file: [`MIN_KEY_BYTES`] random bytes as lowercase hex and a
+    /// newline (what `certs init` writes and [`PseudonymKey::from_file`] reads).
+    pub fn generate_file_text() -> Result<String, ring::error::Unspecified> {
+        let mut key = [0u8; MIN_KEY_BYTES];
+        SystemRandom::new().fill(&mut key)?;
+        Ok(format!("{}\n", hex::encode(key)))
     }
 
     /// The pseudonym of a value: HMAC-SHA-256 under the key, lowercase hex.
@@ -142,6 +151,20 @@ mod tests {
             obligations,
             policy_version: "t".into(),
         }
+    }
+
+    #[test]
+    fn generated_key_file_is_read_back_and_keys_differ() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("pseudonymisation.key");
+        let text = PseudonymKey::generate_file_text().unwrap();
+        std::fs::write(&path, &text).unwrap();
+        let read = PseudonymKey::from_file(&path).unwrap();
+        assert_eq!(
+            read.pseudonym("x"),
+            PseudonymKey::from_hex(&text).unwrap().pseudonym("x")
+        );
+        assert_ne!(text, PseudonymKey::generate_file_text().unwrap());
     }
 
     #[test]
