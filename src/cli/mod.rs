@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use hetao_gateway_core::error::chain_text;
+use hetao_gateway_core::causes::chain_text;
 
 pub mod audit;
 pub mod certs;

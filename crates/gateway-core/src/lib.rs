@@ -9,6 +9,7 @@
 
 pub mod admin;
 pub mod audit;
+pub mod causes;
 pub mod checkpoint;
 pub mod config;
 pub mod envelope;

@@ -11,8 +11,8 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioTimer};
 
+use crate::causes::chain_text;
 use crate::config::Config;
-use crate::error::chain_text;
 use crate::tls::{self, TlsError};
 
 /// The most of an endpoint's answer the gateway reads (it only relays status and a short JSON).

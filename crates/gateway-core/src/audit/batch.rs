@@ -19,7 +19,6 @@ use serde::{Deserialize, Serialize};
 use super::keys::AuditSigner;
 
 const LEAF_DOMAIN: &str = "hetao-audit-receipt-leaf/v1";
-const BATCH_DOMAIN: &str = "hetao-audit-receipt-batch/v1";
 
 /// Which side of the path the sibling hash sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -57,11 +56,6 @@ fn to_array(bytes: &[u8]) -> [u8; 32] {
     let mut out = [0u8; 32];
     out.copy_from_slice(&bytes[..32]);
     out
-}
-
-/// The message a batch signature covers.
-pub fn batch_message(first_seq: u64, last_seq: u64, root_hex: &str) -> Vec<u8> {
-    format!("{BATCH_DOMAIN}\n{first_seq}\n{last_seq}\n{root_hex}").into_bytes()
 }
 
 /// The root a leaf and its path lead to; `None` if a step's hash is not 32 bytes of hex.

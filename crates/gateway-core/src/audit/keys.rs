@@ -22,6 +22,7 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ];
 
 const CHECKPOINT_DOMAIN: &str = "hetao-audit-checkpoint/v1";
+const BATCH_DOMAIN: &str = "hetao-audit-receipt-batch/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -39,6 +40,11 @@ pub enum KeyError {
 /// The message a checkpoint signs: everything up to `covers_seq`, whose hash is `chain_head`.
 pub fn checkpoint_message(covers_seq: u64, chain_head: &str) -> Vec<u8> {
     format!("{CHECKPOINT_DOMAIN}\n{covers_seq}\n{chain_head}").into_bytes()
+}
+
+/// The message a batch signature covers: the root of a batch's receipt tree (`batch.rs`).
+pub fn batch_message(first_seq: u64, last_seq: u64, root_hex: &str) -> Vec<u8> {
+    format!("{BATCH_DOMAIN}\n{first_seq}\n{last_seq}\n{root_hex}").into_bytes()
 }
 
 fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
@@ -129,7 +135,7 @@ impl AuditSigner {
 
     /// Signs the root of a batch's receipt tree (see `batch.rs`).
     pub fn sign_batch(&self, first_seq: u64, last_seq: u64, root_hex: &str) -> String {
-        self.sign_b64(&super::batch::batch_message(first_seq, last_seq, root_hex))
+        self.sign_b64(&batch_message(first_seq, last_seq, root_hex))
     }
 }
 
@@ -198,10 +204,7 @@ impl AuditPublicKey {
         root_hex: &str,
         signature: &str,
     ) -> bool {
-        self.verify_b64(
-            &super::batch::batch_message(first_seq, last_seq, root_hex),
-            signature,
-        )
+        self.verify_b64(&batch_message(first_seq, last_seq, root_hex), signature)
     }
 }
 

@@ -137,7 +137,7 @@ impl AuditError {
     /// The operating system's reason when an I/O call failed underneath (a full disk is
     /// `StorageFull`), wherever it sits in the chain of causes.
     pub fn io_kind(&self) -> Option<io::ErrorKind> {
-        crate::error::io_kind(self)
+        crate::causes::io_kind(self)
     }
 }
 
