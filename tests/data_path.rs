@@ -221,6 +221,49 @@ async fn a_key_written_twice_is_400_duplicate_key_and_nothing_is_forwarded() {
 }
 
 #[tokio::test]
+async fn a_record_created_outside_the_window_is_400_stale_record() {
+    let gw = TestGateway::start().await;
+    let client = gw.sz_client();
+    let now = chrono::Utc::now();
+    for created in [
+        now - chrono::Duration::days(8),
+        now + chrono::Duration::minutes(10),
+    ] {
+        let mut record = example(ALLOWED[0]);
+        record["created_at"] = json!(created.to_rfc3339());
+        let answer = gw.send(&client, &record).await;
+        assert_eq!(answer.status, 400, "{:#}", answer.json);
+        assert_eq!(answer.error(), "stale_record");
+        assert_eq!(answer.violation_pointers(), vec!["/created_at"]);
+    }
+    // Just inside both edges is accepted.
+    let mut record = example(ALLOWED[0]);
+    record["created_at"] = json!((now - chrono::Duration::days(6)).to_rfc3339());
+    assert_eq!(gw.send(&client, &record).await.status, 200);
+    assert_eq!(gw.hk_endpoint.received().len(), 1);
+    assert_eq!(
+        gw.audit_entries()
+            .iter()
+            .filter(|e| e["error"] == "stale_record")
+            .count(),
+        2
+    );
+}
+
+#[tokio::test]
+async fn a_record_id_in_capitals_is_400_naming_record_id() {
+    let gw = TestGateway::start().await;
+    let mut record = example(ALLOWED[0]);
+    let id = record["record_id"].as_str().unwrap().to_uppercase();
+    record["record_id"] = json!(id);
+    let answer = gw.send(&gw.sz_client(), &record).await;
+    assert_eq!(answer.status, 400, "{:#}", answer.json);
+    assert_eq!(answer.error(), "invalid_envelope");
+    assert!(answer.violation_pointers().contains(&"/record_id"));
+    assert!(gw.hk_endpoint.received().is_empty());
+}
+
+#[tokio::test]
 async fn a_shenzhen_certificate_claiming_to_come_from_hong_kong_is_403() {
     let gw = TestGateway::start().await;
     let mut record = example(ALLOWED[0]);

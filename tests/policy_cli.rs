@@ -166,3 +166,16 @@ fn policy_test_reports_a_failing_case_and_exits_nonzero() {
     assert!(stdout.contains("FAIL") && stdout.contains("wrong on purpose"));
     assert!(stdout.contains("expected deny, got allow"));
 }
+
+#[test]
+fn check_judges_created_at_against_at() {
+    let record = "policies/tests/records/data-sz-hk-academic-measurements.json";
+    // The record was created on 2026-11-25: a week and a day later it is stale.
+    let out = gateway(&["check", "--at", "2026-12-03T12:00:00+08:00", record]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("outside the window"), "{stderr}");
+    // On the day after, it is decided.
+    let out = gateway(&["check", "--at", "2026-11-26T12:00:00+08:00", record]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+}

@@ -398,16 +398,24 @@ async fn readme_curl_send_and_audit_examples_work() {
         .unwrap();
     let url = zone.records_url();
 
-    // curl: the record is allowed and forwarded; its answer is kept as answer.json.
-    let curls = readme_lines_starting("curl");
+    // curl: the record is allowed and forwarded; its answer is kept as answer.json. The line is
+    // a shell pipeline (it stamps the current time), so it runs in bash as written, with the
+    // demo folder and URL of this test.
+    let curls: Vec<String> = blocks(&read("README.md"))
+        .into_iter()
+        .filter(|(lang, _)| lang == "sh")
+        .flat_map(|(_, block)| shell_lines(&block))
+        .filter(|l| l.contains("curl "))
+        .collect();
     assert_eq!(curls.len(), 1, "one curl example expected");
     let answer_json = tmp.path().join("answer.json");
     if curl_available() {
-        let args = localise(&curls[0][1..], &demo_out, &url);
-        let out = tokio::process::Command::new("curl")
-            .args(&args)
-            .arg("--silent")
-            .arg("--show-error")
+        let line = curls[0]
+            .replace("https://127.0.0.1:8443/v1/records", &url)
+            .replace("demo-out/", &format!("{}/", demo_out.display()));
+        let out = tokio::process::Command::new("bash")
+            .arg("-c")
+            .arg(format!("set -o pipefail; {line} --silent --show-error"))
             .current_dir(repo())
             .output()
             .await

@@ -13,8 +13,8 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use bytes::Bytes;
-use hetao_gateway_core::checkpoint::Checkpoint;
-use hetao_gateway_core::config::{Config, ParkConfig, ParkId};
+use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
+use hetao_gateway_core::config::{Config, LimitsConfig, ParkConfig, ParkId};
 use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
 use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
@@ -80,6 +80,7 @@ pub struct ResolvedRules {
     /// The configured parks (only with --config): records to or from another park are invalid.
     pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
     pub max_json_depth: usize,
+    pub record_window: RecordWindow,
 }
 
 impl RuleSource {
@@ -95,6 +96,7 @@ impl RuleSource {
                     pseudonymisation_key: c.policies.pseudonymisation_key,
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
+                    record_window: RecordWindow::of(&c.limits),
                 }
             }
             None => ResolvedRules {
@@ -104,6 +106,7 @@ impl RuleSource {
                 pseudonymisation_key: self.pseudonymisation_key.clone(),
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
+                record_window: RecordWindow::of(&LimitsConfig::default()),
             },
         })
     }
@@ -125,6 +128,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         pseudonymisation_key: key,
         parks,
         max_json_depth,
+        record_window,
     } = args.rules.resolve()?;
     let now: DateTime<Utc> = match &args.at {
         None => Utc::now(),
@@ -157,6 +161,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         policies: &engine,
         parks: parks.as_ref(),
         max_json_depth,
+        record_window: Some(record_window),
     };
     let examination = checkpoint.examine(&body, &identity, now);
     let record_id = examination.facts.record_id.clone().unwrap_or_default();

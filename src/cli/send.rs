@@ -46,6 +46,11 @@ pub struct SendArgs {
     /// Seconds to wait for each answer.
     #[arg(long, default_value_t = 30)]
     pub timeout: u64,
+    /// Give each record a new `record_id` and the current `created_at` before sending (for
+    /// example records and tests; the gateway refuses a `created_at` older than its window and a
+    /// `record_id` it has decided before).
+    #[arg(long)]
+    pub fresh: bool,
 }
 
 #[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
@@ -63,6 +68,20 @@ fn parse_http(s: &str) -> Result<HttpVersion, String> {
     }
 }
 
+/// The record with a new lowercase `record_id` and `created_at` now (UTC, whole seconds).
+fn stamp_fresh(body: &[u8]) -> anyhow::Result<Bytes> {
+    let mut record: serde_json::Map<String, Value> = serde_json::from_slice(body)?;
+    record.insert(
+        "record_id".into(),
+        Value::String(uuid::Uuid::new_v4().to_string()),
+    );
+    record.insert(
+        "created_at".into(),
+        Value::String(chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)),
+    );
+    Ok(Bytes::from(serde_json::to_vec(&record)?))
+}
+
 /// One record to send: where it came from and its bytes.
 struct Input {
     source: String,
@@ -70,7 +89,13 @@ struct Input {
 }
 
 pub async fn run(args: SendArgs) -> anyhow::Result<ExitCode> {
-    let inputs = collect_inputs(&args.records)?;
+    let mut inputs = collect_inputs(&args.records)?;
+    if args.fresh {
+        for input in &mut inputs {
+            input.body = stamp_fresh(&input.body)
+                .with_context(|| format!("{}: --fresh needs a JSON object", input.source))?;
+        }
+    }
     if inputs.is_empty() {
         anyhow::bail!("no records to send: the folders given hold no *.json files");
     }

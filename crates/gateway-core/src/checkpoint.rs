@@ -3,7 +3,8 @@
 //! no shared state. The pipeline (`serve`), `check`, `policy test` and the benches all call
 //! [`Checkpoint::examine`], so a record is decided the same way wherever it is decided.
 //!
-//! The sequence: JSON depth limit → parse (a key written twice is refused) → envelope schema → route (configured parks, crossing
+//! The sequence: JSON depth limit → parse (a key written twice is refused) → envelope schema →
+//! `created_at` within the window around the decision time → route (configured parks, crossing
 //! the boundary, `from` is the certificate's park) → body schema → policy → obligations.
 //! What is stateful (replay memory, rate limits, the audit log, forwarding) stays in the pipeline.
 
@@ -13,7 +14,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use serde_json::Value;
 
-use crate::config::{ParkConfig, ParkId};
+use crate::config::{LimitsConfig, ParkConfig, ParkId};
 use crate::envelope::{record_id_hint, EnvelopeHead, Kind};
 use crate::error::Refusal;
 pub use crate::error::{origin_mismatch_rule, ORIGIN_MISMATCH_RULE};
@@ -35,6 +36,54 @@ pub struct Checkpoint<'a> {
     pub parks: Option<&'a BTreeMap<ParkId, ParkConfig>>,
     /// Deepest JSON nesting accepted (`limits.max_json_depth`).
     pub max_json_depth: usize,
+    /// How far `created_at` may lie from the decision time. `None` only for policy test cases,
+    /// which judge the policies on records written for a fixed date.
+    pub record_window: Option<RecordWindow>,
+}
+
+/// How far a record's `created_at` may lie from the decision time: replay memory only has to
+/// remember record ids for this long, and a record held back for weeks is not decided as new.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RecordWindow {
+    pub max_age: std::time::Duration,
+    pub max_future: std::time::Duration,
+}
+
+impl RecordWindow {
+    pub fn of(limits: &LimitsConfig) -> RecordWindow {
+        RecordWindow {
+            max_age: limits.record_max_age,
+            max_future: limits.record_max_future,
+        }
+    }
+
+    /// Refuses a `created_at` outside the window around `now`.
+    fn check(&self, record: &Value, now: DateTime<Utc>) -> Result<(), Refusal> {
+        let text = record
+            .get("created_at")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
+        let created = DateTime::parse_from_rfc3339(text).map_err(|_| {
+            Refusal::InvalidEnvelope(vec![SchemaViolation {
+                pointer: "/created_at".into(),
+                rule: "format".into(),
+                message: "not an RFC 3339 date-time with a time-zone offset".into(),
+            }])
+        })?;
+        let span =
+            |d: std::time::Duration| chrono::Duration::from_std(d).unwrap_or(chrono::Duration::MAX);
+        let earliest = now.checked_sub_signed(span(self.max_age)).unwrap_or(now);
+        let latest = now.checked_add_signed(span(self.max_future)).unwrap_or(now);
+        let created = created.with_timezone(&Utc);
+        if created < earliest || created > latest {
+            return Err(Refusal::StaleRecord {
+                created_at: text.chars().take(64).collect(),
+                earliest,
+                latest,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// What the gateway learnt of a record, also when it refuses it: for the audit entry, the
@@ -115,6 +164,10 @@ impl Checkpoint<'_> {
         facts.kind = Some(head.kind);
         facts.from = Some(head.from.clone());
         facts.to = Some(head.to.clone());
+
+        if let Some(window) = &self.record_window {
+            window.check(&record, now)?;
+        }
 
         self.check_route(sender, &head)?;
         if let Err(SchemaFailure::Body(_, violations)) = schema_result {
@@ -275,6 +328,7 @@ mod tests {
                 policies: &self.policies,
                 parks: None,
                 max_json_depth: crate::json_limits::DEFAULT_MAX_DEPTH,
+                record_window: None,
             }
         }
     }

@@ -215,13 +215,20 @@ pub struct LimitsConfig {
     /// Grace period for in-flight requests at shutdown.
     #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
     pub shutdown_grace: Duration,
+    /// How old a record's `created_at` may be at the decision (else 400 `stale_record`); replay
+    /// memory only has to cover this window.
+    #[serde(rename = "record_max_age_secs", deserialize_with = "secs")]
+    pub record_max_age: Duration,
+    /// How far in the future a record's `created_at` may lie (clock skew between parks).
+    #[serde(rename = "record_max_future_secs", deserialize_with = "secs")]
+    pub record_max_future: Duration,
 }
 
 impl Default for LimitsConfig {
     fn default() -> Self {
         LimitsConfig {
             max_body_bytes: 1024 * 1024,
-            max_json_depth: 32,
+            max_json_depth: crate::json_limits::DEFAULT_MAX_DEPTH,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_millis(10_000),
             handshake_timeout: Duration::from_millis(10_000),
@@ -231,6 +238,8 @@ impl Default for LimitsConfig {
             max_concurrent_streams: 100,
             max_pending_reset_streams: 20,
             shutdown_grace: Duration::from_secs(30),
+            record_max_age: Duration::from_secs(7 * 24 * 3600),
+            record_max_future: Duration::from_secs(300),
         }
     }
 }

@@ -66,6 +66,12 @@ pub enum Refusal {
         park: String,
         audit_seq: u64,
     },
+    /// `created_at` lies outside the window around the decision time.
+    StaleRecord {
+        created_at: String,
+        earliest: chrono::DateTime<chrono::Utc>,
+        latest: chrono::DateTime<chrono::Utc>,
+    },
     /// The gateway itself failed (a task panicked); the details are in its log.
     Internal,
     /// The connection's client certificate is no longer accepted (revoked by a reloaded CRL,
@@ -84,6 +90,7 @@ impl Refusal {
             Refusal::BodyRead(_)
             | Refusal::MalformedJson(_)
             | Refusal::DuplicateKey { .. }
+            | Refusal::StaleRecord { .. }
             | Refusal::TooDeep { .. }
             | Refusal::InvalidEnvelope(_)
             | Refusal::UnknownPark { .. }
@@ -123,6 +130,7 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => "audit_unavailable",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
+            Refusal::StaleRecord { .. } => "stale_record",
             Refusal::Internal => "internal_error",
             Refusal::CertificateRefused => "certificate_refused",
         }
@@ -207,6 +215,15 @@ impl Refusal {
             Refusal::UpstreamTimeout { park, .. } => {
                 format!("the endpoint of park `{park}` did not answer in time")
             }
+            Refusal::StaleRecord {
+                created_at,
+                earliest,
+                latest,
+            } => format!(
+                "created_at {created_at} is outside the window the gateway accepts now ({} to {}); a new record gets a fresh record_id and created_at",
+                earliest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+                latest.to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+            ),
             Refusal::Internal => {
                 "the gateway failed while handling this record; its operators have the details"
                     .into()
@@ -260,6 +277,13 @@ impl Refusal {
                     "violations".into(),
                     json!([{ "pointer": pointer, "rule": "duplicate_key",
                              "message": "this key appears twice in its object" }]),
+                );
+            }
+            Refusal::StaleRecord { .. } => {
+                obj.insert(
+                    "violations".into(),
+                    json!([{ "pointer": "/created_at", "rule": "record_window",
+                             "message": "outside the window of accepted creation times" }]),
                 );
             }
             Refusal::UnknownPark { pointer, park } => {

@@ -348,6 +348,9 @@ pub fn run_all(
                     policies,
                     parks: None,
                     max_json_depth: DEFAULT_MAX_DEPTH,
+                    // Cases judge the policies on records written for a fixed date; `check`
+                    // judges a record's freshness against `--at` as the gateway does.
+                    record_window: None,
                 };
                 out.push(run_case(&checkpoint, case));
             }

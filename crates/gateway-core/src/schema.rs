@@ -1404,11 +1404,19 @@ mod tests {
     }
 
     #[test]
-    fn uppercase_uuid_is_accepted() {
+    fn a_record_id_in_upper_or_mixed_case_is_an_envelope_violation() {
         let set = shipped();
         let mut r = example("talent-hk-sz-researcher.json");
-        r["record_id"] = json!("C8E1F0A3-2B6D-4E95-A7C4-0D3F58B19E72");
+        r["record_id"] = json!("c8e1f0a3-2b6d-4e95-a7c4-0d3f58b19e72");
         assert_eq!(set.validate(&r), Ok(Kind::Talent));
+        for id in [
+            "C8E1F0A3-2B6D-4E95-A7C4-0D3F58B19E72",
+            "c8e1f0a3-2B6D-4e95-a7c4-0d3f58b19e72",
+        ] {
+            r["record_id"] = json!(id);
+            let v = envelope_violations(&set, &r);
+            assert!(has(&v, "/record_id", "pattern"), "{id}: {v:?}");
+        }
     }
 
     #[test]

@@ -9,7 +9,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 use crate::audit::{AuditError, AuditLog};
-use crate::checkpoint::Checkpoint;
+use crate::checkpoint::{Checkpoint, RecordWindow};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyLoadError};
@@ -194,6 +194,7 @@ impl Gateway {
             policies: &rules.policies,
             parks: Some(&self.config.parks),
             max_json_depth: self.config.limits.max_json_depth,
+            record_window: Some(RecordWindow::of(&self.config.limits)),
         }
     }
 
