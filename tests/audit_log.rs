@@ -59,7 +59,8 @@ fn decision(record_id: &str, decision: &str) -> AuditEvent {
         body_sha256: Some("cd".repeat(32)),
         decision: decision.into(),
         status: if decision == "allow" { 200 } else { 403 },
-        error: None,
+        // As the pipeline writes it: a policy denial carries `policy_denied`.
+        error: (decision == "deny").then(|| "policy_denied".to_string()),
         rules: vec![RuleRef {
             id: "D5".into(),
             effect: decision.into(),
@@ -524,6 +525,10 @@ async fn decided_record_ids_allow_a_retry_after_upstream_failure() {
         .await
         .unwrap();
     log.append(decision("invalid-1", "invalid")).await.unwrap();
+    // An origin mismatch is a deny by the gateway before any policy: it reserved nothing.
+    let mut squat = decision("squat-1", "deny");
+    squat.error = Some("origin_mismatch".into());
+    log.append(squat).await.unwrap();
     log.close().await.unwrap();
     let reopened = AuditLog::open(&f.cfg).unwrap();
     let ids = reopened.decided_record_ids();
@@ -531,6 +536,7 @@ async fn decided_record_ids_allow_a_retry_after_upstream_failure() {
     assert!(ids.contains("denied-1"));
     assert!(!ids.contains("failed-1"));
     assert!(!ids.contains("invalid-1"));
+    assert!(!ids.contains("squat-1"));
     reopened.close().await.unwrap();
 }
 

@@ -427,6 +427,26 @@ async fn a_decided_record_id_stays_decided_after_a_restart() {
 }
 
 #[tokio::test]
+async fn a_park_cannot_squat_on_the_other_parks_record_ids_even_across_a_restart() {
+    let mut gw = TestGateway::start().await;
+    // A Hong Kong sender claims a Shenzhen record id (the record says from sz): refused.
+    let record = example(ALLOWED);
+    let squat = gw.send(&gw.hk_client(), &record).await;
+    assert_eq!(squat.status, 403, "{:#}", squat.json);
+    assert_eq!(squat.error(), "origin_mismatch");
+    let id = record["record_id"].as_str().unwrap().to_string();
+    gw.stop().await;
+    // After a restart, replay memory is rebuilt from the log: the refusal reserved nothing.
+    let config = hetao_gateway_core::config::Config::load(&gw.config_path).unwrap();
+    let gateway = hetao_gateway_core::state::Gateway::build(config).unwrap();
+    assert!(
+        gateway.replay.reserve(&id).is_some(),
+        "the refusal reserved {id}"
+    );
+    gateway.audit.close().await.unwrap();
+}
+
+#[tokio::test]
 async fn a_body_that_trickles_in_is_cut_off_with_408_and_audited() {
     let gw = TestGateway::start_with(Options {
         extra_toml: "[limits]\nbody_read_timeout_ms = 500\n".into(),

@@ -358,12 +358,19 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
     })
 }
 
-/// Record ids a replay must be refused for: decided allow or deny, unless the latest outcome
-/// says the upstream failed (then the sender may retry).
+/// Record ids a replay must be refused for: decided by policy (allow, or deny with
+/// `policy_denied`), unless the latest outcome says the upstream failed (then the sender may
+/// retry). A refusal before the policy (an origin mismatch is a `deny` too) never reserved the id,
+/// so it does not after a restart either: a park cannot squat on another park's ids.
 fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
     let Some(id) = &e.record_id else { return };
+    let by_policy = match e.decision.as_deref() {
+        Some("allow") => true,
+        Some("deny") => e.error.as_deref() == Some("policy_denied"),
+        _ => false,
+    };
     match (e.entry_type, e.decision.as_deref()) {
-        (AuditEntryType::Decision, Some("allow" | "deny")) => {
+        (AuditEntryType::Decision, Some(_)) if by_policy => {
             decided.insert(id.clone());
         }
         (AuditEntryType::Outcome, Some("upstream_failed")) => {
