@@ -392,7 +392,9 @@ async fn connections_beyond_the_cap_are_refused() {
     .await;
     let _a = tls_connection(&gw).await;
     let _b = tls_connection(&gw).await;
-    // The third connection is closed before any TLS: the handshake fails.
+    // Let the server finish both handshakes (the client's side ends first).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // The third connection is closed right after its handshake: no answer.
     let third = common::raw_exchange(
         &gw,
         Some(&gw.pki.sz_org),
@@ -408,6 +410,88 @@ async fn connections_beyond_the_cap_are_refused() {
         .metrics
         .render()
         .contains("hetao_connections_refused_total{reason=\"max_connections\"} 1"));
+}
+
+#[tokio::test]
+async fn idle_sockets_that_never_start_tls_cannot_lock_partners_out() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_connections = 20\nmax_handshakes = 64\n".into(),
+        ..Options::default()
+    })
+    .await;
+    // As many silent TCP sockets as the connection cap: they hold handshake permits only.
+    let mut idle = Vec::new();
+    for _ in 0..20 {
+        idle.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+    // Past the handshake budget, further sockets are closed at once.
+    for _ in 0..50 {
+        idle.push(tokio::net::TcpStream::connect(gw.addr).await.unwrap());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let refused = loop {
+        let text = gw.gateway.metrics.render();
+        if text.contains("hetao_connections_refused_total{reason=\"max_handshakes\"}")
+            || tokio::time::Instant::now() > deadline
+        {
+            break text;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(
+        refused.contains("hetao_connections_refused_total{reason=\"max_handshakes\"}"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn one_organisation_cannot_hold_every_connection() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_connections_per_org = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let _a = tls_connection(&gw).await;
+    let _b = tls_connection(&gw).await;
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A third connection of the same organisation is closed after its handshake...
+    let third = common::raw_exchange(
+        &gw,
+        Some(&gw.pki.sz_org),
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await;
+    assert!(
+        third.is_err() || third.as_ref().is_ok_and(|t| t.is_empty()),
+        "{third:?}"
+    );
+    // ...while another organisation gets in.
+    let hk = gw
+        .send(
+            &gw.hk_client(),
+            &example("materials-hk-sz-equipment-return.json"),
+        )
+        .await;
+    assert_ne!(hk.status, 0, "{:#}", hk.json);
+    assert!(gw
+        .gateway
+        .metrics
+        .render()
+        .contains("hetao_connections_refused_total{reason=\"max_connections_per_org\"} 1"));
+    // Closing one frees its slot.
+    drop(_a);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let again = common::raw_exchange(
+        &gw,
+        Some(&gw.pki.sz_org),
+        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    assert!(again.starts_with("HTTP/1.1 404"), "{again}");
 }
 
 #[tokio::test]

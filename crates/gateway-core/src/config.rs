@@ -209,7 +209,13 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     #[serde(rename = "idle_timeout_secs", deserialize_with = "secs")]
     pub idle_timeout: Duration,
+    /// Authenticated connections open at once.
     pub max_connections: usize,
+    /// Sockets in their TLS handshake at once: not yet authenticated, so they get a budget of
+    /// their own and cannot use up `max_connections`.
+    pub max_handshakes: usize,
+    /// Connections one organisation (park and Subject O) may hold open at once.
+    pub max_connections_per_org: usize,
     pub max_concurrent_streams: u32,
     pub max_pending_reset_streams: usize,
     /// Grace period for in-flight requests at shutdown.
@@ -235,6 +241,8 @@ impl Default for LimitsConfig {
             body_read_timeout: Duration::from_millis(30_000),
             idle_timeout: Duration::from_secs(60),
             max_connections: 10_000,
+            max_handshakes: 256,
+            max_connections_per_org: 1_000,
             max_concurrent_streams: 100,
             max_pending_reset_streams: 20,
             shutdown_grace: Duration::from_secs(30),
@@ -616,6 +624,11 @@ impl Config {
         at_least_1("limits.max_json_depth", limits.max_json_depth as u64)?;
         at_least_1("limits.max_header_bytes", limits.max_header_bytes as u64)?;
         at_least_1("limits.max_connections", limits.max_connections as u64)?;
+        at_least_1("limits.max_handshakes", limits.max_handshakes as u64)?;
+        at_least_1(
+            "limits.max_connections_per_org",
+            limits.max_connections_per_org as u64,
+        )?;
         // A zero timeout would refuse everything; 1 ms (1 s) is the smallest taken.
         limits.header_read_timeout = limits.header_read_timeout.max(Duration::from_millis(1));
         limits.handshake_timeout = limits.handshake_timeout.max(Duration::from_millis(1));

@@ -109,7 +109,7 @@ impl Metrics {
         let connections_refused = counter(
             &registry,
             "hetao_connections_refused_total",
-            "Inbound connections refused before TLS, by reason.",
+            "Inbound connections refused by a budget: max_handshakes (before TLS), max_connections, max_connections_per_org (after).",
             &["reason"],
         );
         let inflight_requests = reg(

@@ -5,21 +5,23 @@
 //! [`run`] is the one entry point for `serve`, `demo` and the tests: give it bound listeners and
 //! a shutdown signal.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::{self, ConnectionCtx};
 use crate::shutdown::stop_requested;
 use crate::state::Gateway;
+use crate::tls::identity::ClientIdentity;
 use crate::tls::standing::PeerStanding;
 
 /// Starts nothing by itself: sends `true` to stop the servers started by [`run`].
@@ -90,7 +92,12 @@ pub async fn serve_records(
     let shutdown_rx = shutdown.clone();
     let mut shutdown = shutdown;
     let limits = gateway.config.limits.clone();
-    let connections = Arc::new(Semaphore::new(limits.max_connections));
+    let budgets = Arc::new(Budgets {
+        handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
+        connections: Arc::new(Semaphore::new(limits.max_connections)),
+        per_org: OrgConnections::new(limits.max_connections_per_org),
+    });
+    let connections = budgets.connections.clone();
     let builder = Arc::new(http_builder(&gateway));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "hetao::server", %addr, "accepting partner connections (mutual TLS)");
@@ -107,21 +114,20 @@ pub async fn serve_records(
                         continue;
                     }
                 };
-                let Ok(permit) = connections.clone().try_acquire_owned() else {
-                    gateway.metrics.connections_refused.with_label_values(&["max_connections"]).inc();
-                    tracing::warn!(target: "hetao::server", %remote,
-                        max = limits.max_connections, "connection refused: connection cap reached");
+                // An unauthenticated socket only takes a handshake permit: sockets that never
+                // finish TLS cannot lock authenticated partners out of the connection cap.
+                let Ok(handshake) = budgets.handshakes.clone().try_acquire_owned() else {
+                    refuse_connection(&gateway, remote, "max_handshakes", limits.max_handshakes);
                     drop(tcp);
                     continue;
                 };
                 let gateway = gateway.clone();
                 let builder = builder.clone();
+                let budgets = budgets.clone();
                 let conn_shutdown = shutdown_rx.clone();
                 tokio::spawn(async move {
-                    gateway.metrics.open_connections.inc();
-                    serve_connection(&gateway, &builder, tcp, remote, conn_shutdown).await;
-                    gateway.metrics.open_connections.dec();
-                    drop(permit);
+                    serve_connection(&gateway, &builder, &budgets, handshake, tcp, remote, conn_shutdown)
+                        .await;
                 });
             }
             _ = stop_requested(&mut shutdown) => break,
@@ -160,9 +166,93 @@ fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
 }
 
+/// `max_connections` and `max_connections_per_org`, for log lines.
+fn budgets_max(gateway: &Gateway) -> (usize, usize) {
+    let l = &gateway.config.limits;
+    (l.max_connections, l.max_connections_per_org)
+}
+
+/// Counts an authenticated connection in `open_connections` until dropped.
+struct OpenConnection(Arc<Gateway>);
+
+impl Drop for OpenConnection {
+    fn drop(&mut self) {
+        self.0.metrics.open_connections.dec();
+    }
+}
+
+/// The connection budgets: handshakes (unauthenticated), authenticated connections, and
+/// connections per organisation.
+struct Budgets {
+    handshakes: Arc<Semaphore>,
+    connections: Arc<Semaphore>,
+    per_org: OrgConnections,
+}
+
+fn refuse_connection(gateway: &Gateway, remote: SocketAddr, reason: &'static str, max: usize) {
+    gateway
+        .metrics
+        .connections_refused
+        .with_label_values(&[reason])
+        .inc();
+    tracing::warn!(target: "hetao::server", %remote, reason, max, "connection refused: cap reached");
+}
+
+/// Open connections per organisation (park and Subject O). Keys come from verified certificates
+/// only, and an entry is removed when its last connection closes.
+struct OrgConnections {
+    max: usize,
+    open: Mutex<HashMap<(String, String), usize>>,
+}
+
+/// One organisation's connection, counted until dropped.
+struct OrgSlot<'a> {
+    owner: &'a OrgConnections,
+    key: (String, String),
+}
+
+impl OrgConnections {
+    fn new(max: usize) -> OrgConnections {
+        OrgConnections {
+            max,
+            open: Mutex::new(HashMap::new()),
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<(String, String), usize>> {
+        // Every update is one insert or decrement: the map is consistent even after a panic.
+        self.open.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn try_open(&self, identity: &ClientIdentity) -> Option<OrgSlot<'_>> {
+        let key = (identity.park.clone(), identity.organisation.clone());
+        let mut open = self.lock();
+        let count = open.entry(key.clone()).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(OrgSlot { owner: self, key })
+    }
+}
+
+impl Drop for OrgSlot<'_> {
+    fn drop(&mut self) {
+        let mut open = self.owner.lock();
+        if let Some(count) = open.get_mut(&self.key) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                open.remove(&self.key);
+            }
+        }
+    }
+}
+
 async fn serve_connection(
     gateway: &Arc<Gateway>,
     builder: &auto::Builder<TokioExecutor>,
+    budgets: &Budgets,
+    handshake: OwnedSemaphorePermit,
     tcp: TcpStream,
     remote: SocketAddr,
     mut shutdown: watch::Receiver<bool>,
@@ -224,6 +314,22 @@ async fn serve_connection(
     };
     tracing::debug!(target: "hetao::tls", %remote, park = %identity.park,
         org = %identity.organisation, "client authenticated");
+    drop(handshake);
+    let Ok(_connection) = budgets.connections.clone().try_acquire_owned() else {
+        refuse_connection(gateway, remote, "max_connections", budgets_max(gateway).0);
+        return;
+    };
+    let Some(_org_slot) = budgets.per_org.try_open(&identity) else {
+        refuse_connection(
+            gateway,
+            remote,
+            "max_connections_per_org",
+            budgets_max(gateway).1,
+        );
+        return;
+    };
+    gateway.metrics.open_connections.inc();
+    let _open = OpenConnection(gateway.clone());
 
     let activity = Arc::new(Activity::new());
     let conn_ctx = Arc::new(ConnectionCtx::new(
