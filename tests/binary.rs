@@ -62,6 +62,53 @@ async fn curl_sends_a_record_with_its_client_certificate() {
     assert_eq!(gw.hk_endpoint.received().len(), 1);
 }
 
+/// curl 7.88 over HTTP/2 drops a 413 followed by a stream reset and reports "Stream error in
+/// the HTTP/2 framing layer": the gateway must read the oversize body and answer.
+#[tokio::test]
+async fn curl_over_http2_reads_the_413_for_an_oversize_body() {
+    let gw = TestGateway::start().await;
+    let dir = gw.dir.path();
+    std::fs::write(dir.join("org.pem"), &gw.pki.sz_org.cert_pem).unwrap();
+    std::fs::write(dir.join("org.key"), &gw.pki.sz_org.key_pem).unwrap();
+    std::fs::write(dir.join("big.json"), vec![b' '; 2 * 1024 * 1024]).unwrap();
+    let url = gw.url();
+    let dir = dir.to_path_buf();
+    let output = tokio::task::spawn_blocking(move || {
+        Command::new("curl")
+            .args(["--silent", "--show-error", "--max-time", "20", "--http2"])
+            .arg("--cert")
+            .arg(dir.join("org.pem"))
+            .arg("--key")
+            .arg(dir.join("org.key"))
+            .arg("--cacert")
+            .arg(dir.join("gateway-ca.pem"))
+            // Chunked: no content-length, the gateway learns the size by reading.
+            .args([
+                "-H",
+                "content-type: application/json",
+                "-H",
+                "transfer-encoding: chunked",
+            ])
+            .arg("--data-binary")
+            .arg(format!("@{}", dir.join("big.json").display()))
+            .args(["--write-out", "\n%{http_code} %{http_version}"])
+            .arg(url)
+            .output()
+            .expect("curl is installed (.ci/run installs it)")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "curl failed: {}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let (body, code) = stdout.rsplit_once('\n').unwrap();
+    assert_eq!(code, "413 2", "{body}");
+    assert!(body.contains("payload_too_large"), "{body}");
+}
+
 #[tokio::test]
 async fn curl_without_a_client_certificate_is_refused_in_the_handshake() {
     let gw = TestGateway::start().await;

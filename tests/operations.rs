@@ -705,3 +705,35 @@ async fn a_client_that_closes_its_http1_socket_mid_forward_cannot_leave_the_reco
     drop(tls);
     settled_after_the_client_left(&gw, &record).await;
 }
+
+#[tokio::test]
+async fn an_http1_client_that_sends_the_whole_oversize_body_before_reading_gets_the_413() {
+    let gw = TestGateway::start().await;
+    // As Python's http.client and Java do: write everything, then read.
+    let body = vec![b' '; 6 * 1024 * 1024];
+    let mut tls = tls_connection(&gw).await;
+    let head = format!(
+        "POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+        body.len()
+    );
+    tls.write_all(head.as_bytes()).await.unwrap();
+    tls.write_all(&body)
+        .await
+        .expect("the gateway reads the body it refuses");
+    tls.flush().await.unwrap();
+    let mut answer = Vec::new();
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while let Ok(Ok(n)) = tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
+        if n == 0 {
+            break;
+        }
+        answer.extend_from_slice(&buf[..n]);
+        if answer.ends_with(b"}") {
+            break;
+        }
+    }
+    let text = String::from_utf8_lossy(&answer);
+    assert!(text.starts_with("HTTP/1.1 413"), "{text}");
+    assert!(text.contains("payload_too_large"), "{text}");
+}

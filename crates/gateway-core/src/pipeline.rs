@@ -16,9 +16,10 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use bytes::Bytes;
+use bytes::BytesMut;
 use chrono::Utc;
 use http::{header, Method, Request, Response, StatusCode};
-use http_body_util::{BodyExt, Full, Limited};
+use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 use crate::audit::{Appended, AuditEvent, EntryType, RuleRef};
@@ -34,6 +35,10 @@ use crate::upstream::{ForwardMeta, UpstreamError};
 
 /// The path partner organisations send records to.
 pub const RECORDS_PATH: &str = "/v1/records";
+
+/// How much of an oversize body is read and discarded before the 413 (a multiple of the body
+/// limit): enough for any client that merely overshot, bounded against one that never stops.
+const DRAIN_FACTOR: usize = 8;
 
 /// What the connection knows about its peer (from the verified certificate).
 pub struct ConnectionCtx {
@@ -324,28 +329,59 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    // Refuse a declared oversize body without reading it.
     let declared = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    let deadline = tokio::time::Instant::now() + timeout;
+    let body = req.into_body();
+    let mut body = std::pin::pin!(body);
+    let too_large = Refusal::PayloadTooLarge { limit };
     if declared.is_some_and(|len| len > limit as u64) {
-        return Err(Refusal::PayloadTooLarge { limit });
+        drain(body.as_mut(), limit, deadline).await;
+        return Err(too_large);
     }
-    let collect = Limited::new(req.into_body(), limit).collect();
-    match tokio::time::timeout(timeout, collect).await {
-        Err(_) => Err(Refusal::BodyTimeout),
-        Ok(Err(e)) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(Refusal::PayloadTooLarge { limit })
-            } else {
-                Err(Refusal::BodyRead(e.to_string()))
+    let mut bytes = BytesMut::with_capacity(declared.map_or(8 * 1024, |n| n as usize));
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.as_mut().frame()).await {
+            Err(_) => return Err(Refusal::BodyTimeout),
+            Ok(None) => return Ok(bytes.freeze()),
+            Ok(Some(Err(e))) => return Err(Refusal::BodyRead(e.to_string())),
+            Ok(Some(Ok(frame))) => frame,
+        };
+        if let Ok(data) = frame.into_data() {
+            if bytes.len() + data.len() > limit {
+                drain(body.as_mut(), limit, deadline).await;
+                return Err(too_large);
             }
+            bytes.extend_from_slice(&data);
         }
-        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+    }
+}
+
+/// Reads and discards the rest of an oversize body, up to [`DRAIN_FACTOR`] times the limit and
+/// within the body's deadline, so that the 413 reaches clients that send the whole body before
+/// reading: over HTTP/1.1 (Python's `http.client`, Java) closing early gives them a broken pipe
+/// instead of the answer; over HTTP/2 an unread stream ends in a reset that curl, httpx and the
+/// JDK report instead of the answer (RFC 9112 §9.6). Past the drain limit, the connection or
+/// stream is cut as before.
+async fn drain<B>(mut body: std::pin::Pin<&mut B>, limit: usize, deadline: tokio::time::Instant)
+where
+    B: hyper::body::Body<Data = Bytes>,
+{
+    let budget = limit.saturating_mul(DRAIN_FACTOR);
+    let mut discarded = 0usize;
+    while discarded <= budget {
+        match tokio::time::timeout_at(deadline, body.as_mut().frame()).await {
+            Ok(Some(Ok(frame))) => {
+                if let Some(data) = frame.data_ref() {
+                    discarded = discarded.saturating_add(data.len());
+                }
+            }
+            // The end, an error or the deadline: nothing more to wait for.
+            _ => return,
+        }
     }
 }
 
