@@ -546,6 +546,17 @@ impl Config {
                 ))
             }
         };
+        // POST /reload changes what the gateway enforces: off loopback, only a caller with a
+        // certificate from the admin CA may reach it.
+        let authenticated = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        if !listen.ip().is_loopback() && !authenticated {
+            return Err(invalid(
+                "admin.listen",
+                format!(
+                    "{listen} is not a loopback address: an admin listener reachable from the network needs TLS with client certificates (admin.cert, admin.key and admin.client_ca), since POST /reload changes what the gateway enforces"
+                ),
+            ));
+        }
         let admin = AdminConfig { listen, tls };
 
         let mut upstream_client = file.upstream_client;
@@ -826,5 +837,26 @@ signing_key = "audit-signing.key"
         let c = Config::parse(&bare, Path::new("/etc/hetao/g.toml")).unwrap();
         assert_eq!(c.policies.dir, PathBuf::from("/etc/hetao/policies"));
         assert!(c.policies.settings.is_empty());
+    }
+
+    #[test]
+    fn a_network_admin_listener_needs_tls_with_client_certificates() {
+        let with_admin = |admin: &str| {
+            Config::parse(
+                &SKELETON.replace("[admin]\nlisten = \"127.0.0.1:9443\"", admin),
+                Path::new("/x/g.toml"),
+            )
+        };
+        let err = with_admin("[admin]\nlisten = \"0.0.0.0:9443\"")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+        assert!(err.contains("client certificates"), "{err}");
+        let tls_only = "[admin]\nlisten = \"0.0.0.0:9443\"\ncert = \"a.pem\"\nkey = \"a.key\"";
+        let err = with_admin(tls_only).unwrap_err().to_string();
+        assert!(err.contains("admin.listen"), "{err}");
+        let ok = with_admin(&format!("{tls_only}\nclient_ca = \"ops-ca.pem\""));
+        assert!(ok.is_ok(), "{ok:?}");
+        assert!(with_admin("[admin]\nlisten = \"[::1]:9443\"").is_ok());
     }
 }
