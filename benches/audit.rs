@@ -57,6 +57,7 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> AuditLog {
         checkpoint_interval: Duration::from_secs(60),
         segment_max_bytes: 256 * 1024 * 1024,
         max_batch: 1024,
+        max_queue: 16 * 1024,
     })
     .expect("open audit log")
 }

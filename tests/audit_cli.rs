@@ -45,6 +45,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
         checkpoint_interval: Duration::from_secs(3600),
         segment_max_bytes,
         max_batch: 64,
+        max_queue: 16 * 1024,
     };
     let log = AuditLog::open(&cfg).unwrap();
     let mut receipt = None;

@@ -35,6 +35,7 @@ fn fixture(checkpoint_every: u64) -> Fixture {
         checkpoint_interval: Duration::from_secs(3600),
         segment_max_bytes: 256 * 1024 * 1024,
         max_batch: 1024,
+        max_queue: 16 * 1024,
     };
     Fixture {
         _dir: dir,
@@ -739,4 +740,39 @@ async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
         verify_receipt(&r, &f.public),
         Err(ReceiptError::BadSignature)
     );
+}
+
+#[tokio::test]
+async fn a_full_queue_is_answered_busy_at_once_and_the_log_takes_entries_again_after() {
+    let mut f = fixture(1000);
+    f.cfg.max_queue = 4;
+    let log = AuditLog::open(&f.cfg).unwrap();
+    // Outcome entries are never refused by the bound (they complete durable decisions), so
+    // they can fill the queue far past it faster than the writer fsyncs.
+    for i in 0..5000 {
+        let mut e = decision(&format!("bg-{i}"), "allow");
+        e.entry_type = Some(EntryType::Outcome);
+        log.append_in_background(e).unwrap();
+    }
+    let busy = log.append(decision("waits", "allow")).await;
+    assert!(matches!(busy, Err(AuditError::Busy { .. })), "{busy:?}");
+    // Not sticky: once the writer has caught up, appends succeed again.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match log.append(decision("later", "allow")).await {
+            Ok(_) => break,
+            Err(AuditError::Busy { .. }) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    log.close().await.unwrap();
+    let files: Vec<PathBuf> = segment_paths(&f.cfg.log)
+        .unwrap()
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
+    let report = verify_logs(&files, Some(&f.public));
+    assert!(report.problem.is_none(), "{:?}", report.problem);
 }

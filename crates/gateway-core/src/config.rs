@@ -179,6 +179,9 @@ pub struct AuditConfig {
     /// Most entries written by one group commit.
     #[serde(default = "defaults::max_batch")]
     pub max_batch: usize,
+    /// Entries waiting for the writer beyond which appends are answered 503 `audit_busy`.
+    #[serde(default = "defaults::max_queue")]
+    pub max_queue: usize,
 }
 
 /// When an audit entry counts as written.
@@ -427,6 +430,9 @@ mod defaults {
     }
     pub fn max_batch() -> usize {
         1024
+    }
+    pub fn max_queue() -> usize {
+        16 * 1024
     }
 }
 

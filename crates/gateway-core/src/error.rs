@@ -55,6 +55,8 @@ pub enum Refusal {
     /// The audit log cannot take the entry; the detail (an I/O error, a path) goes to the log,
     /// never into the answer.
     AuditUnavailable(String),
+    /// Back-pressure from the audit log: too many entries wait for the disk. Nothing was decided.
+    AuditBusy,
     UpstreamFailed {
         park: String,
         /// What went wrong (a TLS or connect error), for the log only.
@@ -99,7 +101,7 @@ impl Refusal {
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             Refusal::Replay => StatusCode::CONFLICT,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::AuditUnavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuditUnavailable(_) | Refusal::AuditBusy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -128,6 +130,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PolicyDenied { .. } => "policy_denied",
             Refusal::AuditUnavailable(_) => "audit_unavailable",
+            Refusal::AuditBusy => "audit_busy",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::StaleRecord { .. } => "stale_record",
@@ -144,7 +147,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PayloadTooLarge { .. } => "too_large",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Refusal::AuditUnavailable(_) => "unavailable",
+            Refusal::AuditUnavailable(_) | Refusal::AuditBusy => "unavailable",
             Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
             Refusal::CertificateRefused => "certificate_refused",
             _ => "invalid",
@@ -203,6 +206,10 @@ impl Refusal {
             }
             Refusal::AuditUnavailable(_) => {
                 "the audit log cannot record decisions right now; nothing was forwarded".into()
+            }
+            Refusal::AuditBusy => {
+                "the gateway is busy recording other decisions; nothing was decided or forwarded: retry after the Retry-After delay"
+                    .into()
             }
             Refusal::UpstreamFailed {
                 park,
@@ -342,6 +349,11 @@ impl Refusal {
                 if let Ok(v) = HeaderValue::from_str(&retry_after_secs.to_string()) {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
+            }
+            Refusal::AuditBusy => {
+                response
+                    .headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
             }
             _ => {}
         }

@@ -22,7 +22,7 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use crate::audit::{Appended, AuditEvent, EntryType, RuleRef};
+use crate::audit::{Appended, AuditError, AuditEvent, EntryType, RuleRef};
 use crate::checkpoint::{RecordFacts, Verdict};
 use crate::envelope::Kind;
 use crate::error::{json_response, Refusal};
@@ -417,13 +417,18 @@ async fn record_decision(
     }
     ctx.audited = true;
     ctx.decision = decision.effect.as_str();
-    let appended = gateway
-        .audit
-        .append(event)
-        .await
-        .map_err(|e| Refusal::AuditUnavailable(e.to_string()))?;
+    let appended = gateway.audit.append(event).await.map_err(audit_refusal)?;
     ctx.decision_entry = Some(appended);
     Ok(())
+}
+
+/// The answer for an entry the audit log did not take: back-pressure (retry shortly) or a log
+/// that cannot write (the detail goes to the operator's log).
+fn audit_refusal(e: AuditError) -> Refusal {
+    match e {
+        AuditError::Busy { .. } => Refusal::AuditBusy,
+        other => Refusal::AuditUnavailable(other.to_string()),
+    }
 }
 
 /// The 403 for a record the policies denied, with its receipt.
@@ -568,10 +573,10 @@ async fn refuse(
             entry.rules = rule_refs(&[rule]);
         }
         if let Err(e) = gateway.audit.append(entry).await {
-            refusal = Refusal::AuditUnavailable(e.to_string());
+            refusal = audit_refusal(e);
             ctx.decision = refusal.audit_decision();
         }
-    } else if let Refusal::AuditUnavailable(_) = refusal {
+    } else if let Refusal::AuditUnavailable(_) | Refusal::AuditBusy = refusal {
         ctx.decision = refusal.audit_decision();
     }
     if let Some(detail) = refusal.detail() {

@@ -13,7 +13,7 @@ use std::collections::HashSet;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
@@ -125,6 +125,10 @@ pub struct Receipt {
 pub enum AuditError {
     #[error("audit log unavailable: {0}")]
     Unavailable(#[source] Unavailable),
+    /// Back-pressure: `audit.max_queue` entries already wait for the writer. Not sticky: the
+    /// next append may succeed.
+    #[error("audit log busy: {queued} entries are waiting for the writer")]
+    Busy { queued: usize },
     #[error("audit log {}: {source}", path.display())]
     Open {
         path: PathBuf,
@@ -243,6 +247,9 @@ struct Inner {
     signer: Arc<AuditSigner>,
     failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     stats: Arc<StatsCells>,
+    /// Entries sent to the writer and not yet taken from its channel, and their bound.
+    queued: Arc<AtomicUsize>,
+    max_queue: usize,
     /// Handed over once to the replay guard (kept here it would double the memory).
     decided: Mutex<HashSet<String>>,
     closed: AtomicBool,
@@ -520,6 +527,8 @@ impl AuditLog {
             signer: writer.signer.clone(),
             failure: writer.failure.clone(),
             stats: writer.stats.clone(),
+            queued: writer.queued.clone(),
+            max_queue: writer.max_queue,
             decided: Mutex::new(decided),
             closed: AtomicBool::new(false),
         };
@@ -532,13 +541,26 @@ impl AuditLog {
     }
 
     /// Appends one entry; resolves once it is durable under the configured fsync policy.
+    /// Refused with [`AuditError::Busy`] when `audit.max_queue` entries already wait for the
+    /// writer: a burst larger than the disk can take is answered at once instead of queueing
+    /// without bound in memory.
     pub async fn append(&self, event: AuditEvent) -> Result<Appended, AuditError> {
         self.health().map_err(AuditError::Unavailable)?;
+        let queued = self.inner.queued.fetch_add(1, Ordering::AcqRel);
+        if queued >= self.inner.max_queue {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuditError::Busy { queued });
+        }
         let (reply, answer) = tokio::sync::oneshot::channel();
-        self.inner
+        if self
+            .inner
             .tx
             .send(Command::Append(Box::new(event), reply))
-            .map_err(|_| AuditError::Unavailable(Unavailable::Closed))?;
+            .is_err()
+        {
+            self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+            return Err(AuditError::Unavailable(Unavailable::Closed));
+        }
         answer
             .await
             .map_err(|_| AuditError::Unavailable(Unavailable::WriterStopped))?
@@ -551,12 +573,17 @@ impl AuditLog {
     /// can lose such an entry; the decision entry before it is already on disk.
     pub fn append_in_background(&self, event: AuditEvent) -> Result<(), AuditError> {
         self.health().map_err(AuditError::Unavailable)?;
-        // Nobody awaits the reply; the writer ignores a dropped receiver.
+        // Nobody awaits the reply; the writer ignores a dropped receiver. Counted in the queue
+        // but never refused by its bound: this entry completes a decision already durable.
         let (reply, _) = tokio::sync::oneshot::channel();
+        self.inner.queued.fetch_add(1, Ordering::AcqRel);
         self.inner
             .tx
             .send(Command::Append(Box::new(event), reply))
-            .map_err(|_| AuditError::Unavailable(Unavailable::Closed))
+            .map_err(|_| {
+                self.inner.queued.fetch_sub(1, Ordering::AcqRel);
+                AuditError::Unavailable(Unavailable::Closed)
+            })
     }
 
     /// The receipt for an appended entry: its path in the batch's receipt tree, whose root the
@@ -773,6 +800,7 @@ mod tests {
             checkpoint_interval: std::time::Duration::from_secs(3600),
             segment_max_bytes: u64::MAX,
             max_batch: 16,
+            max_queue: 16 * 1024,
         };
         let file = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let signer = Arc::new(AuditSigner::from_pem(private_pem.as_bytes(), "test").unwrap());

@@ -6,7 +6,7 @@
 use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -155,9 +155,13 @@ pub(crate) struct Writer {
     pub checkpoint_interval: Duration,
     pub segment_max_bytes: u64,
     pub max_batch: usize,
+    /// Most entries waiting for the writer before appends are refused (`audit.max_queue`).
+    pub max_queue: usize,
     /// The first failure; from then on every append is refused (sticky).
     pub failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     pub stats: Arc<StatsCells>,
+    /// Entries sent to the writer and not yet taken from its channel (see `AuditLog::append`).
+    pub queued: Arc<AtomicUsize>,
     last_checkpoint: Instant,
     /// Written but not yet fsynced (fsync = interval).
     dirty_since: Option<Instant>,
@@ -195,8 +199,10 @@ impl Writer {
             checkpoint_interval: cfg.checkpoint_interval,
             segment_max_bytes: cfg.segment_max_bytes,
             max_batch: cfg.max_batch.max(1),
+            max_queue: cfg.max_queue.max(1),
             failure,
             stats,
+            queued: Arc::new(AtomicUsize::new(0)),
             last_checkpoint: Instant::now(),
             dirty_since: None,
         }
@@ -448,6 +454,11 @@ impl Writer {
                     Err(_) => break,
                 }
             }
+            let taken = batch
+                .iter()
+                .filter(|c| matches!(c, Command::Append(..)))
+                .count();
+            self.queued.fetch_sub(taken, Ordering::AcqRel);
 
             if let Some(reason) = self.failed() {
                 let refusal = || AuditError::Unavailable(Unavailable::Failed(reason.clone()));
