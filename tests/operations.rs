@@ -737,3 +737,33 @@ async fn an_http1_client_that_sends_the_whole_oversize_body_before_reading_gets_
     assert!(text.starts_with("HTTP/1.1 413"), "{text}");
     assert!(text.contains("payload_too_large"), "{text}");
 }
+
+#[tokio::test]
+async fn unfinished_uploads_cannot_hold_more_memory_than_the_body_budget() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_body_bytes = 65536\nmax_body_bytes_in_flight = 131072\n".into(),
+        ..Options::default()
+    })
+    .await;
+    // Two uploads that declare the largest body each and stop halfway: they hold the budget.
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut tls = tls_connection(&gw).await;
+        tls.write_all(
+            b"POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: 65536\r\n\r\n{\"record_id\":",
+        )
+        .await
+        .unwrap();
+        tls.flush().await.unwrap();
+        held.push(tls);
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 503, "{:#}", answer.json);
+    assert_eq!(answer.error(), "busy");
+    // When an upload goes away, its share is free again.
+    drop(held.pop());
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
+}

@@ -219,6 +219,9 @@ pub struct LimitsConfig {
     pub max_handshakes: usize,
     /// Connections one organisation (park and Subject O) may hold open at once.
     pub max_connections_per_org: usize,
+    /// Request bodies held in memory at once, in bytes, across all connections: a body reserves
+    /// its declared length (or `max_body_bytes` when undeclared) before it is read.
+    pub max_body_bytes_in_flight: usize,
     pub max_concurrent_streams: u32,
     pub max_pending_reset_streams: usize,
     /// Grace period for in-flight requests at shutdown.
@@ -246,6 +249,7 @@ impl Default for LimitsConfig {
             max_connections: 10_000,
             max_handshakes: 256,
             max_connections_per_org: 1_000,
+            max_body_bytes_in_flight: 256 * 1024 * 1024,
             max_concurrent_streams: 100,
             max_pending_reset_streams: 20,
             shutdown_grace: Duration::from_secs(30),
@@ -642,6 +646,15 @@ impl Config {
         at_least_1("limits.max_header_bytes", limits.max_header_bytes as u64)?;
         at_least_1("limits.max_connections", limits.max_connections as u64)?;
         at_least_1("limits.max_handshakes", limits.max_handshakes as u64)?;
+        if limits.max_body_bytes_in_flight < limits.max_body_bytes {
+            return Err(invalid(
+                "limits.max_body_bytes_in_flight",
+                format!(
+                    "{} is less than limits.max_body_bytes ({}): no record could ever be read",
+                    limits.max_body_bytes_in_flight, limits.max_body_bytes
+                ),
+            ));
+        }
         at_least_1(
             "limits.max_connections_per_org",
             limits.max_connections_per_org as u64,

@@ -57,6 +57,8 @@ pub enum Refusal {
     AuditUnavailable(String),
     /// Back-pressure from the audit log: too many entries wait for the disk. Nothing was decided.
     AuditBusy,
+    /// The memory budget for request bodies is taken by other requests; nothing was read.
+    Busy,
     UpstreamFailed {
         park: String,
         /// What went wrong (a TLS or connect error), for the log only.
@@ -101,7 +103,9 @@ impl Refusal {
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             Refusal::Replay => StatusCode::CONFLICT,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::AuditUnavailable(_) | Refusal::AuditBusy => StatusCode::SERVICE_UNAVAILABLE,
+            Refusal::AuditUnavailable(_) | Refusal::AuditBusy | Refusal::Busy => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -131,6 +135,7 @@ impl Refusal {
             Refusal::PolicyDenied { .. } => "policy_denied",
             Refusal::AuditUnavailable(_) => "audit_unavailable",
             Refusal::AuditBusy => "audit_busy",
+            Refusal::Busy => "busy",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
             Refusal::UpstreamTimeout { .. } => "upstream_timeout",
             Refusal::StaleRecord { .. } => "stale_record",
@@ -147,7 +152,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PayloadTooLarge { .. } => "too_large",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Refusal::AuditUnavailable(_) | Refusal::AuditBusy => "unavailable",
+            Refusal::AuditUnavailable(_) | Refusal::AuditBusy | Refusal::Busy => "unavailable",
             Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
             Refusal::CertificateRefused => "certificate_refused",
             _ => "invalid",
@@ -206,6 +211,10 @@ impl Refusal {
             }
             Refusal::AuditUnavailable(_) => {
                 "the audit log cannot record decisions right now; nothing was forwarded".into()
+            }
+            Refusal::Busy => {
+                "the gateway holds as many record bodies as it may right now; nothing was read: retry after the Retry-After delay"
+                    .into()
             }
             Refusal::AuditBusy => {
                 "the gateway is busy recording other decisions; nothing was decided or forwarded: retry after the Retry-After delay"
@@ -350,7 +359,7 @@ impl Refusal {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
-            Refusal::AuditBusy => {
+            Refusal::AuditBusy | Refusal::Busy => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));

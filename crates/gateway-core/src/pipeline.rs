@@ -28,10 +28,11 @@ use crate::envelope::Kind;
 use crate::error::{json_response, Refusal};
 use crate::policy::{Effect, MatchedRule};
 use crate::replay::Reservation;
-use crate::state::{Gateway, RuleSet};
+use crate::state::{kib, Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
 use crate::tls::standing::PeerStanding;
 use crate::upstream::{ForwardMeta, UpstreamError};
+use tokio::sync::OwnedSemaphorePermit;
 
 /// The path partner organisations send records to.
 pub const RECORDS_PATH: &str = "/v1/records";
@@ -86,6 +87,8 @@ struct RequestCtx {
     reservation: Option<Reservation>,
     /// The durable decision entry.
     decision_entry: Option<Appended>,
+    /// This request's share of the memory budget for bodies, released when the request ends.
+    body_permit: Option<OwnedSemaphorePermit>,
     /// Set once the request's decision entry has been written (or attempted): the final phase
     /// then writes nothing more.
     audited: bool,
@@ -103,6 +106,7 @@ impl RequestCtx {
             rules: None,
             reservation: None,
             decision_entry: None,
+            body_permit: None,
             audited: false,
             decision: "invalid",
         }
@@ -268,6 +272,7 @@ where
         .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
     check_content_type(&req)?;
     let limits = &gateway.config.limits;
+    ctx.body_permit = Some(reserve_body_memory(gateway, &req)?);
     let body = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
     ctx.body_sha256 = Some(sha256_hex(&body));
     Ok(body)
@@ -383,6 +388,29 @@ where
             _ => return,
         }
     }
+}
+
+/// Reserves memory for the body before reading it, from the budget shared by every connection:
+/// its declared length, or the most a body may be when it declares none. Held until the request
+/// ends, so many slow or unfinished uploads cannot hold more than the budget between them.
+fn reserve_body_memory<B>(
+    gateway: &Gateway,
+    req: &Request<B>,
+) -> Result<OwnedSemaphorePermit, Refusal> {
+    let max = gateway.config.limits.max_body_bytes;
+    let declared = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    // An oversize declaration is refused by read_body; it only needs room for what is drained.
+    let bytes = declared.map_or(max, |len| len.min(max)).max(1);
+    let permits = u32::try_from(kib(bytes)).unwrap_or(u32::MAX);
+    gateway
+        .body_budget
+        .clone()
+        .try_acquire_many_owned(permits)
+        .map_err(|_| Refusal::Busy)
 }
 
 /// Replay memory: the record id is held from here until the outcome is known. A refused record

@@ -89,6 +89,9 @@ pub struct Gateway {
     pub replay: ReplayGuard,
     pub metrics: Metrics,
     pub rate_limiter: RateLimiter,
+    /// Request-body bytes held in memory across all connections, in KiB permits
+    /// (`limits.max_body_bytes_in_flight`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -120,6 +123,9 @@ impl Gateway {
             replay,
             metrics,
             rate_limiter,
+            body_budget: Arc::new(tokio::sync::Semaphore::new(kib(config
+                .limits
+                .max_body_bytes_in_flight))),
             config,
             shutting_down: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -242,4 +248,10 @@ fn park_list(config: &Config) -> String {
         .map(String::as_str)
         .collect::<Vec<_>>()
         .join(", ")
+}
+
+/// Bytes as whole KiB, rounded up: the body budget's unit (a semaphore counts in `u32`-sized
+/// steps, so bytes would cap the budget at 4 GiB).
+pub fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024)
 }
