@@ -14,7 +14,7 @@ use serde_json::{json, Value};
 
 use bytes::Bytes;
 use hetao_gateway_core::checkpoint::Checkpoint;
-use hetao_gateway_core::config::{Config, ParkConfig, ParkId};
+use hetao_gateway_core::config::{Config, ParkConfig, ParkId, DEFAULT_MAX_VIOLATIONS};
 use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
 use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
@@ -80,6 +80,8 @@ pub struct ResolvedRules {
     /// The configured parks (only with --config): records to or from another park are invalid.
     pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
     pub max_json_depth: usize,
+    /// Most schema violations listed (`limits.max_violations`).
+    pub max_violations: usize,
 }
 
 impl RuleSource {
@@ -95,6 +97,7 @@ impl RuleSource {
                     pseudonymisation_key: c.policies.pseudonymisation_key,
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
+                    max_violations: c.limits.max_violations,
                 }
             }
             None => ResolvedRules {
@@ -104,6 +107,7 @@ impl RuleSource {
                 pseudonymisation_key: self.pseudonymisation_key.clone(),
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
+                max_violations: DEFAULT_MAX_VIOLATIONS,
             },
         })
     }
@@ -125,6 +129,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         pseudonymisation_key: key,
         parks,
         max_json_depth,
+        max_violations,
     } = args.rules.resolve()?;
     let now: DateTime<Utc> = match &args.at {
         None => Utc::now(),
@@ -133,7 +138,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .with_timezone(&Utc),
     };
     let body = Bytes::from(read_record(&args.record)?);
-    let schemas = SchemaSet::load(&schema_dir)?;
+    let schemas = SchemaSet::load(&schema_dir)?.with_max_violations(max_violations);
     let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?;
     for w in engine.warnings() {
         eprintln!("warning: {w}");
