@@ -426,3 +426,71 @@ async fn verify_shows_what_a_forged_line_holds_as_escapes() {
     assert!(text.contains("\\u{1b}[2J\\u{1b}[H"), "{text}");
     assert!(!text.contains("\nOK: the log is intact"), "{text}");
 }
+
+// === bounded lines (issue 22) ===
+
+/// Runs the binary and waits at most `limit`; a run that takes longer is killed and fails.
+fn run_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("hetao-gateway {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn a_line_longer_than_a_mebibyte_is_refused_naming_the_file_and_line() {
+    let s = setup(256 * 1024 * 1024).await;
+    let mut text = std::fs::read(&s.log).unwrap();
+    let good_lines = text.iter().filter(|b| **b == b'\n').count();
+    text.extend(vec![b'x'; 2 * 1024 * 1024]);
+    text.push(b'\n');
+    std::fs::write(&s.log, text).unwrap();
+    let line = format!("line {}", good_lines + 1);
+
+    let verify = run_within(&["audit", "verify", &s.log], Duration::from_secs(20));
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    let out = stdout(&verify);
+    assert!(
+        out.contains(&format!("audit.jsonl {line}: longer than 1048576 bytes")),
+        "{out}"
+    );
+
+    let query = run_within(&["audit", "query", &s.log], Duration::from_secs(20));
+    assert_eq!(query.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&query.stderr);
+    assert!(
+        err.contains(&format!("audit.jsonl: {line} is longer than 1048576 bytes")),
+        "{err}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn verify_and_query_of_dev_zero_end_with_an_error_not_out_of_memory() {
+    let verify = run_within(&["audit", "verify", "/dev/zero"], Duration::from_secs(10));
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    assert!(
+        stdout(&verify).contains("/dev/zero line 1: longer than 1048576 bytes"),
+        "{}",
+        stdout(&verify)
+    );
+    let query = run_within(&["audit", "query", "/dev/zero"], Duration::from_secs(10));
+    assert_eq!(query.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&query.stderr);
+    assert!(
+        err.contains("/dev/zero: line 1 is longer than 1048576 bytes"),
+        "{err}"
+    );
+}
