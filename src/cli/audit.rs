@@ -1,4 +1,10 @@
 //! `hetao-gateway audit ...`: verify, query, check receipts.
+//!
+//! Everything these commands print from a log or a receipt was written by senders (record ids,
+//! `from`/`to` of invalid envelopes, certificate organisations) or by whoever altered the log. So
+//! it cannot act: table, stats, verify and error output show control characters as escapes
+//! ([`escape_controls`]), and CSV cells a spreadsheet would run as formulas are neutralised
+//! ([`csv_field`]). JSON output is escaped by JSON itself.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -12,6 +18,8 @@ use hetao_gateway_core::audit::{
     verify_logs, verify_receipt, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
     QueryStats, Receipt, VerifyReport,
 };
+use hetao_gateway_core::causes::chain_text;
+use hetao_gateway_core::printable::escape_controls;
 
 #[derive(clap::Subcommand, Debug)]
 pub enum AuditCommand {
@@ -128,6 +136,15 @@ fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    // An error can quote a log line (a JSON parse error names the unknown value it met): it is
+    // rendered here, escaped, rather than by `main` as it is.
+    run_command(cmd).map_err(|e| {
+        let e: &(dyn std::error::Error + 'static) = e.as_ref();
+        anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
+    })
+}
+
+fn run_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
     match cmd {
         AuditCommand::Verify(a) => verify(*a),
         AuditCommand::Query(a) => query(*a),
@@ -199,48 +216,56 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     })
 }
 
+/// Prints one line of the verify report with control characters escaped: file names, key ids,
+/// notes and problems can all quote what a damaged or forged log holds.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        println!("{}", escape_controls(&format!($($arg)*)))
+    };
+}
+
 fn print_verify(r: &VerifyReport, key: Option<&AuditPublicKey>, allow_unsigned_tail: bool) {
-    println!("files (chain order):");
+    say!("files (chain order):");
     for f in &r.files {
-        println!("  {}", f.display());
+        say!("  {}", f.display());
     }
     match (r.first_seq, r.last_seq) {
-        (Some(first), Some(last)) => println!(
+        (Some(first), Some(last)) => say!(
             "entries: {} (seq {first}..={last}), head {}",
             r.entries,
             r.head_hash.as_deref().unwrap_or("-")
         ),
-        _ => println!("entries: 0"),
+        _ => say!("entries: 0"),
     }
     match key {
-        Some(k) => println!(
+        Some(k) => say!(
             "checkpoints: {}, signatures verified: {} with key {}",
             r.checkpoints,
             r.signatures_verified,
             k.key_id()
         ),
-        None => println!(
+        None => say!(
             "checkpoints: {} (signed by key {}); signatures NOT checked: give --public-key to check them (without it, anyone able to recompute SHA-256 could have rewritten the log)",
             r.checkpoints,
             if r.key_ids.is_empty() { "-".to_string() } else { r.key_ids.join(", ") }
         ),
     }
     for n in &r.notes {
-        println!("note: {n}");
+        say!("note: {n}");
     }
     if let Some(p) = &r.problem {
-        println!("FAILED: {p}");
+        say!("FAILED: {p}");
         return;
     }
     match r.tail_problem() {
-        Some(t) if allow_unsigned_tail => println!("warning: {t}"),
+        Some(t) if allow_unsigned_tail => say!("warning: {t}"),
         Some(t) => {
-            println!("FAILED: {t} (use --allow-unsigned-tail for a live log)");
+            say!("FAILED: {t} (use --allow-unsigned-tail for a live log)");
             return;
         }
         None => {}
     }
-    println!("OK: the log is intact");
+    say!("OK: the log is intact");
 }
 
 fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
@@ -309,8 +334,18 @@ fn row(e: &AuditEntry) -> [String; 13] {
     ]
 }
 
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
+/// The columns that hold numbers (`seq`, `status`): written as numbers in CSV, never neutralised
+/// (a spreadsheet must still read them as numbers; both are unsigned, so none starts with `-`).
+const NUMERIC_COLUMNS: [usize; 2] = [0, 9];
+
+/// One CSV cell of text. Separators, quotes and line breaks are quoted (RFC 4180). A cell that
+/// begins with `=`, `+`, `-`, `@`, a tab or a carriage return would be read by a spreadsheet as a
+/// formula (`=HYPERLINK(...)`, `@SUM(...)`, `+cmd|...`): it is prefixed with `'` and quoted, the
+/// OWASP rule against CSV injection, so it shows as the text it is and runs nothing.
+pub fn csv_field(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
         format!("\"{}\"", s.replace('"', "\"\""))
     } else {
         s.to_string()
@@ -327,8 +362,18 @@ pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::R
         OutputFormat::Csv => {
             let mut out = COLUMNS.join(",") + "\n";
             for e in entries {
-                let r = row(e);
-                out += &r.iter().map(|f| csv_field(f)).collect::<Vec<_>>().join(",");
+                let cells: Vec<String> = row(e)
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cell)| {
+                        if NUMERIC_COLUMNS.contains(&i) {
+                            cell
+                        } else {
+                            csv_field(&cell)
+                        }
+                    })
+                    .collect();
+                out += &cells.join(",");
                 out.push('\n');
             }
             out
@@ -336,7 +381,15 @@ pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::R
         OutputFormat::Table => {
             // The hash is long and in the json/csv output; the table stays readable.
             let shown = COLUMNS.len() - 1;
-            let rows: Vec<[String; 13]> = entries.iter().map(row).collect();
+            let rows: Vec<Vec<String>> = entries
+                .iter()
+                .map(|e| {
+                    row(e)
+                        .iter()
+                        .map(|cell| escape_controls(cell).into_owned())
+                        .collect()
+                })
+                .collect();
             let mut widths: Vec<usize> = COLUMNS[..shown].iter().map(|c| c.len()).collect();
             for r in &rows {
                 for (w, f) in widths.iter_mut().zip(r.iter()) {
@@ -391,8 +444,9 @@ fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> 
                     continue;
                 }
                 out += &format!("\nby {g}:\n");
-                let w = m.keys().map(|k| k.chars().count()).max().unwrap_or(0);
-                for (k, n) in m {
+                let keys: Vec<_> = m.keys().map(|k| escape_controls(k)).collect();
+                let w = keys.iter().map(|k| k.chars().count()).max().unwrap_or(0);
+                for (k, n) in keys.iter().zip(m.values()) {
                     out += &format!("  {k:<w$}  {n}\n");
                 }
             }
@@ -422,20 +476,23 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
     let receipt = read_receipt(path)?;
     let key = AuditPublicKey::from_pem_file(public_key)?;
     if let Err(e) = verify_receipt(&receipt, &key) {
-        println!("INVALID: {e}");
+        say!("INVALID: {e}");
         return Ok(ExitCode::from(1));
     }
-    println!(
+    say!(
         "signature OK: record {} was logged as seq {} with hash {} (key {})",
-        receipt.record_id, receipt.audit_seq, receipt.entry_hash, receipt.key_id
+        receipt.record_id,
+        receipt.audit_seq,
+        receipt.entry_hash,
+        receipt.key_id
     );
     if !logs.is_empty() {
         let files = expand_segments(logs)?;
         if let Err(e) = find_receipt_entry(&receipt, &files) {
-            println!("INVALID: {e}");
+            say!("INVALID: {e}");
             return Ok(ExitCode::from(1));
         }
-        println!("the log holds the entry");
+        say!("the log holds the entry");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -14,7 +14,9 @@ use serde_json::{json, Value};
 
 use bytes::Bytes;
 use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
-use hetao_gateway_core::config::{Config, LimitsConfig, ParkConfig, ParkId};
+use hetao_gateway_core::config::{
+    Config, LimitsConfig, ParkConfig, ParkId, DEFAULT_MAX_VIOLATIONS,
+};
 use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
 use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
@@ -81,6 +83,8 @@ pub struct ResolvedRules {
     pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
     pub max_json_depth: usize,
     pub record_window: RecordWindow,
+    /// Most schema violations listed (`limits.max_violations`).
+    pub max_violations: usize,
 }
 
 impl RuleSource {
@@ -97,6 +101,7 @@ impl RuleSource {
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
                     record_window: RecordWindow::of(&c.limits),
+                    max_violations: c.limits.max_violations,
                 }
             }
             None => ResolvedRules {
@@ -107,6 +112,7 @@ impl RuleSource {
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
                 record_window: RecordWindow::of(&LimitsConfig::default()),
+                max_violations: DEFAULT_MAX_VIOLATIONS,
             },
         })
     }
@@ -129,6 +135,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         parks,
         max_json_depth,
         record_window,
+        max_violations,
     } = args.rules.resolve()?;
     let now: DateTime<Utc> = match &args.at {
         None => Utc::now(),
@@ -137,7 +144,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             .with_timezone(&Utc),
     };
     let body = Bytes::from(read_record(&args.record)?);
-    let schemas = SchemaSet::load(&schema_dir)?;
+    let schemas = SchemaSet::load(&schema_dir)?.with_max_violations(max_violations);
     let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?;
     for w in engine.warnings() {
         eprintln!("warning: {w}");

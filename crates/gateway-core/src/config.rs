@@ -28,6 +28,12 @@ pub enum ConfigError {
     },
 }
 
+/// `limits.max_violations` when the file does not set it.
+pub const DEFAULT_MAX_VIOLATIONS: usize = 100;
+/// The largest `limits.max_violations` accepted: an answer listing more helps nobody, and each
+/// listed violation costs validation work.
+pub const MAX_MAX_VIOLATIONS: usize = 10_000;
+
 /// A park id as configured (`sz`, `hk`, ...): lowercase ASCII letters, digits, `-` and `_`.
 pub type ParkId = String;
 
@@ -224,6 +230,10 @@ pub struct LimitsConfig {
     pub max_body_bytes_in_flight: usize,
     pub max_concurrent_streams: u32,
     pub max_pending_reset_streams: usize,
+    /// Most schema violations one answer lists (the last says that more were found). Validation
+    /// stops once it has found one more than this, so a record breaking its schema a million
+    /// times costs no more than one breaking it a hundred times.
+    pub max_violations: usize,
     /// Grace period for in-flight requests at shutdown.
     #[serde(rename = "shutdown_grace_secs", deserialize_with = "secs")]
     pub shutdown_grace: Duration,
@@ -252,6 +262,7 @@ impl Default for LimitsConfig {
             max_body_bytes_in_flight: 256 * 1024 * 1024,
             max_concurrent_streams: 100,
             max_pending_reset_streams: 20,
+            max_violations: DEFAULT_MAX_VIOLATIONS,
             shutdown_grace: Duration::from_secs(30),
             record_max_age: Duration::from_secs(7 * 24 * 3600),
             record_max_future: Duration::from_secs(300),
@@ -659,6 +670,15 @@ impl Config {
             "limits.max_connections_per_org",
             limits.max_connections_per_org as u64,
         )?;
+        if !(1..=MAX_MAX_VIOLATIONS).contains(&limits.max_violations) {
+            return Err(invalid(
+                "limits.max_violations",
+                format!(
+                    "must be 1 to {} (each listed violation costs validation work and answer bytes)",
+                    MAX_MAX_VIOLATIONS
+                ),
+            ));
+        }
         // A zero timeout would refuse everything; 1 ms (1 s) is the smallest taken.
         limits.header_read_timeout = limits.header_read_timeout.max(Duration::from_millis(1));
         limits.handshake_timeout = limits.handshake_timeout.max(Duration::from_millis(1));
@@ -811,6 +831,24 @@ signing_key = "audit-signing.key"
         assert_eq!(c.limits.shutdown_grace, Duration::ZERO);
         // The rest of the table keeps its defaults.
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn max_violations_defaults_to_100_and_is_refused_outside_its_range() {
+        assert_eq!(parse("").unwrap().limits.max_violations, 100);
+        assert_eq!(
+            parse("[limits]\nmax_violations = 20")
+                .unwrap()
+                .limits
+                .max_violations,
+            20
+        );
+        for bad in ["0", "10001"] {
+            let err = parse(&format!("[limits]\nmax_violations = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("limits.max_violations"), "{bad}: {err}");
+        }
     }
 
     #[test]

@@ -19,6 +19,7 @@ pub mod metrics;
 pub mod pipeline;
 pub mod policy;
 pub mod policy_cases;
+pub mod printable;
 pub mod rate_limit;
 pub mod replay;
 pub mod schema;

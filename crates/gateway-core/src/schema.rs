@@ -18,10 +18,15 @@
 //! - `message` never repeats the offending value (it may be personal data and answers may be
 //!   logged); it says what was expected.
 //! - Violations are sorted by pointer (array indices numerically), then rule, then message, and at
-//!   most [`MAX_VIOLATIONS`] are listed; beyond that the last entry (rule `truncated`) says how
-//!   many more there were.
+//!   most `limits.max_violations` ([`DEFAULT_MAX_VIOLATIONS`]) are listed; beyond that the last
+//!   entry (rule `truncated`) says that more were found.
+//!
+//! Listing is bounded: the check stops once it has found one violation more than it lists, so a
+//! record that breaks its schema a million times costs about what one breaking it a hundred times
+//! costs (see "bounded listing" below for why that needs more than `iter_errors().take(n)`).
 
 use std::cmp::Ordering;
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -32,13 +37,11 @@ use ring::digest;
 use serde::Serialize;
 use serde_json::Value;
 
+pub use crate::config::DEFAULT_MAX_VIOLATIONS;
 use crate::envelope::Kind;
 
 /// The only dialect accepted in `$schema`.
 pub const DIALECT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema";
-
-/// The most violations a single answer lists (a hostile record cannot produce a huge answer).
-pub const MAX_VIOLATIONS: usize = 100;
 
 /// The envelope schema's file name.
 pub const ENVELOPE_FILE: &str = "envelope.json";
@@ -60,7 +63,7 @@ pub fn kind_file(kind: Kind) -> &'static str {
 }
 
 /// One way a record breaks its schema.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct SchemaViolation {
     /// JSON pointer into the record as sent (`/body/items/0/hs_code`; `""` for the root).
     pub pointer: String,
@@ -108,7 +111,18 @@ struct CompiledSchema {
     /// The document's base URI (its `$id`, or `json-schema:///<file>` without one): its key in
     /// [`SchemaSet::documents`] and what its relative `$ref`s resolve against.
     base: String,
+    /// The whole document: tells a valid value from an invalid one.
     validator: Validator,
+    /// How an invalid value's violations are listed within the limit.
+    plan: Plan,
+}
+
+/// How much work a failed validation took (see [`SchemaSet::validate_counted`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ValidationWork {
+    /// Errors taken from jsonschema's iterators. Bounded by the violation limit plus what one
+    /// piece of the schema can report, however many violations the record has.
+    pub errors_examined: u64,
 }
 
 /// The compiled schemas of one load. Immutable once built: `Send + Sync`, shared behind an
@@ -124,6 +138,8 @@ pub struct SchemaSet {
     materials: CompiledSchema,
     data: CompiledSchema,
     hash: String,
+    /// Most violations one failure lists (`limits.max_violations`).
+    max_violations: usize,
 }
 
 impl fmt::Debug for SchemaSet {
@@ -162,7 +178,7 @@ impl SchemaSet {
         let mut shared_names: Vec<String> = Vec::new();
         let mut files: Vec<SchemaFile> = Vec::new();
         let mut load_one =
-            |file: &str, with_common: bool| -> Result<CompiledSchema, SchemaLoadError> {
+            |file: &str, with_common: bool| -> Result<(String, Validator), SchemaLoadError> {
                 let path = dir.join(file);
                 let schema = read_schema_file(&path, file)?;
                 hash_file(&mut hasher, file, &schema.bytes);
@@ -191,7 +207,7 @@ impl SchemaSet {
                 }
                 let base = schema.base.clone();
                 files.push(schema);
-                Ok(CompiledSchema { base, validator })
+                Ok((base, validator))
             };
         let envelope = load_one(ENVELOPE_FILE, false)?;
         let talent = load_one(kind_file(Kind::Talent), true)?;
@@ -208,11 +224,39 @@ impl SchemaSet {
             resources.push((file.base.clone(), resource(file)?));
         }
         if let Some(common) = &common {
-            for name in shared_names {
+            for name in &shared_names {
                 resources.push((name.clone(), resource(common)?));
-                bases.push(name);
+                bases.push(name.clone());
             }
         }
+        // Plans for listing violations within a limit: pieces of the same documents, compiled now.
+        let planner = Planner::new(&files, common.as_ref(), &shared_names);
+        let mut plans = Vec::new();
+        for (i, file) in files.iter().enumerate() {
+            plans.push(planner.plan_document(i).map_err(|message| {
+                SchemaLoadError::invalid(
+                    &file.path,
+                    format!("cannot be cut into pieces for listing violations: {message}"),
+                )
+            })?);
+        }
+        let mut plans = plans.into_iter();
+        let mut with_plan =
+            |(base, validator): (String, Validator)| -> Result<CompiledSchema, SchemaLoadError> {
+                let plan = plans.next().ok_or_else(|| {
+                    SchemaLoadError::invalid(dir, "a schema document has no listing plan")
+                })?;
+                Ok(CompiledSchema {
+                    base,
+                    validator,
+                    plan,
+                })
+            };
+        // `files` holds the documents in the order they were loaded: envelope, talent, materials, data.
+        let envelope = with_plan(envelope)?;
+        let talent = with_plan(talent)?;
+        let materials = with_plan(materials)?;
+        let data = with_plan(data)?;
         // Every reference already resolved when the validators compiled: this cannot fail on
         // what the files say, but it must not panic if it does.
         let documents = Registry::try_from_resources(resources).map_err(|e| {
@@ -226,6 +270,7 @@ impl SchemaSet {
             materials,
             data,
             hash: hex::encode(hasher.finish().as_ref()),
+            max_violations: DEFAULT_MAX_VIOLATIONS,
         };
         let envelope_path = dir.join(ENVELOPE_FILE);
         let Some(envelope_doc) = set.envelope_schema() else {
@@ -238,16 +283,32 @@ impl SchemaSet {
         Ok(set)
     }
 
-    /// Validates the envelope, then the body against the schema of its kind. Every violation is
-    /// reported (up to [`MAX_VIOLATIONS`]), in a deterministic order.
+    /// The same set, listing at most `max_violations` violations per failure (at least 1;
+    /// `limits.max_violations`, checked by the configuration).
+    pub fn with_max_violations(mut self, max_violations: usize) -> SchemaSet {
+        self.max_violations = max_violations.max(1);
+        self
+    }
+
+    /// Validates the envelope, then the body against the schema of its kind. Violations are
+    /// reported up to the set's limit ([`DEFAULT_MAX_VIOLATIONS`] unless
+    /// [`SchemaSet::with_max_violations`]), in a deterministic order.
     pub fn validate(&self, record: &Value) -> Result<Kind, SchemaFailure> {
-        let envelope_violations = self.collect_violations(
-            &self.envelope,
-            self.envelope.validator.iter_errors(record),
-            "",
-        );
-        if !envelope_violations.is_empty() {
-            return Err(SchemaFailure::Envelope(envelope_violations));
+        self.validate_counted(record).0
+    }
+
+    /// [`SchemaSet::validate`], and the work it took: what the benches and the test that keeps
+    /// validation bounded look at.
+    pub fn validate_counted(
+        &self,
+        record: &Value,
+    ) -> (Result<Kind, SchemaFailure>, ValidationWork) {
+        let mut work = ValidationWork::default();
+        // `is_valid` stops at the first failure and builds no error: a valid record never pays
+        // for listing.
+        if !self.envelope.validator.is_valid(record) {
+            let violations = self.list_violations(&self.envelope, record, "", &mut work);
+            return (Err(SchemaFailure::Envelope(violations)), work);
         }
         // The envelope schema guarantees both; a deployment that edited it to allow another kind
         // still gets a clear envelope error instead of a panic.
@@ -256,27 +317,27 @@ impl SchemaSet {
             .and_then(Value::as_str)
             .and_then(Kind::parse)
         else {
-            return Err(SchemaFailure::Envelope(vec![SchemaViolation {
+            let violations = vec![SchemaViolation {
                 pointer: "/kind".to_string(),
                 rule: "enum".to_string(),
                 message: "must be one of talent, materials, data".to_string(),
-            }]));
+            }];
+            return (Err(SchemaFailure::Envelope(violations)), work);
         };
         let Some(body) = record.get("body") else {
-            return Err(SchemaFailure::Envelope(vec![SchemaViolation {
+            let violations = vec![SchemaViolation {
                 pointer: "/body".to_string(),
                 rule: "required".to_string(),
                 message: "required property `body` is missing".to_string(),
-            }]));
+            }];
+            return (Err(SchemaFailure::Envelope(violations)), work);
         };
         let compiled = self.compiled(kind);
-        let violations =
-            self.collect_violations(compiled, compiled.validator.iter_errors(body), "/body");
-        if violations.is_empty() {
-            Ok(kind)
-        } else {
-            Err(SchemaFailure::Body(kind, violations))
+        if compiled.validator.is_valid(body) {
+            return (Ok(kind), work);
         }
+        let violations = self.list_violations(compiled, body, "/body", &mut work);
+        (Err(SchemaFailure::Body(kind, violations)), work)
     }
 
     /// SHA-256 (hex) over the schema files of this load: recorded in every audit entry.
@@ -445,19 +506,23 @@ fn resource(file: &SchemaFile) -> Result<Resource, SchemaLoadError> {
     })
 }
 
+/// How every schema of a load is compiled (the whole documents and the pieces listing uses).
+fn validation_options() -> jsonschema::ValidationOptions {
+    jsonschema::options()
+        .with_draft(Draft::Draft202012)
+        .should_validate_formats(true)
+        // A misspelt format ("dat") would otherwise silently check nothing.
+        .should_ignore_unknown_formats(false)
+        // Linear-time matching: a hostile value cannot make a pattern backtrack for long.
+        .with_pattern_options(PatternOptions::regex())
+}
+
 /// Compiles `file`, with the shared documents it may reference each under the URI given.
 fn compile(
     file: &SchemaFile,
     shared: &[(String, &SchemaFile)],
 ) -> Result<Validator, SchemaLoadError> {
-    let mut options = jsonschema::options()
-        .with_draft(Draft::Draft202012)
-        .with_base_uri(file.base.clone())
-        .should_validate_formats(true)
-        // A misspelt format ("dat") would otherwise silently check nothing.
-        .should_ignore_unknown_formats(false)
-        // Linear-time matching: a hostile value cannot make a pattern backtrack for long.
-        .with_pattern_options(PatternOptions::regex());
+    let mut options = validation_options().with_base_uri(file.base.clone());
     for (uri, doc) in shared {
         options = options.with_resource(uri.clone(), resource(doc)?);
     }
@@ -519,26 +584,40 @@ fn display_pointer(p: &str) -> String {
 // === violations ===
 
 impl SchemaSet {
-    fn collect_violations<'i>(
+    /// The violations of a value its schema refused, in reading order, at most
+    /// `max_violations` of them (the last then says that more were found).
+    fn list_violations(
         &self,
         compiled: &CompiledSchema,
-        errors: impl Iterator<Item = ValidationError<'i>>,
+        value: &Value,
         prefix: &str,
+        work: &mut ValidationWork,
     ) -> Vec<SchemaViolation> {
-        let mut errors = errors.peekable();
-        if errors.peek().is_none() {
-            return Vec::new();
-        }
-        // Only a failing record needs the document (titles and reasons for the messages).
-        let document = SchemaDoc {
-            set: self,
-            root: self.document(&compiled.base),
+        let mut findings = Findings {
+            // Only a failing record needs the document (titles and reasons for the messages).
+            document: SchemaDoc {
+                set: self,
+                root: self.document(&compiled.base),
+            },
+            prefix,
+            limit: self.max_violations,
+            seen: HashSet::new(),
+            found: Vec::new(),
+            errors_examined: 0,
         };
-        let mut out = Vec::new();
-        for error in errors {
-            to_violations(&document, &error, prefix, &mut out);
+        walk(&compiled.plan, value, "", &mut findings);
+        work.errors_examined += findings.errors_examined;
+        let mut out = findings.found;
+        if out.is_empty() {
+            // The whole validator refused the value but no piece did: never let that pass as
+            // valid, and never panic on it.
+            out.push(SchemaViolation {
+                pointer: prefix.to_string(),
+                rule: "schema".to_string(),
+                message: "does not match its schema".to_string(),
+            });
         }
-        limit_violations(out)
+        limit_violations(out, self.max_violations)
     }
 }
 
@@ -548,33 +627,604 @@ struct SchemaDoc<'a> {
     root: Option<&'a Value>,
 }
 
-/// Sorts, removes duplicates and caps the list at [`MAX_VIOLATIONS`].
-fn limit_violations(mut out: Vec<SchemaViolation>) -> Vec<SchemaViolation> {
+/// Sorts and caps the list at `limit` entries, the last of which then says more were found.
+/// `found` holds distinct violations, at most one more than `limit`.
+fn limit_violations(mut out: Vec<SchemaViolation>, limit: usize) -> Vec<SchemaViolation> {
     out.sort_by(compare_violations);
-    out.dedup();
-    if out.len() > MAX_VIOLATIONS {
-        let hidden = out.len() - (MAX_VIOLATIONS - 1);
-        out.truncate(MAX_VIOLATIONS - 1);
+    if out.len() > limit {
+        out.truncate(limit - 1);
         out.push(SchemaViolation {
             pointer: String::new(),
             rule: "truncated".to_string(),
             message: format!(
-                "{hidden} further violations are not listed (at most {MAX_VIOLATIONS} are reported)"
+                "further violations are not listed (at most {limit} are reported, and checking \
+                 stopped there)"
             ),
         });
     }
     out
 }
 
+// === bounded listing ===
+//
+// jsonschema's `iter_errors` is not lazy below the top: each schema node, `items` and
+// `properties` collect the errors under them into a `Vec` before returning (jsonschema 0.33), so
+// `iter_errors(record).take(n)` still builds every error first: 1.74 million of them, and about a
+// gigabyte, for a 1 MiB record of 348,525 empty items. What makes the number of errors grow with
+// the record is a keyword that applies a schema to every element or member ("fans out": `items`,
+// `additionalProperties` with a schema, `patternProperties`, ...); everything else reports at most
+// a few errors per keyword of the schema. So at load each document is cut, along the paths that
+// lead to a fan-out, into pieces compiled on their own ([`Planner`]); [`walk`] hands jsonschema
+// only pieces whose errors the schema bounds, element by element, and stops once it has one
+// violation more than it lists. For a record with fewer violations than the limit the pieces
+// report exactly what the whole schema reports, so the answer is the same.
+
+/// Values a node the planner does not split ([`Plan::Guarded`]) may hold and still have every
+/// violation listed; a larger value gets one violation summing the node up.
+const GUARDED_MAX_VALUES: usize = 1000;
+/// How deep the planner follows `$ref`s and subschemas; deeper (recursive) schemas are guarded.
+const MAX_PLAN_DEPTH: usize = 64;
+/// Base URI of the one-line schemas (`{"$ref": "<document>#<pointer>"}`) pieces compile from.
+const PIECE_BASE: &str = "urn:hetao-gateway:piece";
+
+/// A schema node compiled on its own, and where its errors belong in the whole schema.
+struct Piece {
+    validator: Validator,
+    /// Keyword location of the node in the whole schema (`/properties/items/items`): the errors
+    /// of the piece continue it.
+    eval: String,
+}
+
+/// How the violations of one schema node are listed within the limit.
+enum Plan {
+    /// Nothing below the node fans out, so its errors are bounded by the schema's size:
+    /// jsonschema lists them.
+    Whole(Piece),
+    /// The node's own keywords (`rest`: the branches that fan out replaced by `true`), then each
+    /// of those branches planned on its own, elements one by one.
+    Split(Box<Split>),
+    /// A fan-out the planner does not cut (`additionalProperties` with a schema, `anyOf` over an
+    /// array, recursion, ...): listed whole while the value is small, summed up when it is not.
+    Guarded(Piece),
+}
+
+struct Split {
+    rest: Piece,
+    properties: Vec<(String, Plan)>,
+    items: Option<Plan>,
+    reference: Option<Plan>,
+    all_of: Vec<Plan>,
+    condition: Option<Condition>,
+}
+
+/// An `if` whose `then` or `else` fans out (a branch that does not stays in `rest`).
+struct Condition {
+    test: Validator,
+    then: Option<Plan>,
+    otherwise: Option<Plan>,
+}
+
+/// A schema node: which document it is in (index into [`Planner::docs`]) and where.
+#[derive(Clone)]
+struct NodeRef<'a> {
+    doc: usize,
+    /// JSON pointer of the node in its document.
+    pointer: String,
+    node: &'a Value,
+}
+
+impl<'a> NodeRef<'a> {
+    /// The subschema under `key` (and `index`/name below it, for `allOf/0`, `properties/x`).
+    fn child(&self, key: &str, below: Option<&str>) -> Option<NodeRef<'a>> {
+        let mut node = self.node.get(key)?;
+        let mut pointer = format!("{}/{}", self.pointer, escape_token(key));
+        if let Some(name) = below {
+            node = match node {
+                Value::Object(members) => members.get(name)?,
+                Value::Array(elements) => elements.get(name.parse::<usize>().ok()?)?,
+                _ => return None,
+            };
+            pointer = format!("{pointer}/{}", escape_token(name));
+        }
+        Some(NodeRef {
+            doc: self.doc,
+            pointer,
+            node,
+        })
+    }
+}
+
+/// Cuts the documents of one load into [`Plan`]s. Errors are plain messages: the caller names
+/// the file.
+struct Planner<'a> {
+    /// The documents: the envelope and kinds in load order, then `common.json`.
+    docs: Vec<&'a Value>,
+    /// The base URI of each document (what its relative references resolve against).
+    bases: Vec<&'a str>,
+    /// Every URI a document is known by (`common.json` under several), with its index.
+    names: Vec<(String, usize)>,
+}
+
+impl<'a> Planner<'a> {
+    fn new(files: &'a [SchemaFile], common: Option<&'a SchemaFile>, shared: &[String]) -> Self {
+        let mut docs: Vec<&Value> = files.iter().map(|f| &f.doc).collect();
+        let mut bases: Vec<&str> = files.iter().map(|f| f.base.as_str()).collect();
+        let mut names: Vec<(String, usize)> = files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.base.clone(), i))
+            .collect();
+        if let Some(common) = common {
+            let i = docs.len();
+            docs.push(&common.doc);
+            bases.push(&common.base);
+            names.push((common.base.clone(), i));
+            for name in shared.iter().filter(|n| **n != common.base) {
+                names.push((name.clone(), i));
+            }
+        }
+        Planner { docs, bases, names }
+    }
+
+    fn plan_document(&self, doc: usize) -> Result<Plan, String> {
+        let root = NodeRef {
+            doc,
+            pointer: String::new(),
+            node: self.docs[doc],
+        };
+        self.plan(&root, String::new(), 0)
+    }
+
+    fn plan(&self, at: &NodeRef<'a>, eval: String, depth: usize) -> Result<Plan, String> {
+        if !self.fans_out(at, 0) {
+            return Ok(Plan::Whole(self.piece(at, None, eval)?));
+        }
+        match self.split(at, &eval, depth)? {
+            Some(split) => Ok(Plan::Split(Box::new(split))),
+            None => Ok(Plan::Guarded(self.piece(at, None, eval)?)),
+        }
+    }
+
+    /// Cuts a node that fans out, or `None` when it fans out where it cannot be cut.
+    fn split(&self, at: &NodeRef<'a>, eval: &str, depth: usize) -> Result<Option<Split>, String> {
+        let Value::Object(members) = at.node else {
+            return Ok(None);
+        };
+        // A nested `$id` changes what references below it resolve against; a `prefixItems`
+        // shifts which elements `items` applies to. Neither is cut.
+        if depth > MAX_PLAN_DEPTH
+            || (members.contains_key("$id") && !at.pointer.is_empty())
+            || members.contains_key("prefixItems")
+        {
+            return Ok(None);
+        }
+        let mut rest = members.clone();
+        let mut split = SplitParts::default();
+        for (key, value) in members {
+            if !self.key_fans_out(at, key, value, 0) {
+                continue;
+            }
+            let child_eval = |below: &str| format!("{eval}/{}{below}", escape_token(key));
+            match key.as_str() {
+                "properties" => {
+                    let Value::Object(properties) = value else {
+                        return Ok(None);
+                    };
+                    for name in properties.keys() {
+                        let Some(child) = at.child(key, Some(name)) else {
+                            return Ok(None);
+                        };
+                        if self.fans_out(&child, 0) {
+                            let plan = self.plan(
+                                &child,
+                                child_eval(&format!("/{}", escape_token(name))),
+                                depth + 1,
+                            )?;
+                            split.properties.push((name.clone(), plan));
+                            set_true(&mut rest, key, Some(name));
+                        }
+                    }
+                }
+                "items" => {
+                    let Some(child) = at.child(key, None) else {
+                        return Ok(None);
+                    };
+                    split.items = Some(self.plan(&child, child_eval(""), depth + 1)?);
+                    set_true(&mut rest, key, None);
+                }
+                "$ref" => {
+                    let Some(target) = value.as_str().and_then(|r| self.resolve(at, r)) else {
+                        return Ok(None);
+                    };
+                    split.reference = Some(self.plan(&target, child_eval(""), depth + 1)?);
+                    rest.remove(key);
+                }
+                "allOf" => {
+                    let Value::Array(branches) = value else {
+                        return Ok(None);
+                    };
+                    for i in 0..branches.len() {
+                        let index = i.to_string();
+                        let Some(child) = at.child(key, Some(&index)) else {
+                            return Ok(None);
+                        };
+                        if self.fans_out(&child, 0) {
+                            let plan =
+                                self.plan(&child, child_eval(&format!("/{i}")), depth + 1)?;
+                            split.all_of.push(plan);
+                            set_true(&mut rest, key, Some(&index));
+                        }
+                    }
+                }
+                "then" | "else" => {
+                    // Without `if` both are ignored: nothing to list.
+                    let Some(test) = at.child("if", None) else {
+                        continue;
+                    };
+                    let Some(child) = at.child(key, None) else {
+                        return Ok(None);
+                    };
+                    let plan = self.plan(&child, child_eval(""), depth + 1)?;
+                    let condition = split.condition.get_or_insert(PendingCondition {
+                        test,
+                        then: None,
+                        otherwise: None,
+                    });
+                    if key == "then" {
+                        condition.then = Some(plan);
+                    } else {
+                        condition.otherwise = Some(plan);
+                    }
+                    set_true(&mut rest, key, None);
+                }
+                _ => return Ok(None),
+            }
+        }
+        let rest = self.piece(at, Some(Value::Object(rest)), eval.to_string())?;
+        let condition = match split.condition {
+            Some(c) => Some(Condition {
+                test: self.piece(&c.test, None, String::new())?.validator,
+                then: c.then,
+                otherwise: c.otherwise,
+            }),
+            None => None,
+        };
+        Ok(Some(Split {
+            rest,
+            properties: split.properties,
+            items: split.items,
+            reference: split.reference,
+            all_of: split.all_of,
+            condition,
+        }))
+    }
+
+    /// Whether the node can report errors in numbers that grow with the value checked. When
+    /// unsure (recursion, dynamic references) it says yes: the node is then cut or guarded.
+    fn fans_out(&self, at: &NodeRef<'a>, depth: usize) -> bool {
+        match at.node {
+            Value::Object(members) => members
+                .iter()
+                .any(|(key, value)| self.key_fans_out(at, key, value, depth)),
+            _ => false,
+        }
+    }
+
+    fn key_fans_out(&self, at: &NodeRef<'a>, key: &str, value: &Value, depth: usize) -> bool {
+        if depth > MAX_PLAN_DEPTH {
+            return true;
+        }
+        let child_fans_out = |below: Option<&str>| match at.child(key, below) {
+            Some(child) => self.fans_out(&child, depth + 1),
+            None => false,
+        };
+        match key {
+            // One error per element or member.
+            "items" | "unevaluatedItems" | "propertyNames" => !accepts_all(value),
+            // `false` is one error naming every unexpected member; a schema, errors per member.
+            "additionalProperties" | "unevaluatedProperties" => {
+                !accepts_all(value) && value != &Value::Bool(false)
+            }
+            "patternProperties" => value
+                .as_object()
+                .is_some_and(|m| m.values().any(|v| !accepts_all(v))),
+            "$dynamicRef" | "$recursiveRef" => true,
+            "$ref" => match value.as_str().and_then(|r| self.resolve(at, r)) {
+                Some(target) => self.fans_out(&target, depth + 1),
+                None => true,
+            },
+            "properties" | "dependentSchemas" => value
+                .as_object()
+                .is_some_and(|m| m.keys().any(|name| child_fans_out(Some(name)))),
+            // `anyOf` and `oneOf` collect their branches' errors to describe a failure.
+            "allOf" | "anyOf" | "oneOf" | "prefixItems" => value
+                .as_array()
+                .is_some_and(|a| (0..a.len()).any(|i| child_fans_out(Some(&i.to_string())))),
+            "then" | "else" => child_fans_out(None),
+            // `if`, `not` and `contains` only ask whether their subschema holds (one error at
+            // most); every other keyword is an assertion or an annotation.
+            _ => false,
+        }
+    }
+
+    /// The node a `$ref` met at `at` leads to, when it is a document of this load and a JSON
+    /// pointer (anchors and percent-encoded pointers are not followed: the node is guarded).
+    fn resolve(&self, at: &NodeRef<'a>, reference: &str) -> Option<NodeRef<'a>> {
+        let base = Uri::parse(self.bases[at.doc]).ok()?;
+        let full = referencing::uri::resolve_against(&base, reference).ok()?;
+        let full = full.as_str();
+        let (uri, fragment) = full.split_once('#').unwrap_or((full, ""));
+        if !(fragment.is_empty() || fragment.starts_with('/')) || fragment.contains('%') {
+            return None;
+        }
+        let doc = self.names.iter().find(|(name, _)| name == uri)?.1;
+        let node = self.docs[doc].pointer(fragment)?;
+        Some(NodeRef {
+            doc,
+            pointer: fragment.to_string(),
+            node,
+        })
+    }
+
+    /// Compiles the node at `at` on its own — or `replacement` in its place — with every
+    /// document of the load available to its references, as the whole schema compiles it.
+    fn piece(
+        &self,
+        at: &NodeRef<'a>,
+        replacement: Option<Value>,
+        eval: String,
+    ) -> Result<Piece, String> {
+        let replaced = match replacement {
+            Some(node) => {
+                let mut doc = self.docs[at.doc].clone();
+                let slot = doc
+                    .pointer_mut(&at.pointer)
+                    .ok_or_else(|| format!("no node at {}", display_pointer(&at.pointer)))?;
+                *slot = node;
+                Some(doc)
+            }
+            None => None,
+        };
+        let mut options = validation_options().with_base_uri(PIECE_BASE);
+        for (name, i) in &self.names {
+            let doc = match (&replaced, *i == at.doc) {
+                (Some(doc), true) => doc.clone(),
+                _ => self.docs[*i].clone(),
+            };
+            let resource = Resource::from_contents(doc)
+                .map_err(|e| format!("{name} is not a usable schema resource: {e}"))?;
+            options = options.with_resource(name.clone(), resource);
+        }
+        let target = format!("{}#{}", self.bases[at.doc], encode_fragment(&at.pointer));
+        let validator = options
+            .build(&serde_json::json!({ "$ref": target }))
+            .map_err(|e| {
+                format!(
+                    "the node at {} does not compile on its own: {}",
+                    display_pointer(&at.pointer),
+                    e.masked_with("the value")
+                )
+            })?;
+        Ok(Piece { validator, eval })
+    }
+}
+
+#[derive(Default)]
+struct SplitParts<'a> {
+    properties: Vec<(String, Plan)>,
+    items: Option<Plan>,
+    reference: Option<Plan>,
+    all_of: Vec<Plan>,
+    condition: Option<PendingCondition<'a>>,
+}
+
+struct PendingCondition<'a> {
+    test: NodeRef<'a>,
+    then: Option<Plan>,
+    otherwise: Option<Plan>,
+}
+
+/// Replaces `key` (or `key`'s member `below`) of a node by `true`: a branch listed on its own.
+fn set_true(node: &mut serde_json::Map<String, Value>, key: &str, below: Option<&str>) {
+    let Some(slot) = node.get_mut(key) else {
+        return;
+    };
+    let slot = match (below, slot) {
+        (None, slot) => slot,
+        (Some(name), Value::Object(members)) => match members.get_mut(name) {
+            Some(slot) => slot,
+            None => return,
+        },
+        (Some(index), Value::Array(elements)) => {
+            match index
+                .parse::<usize>()
+                .ok()
+                .and_then(|i| elements.get_mut(i))
+            {
+                Some(slot) => slot,
+                None => return,
+            }
+        }
+        _ => return,
+    };
+    *slot = Value::Bool(true);
+}
+
+/// A schema that no value fails.
+fn accepts_all(schema: &Value) -> bool {
+    match schema {
+        Value::Bool(b) => *b,
+        Value::Object(members) => members.is_empty(),
+        _ => false,
+    }
+}
+
+/// A JSON pointer token with `~` and `/` escaped.
+fn escape_token(token: &str) -> String {
+    token.replace('~', "~0").replace('/', "~1")
+}
+
+/// A JSON pointer as a URI fragment: anything outside the characters a fragment may hold as
+/// they are is percent-encoded (`referencing` decodes it again).
+fn encode_fragment(pointer: &str) -> String {
+    let mut out = String::with_capacity(pointer.len());
+    for byte in pointer.bytes() {
+        if byte.is_ascii_alphanumeric() || b"-._~!$&'()*+,;=:@/".contains(&byte) {
+            out.push(char::from(byte));
+        } else {
+            out.push_str(&format!("%{byte:02X}"));
+        }
+    }
+    out
+}
+
+/// Violations found so far: distinct, at most one more than the limit.
+struct Findings<'s> {
+    document: SchemaDoc<'s>,
+    /// `/body` for a kind's schema: pointers are into the whole record.
+    prefix: &'s str,
+    limit: usize,
+    seen: HashSet<SchemaViolation>,
+    found: Vec<SchemaViolation>,
+    errors_examined: u64,
+}
+
+impl Findings<'_> {
+    /// One more than the limit is known to exist: nothing further is looked at.
+    fn enough(&self) -> bool {
+        self.found.len() > self.limit
+    }
+
+    /// How many more violations are still wanted.
+    fn wanted(&self) -> usize {
+        (self.limit + 1).saturating_sub(self.found.len())
+    }
+
+    fn add(&mut self, violation: SchemaViolation) {
+        if !self.enough() && !self.seen.contains(&violation) {
+            self.seen.insert(violation.clone());
+            self.found.push(violation);
+        }
+    }
+}
+
+/// Lists the violations of `value` (at `pointer` in the value validated) under `plan`, until
+/// there are enough.
+fn walk(plan: &Plan, value: &Value, pointer: &str, findings: &mut Findings<'_>) {
+    if findings.enough() {
+        return;
+    }
+    match plan {
+        Plan::Whole(piece) => list_piece(piece, value, pointer, findings),
+        Plan::Guarded(piece) => {
+            if piece.validator.is_valid(value) {
+                return;
+            }
+            if count_values(value, GUARDED_MAX_VALUES) <= GUARDED_MAX_VALUES {
+                list_piece(piece, value, pointer, findings);
+            } else {
+                let at = if piece.eval.is_empty() {
+                    "the root of the schema".to_string()
+                } else {
+                    piece.eval.clone()
+                };
+                let violation = SchemaViolation {
+                    pointer: cap_pointer(format!("{}{pointer}", findings.prefix)),
+                    rule: "schema".to_string(),
+                    message: format!(
+                        "does not match the schema at {at}; a value of more than \
+                         {GUARDED_MAX_VALUES} values is not checked violation by violation there"
+                    ),
+                };
+                findings.add(violation);
+            }
+        }
+        Plan::Split(split) => {
+            list_piece(&split.rest, value, pointer, findings);
+            if let Value::Object(members) = value {
+                for (name, plan) in &split.properties {
+                    if let Some(member) = members.get(name) {
+                        walk(plan, member, &join_pointer(pointer, name), findings);
+                    }
+                }
+            }
+            if let (Some(plan), Value::Array(elements)) = (&split.items, value) {
+                for (i, element) in elements.iter().enumerate() {
+                    if findings.enough() {
+                        break;
+                    }
+                    walk(plan, element, &format!("{pointer}/{i}"), findings);
+                }
+            }
+            if let Some(plan) = &split.reference {
+                walk(plan, value, pointer, findings);
+            }
+            for plan in &split.all_of {
+                walk(plan, value, pointer, findings);
+            }
+            if let Some(condition) = &split.condition {
+                let branch = if condition.test.is_valid(value) {
+                    &condition.then
+                } else {
+                    &condition.otherwise
+                };
+                if let Some(plan) = branch {
+                    walk(plan, value, pointer, findings);
+                }
+            }
+        }
+    }
+}
+
+/// The violations one piece reports for `value`: bounded by the schema, not by the value.
+fn list_piece(piece: &Piece, value: &Value, pointer: &str, findings: &mut Findings<'_>) {
+    if piece.validator.is_valid(value) {
+        return;
+    }
+    for error in piece.validator.iter_errors(value) {
+        findings.errors_examined += 1;
+        // The piece is `{"$ref": <node>}`: its errors' keyword locations start with that `$ref`.
+        let own = error.schema_path.as_str();
+        let own = own.strip_prefix("/$ref").unwrap_or(own);
+        let schema_path = format!("{}{own}", piece.eval);
+        let instance_path = format!("{pointer}{}", error.instance_path.as_str());
+        to_violations(findings, &error, &schema_path, &instance_path);
+        if findings.enough() {
+            break;
+        }
+    }
+}
+
+/// The number of values in `value` (itself, and every element and member below), counted up to
+/// just past `limit`.
+fn count_values(value: &Value, limit: usize) -> usize {
+    let mut count = 0;
+    let mut stack = vec![value];
+    while let Some(v) = stack.pop() {
+        count += 1;
+        if count > limit {
+            break;
+        }
+        match v {
+            Value::Array(elements) => stack.extend(elements),
+            Value::Object(members) => stack.extend(members.values()),
+            _ => {}
+        }
+    }
+    count
+}
+
 /// Turns one validation error into one or more violations (one per unexpected property).
+/// `schema_path` and `instance_path` locate the error in the whole schema and the whole value
+/// checked (the error's own paths are relative to the piece that found it).
 fn to_violations(
-    document: &SchemaDoc<'_>,
+    findings: &mut Findings<'_>,
     error: &ValidationError<'_>,
-    prefix: &str,
-    out: &mut Vec<SchemaViolation>,
+    schema_path: &str,
+    instance_path: &str,
 ) {
-    let schema_path = error.schema_path.as_str();
-    let base = format!("{prefix}{}", error.instance_path.as_str());
+    let document = &findings.document;
+    let base = format!("{}{instance_path}", findings.prefix);
     let keyword = schema_path
         .rsplit('/')
         .next()
@@ -590,8 +1240,11 @@ fn to_violations(
         .map(|t| format!(" ({t})"))
         .unwrap_or_default();
 
+    // One error can name every member of an object (`additionalProperties`): take no more
+    // names than can still be listed.
+    let wanted = findings.wanted();
     let mut push = |pointer: String, rule: &str, message: String| {
-        out.push(SchemaViolation {
+        findings.add(SchemaViolation {
             pointer: cap_pointer(pointer),
             rule: rule.to_string(),
             message,
@@ -611,7 +1264,7 @@ fn to_violations(
             );
         }
         ValidationErrorKind::AdditionalProperties { unexpected } => {
-            for name in unexpected {
+            for name in unexpected.iter().take(wanted) {
                 push(
                     join_pointer(&base, name),
                     "additionalProperties",
@@ -1662,7 +2315,7 @@ mod tests {
         let items: Vec<Value> = (0..200).map(|_| json!({"hs_code": "x"})).collect();
         r["body"]["items"] = json!(items);
         let v = body_violations(&set, &r);
-        assert_eq!(v.len(), MAX_VIOLATIONS);
+        assert_eq!(v.len(), DEFAULT_MAX_VIOLATIONS);
         let last = v.last().unwrap();
         assert_eq!(last.rule, "truncated");
         assert!(last.message.contains("further violations"), "{last:?}");
@@ -1686,5 +2339,247 @@ mod tests {
         r["body"]["a/b~c"] = json!(1);
         let v = body_violations(&set, &r);
         assert!(has(&v, "/body/a~1b~0c", "additionalProperties"), "{v:?}");
+    }
+
+    // === bounded listing ===
+
+    /// The materials record of the review (issue 22): `body.items` holds 348,525 empty objects,
+    /// 1,047,047 bytes written compactly, 1.74 million violations in all.
+    fn record_of_empty_items() -> Value {
+        let mut r = example("materials-sz-hk-quantum-equipment.json");
+        r["body"]["items"] = Value::Array(vec![json!({}); 348_525]);
+        assert_eq!(serde_json::to_vec(&r).unwrap().len(), 1_047_047);
+        r
+    }
+
+    #[test]
+    fn a_record_with_a_million_violations_is_listed_from_a_bounded_number_of_errors() {
+        let set = shipped();
+        let (result, work) = set.validate_counted(&record_of_empty_items());
+        let v = match result {
+            Err(SchemaFailure::Body(Kind::Materials, v)) => v,
+            other => panic!("expected a body failure, got {other:?}"),
+        };
+        assert_eq!(v.len(), DEFAULT_MAX_VIOLATIONS);
+        assert_eq!(v.last().unwrap().rule, "truncated");
+        assert!(has(&v, "/body/items", "maxItems"), "{v:?}");
+        assert!(has(&v, "/body/items/0/hs_code", "required"), "{v:?}");
+        // Collecting every error first (what `iter_errors` does, also under `.take(n)`) would
+        // examine 1.74 million; the limit plus what one item can report is the most needed.
+        assert!(
+            work.errors_examined <= (DEFAULT_MAX_VIOLATIONS + 10) as u64,
+            "{work:?}"
+        );
+    }
+
+    #[test]
+    fn the_limit_is_the_sets_and_listing_stops_one_past_it() {
+        let set = shipped().with_max_violations(5);
+        let (result, work) = set.validate_counted(&record_of_empty_items());
+        let v = result.unwrap_err().violations().to_vec();
+        assert_eq!(v.len(), 5, "{v:?}");
+        assert_eq!(v[4].rule, "truncated");
+        assert!(v[4].message.contains("at most 5"), "{v:?}");
+        assert!(work.errors_examined <= 15, "{work:?}");
+
+        // Exactly as many as the limit: all listed, nothing truncated.
+        let mut r = example("materials-sz-hk-hgr-samples.json");
+        r["body"]["items"][0] = json!({});
+        let v = body_violations(&set, &r);
+        assert_eq!(v.len(), 5, "{v:?}");
+        assert!(v.iter().all(|x| x.rule == "required"), "{v:?}");
+    }
+
+    #[test]
+    fn a_valid_record_takes_no_error_from_the_validator() {
+        let set = shipped();
+        let (result, work) = set.validate_counted(&example("materials-sz-hk-hgr-samples.json"));
+        assert_eq!(result, Ok(Kind::Materials));
+        assert_eq!(work.errors_examined, 0);
+    }
+
+    /// What listing was before it was bounded: every error of the whole document, sorted.
+    fn listed_by_the_whole_schema(set: &SchemaSet, record: &Value) -> Option<Vec<SchemaViolation>> {
+        let (compiled, value, prefix) = if !set.envelope.validator.is_valid(record) {
+            (&set.envelope, record, "")
+        } else {
+            let kind = Kind::parse(record["kind"].as_str()?)?;
+            (set.compiled(kind), record.get("body")?, "/body")
+        };
+        let mut findings = Findings {
+            document: SchemaDoc {
+                set,
+                root: set.document(&compiled.base),
+            },
+            prefix,
+            limit: usize::MAX - 1,
+            seen: HashSet::new(),
+            found: Vec::new(),
+            errors_examined: 0,
+        };
+        for error in compiled.validator.iter_errors(value) {
+            let (schema_path, instance_path) = (
+                error.schema_path.as_str().to_string(),
+                error.instance_path.as_str().to_string(),
+            );
+            to_violations(&mut findings, &error, &schema_path, &instance_path);
+        }
+        let mut out = findings.found;
+        if out.is_empty() {
+            return None;
+        }
+        out.sort_by(compare_violations);
+        Some(out)
+    }
+
+    /// Every value below `value` with its pointer.
+    fn pointers(value: &Value, at: String, out: &mut Vec<String>) {
+        out.push(at.clone());
+        match value {
+            Value::Object(m) => {
+                for (k, v) in m {
+                    pointers(v, format!("{at}/{}", escape_token(k)), out);
+                }
+            }
+            Value::Array(a) => {
+                for (i, v) in a.iter().enumerate() {
+                    pointers(v, format!("{at}/{i}"), out);
+                }
+            }
+            _ => {}
+        }
+    }
+
+    #[test]
+    fn pieces_list_exactly_what_the_whole_schema_lists_for_ordinary_records() {
+        let set = shipped();
+        let mut records: Vec<Value> = Vec::new();
+        let dir = manifest_dir().join("examples/records");
+        let mut names: Vec<_> = std::fs::read_dir(&dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .filter(|name| name.ends_with(".json"))
+            .collect();
+        names.sort();
+        for name in names {
+            let original = example(&name);
+            let mut at = Vec::new();
+            pointers(&original, String::new(), &mut at);
+            // Each value of the record broken in turn, one way or another.
+            for (i, pointer) in at.iter().enumerate().skip(1) {
+                let breakage = [json!(null), json!("x"), json!(-1), json!({}), json!([{}])];
+                let mut r = original.clone();
+                *r.pointer_mut(pointer).unwrap() = breakage[i % breakage.len()].clone();
+                records.push(r);
+            }
+            // Several at once, and members nobody expects.
+            let mut r = original.clone();
+            for pointer in at.iter().skip(1).step_by(7) {
+                if let Some(v) = r.pointer_mut(pointer) {
+                    *v = json!(true);
+                }
+            }
+            records.push(r);
+            let mut r = original.clone();
+            r["body"]["unexpected"] = json!(1);
+            r["body"]["pathogen_risk_known"] = json!(true);
+            if let Some(items) = r["body"]["items"].as_array_mut() {
+                items.push(json!({"biosafety_risk_known": false, "colour": "red"}));
+            }
+            records.push(r);
+        }
+        let mut compared = 0;
+        for r in &records {
+            let Some(expected) = listed_by_the_whole_schema(&set, r) else {
+                assert!(set.validate(r).is_ok(), "{r}");
+                continue;
+            };
+            if expected.len() > DEFAULT_MAX_VIOLATIONS {
+                continue;
+            }
+            let got = set.validate(r).unwrap_err();
+            assert_eq!(got.violations(), expected.as_slice(), "{r}");
+            compared += 1;
+        }
+        assert!(compared > 500, "only {compared} records compared");
+    }
+
+    #[test]
+    fn a_fan_out_behind_a_reference_and_a_condition_is_cut_too() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["$defs"]["visits"] = json!({
+            "type": "array",
+            "items": {"type": "object", "required": ["place"], "properties": {"place": {"type": "string"}}}
+        });
+        doc["properties"]["visits"] = json!({"$ref": "#/$defs/visits", "maxItems": 3});
+        doc["properties"]["escorted"] = json!({"type": "boolean"});
+        doc["allOf"] = json!([{
+            "if": {"properties": {"escorted": {"const": true}}, "required": ["escorted"]},
+            "then": {"properties": {"visits": {"items": {"required": ["escort"]}}}}
+        }]);
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let set = SchemaSet::load(dir.path()).unwrap();
+
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["escorted"] = json!(true);
+        r["body"]["visits"] =
+            json!([{"place": "A"}, {"place": 1}, {}, {"place": "B", "escort": "C"}]);
+        let expected = listed_by_the_whole_schema(&set, &r).unwrap();
+        assert_eq!(
+            set.validate(&r).unwrap_err().violations(),
+            expected.as_slice()
+        );
+        assert!(has(&expected, "/body/visits", "maxItems"), "{expected:?}");
+        assert!(
+            has(&expected, "/body/visits/1/place", "type"),
+            "{expected:?}"
+        );
+        assert!(
+            has(&expected, "/body/visits/2/escort", "required"),
+            "{expected:?}"
+        );
+
+        r["body"]["visits"] = Value::Array(vec![json!({}); 100_000]);
+        let (result, work) = set.validate_counted(&r);
+        assert_eq!(
+            result.unwrap_err().violations().len(),
+            DEFAULT_MAX_VIOLATIONS
+        );
+        assert!(work.errors_examined <= 110, "{work:?}");
+    }
+
+    #[test]
+    fn a_fan_out_the_planner_does_not_cut_is_listed_when_small_and_summed_up_when_large() {
+        let dir = copied_schemas();
+        let path = dir.path().join("talent.json");
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        // Free-form labels: any name, each value a short string.
+        doc["properties"]["labels"] = json!({
+            "type": "object",
+            "additionalProperties": {"type": "string", "maxLength": 3}
+        });
+        std::fs::write(&path, serde_json::to_vec_pretty(&doc).unwrap()).unwrap();
+        let set = SchemaSet::load(dir.path()).unwrap();
+
+        let mut r = example("talent-hk-sz-researcher.json");
+        r["body"]["labels"] = json!({"a": "toolong", "b": 1, "c": "ok"});
+        let v = body_violations(&set, &r);
+        assert!(has(&v, "/body/labels/a", "maxLength"), "{v:?}");
+        assert!(has(&v, "/body/labels/b", "type"), "{v:?}");
+        assert_eq!(v.len(), 2, "{v:?}");
+
+        let labels: serde_json::Map<String, Value> =
+            (0..5000).map(|i| (format!("l{i}"), json!(i))).collect();
+        r["body"]["labels"] = Value::Object(labels);
+        let (result, work) = set.validate_counted(&r);
+        let v = result.unwrap_err().violations().to_vec();
+        assert_eq!(v.len(), 1, "{v:?}");
+        assert_eq!(
+            (v[0].pointer.as_str(), v[0].rule.as_str()),
+            ("/body/labels", "schema")
+        );
+        assert_eq!(work.errors_examined, 0);
     }
 }

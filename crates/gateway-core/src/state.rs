@@ -50,7 +50,8 @@ pub struct RuleSet {
 impl RuleSet {
     /// Loads the schemas and policies the configuration names.
     pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
-        let schemas = SchemaSet::load(&config.schemas.dir)?;
+        let schemas =
+            SchemaSet::load(&config.schemas.dir)?.with_max_violations(config.limits.max_violations);
         let policies = PolicyEngine::load(
             &config.policies.dir,
             &schemas,

@@ -3,7 +3,7 @@
 
 use std::collections::BTreeSet;
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -13,6 +13,57 @@ use super::keys::AuditPublicKey;
 
 /// Width of the number in an archived segment's name: `audit.jsonl.000001` sorts by name.
 pub const SEGMENT_DIGITS: usize = 6;
+
+/// The longest line the log readers take in, newline excluded. An entry is at most a few KiB
+/// (record ids are cut at 128 bytes, parks at 32, rules come from the policy set); a longer line
+/// is damage or an attack, and reading it whole would let one file — or `/dev/zero` — take all
+/// the reader's memory.
+pub const MAX_LINE_BYTES: usize = 1024 * 1024;
+
+/// A line longer than [`MAX_LINE_BYTES`]. Reported as an [`std::io::Error`] of kind
+/// `InvalidData` inside [`ScanError::Io`] (the file cannot be read as a log), with this as its
+/// inner error so callers can still tell which line.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("line {line} is {}", LineTooLong::problem())]
+pub struct LineTooLong {
+    /// 1-based line number in its file.
+    pub line: u64,
+}
+
+impl LineTooLong {
+    /// What is wrong with the line, without its number.
+    pub fn problem() -> String {
+        format!(
+            "longer than {MAX_LINE_BYTES} bytes, far more than any audit entry: not an audit \
+             log, or a damaged one (reading stopped there)"
+        )
+    }
+}
+
+/// What reading one line found.
+enum LineRead {
+    /// The end of the file: nothing was read.
+    End,
+    /// A line of this many bytes, its newline included if it has one.
+    Line(usize),
+    /// More than [`MAX_LINE_BYTES`] without a newline; only that much was read.
+    TooLong,
+}
+
+/// Reads the next line into `buf` (cleared first), taking in at most [`MAX_LINE_BYTES`] and its
+/// newline.
+fn read_line(reader: &mut impl BufRead, buf: &mut Vec<u8>) -> std::io::Result<LineRead> {
+    buf.clear();
+    let most = MAX_LINE_BYTES as u64 + 1;
+    let n = reader.by_ref().take(most).read_until(b'\n', buf)?;
+    Ok(if n == 0 {
+        LineRead::End
+    } else if buf.last() != Some(&b'\n') && n as u64 == most {
+        LineRead::TooLong
+    } else {
+        LineRead::Line(n)
+    })
+}
 
 /// The archived segment `n` of the log at `log`.
 pub fn archive_path(log: &Path, n: u64) -> PathBuf {
@@ -90,14 +141,22 @@ pub fn scan_file(
     let mut offset = 0u64;
     let mut line_no = 0u64;
     loop {
-        buf.clear();
-        let n = reader.read_until(b'\n', &mut buf).map_err(io)?;
-        if n == 0 {
-            return Ok(ScanEnd {
-                bad: None,
-                len: offset,
-            });
-        }
+        let n = match read_line(&mut reader, &mut buf).map_err(io)? {
+            LineRead::End => {
+                return Ok(ScanEnd {
+                    bad: None,
+                    len: offset,
+                })
+            }
+            LineRead::TooLong => {
+                let too_long = LineTooLong { line: line_no + 1 };
+                return Err(io(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    too_long,
+                )));
+            }
+            LineRead::Line(n) => n,
+        };
         line_no += 1;
         let unterminated = buf.last() != Some(&b'\n');
         let content = if unterminated {
@@ -130,12 +189,12 @@ pub fn scan_file(
                     unterminated,
                     error,
                 };
-                // Is anything after it? Only a bad *last* line can be a torn write.
-                let mut rest = Vec::new();
-                let more = reader.read_until(b'\n', &mut rest).map_err(io)?;
+                // Is anything after it? Only a bad *last* line can be a torn write. One buffered
+                // byte answers that; the rest is not read.
+                let is_last = reader.fill_buf().map_err(io)?.is_empty();
                 return Ok(ScanEnd {
-                    bad: Some((bad, more == 0)),
-                    len: offset + n as u64 + more as u64,
+                    bad: Some((bad, is_last)),
+                    len: offset + n as u64,
                 });
             }
         }
@@ -148,7 +207,8 @@ pub fn scan_file(
 pub struct ScanEnd {
     /// The first bad line, and whether it was the last line of the file.
     pub bad: Option<(BadLine, bool)>,
-    /// Bytes read (the file length when there was no bad line).
+    /// Bytes up to the end of the bad line, or of the file when there was none (the file's
+    /// length also when the bad line was the last).
     pub len: u64,
 }
 
@@ -462,12 +522,25 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
                     message: what,
                 })
             }
-            Err(ScanError::Io { path, source }) => Some(VerifyProblem {
-                seq: None,
-                file: path,
-                line: None,
-                message: source.to_string(),
-            }),
+            Err(ScanError::Io { path, source }) => {
+                let too_long = source
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<LineTooLong>());
+                Some(match too_long {
+                    Some(too_long) => VerifyProblem {
+                        seq: checker.head().map(|(s, _)| s + 1).or(Some(0)),
+                        file: path,
+                        line: Some(too_long.line),
+                        message: LineTooLong::problem(),
+                    },
+                    None => VerifyProblem {
+                        seq: None,
+                        file: path,
+                        line: None,
+                        message: source.to_string(),
+                    },
+                })
+            }
             Err(ScanError::Chain { path, line, error }) => Some(VerifyProblem {
                 seq: Some(error.seq),
                 file: path,
@@ -505,8 +578,10 @@ pub fn order_by_first_seq(paths: &[PathBuf]) -> Result<Vec<PathBuf>, VerifyProbl
             line: None,
             message: format!("cannot open: {e}"),
         })?;
+        // Only the first line, and no more of it than a line may hold: a file without newlines
+        // (or `/dev/zero`) is then refused by the scan, not read whole here.
         let mut first = Vec::new();
-        let _ = BufReader::new(file).read_until(b'\n', &mut first);
+        let _ = read_line(&mut BufReader::new(file), &mut first);
         let content = first.strip_suffix(b"\n").unwrap_or(&first);
         let seq = open_line(content).map(|e| e.seq).unwrap_or(u64::MAX);
         keyed.push((seq, i, path.clone()));
@@ -567,5 +642,58 @@ mod tests {
         let err = first_error(&entries);
         assert_eq!(err.seq, 2);
         assert_eq!(err.problem, LinkProblem::BrokenLink { prev: 1 });
+    }
+
+    fn scan_error(content: &[u8]) -> ScanError {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, content).unwrap();
+        scan_file(&path, |_, _, _| Ok(())).expect_err("a line too long")
+    }
+
+    #[test]
+    fn a_line_longer_than_the_limit_is_refused_naming_its_number() {
+        // A good first line, then one of 2 MiB.
+        let mut first = chain(1).remove(0);
+        let mut content = seal(&mut first).unwrap();
+        if content.last() != Some(&b'\n') {
+            content.push(b'\n');
+        }
+        content.extend(vec![b'x'; 2 * MAX_LINE_BYTES]);
+        content.push(b'\n');
+        let err = scan_error(&content);
+        let ScanError::Io { source, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(source.kind(), std::io::ErrorKind::InvalidData);
+        let inner = source
+            .get_ref()
+            .and_then(|e| e.downcast_ref::<LineTooLong>());
+        assert_eq!(inner, Some(&LineTooLong { line: 2 }));
+        let text = err.to_string();
+        assert!(
+            text.contains("audit.jsonl: line 2 is longer than 1048576 bytes"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_line_of_exactly_the_limit_is_read() {
+        let mut content = vec![b'x'; MAX_LINE_BYTES];
+        content.push(b'\n');
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, &content).unwrap();
+        let end = scan_file(&path, |_, _, _| Ok(())).unwrap();
+        let (bad, is_last) = end.bad.expect("not an entry");
+        assert_eq!(
+            (bad.line, is_last, end.len),
+            (1, true, content.len() as u64)
+        );
+        assert!(
+            matches!(bad.error, LineError::NoHashMember),
+            "{:?}",
+            bad.error
+        );
     }
 }
