@@ -142,6 +142,14 @@ fn free_port() -> u16 {
 
 /// Stops the in-process gateway and starts the real binary on the same configuration.
 async fn spawn_binary(gw: &mut TestGateway) -> (Child, u16, u16) {
+    spawn_binary_logging(gw, None).await
+}
+
+/// As [`spawn_binary`]; with `log`, the binary's human-format log (level info) goes to that file.
+async fn spawn_binary_logging(
+    gw: &mut TestGateway,
+    log: Option<&std::path::Path>,
+) -> (Child, u16, u16) {
     gw.stop().await;
     let port = free_port();
     let admin = free_port();
@@ -157,15 +165,28 @@ async fn spawn_binary(gw: &mut TestGateway) -> (Child, u16, u16) {
         1,
     );
     std::fs::write(&gw.config_path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+    let mut text = std::fs::read_to_string(&gw.config_path).unwrap();
+    if log.is_some() && !text.contains("[logging]") {
+        text.push_str("\n[logging]\nformat = \"human\"\nlevel = \"info\"\n");
+        std::fs::write(&gw.config_path, text).unwrap();
+    }
+    let stderr = match log {
+        Some(path) => Stdio::from(std::fs::File::create(path).unwrap()),
+        None => Stdio::null(),
+    };
+    let mut command = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"));
+    command
         .arg("serve")
         .arg("--config")
         .arg(&gw.config_path)
-        .env("RUST_LOG", "warn")
         .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
+        .stderr(stderr);
+    if log.is_none() {
+        command.env("RUST_LOG", "warn");
+    } else {
+        command.env_remove("RUST_LOG");
+    }
+    let mut child = command.spawn().unwrap();
     gw.addr.set_port(port);
     gw.admin_addr.set_port(admin);
     // Wait until it is ready.
@@ -411,4 +432,40 @@ async fn the_admin_listener_can_require_tls_client_certificates() {
         };
         assert_eq!(result.is_ok(), should_pass, "{result:?}");
     }
+}
+
+#[tokio::test]
+async fn what_a_sender_writes_cannot_forge_a_line_of_the_human_format_log() {
+    let mut gw = TestGateway::start().await;
+    let log = gw.dir.path().join("gateway.log");
+    let (mut child, _, _) = spawn_binary_logging(&mut gw, Some(&log)).await;
+    let forged = "2026-12-02T01:34:00Z ERROR hetao::audit: tampered";
+    // A park CA signed an organisation name with a line break in it (CAs make mistakes; the
+    // gateway's log must not depend on them not doing so).
+    let odd = gw
+        .pki
+        .sz
+        .issue_client(
+            &format!("Shenzhen Bay Lab\n{forged}"),
+            "odd",
+            hetao_pki::Validity::For(common::YEAR),
+        )
+        .unwrap();
+    let answer = gw.send(&gw.client_with(&odd), &example(ALLOWED)).await;
+    assert_ne!(answer.status, 0, "{:#}", answer.json);
+    signal(&child, "TERM");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains("record"),
+        "no access-log line was written: {text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with(forged)),
+        "a sender's text became a log line of its own:\n{text}"
+    );
+    assert!(
+        text.contains("Shenzhen Bay Lab\\n2026-12-02T01:34:00Z"),
+        "{text}"
+    );
 }

@@ -27,6 +27,7 @@ use crate::checkpoint::{RecordFacts, Verdict};
 use crate::envelope::Kind;
 use crate::error::{json_response, Refusal};
 use crate::policy::{Effect, MatchedRule};
+use crate::printable::escape_controls;
 use crate::replay::Reservation;
 use crate::state::{kib, Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
@@ -612,7 +613,7 @@ async fn refuse(
         // the record id and audit sequence the answer carries.
         tracing::warn!(
             target: "hetao::refusal",
-            record_id = ctx.facts.record_id.as_deref().unwrap_or("-"),
+            record_id = %escape_controls(ctx.facts.record_id.as_deref().unwrap_or("-")),
             audit_seq = ctx.decision_entry.as_ref().map(|a| a.seq),
             error = refusal.code(),
             detail,
@@ -654,9 +655,11 @@ fn finish(
         .observe(elapsed.as_secs_f64());
     tracing::info!(
         target: "hetao::access",
-        record_id = ctx.facts.record_id.as_deref().unwrap_or("-"),
+        // What a sender or a certificate wrote is escaped: a newline in it must not start a
+        // line of its own in human-format logs.
+        record_id = %escape_controls(ctx.facts.record_id.as_deref().unwrap_or("-")),
         park = %ctx.identity.park,
-        org = %ctx.identity.organisation,
+        org = %escape_controls(&ctx.identity.organisation),
         remote = %conn.remote,
         kind,
         route = %route,

@@ -19,6 +19,7 @@ use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::pipeline::{self, ConnectionCtx};
+use crate::printable::escape_controls;
 use crate::shutdown::stop_requested;
 use crate::state::Gateway;
 use crate::tls::identity::ClientIdentity;
@@ -313,7 +314,7 @@ async fn serve_connection(
         }
     };
     tracing::debug!(target: "hetao::tls", %remote, park = %identity.park,
-        org = %identity.organisation, "client authenticated");
+        org = %escape_controls(&identity.organisation), "client authenticated");
     drop(handshake);
     let Ok(_connection) = budgets.connections.clone().try_acquire_owned() else {
         refuse_connection(gateway, remote, "max_connections", budgets_max(gateway).0);
