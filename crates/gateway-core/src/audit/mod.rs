@@ -9,7 +9,7 @@
 //!
 //! The format and the guarantees are described in `docs/audit.md`.
 
-use std::collections::HashSet;
+use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -251,7 +251,7 @@ struct Inner {
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     /// Handed over once to the replay guard (kept here it would double the memory).
-    decided: Mutex<HashSet<String>>,
+    decided: Mutex<DecidedIds>,
     closed: AtomicBool,
 }
 
@@ -263,7 +263,7 @@ struct Recovered {
     active_segment: Option<u64>,
     last_archive: Option<u64>,
     active_len: u64,
-    decided: HashSet<String>,
+    decided: DecidedIds,
     /// `(bytes, side file)` of a torn tail set aside.
     torn: Option<(u64, PathBuf)>,
 }
@@ -280,7 +280,7 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
-    let mut decided = HashSet::new();
+    let mut decided = DecidedIds::new();
     let mut active_segment = None;
     let mut last_archive = None;
     let mut active_len = 0;
@@ -365,11 +365,14 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
     })
 }
 
+/// Decided record ids and when their decision entry was written (Unix seconds).
+pub type DecidedIds = HashMap<String, i64>;
+
 /// Record ids a replay must be refused for: decided by policy (allow, or deny with
 /// `policy_denied`), unless the latest outcome says the upstream failed (then the sender may
 /// retry). A refusal before the policy (an origin mismatch is a `deny` too) never reserved the id,
 /// so it does not after a restart either: a park cannot squat on another park's ids.
-fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
+fn note_decision(decided: &mut DecidedIds, e: &AuditEntry) {
     let Some(id) = &e.record_id else { return };
     let by_policy = match e.decision.as_deref() {
         Some("allow") => true,
@@ -378,7 +381,12 @@ fn note_decision(decided: &mut HashSet<String>, e: &AuditEntry) {
     };
     match (e.entry_type, e.decision.as_deref()) {
         (AuditEntryType::Decision, Some(_)) if by_policy => {
-            decided.insert(id.clone());
+            // An entry whose time does not parse is kept as decided just now: never forgotten
+            // early.
+            let at = chrono::DateTime::parse_from_rfc3339(&e.time)
+                .map(|t| t.timestamp())
+                .unwrap_or_else(|_| chrono::Utc::now().timestamp());
+            decided.insert(id.clone(), at);
         }
         (AuditEntryType::Outcome, Some("upstream_failed")) => {
             decided.remove(id);
@@ -519,7 +527,7 @@ impl AuditLog {
     }
 
     /// Starts the writer thread and returns the handle that talks to it.
-    fn start(writer: Writer, decided: HashSet<String>) -> io::Result<AuditLog> {
+    fn start(writer: Writer, decided: DecidedIds) -> io::Result<AuditLog> {
         let (tx, rx) = mpsc::channel();
         let inner = Inner {
             log: writer.log.clone(),
@@ -619,11 +627,13 @@ impl AuditLog {
         }
     }
 
-    /// Record ids that already have a decision (allow or deny) in the log, read at open.
+    /// Record ids that already have a policy decision in the log, read at open, each with the
+    /// time of its decision entry (Unix seconds): the replay guard keeps those still within the
+    /// records' `created_at` window.
     ///
-    /// Handed over, not copied: the set can be large (every decided id since the log began), so
-    /// the first call takes it and later calls get an empty set.
-    pub fn decided_record_ids(&self) -> HashSet<String> {
+    /// Handed over, not copied: the map can be large, so the first call takes it and later calls
+    /// get an empty one.
+    pub fn decided_record_ids(&self) -> DecidedIds {
         match self.inner.decided.lock() {
             Ok(mut ids) => std::mem::take(&mut *ids),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
@@ -819,7 +829,7 @@ mod tests {
             Arc::new(Mutex::new(None)),
             Arc::new(StatsCells::default()),
         );
-        AuditLog::start(writer, HashSet::new()).unwrap()
+        AuditLog::start(writer, DecidedIds::new()).unwrap()
     }
 
     #[cfg(target_os = "linux")]
