@@ -767,3 +767,44 @@ async fn unfinished_uploads_cannot_hold_more_memory_than_the_body_budget() {
     let answer = gw.send(&gw.sz_client(), &example(ALLOWED)).await;
     assert_eq!(answer.status, 200, "{:#}", answer.json);
 }
+
+/// One raw HTTP/1.1 request to the admin listener with the given headers; the status code.
+async fn admin_raw(gw: &TestGateway, head: &str) -> u16 {
+    let mut s = tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+    let text = String::from_utf8_lossy(&buf).to_string();
+    text.split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn a_web_page_cannot_make_the_admin_listener_reload() {
+    let gw = TestGateway::start().await;
+    // DNS rebinding: a name the page's owner controls, pointed at 127.0.0.1.
+    let rebound = "POST /reload HTTP/1.1\r\nhost: evil.example:9443\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&gw, rebound).await, 403);
+    // A cross-site POST from a page carries an Origin.
+    let cross_site = "POST /reload HTTP/1.1\r\nhost: 127.0.0.1\r\norigin: http://evil.example\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&gw, cross_site).await, 403);
+    // An operator's curl on the machine still reloads; reading metrics needs no such care.
+    let operator = "POST /reload HTTP/1.1\r\nhost: 127.0.0.1:9443\r\ncontent-length: 0\r\nconnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&gw, operator).await, 200);
+    let scrape = "GET /metrics HTTP/1.1\r\nhost: gateway.internal\r\nconnection: close\r\n\r\n";
+    assert_eq!(admin_raw(&gw, scrape).await, 200);
+}
+
+#[tokio::test]
+async fn a_silent_admin_connection_is_closed() {
+    let gw = TestGateway::start().await;
+    let mut silent = tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap();
+    let mut buf = [0u8; 16];
+    let closed = tokio::time::timeout(Duration::from_secs(15), silent.read(&mut buf)).await;
+    assert!(
+        matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
+        "still open: {closed:?}"
+    );
+}

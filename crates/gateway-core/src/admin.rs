@@ -13,13 +13,18 @@ use hyper_util::server::conn::auto;
 use rustls::server::WebPkiClientVerifier;
 use serde_json::json;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{watch, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::AdminTls;
 use crate::error::json_response;
 use crate::state::Gateway;
 use crate::tls::{self, TlsError};
+
+/// Admin connections open at once: operators and a metrics scraper need a handful.
+const MAX_ADMIN_CONNECTIONS: usize = 64;
+/// The longest an admin connection lives, handshake included.
+const ADMIN_CONNECTION_LIFETIME: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Serves the admin endpoints until `shutdown` turns true.
 pub async fn serve(
@@ -47,27 +52,42 @@ pub async fn serve(
         .timer(TokioTimer::new())
         .header_read_timeout(std::time::Duration::from_secs(10));
     let builder = Arc::new(builder);
+    let connections = Arc::new(Semaphore::new(MAX_ADMIN_CONNECTIONS));
     loop {
         tokio::select! {
             accepted = listener.accept() => {
-                let Ok((tcp, _remote)) = accepted else { continue };
+                let Ok((tcp, remote)) = accepted else {
+                    // Out of file descriptors and similar: back off instead of spinning.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                };
+                let Ok(permit) = connections.clone().try_acquire_owned() else {
+                    tracing::warn!(target: "hetao::admin", %remote, max = MAX_ADMIN_CONNECTIONS,
+                        "admin connection refused: connection cap reached");
+                    continue;
+                };
                 let gateway = gateway.clone();
                 let builder = builder.clone();
                 let acceptor = acceptor.clone();
+                let plain = acceptor.is_none();
                 tokio::spawn(async move {
-                    let service = service_fn(move |req| route(gateway.clone(), req));
-                    match acceptor {
-                        None => {
-                            let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
-                        }
-                        Some(acceptor) => {
-                            let handshake = tokio::time::timeout(
-                                std::time::Duration::from_secs(10), acceptor.accept(tcp)).await;
-                            if let Ok(Ok(tls)) = handshake {
-                                let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                    let _permit = permit;
+                    let service = service_fn(move |req| route(gateway.clone(), plain, req));
+                    // However the peer behaves (silent, slow, keep-alive forever), the connection
+                    // ends within its lifetime: scrapers and operators simply reconnect.
+                    let served = async {
+                        match acceptor {
+                            None => {
+                                let _ = builder.serve_connection(TokioIo::new(tcp), service).await;
+                            }
+                            Some(acceptor) => {
+                                if let Ok(tls) = acceptor.accept(tcp).await {
+                                    let _ = builder.serve_connection(TokioIo::new(tls), service).await;
+                                }
                             }
                         }
-                    }
+                    };
+                    let _ = tokio::time::timeout(ADMIN_CONNECTION_LIFETIME, served).await;
                 });
             }
             _ = crate::shutdown::stop_requested(&mut shutdown) => break,
@@ -109,10 +129,49 @@ pub fn admin_tls(cfg: &AdminTls) -> Result<TlsAcceptor, TlsError> {
     Ok(TlsAcceptor::from(Arc::new(config)))
 }
 
+/// Why a state-changing call is refused before it runs: a web page in the operator's browser
+/// could otherwise reach a loopback admin listener (cross-site POST, or DNS rebinding a name of
+/// its own to 127.0.0.1). Browsers send `Origin` on such requests; command-line tools do not. On
+/// plain HTTP the `Host` must be an address or `localhost`, never a name a page could own.
+fn foreign_caller<B>(req: &Request<B>, plain: bool) -> Option<&'static str> {
+    if req.headers().contains_key(header::ORIGIN) {
+        return Some(
+            "a request with an Origin header (from a web page) may not change the gateway",
+        );
+    }
+    if plain {
+        let host = req
+            .headers()
+            .get(header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .unwrap_or("");
+        let name = match host.strip_prefix('[') {
+            Some(rest) => rest.split(']').next().unwrap_or(""),
+            None => host.rsplit_once(':').map_or(host, |(name, _)| name),
+        };
+        let local =
+            name.eq_ignore_ascii_case("localhost") || name.parse::<std::net::IpAddr>().is_ok();
+        if !local {
+            return Some("the Host header must be an address or localhost");
+        }
+    }
+    None
+}
+
 async fn route(
     gateway: Arc<Gateway>,
+    plain: bool,
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
+    if req.method() == Method::POST {
+        if let Some(reason) = foreign_caller(&req, plain) {
+            tracing::warn!(target: "hetao::admin", reason, "state-changing admin call refused");
+            return Ok(json_response(
+                StatusCode::FORBIDDEN,
+                &json!({"error": "forbidden", "message": reason}),
+            ));
+        }
+    }
     let response = match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => json_response(StatusCode::OK, &json!({"status": "alive"})),
         (&Method::GET, "/readyz") => readiness(&gateway),
