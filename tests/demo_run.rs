@@ -112,3 +112,24 @@ fn temp_demo_dirs() -> Vec<std::path::PathBuf> {
         })
         .collect()
 }
+
+#[test]
+fn the_audit_log_is_private_to_the_gateways_user_whatever_the_umask() {
+    use std::os::unix::fs::PermissionsExt;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo-out");
+    // A permissive umask, as a careless service manager might leave it.
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "umask 000 && exec '{}' demo --records 6 --quiet --dir '{}'",
+            env!("CARGO_BIN_EXE_hetao-gateway"),
+            dir.display()
+        ))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let mode = |p: &str| std::fs::metadata(dir.join(p)).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode("audit"), 0o700, "the audit folder");
+    assert_eq!(mode("audit/audit.jsonl"), 0o600, "the audit log");
+}

@@ -316,11 +316,24 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         }
     }
 
-    for dir in [out, orgs_dir.as_path(), audit_dir.as_path()] {
+    for dir in [out, orgs_dir.as_path()] {
         std::fs::create_dir_all(dir).map_err(|source| PkiError::Write {
             path: dir.display().to_string(),
             source,
         })?;
+    }
+    // The audit log names senders and decisions: its folder is the gateway user's alone,
+    // whatever the umask (as the gateway itself creates it).
+    {
+        use std::os::unix::fs::DirBuilderExt;
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(&audit_dir)
+            .map_err(|source| PkiError::Write {
+                path: audit_dir.display().to_string(),
+                source,
+            })?;
     }
     let force = opts.force;
     let validity = Validity::For(LEAF_LIFETIME);

@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{mpsc, Arc, Mutex};
@@ -422,6 +423,7 @@ fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, Au
     let mut side_file = OpenOptions::new()
         .create_new(true)
         .write(true)
+        .mode(0o600)
         .open(&side)
         .map_err(|e| io(&format!("create {}", side.display()), e))?;
     side_file
@@ -443,20 +445,27 @@ impl AuditLog {
                 .map_err(|e| open_error(&cfg.signing_key, OpenError::SigningKey(e)))?,
         );
         if let Some(dir) = cfg.log.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir).map_err(|source| {
-                open_error(
-                    &cfg.log,
-                    OpenError::CreateFolder {
-                        dir: dir.to_path_buf(),
-                        source,
-                    },
-                )
-            })?;
+            // The log names senders and what was decided about them: readable by the gateway's
+            // user only, whatever the umask (0700 for folders it creates, 0600 for files).
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(|source| {
+                    open_error(
+                        &cfg.log,
+                        OpenError::CreateFolder {
+                            dir: dir.to_path_buf(),
+                            source,
+                        },
+                    )
+                })?;
         }
         let rec = recover(cfg)?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
+            .mode(0o600)
             .open(&cfg.log)
             .map_err(|e| open_error(&cfg.log, OpenError::OpenForAppend(e)))?;
         let (next_seq, head_hash) = match &rec.head {
