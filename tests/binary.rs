@@ -15,21 +15,14 @@ use hetao_gateway_core::audit::verify_logs;
 
 const ALLOWED: &str = "materials-sz-hk-quantum-equipment.json";
 
-#[tokio::test]
-async fn curl_sends_a_record_with_its_client_certificate() {
-    let gw = TestGateway::start().await;
-    let dir = gw.dir.path();
+/// Runs curl with the Shenzhen organisation's certificate and the gateway CA against the gateway,
+/// with `args` before the URL; the output ends with `--write-out` text after a newline.
+async fn curl_as_sz_org(gw: &TestGateway, args: Vec<String>) -> std::process::Output {
+    let dir = gw.dir.path().to_path_buf();
     std::fs::write(dir.join("org.pem"), &gw.pki.sz_org.cert_pem).unwrap();
     std::fs::write(dir.join("org.key"), &gw.pki.sz_org.key_pem).unwrap();
-    let record = example(ALLOWED);
-    std::fs::write(
-        dir.join("record.json"),
-        serde_json::to_vec(&record).unwrap(),
-    )
-    .unwrap();
     let url = gw.url();
-    let dir = dir.to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
+    tokio::task::spawn_blocking(move || {
         Command::new("curl")
             .args(["--silent", "--show-error", "--max-time", "20"])
             .arg("--cert")
@@ -38,16 +31,33 @@ async fn curl_sends_a_record_with_its_client_certificate() {
             .arg(dir.join("org.key"))
             .arg("--cacert")
             .arg(dir.join("gateway-ca.pem"))
-            .args(["-H", "content-type: application/json"])
-            .arg("--data-binary")
-            .arg(format!("@{}", dir.join("record.json").display()))
-            .args(["--write-out", "\n%{http_code}"])
+            .args(args)
             .arg(url)
             .output()
             .expect("curl is installed (.ci/run installs it)")
     })
     .await
-    .unwrap();
+    .unwrap()
+}
+
+#[tokio::test]
+async fn curl_sends_a_record_with_its_client_certificate() {
+    let gw = TestGateway::start().await;
+    let record = example(ALLOWED);
+    let path = gw.dir.path().join("record.json");
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let output = curl_as_sz_org(
+        &gw,
+        vec![
+            "-H".into(),
+            "content-type: application/json".into(),
+            "--data-binary".into(),
+            format!("@{}", path.display()),
+            "--write-out".into(),
+            "\n%{http_code}".into(),
+        ],
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),
@@ -67,37 +77,27 @@ async fn curl_sends_a_record_with_its_client_certificate() {
 #[tokio::test]
 async fn curl_over_http2_reads_the_413_for_an_oversize_body() {
     let gw = TestGateway::start().await;
-    let dir = gw.dir.path();
-    std::fs::write(dir.join("org.pem"), &gw.pki.sz_org.cert_pem).unwrap();
-    std::fs::write(dir.join("org.key"), &gw.pki.sz_org.key_pem).unwrap();
-    std::fs::write(dir.join("big.json"), vec![b' '; 2 * 1024 * 1024]).unwrap();
-    let url = gw.url();
-    let dir = dir.to_path_buf();
-    let output = tokio::task::spawn_blocking(move || {
-        Command::new("curl")
-            .args(["--silent", "--show-error", "--max-time", "20", "--http2"])
-            .arg("--cert")
-            .arg(dir.join("org.pem"))
-            .arg("--key")
-            .arg(dir.join("org.key"))
-            .arg("--cacert")
-            .arg(dir.join("gateway-ca.pem"))
-            // Chunked: no content-length, the gateway learns the size by reading.
-            .args([
-                "-H",
-                "content-type: application/json",
-                "-H",
-                "transfer-encoding: chunked",
-            ])
-            .arg("--data-binary")
-            .arg(format!("@{}", dir.join("big.json").display()))
-            .args(["--write-out", "\n%{http_code} %{http_version}"])
-            .arg(url)
-            .output()
-            .expect("curl is installed (.ci/run installs it)")
-    })
-    .await
-    .unwrap();
+    let path = gw.dir.path().join("big.json");
+    std::fs::write(&path, vec![b' '; 2 * 1024 * 1024]).unwrap();
+    // Chunked: no content-length, the gateway learns the size by reading.
+    let output = curl_as_sz_org(
+        &gw,
+        [
+            "--http2",
+            "-H",
+            "content-type: application/json",
+            "-H",
+            "transfer-encoding: chunked",
+            "--data-binary",
+            &format!("@{}", path.display()),
+            "--write-out",
+            "\n%{http_code} %{http_version}",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect(),
+    )
+    .await;
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert!(
         output.status.success(),

@@ -383,20 +383,20 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(closed_within(&mut tls, Duration::from_secs(6)).await);
 }
 
-#[tokio::test]
-async fn connections_beyond_the_cap_are_refused() {
-    let gw = TestGateway::start_with(Options {
-        extra_toml: "[limits]\nmax_connections = 2\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let _a = tls_connection(&gw).await;
-    let _b = tls_connection(&gw).await;
+/// Opens two connections of the Shenzhen organisation and holds them; a third one is closed
+/// right after its handshake, with no answer.
+async fn two_connections_then_a_third_is_closed(
+    gw: &TestGateway,
+) -> (
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+    tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) {
+    let a = tls_connection(gw).await;
+    let b = tls_connection(gw).await;
     // Let the server finish both handshakes (the client's side ends first).
     tokio::time::sleep(Duration::from_millis(200)).await;
-    // The third connection is closed right after its handshake: no answer.
     let third = common::raw_exchange(
-        &gw,
+        gw,
         Some(&gw.pki.sz_org),
         b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
     )
@@ -405,6 +405,17 @@ async fn connections_beyond_the_cap_are_refused() {
         third.is_err() || third.as_ref().is_ok_and(|t| t.is_empty()),
         "{third:?}"
     );
+    (a, b)
+}
+
+#[tokio::test]
+async fn connections_beyond_the_cap_are_refused() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_connections = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let (_a, _b) = two_connections_then_a_third_is_closed(&gw).await;
     assert!(gw
         .gateway
         .metrics
@@ -454,20 +465,8 @@ async fn one_organisation_cannot_hold_every_connection() {
         ..Options::default()
     })
     .await;
-    let _a = tls_connection(&gw).await;
-    let _b = tls_connection(&gw).await;
-    tokio::time::sleep(Duration::from_millis(200)).await;
     // A third connection of the same organisation is closed after its handshake...
-    let third = common::raw_exchange(
-        &gw,
-        Some(&gw.pki.sz_org),
-        b"GET / HTTP/1.1\r\nhost: x\r\nconnection: close\r\n\r\n",
-    )
-    .await;
-    assert!(
-        third.is_err() || third.as_ref().is_ok_and(|t| t.is_empty()),
-        "{third:?}"
-    );
+    let (_a, _b) = two_connections_then_a_third_is_closed(&gw).await;
     // ...while another organisation gets in.
     let hk = gw
         .send(
