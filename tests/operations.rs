@@ -383,6 +383,39 @@ async fn an_idle_keep_alive_connection_is_closed() {
     assert!(closed_within(&mut tls, Duration::from_secs(6)).await);
 }
 
+#[tokio::test]
+async fn a_busy_connection_is_still_closed_at_its_maximum_age() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nidle_timeout_secs = 600\nmax_connection_age_secs = 1\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let mut tls = tls_connection(&gw).await;
+    // Requests keep coming, so the idle timeout never applies; the age does.
+    let started = tokio::time::Instant::now();
+    let mut closed = false;
+    while started.elapsed() < Duration::from_secs(6) {
+        if tls
+            .write_all(b"GET /v1/nothing HTTP/1.1\r\nhost: localhost\r\n\r\n")
+            .await
+            .is_err()
+        {
+            closed = true;
+            break;
+        }
+        let mut buf = [0u8; 4096];
+        match tokio::time::timeout(Duration::from_millis(500), tls.read(&mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => {
+                closed = true;
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    assert!(closed, "the connection outlived its maximum age");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+}
+
 /// Opens two connections of the Shenzhen organisation and holds them; a third one is closed
 /// right after its handshake, with no answer.
 async fn two_connections_then_a_third_is_closed(

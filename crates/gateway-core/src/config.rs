@@ -218,6 +218,10 @@ pub struct LimitsConfig {
     pub body_read_timeout: Duration,
     #[serde(rename = "idle_timeout_secs", deserialize_with = "secs")]
     pub idle_timeout: Duration,
+    /// The longest a partner connection lives: then it is closed gracefully (in-flight requests
+    /// finish) and the client reconnects with a full handshake against the CAs and CRLs of now.
+    #[serde(rename = "max_connection_age_secs", deserialize_with = "secs")]
+    pub max_connection_age: Duration,
     /// Authenticated connections open at once.
     pub max_connections: usize,
     /// Sockets in their TLS handshake at once: not yet authenticated, so they get a budget of
@@ -256,6 +260,7 @@ impl Default for LimitsConfig {
             handshake_timeout: Duration::from_millis(10_000),
             body_read_timeout: Duration::from_millis(30_000),
             idle_timeout: Duration::from_secs(60),
+            max_connection_age: Duration::from_secs(3600),
             max_connections: 10_000,
             max_handshakes: 256,
             max_connections_per_org: 1_000,

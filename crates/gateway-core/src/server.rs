@@ -333,6 +333,8 @@ async fn serve_connection(
     let _open = OpenConnection(gateway.clone());
 
     let activity = Arc::new(Activity::new());
+    let opened = Instant::now();
+    let max_age = limits.max_connection_age;
     let conn_ctx = Arc::new(ConnectionCtx::new(
         identity,
         remote,
@@ -357,7 +359,8 @@ async fn serve_connection(
     let conn = builder.serve_connection(TokioIo::new(tls), service);
     let mut conn = std::pin::pin!(conn);
     let idle_timeout = limits.idle_timeout;
-    let mut tick = tokio::time::interval((idle_timeout / 4).max(Duration::from_millis(50)));
+    let tick_every = (idle_timeout.min(max_age) / 4).max(Duration::from_millis(50));
+    let mut tick = tokio::time::interval(tick_every);
     let mut closing = false;
     loop {
         tokio::select! {
@@ -372,9 +375,10 @@ async fn serve_connection(
                 conn.as_mut().graceful_shutdown();
             }
             _ = tick.tick(), if !closing => {
-                if watched.is_refused() {
-                    // The certificate was refused on a request: no more requests on this
-                    // connection (HTTP/2 gets a GOAWAY; HTTP/1.1 was answered `connection: close`).
+                if watched.is_refused() || opened.elapsed() >= max_age {
+                    // The certificate was refused on a request, or the connection reached its
+                    // maximum age: no more requests on it (HTTP/2 gets a GOAWAY; HTTP/1.1 closes
+                    // after the request in flight). In-flight requests finish.
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 } else if activity.idle_for() >= idle_timeout {
