@@ -97,6 +97,7 @@ pub async fn serve_records(
         handshakes: Arc::new(Semaphore::new(limits.max_handshakes)),
         connections: Arc::new(Semaphore::new(limits.max_connections)),
         per_org: OrgConnections::new(limits.max_connections_per_org),
+        unauthenticated_log: LogSampler::new(Duration::from_secs(1)),
     });
     let connections = budgets.connections.clone();
     let builder = Arc::new(http_builder(&gateway));
@@ -188,6 +189,48 @@ struct Budgets {
     handshakes: Arc<Semaphore>,
     connections: Arc<Semaphore>,
     per_org: OrgConnections,
+    /// Log lines about connections nobody has authenticated yet: anyone can cause them, so they
+    /// are sampled (every failure is still counted in `hetao_tls_handshake_failures_total`).
+    unauthenticated_log: LogSampler,
+}
+
+/// Lets one log line through per interval and counts the ones held back.
+struct LogSampler {
+    interval_ms: u64,
+    epoch: Instant,
+    /// Milliseconds since `epoch` when the last line went through, plus one (0: never).
+    last_ms: AtomicU64,
+    suppressed: AtomicU64,
+}
+
+impl LogSampler {
+    fn new(interval: Duration) -> LogSampler {
+        LogSampler {
+            interval_ms: u64::try_from(interval.as_millis()).unwrap_or(u64::MAX),
+            epoch: Instant::now(),
+            last_ms: AtomicU64::new(0),
+            suppressed: AtomicU64::new(0),
+        }
+    }
+
+    /// `Some(lines held back since the last one)` when a line may be written now.
+    fn admit(&self) -> Option<u64> {
+        let now = u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .saturating_add(1);
+        let last = self.last_ms.load(Ordering::Relaxed);
+        let due = last == 0 || now.saturating_sub(last) >= self.interval_ms;
+        if due
+            && self
+                .last_ms
+                .compare_exchange(last, now, Ordering::AcqRel, Ordering::Relaxed)
+                .is_ok()
+        {
+            return Some(self.suppressed.swap(0, Ordering::AcqRel));
+        }
+        self.suppressed.fetch_add(1, Ordering::Relaxed);
+        None
+    }
 }
 
 fn refuse_connection(gateway: &Gateway, remote: SocketAddr, reason: &'static str, max: usize) {
@@ -272,7 +315,10 @@ async fn serve_connection(
                 .tls_handshake_failures
                 .with_label_values(&[reason])
                 .inc();
-            tracing::info!(target: "hetao::tls", %remote, reason, error = %e, "handshake refused");
+            if let Some(suppressed) = budgets.unauthenticated_log.admit() {
+                tracing::info!(target: "hetao::tls", %remote, reason, error = %escape_controls(&e.to_string()),
+                    suppressed, "handshake refused");
+            }
             return;
         }
         Err(_) => {
@@ -281,7 +327,9 @@ async fn serve_connection(
                 .tls_handshake_failures
                 .with_label_values(&["timeout"])
                 .inc();
-            tracing::info!(target: "hetao::tls", %remote, "handshake timed out");
+            if let Some(suppressed) = budgets.unauthenticated_log.admit() {
+                tracing::info!(target: "hetao::tls", %remote, suppressed, "handshake timed out");
+            }
             return;
         }
     };
@@ -452,5 +500,24 @@ fn handshake_failure_reason(e: &std::io::Error) -> &'static str {
         Error::PeerIncompatible(_) => "incompatible_peer",
         Error::NoApplicationProtocol => "no_alpn_match",
         _ => "protocol",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_sampler_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let sampler = LogSampler::new(Duration::from_secs(3600));
+        assert_eq!(sampler.admit(), Some(0));
+        for _ in 0..1000 {
+            assert_eq!(sampler.admit(), None);
+        }
+        let quick = LogSampler::new(Duration::from_millis(200));
+        assert_eq!(quick.admit(), Some(0));
+        assert_eq!(quick.admit(), None);
+        std::thread::sleep(Duration::from_millis(300));
+        assert_eq!(quick.admit(), Some(1), "the held-back line is counted");
     }
 }
