@@ -79,6 +79,21 @@ async fn an_expired_client_certificate_is_refused() {
         .contains("reason=\"expired_certificate\"} 1"));
 }
 
+/// Writes an sz CRL revoking `cert` and has the gateway reload it.
+async fn revoke_and_reload(gw: &TestGateway, cert: &IssuedCert) {
+    let crl = gw
+        .pki
+        .sz
+        .crl_pem(
+            std::slice::from_ref(&cert.serial),
+            chrono::Duration::days(30),
+        )
+        .unwrap();
+    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
+    let (status, body) = gw.admin_post("/reload").await;
+    assert_eq!(status, 200, "{body}");
+}
+
 #[tokio::test]
 async fn a_revoked_client_certificate_is_refused_and_others_pass() {
     // The test PKI is generated inside start_with, so revoke a serial we issue afterwards by
@@ -95,17 +110,7 @@ async fn a_revoked_client_certificate_is_refused_and_others_pass() {
         .unwrap();
     // Before revocation the certificate works.
     assert!(!refused(&exchange(&gw, Some(&revoked)).await));
-    let crl = gw
-        .pki
-        .sz
-        .crl_pem(
-            std::slice::from_ref(&revoked.serial),
-            chrono::Duration::days(30),
-        )
-        .unwrap();
-    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
-    let (status, body) = gw.admin_post("/reload").await;
-    assert_eq!(status, 200, "{body}");
+    revoke_and_reload(&gw, &revoked).await;
     assert!(refused(&exchange(&gw, Some(&revoked)).await));
     assert!(gw
         .gateway
@@ -268,17 +273,7 @@ async fn a_certificate_revoked_by_a_reload_is_refused_on_its_next_request_over_a
     let first = keep_alive_exchange(&mut tls, &record()).await;
     assert!(first.starts_with("HTTP/1.1 200"), "{first}");
 
-    let crl = gw
-        .pki
-        .sz
-        .crl_pem(
-            std::slice::from_ref(&revoked.serial),
-            chrono::Duration::days(30),
-        )
-        .unwrap();
-    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
-    let (status, body) = gw.admin_post("/reload").await;
-    assert_eq!(status, 200, "{body}");
+    revoke_and_reload(&gw, &revoked).await;
 
     // Same connection, opened before the reload: the next request is refused and audited.
     let received = gw.hk_endpoint.received().len();

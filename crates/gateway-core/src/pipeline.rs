@@ -204,7 +204,8 @@ fn check_standing(gateway: &Gateway, conn: &ConnectionCtx) -> Result<(), Refusal
     let Some(standing) = &conn.standing else {
         return Ok(());
     };
-    let current = gateway.tls.load_full();
+    // A guard, not a clone of the Arc: this runs on every request.
+    let current = gateway.tls.load();
     standing.check(&current, &conn.identity).map_err(|e| {
         conn.refused.store(true, Ordering::Relaxed);
         tracing::warn!(target: "hetao::tls", remote = %conn.remote, error = %e,
@@ -273,8 +274,15 @@ where
         .map_err(|retry_after_secs| Refusal::RateLimited { retry_after_secs })?;
     check_content_type(&req)?;
     let limits = &gateway.config.limits;
-    ctx.body_permit = Some(reserve_body_memory(gateway, &req)?);
-    let body = read_body(req, limits.max_body_bytes, limits.body_read_timeout).await?;
+    let declared = declared_length(&req);
+    ctx.body_permit = Some(reserve_body_memory(gateway, declared)?);
+    let body = read_body(
+        req,
+        declared,
+        limits.max_body_bytes,
+        limits.body_read_timeout,
+    )
+    .await?;
     ctx.body_sha256 = Some(sha256_hex(&body));
     Ok(body)
 }
@@ -326,8 +334,17 @@ fn check_content_type<B>(req: &Request<B>) -> Result<(), Refusal> {
     }
 }
 
+/// The body length the request declares (`content-length`), if it declares a valid one.
+fn declared_length<B>(req: &Request<B>) -> Option<u64> {
+    req.headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+}
+
 async fn read_body<B>(
     req: Request<B>,
+    declared: Option<u64>,
     limit: usize,
     timeout: std::time::Duration,
 ) -> Result<Bytes, Refusal>
@@ -335,11 +352,6 @@ where
     B: hyper::body::Body<Data = Bytes> + Send + 'static,
     B::Error: std::error::Error + Send + Sync + 'static,
 {
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
     let deadline = tokio::time::Instant::now() + timeout;
     let body = req.into_body();
     let mut body = std::pin::pin!(body);
@@ -394,18 +406,15 @@ where
 /// Reserves memory for the body before reading it, from the budget shared by every connection:
 /// its declared length, or the most a body may be when it declares none. Held until the request
 /// ends, so many slow or unfinished uploads cannot hold more than the budget between them.
-fn reserve_body_memory<B>(
+fn reserve_body_memory(
     gateway: &Gateway,
-    req: &Request<B>,
+    declared: Option<u64>,
 ) -> Result<OwnedSemaphorePermit, Refusal> {
     let max = gateway.config.limits.max_body_bytes;
-    let declared = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<usize>().ok());
     // An oversize declaration is refused by read_body; it only needs room for what is drained.
-    let bytes = declared.map_or(max, |len| len.min(max)).max(1);
+    let bytes = declared
+        .map_or(max, |len| usize::try_from(len).unwrap_or(max).min(max))
+        .max(1);
     let permits = u32::try_from(kib(bytes)).unwrap_or(u32::MAX);
     gateway
         .body_budget
