@@ -12,6 +12,7 @@ pub mod audit;
 pub mod causes;
 pub mod checkpoint;
 pub mod config;
+pub mod connection_activity;
 pub mod envelope;
 pub mod error;
 pub mod json_limits;

@@ -18,6 +18,8 @@ pub struct Metrics {
     pub upstream_errors: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
     pub connections_refused: IntCounterVec,
+    pub tls_handshakes: IntCounterVec,
+    pub connections_closed: IntCounterVec,
     pub inflight_requests: IntGauge,
     pub open_connections: IntGauge,
     pub policy_info: GaugeVec,
@@ -112,6 +114,18 @@ impl Metrics {
             "Inbound connections refused by a budget: max_handshakes (before TLS), max_connections, max_connections_per_org (after).",
             &["reason"],
         );
+        let tls_handshakes = counter(
+            &registry,
+            "hetao_tls_handshakes_total",
+            "Inbound TLS handshakes that authenticated a partner, by kind: full, or resumed from a session ticket.",
+            &["kind"],
+        );
+        let connections_closed = counter(
+            &registry,
+            "hetao_connections_closed_total",
+            "Partner connections the gateway closed, by reason: idle, max_age, tls_reload, shutdown, header_timeout, certificate_refused.",
+            &["reason"],
+        );
         let inflight_requests = reg(
             &registry,
             IntGauge::new("hetao_inflight_requests", "Requests being processed.")
@@ -159,6 +173,8 @@ impl Metrics {
             upstream_errors,
             tls_handshake_failures,
             connections_refused,
+            tls_handshakes,
+            connections_closed,
             inflight_requests,
             open_connections,
             policy_info,

@@ -7,7 +7,7 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio_rustls::TlsAcceptor;
 
+use crate::connection_activity::{Activity, ActivityIo};
 use crate::pipeline::{self, ConnectionCtx};
 use crate::printable::escape_controls;
 use crate::shutdown::stop_requested;
@@ -153,7 +154,10 @@ fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(limits.header_read_timeout)
+        // hyper's header timer also runs while a keep-alive connection waits for its next
+        // request; the connection loop times heads from their first byte instead
+        // (`connection_activity`), so idle connections live for `idle_timeout_secs`.
+        .header_read_timeout(None)
         .max_buf_size(limits.max_header_bytes.max(8192))
         .keep_alive(true);
     builder
@@ -342,12 +346,17 @@ async fn serve_connection(
             _ => Err(crate::tls::park_verifier::IdentityError::UnknownPark),
         }
     };
-    let peer_chain: Vec<_> = {
+    let (peer_chain, resumed, http2) = {
         let (_, session) = tls.get_ref();
-        session
+        let chain: Vec<_> = session
             .peer_certificates()
             .map(|c| c.iter().map(|d| d.clone().into_owned()).collect())
-            .unwrap_or_default()
+            .unwrap_or_default();
+        (
+            chain,
+            session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
+            session.alpn_protocol() == Some(b"h2"),
+        )
     };
     let identity = match identity {
         Ok(id) => id,
@@ -362,7 +371,12 @@ async fn serve_connection(
         }
     };
     tracing::debug!(target: "hetao::tls", %remote, park = %identity.park,
-        org = %escape_controls(&identity.organisation), "client authenticated");
+        org = %escape_controls(&identity.organisation), resumed, "client authenticated");
+    gateway
+        .metrics
+        .tls_handshakes
+        .with_label_values(&[if resumed { "resumed" } else { "full" }])
+        .inc();
     drop(handshake);
     let Ok(_connection) = budgets.connections.clone().try_acquire_owned() else {
         refuse_connection(gateway, remote, "max_connections", budgets_max(gateway).0);
@@ -380,14 +394,19 @@ async fn serve_connection(
     gateway.metrics.open_connections.inc();
     let _open = OpenConnection(gateway.clone());
 
-    let activity = Arc::new(Activity::new());
+    let activity = Arc::new(Activity::new(http2));
     let opened = Instant::now();
     let max_age = limits.max_connection_age;
-    let conn_ctx = Arc::new(ConnectionCtx::new(
-        identity,
-        remote,
-        Some(PeerStanding::new(peer_chain, inbound.clone())),
-    ));
+    // A resumed session's certificate was verified when its ticket was issued, not now: its
+    // first request checks it against the TLS setup in force (CRLs, CAs, parks).
+    let standing = if resumed {
+        PeerStanding::resumed(peer_chain)
+    } else {
+        PeerStanding::new(peer_chain, inbound.clone())
+    };
+    let conn_ctx = Arc::new(ConnectionCtx::new(identity, remote, Some(standing)));
+    let mut tls_generation = gateway.tls_generation.subscribe();
+    tls_generation.mark_unchanged();
     let watched = conn_ctx.clone();
     let service = {
         let gateway = gateway.clone();
@@ -404,12 +423,29 @@ async fn serve_connection(
             }
         })
     };
-    let conn = builder.serve_connection(TokioIo::new(tls), service);
+    let conn = builder.serve_connection(
+        TokioIo::new(ActivityIo::new(tls, activity.clone())),
+        service,
+    );
     let mut conn = std::pin::pin!(conn);
     let idle_timeout = limits.idle_timeout;
-    let tick_every = (idle_timeout.min(max_age) / 4).max(Duration::from_millis(50));
+    let header_timeout = limits.header_read_timeout;
+    let tick_every = (idle_timeout.min(max_age).min(header_timeout) / 4)
+        .clamp(Duration::from_millis(50), Duration::from_secs(1));
     let mut tick = tokio::time::interval(tick_every);
     let mut closing = false;
+    // Graceful close: HTTP/1.1 answers the request in flight with `Connection: close` and then
+    // closes (at once when idle, with TLS close_notify); HTTP/2 sends GOAWAY and finishes the
+    // open streams. Clients see an orderly end and reconnect.
+    let close = |conn: std::pin::Pin<&mut _>, reason: &'static str| {
+        tracing::debug!(target: "hetao::server", %remote, reason, "closing connection");
+        gateway
+            .metrics
+            .connections_closed
+            .with_label_values(&[reason])
+            .inc();
+        auto::Connection::graceful_shutdown(conn);
+    };
     loop {
         tokio::select! {
             result = conn.as_mut() => {
@@ -420,59 +456,38 @@ async fn serve_connection(
             }
             _ = stop_requested(&mut shutdown), if !closing => {
                 closing = true;
-                conn.as_mut().graceful_shutdown();
+                close(conn.as_mut(), "shutdown");
             }
-            _ = tick.tick(), if !closing => {
-                if watched.is_refused() || opened.elapsed() >= max_age {
-                    // The certificate was refused on a request, or the connection reached its
-                    // maximum age: no more requests on it (HTTP/2 gets a GOAWAY; HTTP/1.1 closes
-                    // after the request in flight). In-flight requests finish.
+            changed = tls_generation.changed(), if !closing => {
+                if changed.is_ok() {
+                    // New certificates, CAs or CRLs: reconnect under them.
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    close(conn.as_mut(), "tls_reload");
+                }
+            }
+            _ = tick.tick() => {
+                if activity.head_overdue(header_timeout) {
+                    // A request head still unfinished after `header_read_timeout_ms` from its
+                    // first byte (slow loris): cut off, no answer owed.
+                    tracing::debug!(target: "hetao::server", %remote, "request head too slow: connection cut off");
+                    gateway.metrics.connections_closed.with_label_values(&["header_timeout"]).inc();
+                    break;
+                }
+                if closing {
+                    continue;
+                }
+                if watched.is_refused() {
+                    closing = true;
+                    close(conn.as_mut(), "certificate_refused");
+                } else if opened.elapsed() >= max_age {
+                    closing = true;
+                    close(conn.as_mut(), "max_age");
                 } else if activity.idle_for() >= idle_timeout {
-                    tracing::debug!(target: "hetao::server", %remote, "closing idle connection");
                     closing = true;
-                    conn.as_mut().graceful_shutdown();
+                    close(conn.as_mut(), "idle");
                 }
             }
         }
-    }
-}
-
-/// Requests in flight on one connection and when the last one ended: a connection is idle only
-/// with nothing in flight.
-struct Activity {
-    in_flight: AtomicUsize,
-    epoch: Instant,
-    last_ms: AtomicU64,
-}
-
-impl Activity {
-    fn new() -> Self {
-        Activity {
-            in_flight: AtomicUsize::new(0),
-            epoch: Instant::now(),
-            last_ms: AtomicU64::new(0),
-        }
-    }
-    fn now_ms(&self) -> u64 {
-        u64::try_from(self.epoch.elapsed().as_millis()).unwrap_or(u64::MAX)
-    }
-    fn begin(&self) {
-        self.in_flight.fetch_add(1, Ordering::SeqCst);
-    }
-    fn end(&self) {
-        self.last_ms.store(self.now_ms(), Ordering::SeqCst);
-        self.in_flight.fetch_sub(1, Ordering::SeqCst);
-    }
-    fn idle_for(&self) -> Duration {
-        if self.in_flight.load(Ordering::SeqCst) > 0 {
-            return Duration::ZERO;
-        }
-        Duration::from_millis(
-            self.now_ms()
-                .saturating_sub(self.last_ms.load(Ordering::SeqCst)),
-        )
     }
 }
 

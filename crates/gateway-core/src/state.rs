@@ -85,6 +85,9 @@ pub struct Gateway {
     pub config: Config,
     pub rules: ArcSwap<RuleSet>,
     pub tls: ArcSwap<InboundTls>,
+    /// Bumped when a reload installs different TLS material: every partner connection then
+    /// closes gracefully, so clients reconnect with a full handshake against the new material.
+    pub tls_generation: tokio::sync::watch::Sender<u64>,
     pub upstreams: ArcSwap<Upstreams>,
     pub audit: AuditLog,
     pub replay: ReplayGuard,
@@ -119,6 +122,7 @@ impl Gateway {
         let gateway = Gateway {
             rules: ArcSwap::from_pointee(loaded.rules),
             tls: ArcSwap::from_pointee(loaded.tls),
+            tls_generation: tokio::sync::watch::Sender::new(0),
             upstreams: ArcSwap::from_pointee(loaded.upstreams),
             audit,
             replay,
@@ -169,7 +173,14 @@ impl Gateway {
                     tracing::warn!(target: "hetao::policy", "{warning}");
                 }
                 self.rules.store(Arc::new(loaded.rules));
-                self.tls.store(Arc::new(loaded.tls));
+                // Unchanged TLS material keeps the running setup: its session tickets stay
+                // valid and its connections open.
+                if loaded.tls.material != self.tls.load().material {
+                    self.tls.store(Arc::new(loaded.tls));
+                    self.tls_generation.send_modify(|g| *g += 1);
+                    tracing::info!(target: "hetao::reload",
+                        "new TLS material: partner connections close gracefully and reconnect");
+                }
                 self.upstreams.store(Arc::new(loaded.upstreams));
                 self.note_rules_loaded(true);
                 let report = self.report();

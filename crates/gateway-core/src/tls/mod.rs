@@ -7,12 +7,14 @@
 pub mod identity;
 pub mod park_verifier;
 pub mod standing;
+pub mod tickets;
 
 use std::path::Path;
 use std::sync::Arc;
 
+use ring::digest;
 use rustls::crypto::CryptoProvider;
-use rustls::server::{NoServerSessionStorage, WebPkiClientVerifier};
+use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, CertificateRevocationListDer, PrivateKeyDer};
@@ -119,16 +121,52 @@ fn versions(min: TlsVersion) -> &'static [&'static rustls::SupportedProtocolVers
     }
 }
 
+/// A digest of everything a TLS setup was built from (certificates, key, CAs, CRLs, versions):
+/// equal digests mean a reload changed nothing the handshake depends on.
+struct MaterialDigest(digest::Context);
+
+impl MaterialDigest {
+    fn new() -> MaterialDigest {
+        MaterialDigest(digest::Context::new(&digest::SHA256))
+    }
+    /// Adds one labelled item; the length prefix keeps item boundaries unambiguous.
+    fn add(&mut self, label: &str, bytes: &[u8]) {
+        for part in [label.as_bytes(), bytes] {
+            self.0.update(&(part.len() as u64).to_be_bytes());
+            self.0.update(part);
+        }
+    }
+    fn finish(self) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        out.copy_from_slice(self.0.finish().as_ref());
+        out
+    }
+}
+
 /// The verifier of one park's senders: its CA, and its CRLs (an expired CRL refuses everyone of
 /// that park rather than silently passing revoked certificates).
 pub fn park_client_verifier(
     park: &ParkConfig,
 ) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
+    park_verifier_and_material(park, &mut MaterialDigest::new())
+}
+
+fn park_verifier_and_material(
+    park: &ParkConfig,
+    material: &mut MaterialDigest,
+) -> Result<Arc<dyn rustls::server::danger::ClientCertVerifier>, TlsError> {
     let key = format!("parks.{}.client_ca", park.id);
+    material.add("park", park.id.as_bytes());
+    for cert in load_certs(&key, &park.client_ca)? {
+        material.add("client_ca", cert.as_ref());
+    }
     let roots = root_store(&key, &park.client_ca)?;
     let mut crls = Vec::new();
     for path in &park.crl {
         crls.extend(load_crls(&format!("parks.{}.crl", park.id), path)?);
+    }
+    for crl in &crls {
+        material.add("crl", crl.as_ref());
     }
     let mut builder = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider());
     if !crls.is_empty() {
@@ -148,18 +186,33 @@ pub fn park_client_verifier(
 pub struct InboundTls {
     pub server_config: Arc<ServerConfig>,
     pub verifier: Arc<ParkClientVerifier>,
+    /// SHA-256 over the material the setup was built from: a reload that leaves it unchanged
+    /// keeps the running setup (and its session tickets, and its connections).
+    pub material: [u8; 32],
 }
 
 /// Builds the partner-facing TLS config from the configuration: TLS 1.3 (1.2 only if configured),
 /// ALPN h2 and http/1.1, client certificates required from a configured park CA.
 pub fn inbound(config: &Config) -> Result<InboundTls, TlsError> {
+    let mut material = MaterialDigest::new();
+    material.add(
+        "min_tls_version",
+        format!("{:?}", config.server.min_tls_version).as_bytes(),
+    );
     let mut parks = Vec::new();
     for park in config.parks.values() {
-        parks.push((park.id.clone(), park_client_verifier(park)?));
+        parks.push((
+            park.id.clone(),
+            park_verifier_and_material(park, &mut material)?,
+        ));
     }
     let verifier = Arc::new(ParkClientVerifier::new(parks));
     let certs = load_certs("server.cert", &config.server.cert)?;
     let key = load_key("server.key", &config.server.key)?;
+    for cert in &certs {
+        material.add("server.cert", cert.as_ref());
+    }
+    material.add("server.key", key.secret_der());
     let mut server_config = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions(config.server.min_tls_version))
         .map_err(|e| TlsError::Config {
@@ -176,14 +229,25 @@ pub fn inbound(config: &Config) -> Result<InboundTls, TlsError> {
             ),
         })?;
     server_config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
-    // No resumption: a resumed TLS 1.3 session restores the client's certificate without
-    // verifying it again, so a certificate revoked since (or a reloaded CRL) would ride on an old
-    // ticket. Every connection pays for a full handshake and is checked against today's CRLs.
-    server_config.session_storage = Arc::new(NoServerSessionStorage {});
-    server_config.send_tls13_tickets = 0;
+    // TLS 1.3 resumption through stateless tickets whose keys belong to this setup only (see
+    // `tickets` for why a resumed session is safe). The tickets are also what keeps a client
+    // that leaves Nagle on from stalling: they are written right after the client's Finished,
+    // and that write carries the ACK the client's kernel waits for before it sends the first
+    // request (without it, the ACK waits for the server's delayed-ACK timer, ~40 ms).
+    server_config.ticketer =
+        tickets::rotating(config.limits.max_connection_age).map_err(|e| TlsError::Config {
+            key: "limits.max_connection_age_secs".into(),
+            message: format!("cannot create session ticket keys: {e}"),
+        })?;
+    server_config.send_tls13_tickets = tickets::TICKETS_PER_HANDSHAKE;
+    // No server-side session-id cache: tickets (TLS 1.3, and TLS 1.2 where enabled) are the one
+    // way to resume, and their keys die with this setup.
+    server_config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+    server_config.max_early_data_size = 0;
     Ok(InboundTls {
         server_config: Arc::new(server_config),
         verifier,
+        material: material.finish(),
     })
 }
 

@@ -19,19 +19,28 @@ use super::InboundTls;
 pub const RECHECK_INTERVAL: Duration = Duration::from_secs(60);
 
 /// The certificate chain a connection was authenticated with, and when and under which TLS
-/// setup it was last found good.
+/// setup it was last found good (`None`: not yet on this connection).
 pub struct PeerStanding {
     chain: Vec<CertificateDer<'static>>,
-    last_good: Mutex<(Arc<InboundTls>, Instant)>,
+    last_good: Mutex<Option<(Arc<InboundTls>, Instant)>>,
 }
 
 impl PeerStanding {
-    /// `chain`: the peer's certificates as the handshake presented them (end entity first),
+    /// `chain`: the peer's certificates as a full handshake presented them (end entity first),
     /// verified under `tls` just now.
     pub fn new(chain: Vec<CertificateDer<'static>>, tls: Arc<InboundTls>) -> PeerStanding {
         PeerStanding {
             chain,
-            last_good: Mutex::new((tls, Instant::now())),
+            last_good: Mutex::new(Some((tls, Instant::now()))),
+        }
+    }
+
+    /// A resumed session: the chain comes from a session ticket, verified when the ticket's
+    /// first handshake ran (up to the ticket lifetime ago), so the first request checks it.
+    pub fn resumed(chain: Vec<CertificateDer<'static>>) -> PeerStanding {
+        PeerStanding {
+            chain,
+            last_good: Mutex::new(None),
         }
     }
 
@@ -44,8 +53,10 @@ impl PeerStanding {
         identity: &ClientIdentity,
     ) -> Result<(), IdentityError> {
         let mut last = self.last_good.lock().unwrap_or_else(|p| p.into_inner());
-        if Arc::ptr_eq(&last.0, current) && last.1.elapsed() < RECHECK_INTERVAL {
-            return Ok(());
+        if let Some((tls, at)) = last.as_ref() {
+            if Arc::ptr_eq(tls, current) && at.elapsed() < RECHECK_INTERVAL {
+                return Ok(());
+            }
         }
         let Some((end_entity, intermediates)) = self.chain.split_first() else {
             return Err(IdentityError::UnknownPark);
@@ -54,7 +65,7 @@ impl PeerStanding {
         if now.park != identity.park || now.organisation != identity.organisation {
             return Err(IdentityError::UnknownPark);
         }
-        *last = (current.clone(), Instant::now());
+        *last = Some((current.clone(), Instant::now()));
         Ok(())
     }
 }
