@@ -4,6 +4,9 @@
 //! Why not `oha`/`wrk`: the gateway refuses a `record_id` it has already decided (409, replay
 //! protection), so every request must carry a fresh record id. This generator keeps each record
 //! file's bytes as they are and splices a new counter-based UUID into its `record_id` per request.
+//! The gateway also refuses a record whose `created_at` lies outside its window
+//! (`limits.record_max_age_secs`), and the example files' dates are fixed: each record's
+//! `created_at` becomes the time the run starts (spliced in once, when the files are read).
 //!
 //! Modes:
 //! - keep-alive (default): `--connections N` connections, each sending one request after the
@@ -259,15 +262,27 @@ fn templates(dir: &Path, from: Option<&str>) -> anyhow::Result<Vec<Template>> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     paths.sort();
+    let now = format!(
+        "\"{}\"",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
     let mut out = Vec::new();
     for path in paths {
-        let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let mut text = std::fs::read(&path).with_context(|| path.display().to_string())?;
         let record: serde_json::Value = serde_json::from_slice(&text)
             .with_context(|| format!("{}: not JSON", path.display()))?;
         if let Some(from) = from {
             if record.get("from").and_then(|v| v.as_str()) != Some(from) {
                 continue;
             }
+        }
+        if let Some(created) = record.get("created_at").and_then(|v| v.as_str()) {
+            // The value after the "created_at" key, so a body field with the same text stays.
+            let needle = format!("\"{created}\"");
+            let at = find(&text, b"\"created_at\"")
+                .and_then(|key| Some(key + find(&text[key..], needle.as_bytes())?))
+                .ok_or_else(|| anyhow!("{}: created_at not found verbatim", path.display()))?;
+            text.splice(at..at + needle.len(), now.bytes());
         }
         let id = record
             .get("record_id")
