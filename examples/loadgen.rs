@@ -13,12 +13,18 @@
 //!   other for `--duration` seconds (after `--warmup`); HTTP/1.1 or HTTP/2 (one stream each);
 //! - `--new-connections`: every request on a fresh TCP + full TLS 1.3 handshake (resumption off),
 //!   so the rate measured is the handshake rate;
+//! - `--resumed-connections`: like `--new-connections` (one request per fresh TCP + TLS
+//!   connection, `Connection: close`), but the TLS 1.3 session tickets the server sends are kept
+//!   in one in-memory store shared by all workers of the run (as browsers and nginx's own clients
+//!   do), so every connection after the first tries to resume; the summary counts `resumed` and
+//!   `full_handshakes` (both also counted, as a check, in `--new-connections` mode);
 //! - `--idle-connections N --hold S`: open N mTLS connections, send one record on each, then keep
 //!   them open and idle for S seconds (for memory measurements; `--ready-file` is created once
 //!   all are open).
 //!
 //! Prints one JSON object on stdout: requests, rps, latency percentiles (ms), answers by status,
-//! transport errors by kind.
+//! transport errors by kind. `--report FILE` turns the JSON lines of many runs into markdown
+//! tables (per mode, connection count and target; the gateway against nginx).
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --url https://127.0.0.1:8443/v1/records \
@@ -38,7 +44,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::Resumption;
-use rustls::RootCertStore;
+use rustls::{HandshakeKind, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -62,7 +68,7 @@ struct Args {
     /// TLS server name to verify (default: the URL's host).
     #[arg(long)]
     server_name: Option<String>,
-    /// Concurrent connections (keep-alive and new-connection modes).
+    /// Concurrent connections (keep-alive, new- and resumed-connection modes).
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Measured seconds.
@@ -80,6 +86,10 @@ struct Args {
     /// One request per connection: full handshake every time (TLS resumption off).
     #[arg(long)]
     new_connections: bool,
+    /// One request per connection, but TLS 1.3 session tickets are kept (one store shared by all
+    /// workers), so every connection after the first tries to resume.
+    #[arg(long, conflicts_with = "new_connections")]
+    resumed_connections: bool,
     /// HTTP/1.1 (the default).
     #[arg(long, conflicts_with = "http2")]
     http1: bool,
@@ -129,6 +139,9 @@ struct Tally {
     latencies_us: Vec<u32>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
+    /// Handshakes that resumed a TLS session, and full ones (handshake-per-request modes).
+    resumed: u64,
+    full_handshakes: u64,
 }
 
 impl Tally {
@@ -140,9 +153,18 @@ impl Tally {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.resumed += other.resumed;
+        self.full_handshakes += other.full_handshakes;
     }
     fn error(&mut self, kind: String) {
         *self.errors.entry(kind).or_default() += 1;
+    }
+    fn handshake(&mut self, kind: Option<HandshakeKind>) {
+        match kind {
+            Some(HandshakeKind::Resumed) => self.resumed += 1,
+            Some(_) => self.full_handshakes += 1,
+            None => {}
+        }
     }
 }
 
@@ -220,6 +242,10 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     if args.new_connections {
         // Every connection pays the full handshake: that is what this mode measures.
         tls.resumption = Resumption::disabled();
+    } else if args.resumed_connections {
+        // One ticket store in the one config all workers share: a ticket any connection received
+        // serves the next connection of any worker (rustls uses each TLS 1.3 ticket once).
+        tls.resumption = Resumption::in_memory_sessions(256);
     }
 
     let templates = templates(body_dir, args.from.as_deref())?;
@@ -344,8 +370,9 @@ impl Plan {
             .unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
     }
 
-    /// TCP + TLS + HTTP handshake; the connection task runs in the background.
-    async fn connect(&self) -> Result<Sender, String> {
+    /// TCP + TLS + HTTP handshake; the connection task runs in the background. Also says whether
+    /// the TLS handshake was a full or a resumed one.
+    async fn connect(&self) -> Result<(Sender, Option<HandshakeKind>), String> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
@@ -355,6 +382,7 @@ impl Plan {
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
+        let kind = tls.get_ref().1.handshake_kind();
         let io = TokioIo::new(tls);
         if self.http2 {
             let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -363,7 +391,7 @@ impl Plan {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(Sender::H2(sender))
+            Ok((Sender::H2(sender), kind))
         } else {
             let (sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -371,7 +399,7 @@ impl Plan {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(Sender::H1(sender))
+            Ok((Sender::H1(sender), kind))
         }
     }
 }
@@ -382,17 +410,21 @@ enum Sender {
 }
 
 impl Sender {
+    /// Waits until the connection can take the next request.
+    async fn ready(&mut self) -> Result<(), String> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+        .map_err(|e| format!("send: {e}"))
+    }
+
     /// Sends one request and reads the whole answer; the status, or a short error kind.
     async fn exchange(&mut self, request: http::Request<Full<Bytes>>) -> Result<u16, String> {
+        self.ready().await?;
         let response = match self {
-            Sender::H1(s) => {
-                s.ready().await.map_err(|e| format!("send: {e}"))?;
-                s.send_request(request).await
-            }
-            Sender::H2(s) => {
-                s.ready().await.map_err(|e| format!("send: {e}"))?;
-                s.send_request(request).await
-            }
+            Sender::H1(s) => s.send_request(request).await,
+            Sender::H2(s) => s.send_request(request).await,
         }
         .map_err(|e| format!("send: {e}"))?;
         let status = response.status().as_u16();
@@ -412,7 +444,7 @@ async fn load(plan: &Arc<Plan>, args: &Args) -> serde_json::Value {
     let mut workers = Vec::new();
     for _ in 0..args.connections.max(1) {
         let plan = plan.clone();
-        let fresh = args.new_connections;
+        let fresh = args.new_connections || args.resumed_connections;
         workers.push(tokio::spawn(async move {
             if fresh {
                 handshake_worker(&plan, measure_from, until).await
@@ -437,7 +469,7 @@ async fn keepalive_worker(plan: &Plan, measure_from: Instant, until: Instant) ->
     while Instant::now() < until {
         if sender.is_none() {
             match plan.connect().await {
-                Ok(s) => sender = Some(s),
+                Ok((s, _)) => sender = Some(s),
                 Err(e) => {
                     if Instant::now() >= measure_from {
                         tally.error(e);
@@ -474,11 +506,20 @@ async fn handshake_worker(plan: &Plan, measure_from: Instant, until: Instant) ->
     let mut tally = Tally::default();
     while Instant::now() < until {
         let t0 = Instant::now();
+        let mut kind = None;
+        // The whole answer is read before the connection is dropped, so rustls has processed the
+        // server's NewSessionTicket messages (sent after the handshake) by then.
         let result = match plan.connect().await {
-            Ok(mut s) => s.exchange(plan.request(true)).await,
+            Ok((mut s, k)) => {
+                kind = k;
+                s.exchange(plan.request(true)).await
+            }
             Err(e) => Err(e),
         };
         let measured = t0 >= measure_from && Instant::now() <= until;
+        if measured {
+            tally.handshake(kind);
+        }
         match result {
             Ok(status) if measured => {
                 tally.latencies_us.push(micros(t0.elapsed()));
@@ -501,7 +542,7 @@ async fn idle(plan: &Arc<Plan>, n: usize, args: &Args) -> anyhow::Result<serde_j
         let gate = gate.clone();
         opening.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-            let mut sender = plan.connect().await?;
+            let (mut sender, _) = plan.connect().await?;
             let status = sender.exchange(plan.request(false)).await?;
             Ok::<_, String>((sender, status))
         }));
@@ -546,6 +587,18 @@ async fn idle(plan: &Arc<Plan>, n: usize, args: &Args) -> anyhow::Result<serde_j
     }))
 }
 
+fn mode(args: &Args) -> &'static str {
+    if args.idle_connections.is_some() {
+        "idle"
+    } else if args.new_connections {
+        "new-connections"
+    } else if args.resumed_connections {
+        "resumed-connections"
+    } else {
+        "keep-alive"
+    }
+}
+
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
@@ -577,9 +630,9 @@ fn summary(args: &Args, mut tally: Tally, seconds: f64) -> serde_json::Value {
     } else {
         v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64 / 1000.0
     };
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "label": args.label,
-        "mode": if args.new_connections { "new-connections" } else { "keep-alive" },
+        "mode": mode(args),
         "http": if args.http2 { "2" } else { "1.1" },
         "url": args.url,
         "connections": args.connections,
@@ -597,7 +650,12 @@ fn summary(args: &Args, mut tally: Tally, seconds: f64) -> serde_json::Value {
         },
         "status": tally.statuses,
         "errors": tally.errors,
-    })
+    });
+    if args.new_connections || args.resumed_connections {
+        out["resumed"] = tally.resumed.into();
+        out["full_handshakes"] = tally.full_handshakes.into();
+    }
+    out
 }
 
 /// One measured run as read back from the JSON lines.
@@ -610,6 +668,9 @@ struct Run {
     p99: f64,
     p999: f64,
     failures: u64,
+    /// Resumed and full handshakes (handshake-per-request modes; 0 and 0 otherwise).
+    resumed: u64,
+    full_handshakes: u64,
 }
 
 /// Median req/s, p50, p99, p99.9 of one target at one level.
@@ -628,6 +689,15 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The share of resumed handshakes, `""` where none were counted (keep-alive modes).
+fn share(resumed: u64, full: u64) -> String {
+    if resumed + full == 0 {
+        String::new()
+    } else {
+        format!("{:.0}%", 100.0 * resumed as f64 / (resumed + full) as f64)
+    }
+}
+
 /// Markdown tables: per mode and connection count, every label's median over its rounds, then
 /// each `gateway*` label against `nginx`.
 fn report(path: &Path) -> anyhow::Result<String> {
@@ -640,21 +710,24 @@ fn report(path: &Path) -> anyhow::Result<String> {
             continue;
         }
         let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).unwrap_or(0.0);
-        let requests = v["requests"].as_u64().unwrap_or(0);
-        let ok = v["ok"].as_u64().unwrap_or(0);
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
         let transport: u64 = v["errors"]
             .as_object()
             .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
             .unwrap_or(0);
+        let requests = u("requests");
+        let ok = u("ok");
         runs.push(Run {
             label: v["label"].as_str().unwrap_or("").to_string(),
             mode: v["mode"].as_str().unwrap_or("").to_string(),
-            connections: v["connections"].as_u64().unwrap_or(0),
+            connections: u("connections"),
             rps: f("/ok_rps"),
             p50: f("/latency_ms/p50"),
             p99: f("/latency_ms/p99"),
             p999: f("/latency_ms/p999"),
             failures: requests - ok + transport,
+            resumed: u("resumed"),
+            full_handshakes: u("full_handshakes"),
         });
     }
     let mut keys: Vec<(String, u64)> = runs
@@ -669,10 +742,11 @@ fn report(path: &Path) -> anyhow::Result<String> {
 
     let mut out = String::new();
     out.push_str(
-        "| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed |\n",
+        "| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed \
+         | resumed |\n",
     );
-    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
-    let mut medians: BTreeMap<(String, u64, String), Medians> = BTreeMap::new();
+    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut medians: BTreeMap<(String, u64, String), (Medians, String)> = BTreeMap::new();
     for (mode, conns) in &keys {
         for label in &labels {
             let rs: Vec<&Run> = runs
@@ -689,34 +763,46 @@ fn report(path: &Path) -> anyhow::Result<String> {
                 median(rs.iter().map(|r| r.p999).collect()),
             );
             let failed: u64 = rs.iter().map(|r| r.failures).sum();
+            let resumed = share(
+                rs.iter().map(|r| r.resumed).sum(),
+                rs.iter().map(|r| r.full_handshakes).sum(),
+            );
             out.push_str(&format!(
-                "| {mode} | {conns} | {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {failed} |\n",
+                "| {mode} | {conns} | {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {failed} \
+                 | {resumed} |\n",
                 rs.len(),
                 m.0,
                 m.1,
                 m.2,
                 m.3
             ));
-            medians.insert((mode.clone(), *conns, label.clone()), m);
+            medians.insert((mode.clone(), *conns, label.clone()), (m, resumed));
         }
     }
     out.push_str(
-        "\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms |\n",
+        "\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms \
+         | resumed (gateway / nginx) |\n",
     );
-    out.push_str("|---|---:|---|---:|---:|---:|\n");
-    for ((mode, conns, label), g) in &medians {
+    out.push_str("|---|---:|---|---:|---:|---:|---:|\n");
+    for ((mode, conns, label), (g, g_resumed)) in &medians {
         if !label.starts_with("gateway") {
             continue;
         }
-        let Some(n) = medians.get(&(mode.clone(), *conns, "nginx".to_string())) else {
+        let Some((n, n_resumed)) = medians.get(&(mode.clone(), *conns, "nginx".to_string())) else {
             continue;
         };
+        let resumed = if g_resumed.is_empty() && n_resumed.is_empty() {
+            String::new()
+        } else {
+            format!("{g_resumed} / {n_resumed}")
+        };
         out.push_str(&format!(
-            "| {mode} | {conns} | {label} | {:.2} | {:.2} | {:+.2} |\n",
+            "| {mode} | {conns} | {label} | {:.2} | {:.2} | {:+.2} | {resumed} |\n",
             if n.0 > 0.0 { g.0 / n.0 } else { 0.0 },
             if n.1 > 0.0 { g.1 / n.1 } else { 0.0 },
             g.2 - n.2
         ));
     }
+
     Ok(out)
 }
