@@ -18,6 +18,11 @@
 //!   in one in-memory store shared by all workers of the run (as browsers and nginx's own clients
 //!   do), so every connection after the first tries to resume; the summary counts `resumed` and
 //!   `full_handshakes` (both also counted, as a check, in `--new-connections` mode);
+//! - `--first-request-latency N`: N connections one after another, each with a full handshake and
+//!   with Nagle's algorithm on (no `TCP_NODELAY`, unlike every other mode), and on each two
+//!   requests one after the other; reports the median milliseconds of the first and of the second
+//!   request (`first_ms`, `second_ms`: from starting to write the request to having read the
+//!   whole answer), which shows a delay that only a fresh connection's first request pays;
 //! - `--idle-connections N --hold S`: open N mTLS connections, send one record on each, then keep
 //!   them open and idle for S seconds (for memory measurements; `--ready-file` is created once
 //!   all are open).
@@ -90,6 +95,14 @@ struct Args {
     /// workers), so every connection after the first tries to resume.
     #[arg(long, conflicts_with = "new_connections")]
     resumed_connections: bool,
+    /// Open N connections one after another (full handshake, Nagle on: no TCP_NODELAY) and time
+    /// the first and the second request on each; reports the medians.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["new_connections", "resumed_connections", "idle_connections"]
+    )]
+    first_request_latency: Option<usize>,
     /// HTTP/1.1 (the default).
     #[arg(long, conflicts_with = "http2")]
     http1: bool,
@@ -129,6 +142,8 @@ struct Plan {
     authority: String,
     templates: Vec<Template>,
     http2: bool,
+    /// TCP_NODELAY on every connection (off only to measure Nagle's effect).
+    nodelay: bool,
     counter: AtomicU64,
     nonce: u64,
 }
@@ -185,6 +200,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Arc::new(plan(&args)?);
     let output = if let Some(n) = args.idle_connections {
         idle(&plan, n, &args).await?
+    } else if let Some(n) = args.first_request_latency {
+        first_request(&plan, n, &args).await
     } else {
         load(&plan, &args).await
     };
@@ -239,8 +256,8 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    if args.new_connections {
-        // Every connection pays the full handshake: that is what this mode measures.
+    if args.new_connections || args.first_request_latency.is_some() {
+        // Every connection pays the full handshake: that is what these modes measure.
         tls.resumption = Resumption::disabled();
     } else if args.resumed_connections {
         // One ticket store in the one config all workers share: a ticket any connection received
@@ -265,6 +282,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         uri,
         templates,
         http2: args.http2,
+        nodelay: args.first_request_latency.is_none(),
         counter: AtomicU64::new(0),
         nonce,
     })
@@ -376,7 +394,9 @@ impl Plan {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
-        let _ = tcp.set_nodelay(true);
+        if self.nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         let tls = self
             .connector
             .connect(self.server_name.clone(), tcp)
@@ -587,9 +607,64 @@ async fn idle(plan: &Arc<Plan>, n: usize, args: &Args) -> anyhow::Result<serde_j
     }))
 }
 
+/// N connections one after another, Nagle on, two requests on each: how much longer the first
+/// request on a fresh connection takes than the second.
+async fn first_request(plan: &Plan, n: usize, args: &Args) -> serde_json::Value {
+    let mut tally = Tally::default();
+    let mut first_ms = Vec::new();
+    let mut second_ms = Vec::new();
+    for _ in 0..n {
+        let (mut sender, kind) = match plan.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tally.error(e);
+                continue;
+            }
+        };
+        tally.handshake(kind);
+        for into in [&mut first_ms, &mut second_ms] {
+            let request = plan.request(false);
+            if let Err(e) = sender.ready().await {
+                tally.error(e);
+                break;
+            }
+            let t0 = Instant::now();
+            match sender.exchange(request).await {
+                Ok(status) => {
+                    into.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    *tally.statuses.entry(status).or_default() += 1;
+                }
+                Err(e) => {
+                    tally.error(e);
+                    break;
+                }
+            }
+        }
+    }
+    let each = |v: &[f64]| v.iter().map(|&x| round(x, 3)).collect::<Vec<f64>>();
+    serde_json::json!({
+        "label": args.label,
+        "mode": mode(args),
+        "http": if args.http2 { "2" } else { "1.1" },
+        "url": args.url,
+        "connections": n,
+        "nodelay": false,
+        "first_ms": round(median(first_ms.clone()), 3),
+        "second_ms": round(median(second_ms.clone()), 3),
+        "first_ms_each": each(&first_ms),
+        "second_ms_each": each(&second_ms),
+        "resumed": tally.resumed,
+        "full_handshakes": tally.full_handshakes,
+        "status": tally.statuses,
+        "errors": tally.errors,
+    })
+}
+
 fn mode(args: &Args) -> &'static str {
     if args.idle_connections.is_some() {
         "idle"
+    } else if args.first_request_latency.is_some() {
+        "first-request"
     } else if args.new_connections {
         "new-connections"
     } else if args.resumed_connections {
@@ -673,6 +748,15 @@ struct Run {
     full_handshakes: u64,
 }
 
+/// One `first-request` run as read back from the JSON lines.
+struct FirstRun {
+    label: String,
+    connections: u64,
+    first_ms: f64,
+    second_ms: f64,
+    failures: u64,
+}
+
 /// Median req/s, p50, p99, p99.9 of one target at one level.
 type Medians = (f64, f64, f64, f64);
 
@@ -699,26 +783,48 @@ fn share(resumed: u64, full: u64) -> String {
 }
 
 /// Markdown tables: per mode and connection count, every label's median over its rounds, then
-/// each `gateway*` label against `nginx`.
+/// each `gateway*` label against `nginx`; then the first-request latencies (Nagle on).
 fn report(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut runs = Vec::new();
+    let mut firsts = Vec::new();
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
-        if v["mode"] == "idle" {
-            continue;
-        }
         let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).unwrap_or(0.0);
         let u = |k: &str| v[k].as_u64().unwrap_or(0);
         let transport: u64 = v["errors"]
             .as_object()
             .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
             .unwrap_or(0);
+        let label = v["label"].as_str().unwrap_or("").to_string();
+        match v["mode"].as_str().unwrap_or("") {
+            "idle" => continue,
+            "first-request" => {
+                let non_2xx: u64 = v["status"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(s, _)| !s.starts_with('2'))
+                            .filter_map(|(_, n)| n.as_u64())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                firsts.push(FirstRun {
+                    label,
+                    connections: u("connections"),
+                    first_ms: f("/first_ms"),
+                    second_ms: f("/second_ms"),
+                    failures: non_2xx + transport,
+                });
+                continue;
+            }
+            _ => {}
+        }
         let requests = u("requests");
         let ok = u("ok");
         runs.push(Run {
-            label: v["label"].as_str().unwrap_or("").to_string(),
+            label,
             mode: v["mode"].as_str().unwrap_or("").to_string(),
             connections: u("connections"),
             rps: f("/ok_rps"),
@@ -804,5 +910,32 @@ fn report(path: &Path) -> anyhow::Result<String> {
         ));
     }
 
+    if !firsts.is_empty() {
+        let mut labels: Vec<&str> = firsts.iter().map(|r| r.label.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        out.push_str(
+            "\nFirst and second request on a fresh connection (full handshake each; the client \
+             with Nagle on, no TCP_NODELAY): medians over the connections, then over the \
+             rounds.\n\n",
+        );
+        out.push_str(
+            "| target | rounds | connections each | first request ms | second request ms \
+             | first minus second ms | failed |\n",
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for label in labels {
+            let rs: Vec<&FirstRun> = firsts.iter().filter(|r| r.label == label).collect();
+            let first = median(rs.iter().map(|r| r.first_ms).collect());
+            let second = median(rs.iter().map(|r| r.second_ms).collect());
+            let conns = median(rs.iter().map(|r| r.connections as f64).collect());
+            let failed: u64 = rs.iter().map(|r| r.failures).sum();
+            out.push_str(&format!(
+                "| {label} | {} | {conns:.0} | {first:.2} | {second:.2} | {:+.2} | {failed} |\n",
+                rs.len(),
+                first - second
+            ));
+        }
+    }
     Ok(out)
 }
