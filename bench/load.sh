@@ -9,8 +9,9 @@
 # Environment: LEVELS (connections, default "1 16 64"), ROUNDS (alternating rounds per level,
 # default 2), DURATION (measured seconds per run, default 4), WARMUP (seconds, default 1),
 # HANDSHAKE_CONNS (concurrent new connections, default 16), IDLE (idle connections, default
-# 1000), OUT (result folder, default target/bench-load/<time>), SKIP_BUILD=1, SKIP_NEVER=1 (no
-# fsync = "never" run), BASE_PORT (default 18400; uses BASE_PORT..BASE_PORT+6).
+# 1000), CARGO_TARGET_DIR (cargo's build folder, default target/), OUT (result folder, default
+# <build folder>/bench-load/<time>), SKIP_BUILD=1, SKIP_NEVER=1 (no fsync = "never" run),
+# BASE_PORT (default 18400; uses BASE_PORT..BASE_PORT+6).
 #
 # Starts: one park endpoint, the gateway (release build, fsync = "always"), nginx (foreground,
 # private prefix), later a second gateway with fsync = "never". Stops every one of them on exit,
@@ -25,7 +26,12 @@ WARMUP=${WARMUP:-1}
 HANDSHAKE_CONNS=${HANDSHAKE_CONNS:-16}
 IDLE=${IDLE:-1000}
 BASE_PORT=${BASE_PORT:-18400}
-OUT=${OUT:-$ROOT/target/bench-load/$(date -u +%Y%m%dT%H%M%SZ)}
+# Cargo's build folder: CARGO_TARGET_DIR when set (relative to where the script was started),
+# exported absolute so the build below (run from $ROOT) writes where the binaries are looked for.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+export CARGO_TARGET_DIR=$TARGET
+OUT=${OUT:-$TARGET/bench-load/$(date -u +%Y%m%dT%H%M%SZ)}
 WORKERS=$(nproc)
 
 EP_PORT=$((BASE_PORT + 1))
@@ -53,9 +59,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin hetao-gateway \
         --example loadgen --example park_endpoint)
 fi
-BIN=$ROOT/target/release/hetao-gateway
-LOADGEN=$ROOT/target/release/examples/loadgen
-ENDPOINT=$ROOT/target/release/examples/park_endpoint
+BIN=$TARGET/release/hetao-gateway
+LOADGEN=$TARGET/release/examples/loadgen
+ENDPOINT=$TARGET/release/examples/park_endpoint
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
