@@ -256,7 +256,7 @@ fi
     echo
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2)."
     echo "Runs: ${DURATION}s measured after ${WARMUP}s warm-up, $ROUNDS alternating rounds per level (medians shown), HTTP/1.1, TLS 1.3, client certificate of $(basename "$SENDER_CERT" .pem); records: the $(ls "$RECORDS"/*-sz-hk-*.json | wc -l) sz->hk examples (1.1-2.6 KiB), a fresh record_id each."
-    echo "Modes: keep-alive (one connection per client, requests one after the other); new-connections (a fresh TCP connection and full TLS 1.3 handshake per request, resumption off); resumed-connections (a fresh connection per request, the client keeping the TLS 1.3 session tickets the server sends, shared by its $HANDSHAKE_CONNS workers; \"resumed\" is the share of handshakes that resumed). The client sets TCP_NODELAY except in the first-request runs ($FIRST_CONNS connections one after another per run)."
+    echo "Modes: keep-alive (one connection per client, requests one after the other); new-connections (a fresh TCP connection and full TLS 1.3 handshake per request, resumption off); resumed-connections (a fresh connection per request, the client keeping the TLS 1.3 session tickets the server sends, shared by its $HANDSHAKE_CONNS workers; \"resumed\" is the share of handshakes that resumed; rustls keeps at most 8 tickets per server, so beyond 8 connections a few percent find none). The client sets TCP_NODELAY except in the first-request runs ($FIRST_CONNS connections one after another per run)."
     echo
     "$LOADGEN" --report "$RESULTS"
     echo
