@@ -2,15 +2,23 @@
 # Load benchmark on loopback: the gateway (schema, policy, durable audit, forwarding) against
 # nginx as a plain mutual-TLS reverse proxy, both in front of the same park endpoint, with the
 # same certificates, the same records and the same concurrency levels, runs alternating.
+# Sections: keep-alive throughput and latency per level; the new-connection rate (full TLS 1.3
+# handshake per request); the resumed-connection rate (one request per connection, TLS 1.3
+# session tickets kept and shared by the client's workers, so connections resume where the server
+# sends tickets; the report gives each target's resumed share); the first and second request on a
+# fresh connection from a client with Nagle on; memory at IDLE idle connections; the gateway
+# with fsync = "never".
 #
 #   bench/load.sh                 # everything (about 3 minutes after the build)
 #   LEVELS="16 64" ROUNDS=3 DURATION=5 bench/load.sh
 #
 # Environment: LEVELS (connections, default "1 16 64"), ROUNDS (alternating rounds per level,
 # default 2), DURATION (measured seconds per run, default 4), WARMUP (seconds, default 1),
-# HANDSHAKE_CONNS (concurrent new connections, default 16), IDLE (idle connections, default
-# 1000), OUT (result folder, default target/bench-load/<time>), SKIP_BUILD=1, SKIP_NEVER=1 (no
-# fsync = "never" run), BASE_PORT (default 18400; uses BASE_PORT..BASE_PORT+6).
+# HANDSHAKE_CONNS (concurrent new or resumed connections, default 16), FIRST_CONNS (connections,
+# one after another, of each first-request run, default 7), IDLE (idle connections, default
+# 1000), CARGO_TARGET_DIR (cargo's build folder, default target/), OUT (result folder, default
+# <build folder>/bench-load/<time>), SKIP_BUILD=1, SKIP_NEVER=1 (no fsync = "never" run),
+# BASE_PORT (default 18400; uses BASE_PORT..BASE_PORT+6).
 #
 # Starts: one park endpoint, the gateway (release build, fsync = "always"), nginx (foreground,
 # private prefix), later a second gateway with fsync = "never". Stops every one of them on exit,
@@ -23,9 +31,15 @@ ROUNDS=${ROUNDS:-2}
 DURATION=${DURATION:-4}
 WARMUP=${WARMUP:-1}
 HANDSHAKE_CONNS=${HANDSHAKE_CONNS:-16}
+FIRST_CONNS=${FIRST_CONNS:-7}
 IDLE=${IDLE:-1000}
 BASE_PORT=${BASE_PORT:-18400}
-OUT=${OUT:-$ROOT/target/bench-load/$(date -u +%Y%m%dT%H%M%SZ)}
+# Cargo's build folder: CARGO_TARGET_DIR when set (relative to where the script was started),
+# exported absolute so the build below (run from $ROOT) writes where the binaries are looked for.
+TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
+case $TARGET in /*) ;; *) TARGET=$PWD/$TARGET ;; esac
+export CARGO_TARGET_DIR=$TARGET
+OUT=${OUT:-$TARGET/bench-load/$(date -u +%Y%m%dT%H%M%SZ)}
 WORKERS=$(nproc)
 
 EP_PORT=$((BASE_PORT + 1))
@@ -53,9 +67,9 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin hetao-gateway \
         --example loadgen --example park_endpoint)
 fi
-BIN=$ROOT/target/release/hetao-gateway
-LOADGEN=$ROOT/target/release/examples/loadgen
-ENDPOINT=$ROOT/target/release/examples/park_endpoint
+BIN=$TARGET/release/hetao-gateway
+LOADGEN=$TARGET/release/examples/loadgen
+ENDPOINT=$TARGET/release/examples/park_endpoint
 
 mkdir -p "$OUT"
 OUT=$(cd "$OUT" && pwd)
@@ -166,7 +180,8 @@ run() { # target connections round [extra loadgen flags...]
         --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
         --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
         --label "$target" "$@" | tee -a "$RESULTS" \
-        | jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, latency_ms, status, errors}' >&2
+        | jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, latency_ms, status, errors}
+            + (if has("resumed") then {resumed, full_handshakes} else {} end)' >&2
 }
 
 # --- keep-alive throughput and latency, alternating -----------------------------------------------
@@ -183,6 +198,27 @@ NGINX_RSS_LOAD=$(nginx_rss_kb)
 for round in $(seq "$ROUNDS"); do
     if [ $((round % 2)) -eq 1 ]; then order="gateway nginx"; else order="nginx gateway"; fi
     for target in $order; do run "$target" "$HANDSHAKE_CONNS" "$round" --new-connections; done
+done
+
+# --- resumed-connection (TLS 1.3 session ticket) rate, alternating ---------------------------------
+# The same as above, but the load generator keeps the session tickets each server sends (one
+# store for all its workers), so a target that issues tickets gets resumed handshakes.
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) -eq 1 ]; then order="gateway nginx"; else order="nginx gateway"; fi
+    for target in $order; do run "$target" "$HANDSHAKE_CONNS" "$round" --resumed-connections; done
+done
+
+# --- first and second request on a fresh connection, client with Nagle on, alternating -----------
+first_request() { # target round
+    local target=$1 round=$2
+    "$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
+        --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
+        --first-request-latency "$FIRST_CONNS" --label "$target" | tee -a "$RESULTS" \
+        | jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, first_ms, second_ms, first_ms_each, second_ms_each, status, errors}' >&2
+}
+for round in $(seq "$ROUNDS"); do
+    if [ $((round % 2)) -eq 1 ]; then order="gateway nginx"; else order="nginx gateway"; fi
+    for target in $order; do first_request "$target" "$round"; done
 done
 
 # --- memory at IDLE idle mTLS connections ----------------------------------------------------------
@@ -219,7 +255,8 @@ fi
     echo "# Load benchmark, $(date -u +%Y-%m-%dT%H:%MZ)"
     echo
     echo "Machine: $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ *//')), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); nginx $("$NGINX" -v 2>&1 | cut -d/ -f2)."
-    echo "Runs: ${DURATION}s measured after ${WARMUP}s warm-up, $ROUNDS alternating rounds per level (medians shown), HTTP/1.1 keep-alive, TLS 1.3, client certificate of $(basename "$SENDER_CERT" .pem); records: the $(ls "$RECORDS"/*-sz-hk-*.json | wc -l) sz->hk examples (1.1-2.6 KiB), a fresh record_id each."
+    echo "Runs: ${DURATION}s measured after ${WARMUP}s warm-up, $ROUNDS alternating rounds per level (medians shown), HTTP/1.1, TLS 1.3, client certificate of $(basename "$SENDER_CERT" .pem); records: the $(ls "$RECORDS"/*-sz-hk-*.json | wc -l) sz->hk examples (1.1-2.6 KiB), a fresh record_id each."
+    echo "Modes: keep-alive (one connection per client, requests one after the other); new-connections (a fresh TCP connection and full TLS 1.3 handshake per request, resumption off); resumed-connections (a fresh connection per request, the client keeping the TLS 1.3 session tickets the server sends, shared by its $HANDSHAKE_CONNS workers; \"resumed\" is the share of handshakes that resumed; rustls keeps at most 8 tickets per server, so beyond 8 connections a few percent find none). The client sets TCP_NODELAY except in the first-request runs ($FIRST_CONNS connections one after another per run)."
     echo
     "$LOADGEN" --report "$RESULTS"
     echo

@@ -4,18 +4,35 @@
 //! Why not `oha`/`wrk`: the gateway refuses a `record_id` it has already decided (409, replay
 //! protection), so every request must carry a fresh record id. This generator keeps each record
 //! file's bytes as they are and splices a new counter-based UUID into its `record_id` per request.
+//! The gateway also refuses a record whose `created_at` lies outside its window
+//! (`limits.record_max_age_secs`), and the example files' dates are fixed: each record's
+//! `created_at` becomes the time the run starts (spliced in once, when the files are read).
 //!
 //! Modes:
 //! - keep-alive (default): `--connections N` connections, each sending one request after the
 //!   other for `--duration` seconds (after `--warmup`); HTTP/1.1 or HTTP/2 (one stream each);
 //! - `--new-connections`: every request on a fresh TCP + full TLS 1.3 handshake (resumption off),
 //!   so the rate measured is the handshake rate;
+//! - `--resumed-connections`: like `--new-connections` (one request per fresh TCP + TLS
+//!   connection, `Connection: close`), but the TLS 1.3 session tickets the server sends are kept
+//!   in one in-memory store shared by all workers of the run (as browsers and nginx's own clients
+//!   do), so every connection after the first tries to resume; the summary counts `resumed` and
+//!   `full_handshakes` (both also counted, as a check, in `--new-connections` mode). rustls keeps
+//!   at most 8 TLS 1.3 tickets per server and uses each once, and nginx (OpenSSL) sends two
+//!   tickets after a full handshake but one after a resumed one: up to 8 connections all resume,
+//!   beyond that a few find the store empty (about 5% full handshakes at 16);
+//! - `--first-request-latency N`: N connections one after another, each with a full handshake and
+//!   with Nagle's algorithm on (no `TCP_NODELAY`, unlike every other mode), and on each two
+//!   requests one after the other; reports the median milliseconds of the first and of the second
+//!   request (`first_ms`, `second_ms`: from starting to write the request to having read the
+//!   whole answer), which shows a delay that only a fresh connection's first request pays;
 //! - `--idle-connections N --hold S`: open N mTLS connections, send one record on each, then keep
 //!   them open and idle for S seconds (for memory measurements; `--ready-file` is created once
 //!   all are open).
 //!
 //! Prints one JSON object on stdout: requests, rps, latency percentiles (ms), answers by status,
-//! transport errors by kind.
+//! transport errors by kind. `--report FILE` turns the JSON lines of many runs into markdown
+//! tables (per mode, connection count and target; the gateway against nginx).
 //!
 //! ```text
 //! cargo run --release --example loadgen -- --url https://127.0.0.1:8443/v1/records \
@@ -35,7 +52,7 @@ use clap::Parser;
 use http_body_util::{BodyExt, Full};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rustls::client::Resumption;
-use rustls::RootCertStore;
+use rustls::{HandshakeKind, RootCertStore};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tokio::net::TcpStream;
@@ -59,7 +76,7 @@ struct Args {
     /// TLS server name to verify (default: the URL's host).
     #[arg(long)]
     server_name: Option<String>,
-    /// Concurrent connections (keep-alive and new-connection modes).
+    /// Concurrent connections (keep-alive, new- and resumed-connection modes).
     #[arg(long, default_value_t = 1)]
     connections: usize,
     /// Measured seconds.
@@ -77,6 +94,18 @@ struct Args {
     /// One request per connection: full handshake every time (TLS resumption off).
     #[arg(long)]
     new_connections: bool,
+    /// One request per connection, but TLS 1.3 session tickets are kept (one store shared by all
+    /// workers), so every connection after the first tries to resume.
+    #[arg(long, conflicts_with = "new_connections")]
+    resumed_connections: bool,
+    /// Open N connections one after another (full handshake, Nagle on: no TCP_NODELAY) and time
+    /// the first and the second request on each; reports the medians.
+    #[arg(
+        long,
+        value_name = "N",
+        conflicts_with_all = ["new_connections", "resumed_connections", "idle_connections"]
+    )]
+    first_request_latency: Option<usize>,
     /// HTTP/1.1 (the default).
     #[arg(long, conflicts_with = "http2")]
     http1: bool,
@@ -116,6 +145,8 @@ struct Plan {
     authority: String,
     templates: Vec<Template>,
     http2: bool,
+    /// TCP_NODELAY on every connection (off only to measure Nagle's effect).
+    nodelay: bool,
     counter: AtomicU64,
     nonce: u64,
 }
@@ -126,6 +157,9 @@ struct Tally {
     latencies_us: Vec<u32>,
     statuses: BTreeMap<u16, u64>,
     errors: BTreeMap<String, u64>,
+    /// Handshakes that resumed a TLS session, and full ones (handshake-per-request modes).
+    resumed: u64,
+    full_handshakes: u64,
 }
 
 impl Tally {
@@ -137,9 +171,18 @@ impl Tally {
         for (k, v) in other.errors {
             *self.errors.entry(k).or_default() += v;
         }
+        self.resumed += other.resumed;
+        self.full_handshakes += other.full_handshakes;
     }
     fn error(&mut self, kind: String) {
         *self.errors.entry(kind).or_default() += 1;
+    }
+    fn handshake(&mut self, kind: Option<HandshakeKind>) {
+        match kind {
+            Some(HandshakeKind::Resumed) => self.resumed += 1,
+            Some(_) => self.full_handshakes += 1,
+            None => {}
+        }
     }
 }
 
@@ -160,6 +203,8 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let plan = Arc::new(plan(&args)?);
     let output = if let Some(n) = args.idle_connections {
         idle(&plan, n, &args).await?
+    } else if let Some(n) = args.first_request_latency {
+        first_request(&plan, n, &args).await
     } else {
         load(&plan, &args).await
     };
@@ -214,9 +259,13 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
     } else {
         vec![b"http/1.1".to_vec()]
     };
-    if args.new_connections {
-        // Every connection pays the full handshake: that is what this mode measures.
+    if args.new_connections || args.first_request_latency.is_some() {
+        // Every connection pays the full handshake: that is what these modes measure.
         tls.resumption = Resumption::disabled();
+    } else if args.resumed_connections {
+        // One ticket store in the one config all workers share: a ticket any connection received
+        // serves the next connection of any worker (rustls uses each TLS 1.3 ticket once).
+        tls.resumption = Resumption::in_memory_sessions(256);
     }
 
     let templates = templates(body_dir, args.from.as_deref())?;
@@ -236,6 +285,7 @@ fn plan(args: &Args) -> anyhow::Result<Plan> {
         uri,
         templates,
         http2: args.http2,
+        nodelay: args.first_request_latency.is_none(),
         counter: AtomicU64::new(0),
         nonce,
     })
@@ -259,15 +309,27 @@ fn templates(dir: &Path, from: Option<&str>) -> anyhow::Result<Vec<Template>> {
         .filter(|p| p.extension().is_some_and(|x| x == "json"))
         .collect();
     paths.sort();
+    let now = format!(
+        "\"{}\"",
+        chrono::Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+    );
     let mut out = Vec::new();
     for path in paths {
-        let text = std::fs::read(&path).with_context(|| path.display().to_string())?;
+        let mut text = std::fs::read(&path).with_context(|| path.display().to_string())?;
         let record: serde_json::Value = serde_json::from_slice(&text)
             .with_context(|| format!("{}: not JSON", path.display()))?;
         if let Some(from) = from {
             if record.get("from").and_then(|v| v.as_str()) != Some(from) {
                 continue;
             }
+        }
+        if let Some(created) = record.get("created_at").and_then(|v| v.as_str()) {
+            // The value after the "created_at" key, so a body field with the same text stays.
+            let needle = format!("\"{created}\"");
+            let at = find(&text, b"\"created_at\"")
+                .and_then(|key| Some(key + find(&text[key..], needle.as_bytes())?))
+                .ok_or_else(|| anyhow!("{}: created_at not found verbatim", path.display()))?;
+            text.splice(at..at + needle.len(), now.bytes());
         }
         let id = record
             .get("record_id")
@@ -329,17 +391,21 @@ impl Plan {
             .unwrap_or_else(|_| http::Request::new(Full::new(Bytes::new())))
     }
 
-    /// TCP + TLS + HTTP handshake; the connection task runs in the background.
-    async fn connect(&self) -> Result<Sender, String> {
+    /// TCP + TLS + HTTP handshake; the connection task runs in the background. Also says whether
+    /// the TLS handshake was a full or a resumed one.
+    async fn connect(&self) -> Result<(Sender, Option<HandshakeKind>), String> {
         let tcp = TcpStream::connect(&self.addr)
             .await
             .map_err(|e| format!("connect: {}", e.kind()))?;
-        let _ = tcp.set_nodelay(true);
+        if self.nodelay {
+            let _ = tcp.set_nodelay(true);
+        }
         let tls = self
             .connector
             .connect(self.server_name.clone(), tcp)
             .await
             .map_err(|e| format!("tls: {e}"))?;
+        let kind = tls.get_ref().1.handshake_kind();
         let io = TokioIo::new(tls);
         if self.http2 {
             let (sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), io)
@@ -348,7 +414,7 @@ impl Plan {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(Sender::H2(sender))
+            Ok((Sender::H2(sender), kind))
         } else {
             let (sender, conn) = hyper::client::conn::http1::handshake(io)
                 .await
@@ -356,7 +422,7 @@ impl Plan {
             tokio::spawn(async move {
                 let _ = conn.await;
             });
-            Ok(Sender::H1(sender))
+            Ok((Sender::H1(sender), kind))
         }
     }
 }
@@ -367,17 +433,21 @@ enum Sender {
 }
 
 impl Sender {
+    /// Waits until the connection can take the next request.
+    async fn ready(&mut self) -> Result<(), String> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+        .map_err(|e| format!("send: {e}"))
+    }
+
     /// Sends one request and reads the whole answer; the status, or a short error kind.
     async fn exchange(&mut self, request: http::Request<Full<Bytes>>) -> Result<u16, String> {
+        self.ready().await?;
         let response = match self {
-            Sender::H1(s) => {
-                s.ready().await.map_err(|e| format!("send: {e}"))?;
-                s.send_request(request).await
-            }
-            Sender::H2(s) => {
-                s.ready().await.map_err(|e| format!("send: {e}"))?;
-                s.send_request(request).await
-            }
+            Sender::H1(s) => s.send_request(request).await,
+            Sender::H2(s) => s.send_request(request).await,
         }
         .map_err(|e| format!("send: {e}"))?;
         let status = response.status().as_u16();
@@ -397,7 +467,7 @@ async fn load(plan: &Arc<Plan>, args: &Args) -> serde_json::Value {
     let mut workers = Vec::new();
     for _ in 0..args.connections.max(1) {
         let plan = plan.clone();
-        let fresh = args.new_connections;
+        let fresh = args.new_connections || args.resumed_connections;
         workers.push(tokio::spawn(async move {
             if fresh {
                 handshake_worker(&plan, measure_from, until).await
@@ -422,7 +492,7 @@ async fn keepalive_worker(plan: &Plan, measure_from: Instant, until: Instant) ->
     while Instant::now() < until {
         if sender.is_none() {
             match plan.connect().await {
-                Ok(s) => sender = Some(s),
+                Ok((s, _)) => sender = Some(s),
                 Err(e) => {
                     if Instant::now() >= measure_from {
                         tally.error(e);
@@ -459,11 +529,20 @@ async fn handshake_worker(plan: &Plan, measure_from: Instant, until: Instant) ->
     let mut tally = Tally::default();
     while Instant::now() < until {
         let t0 = Instant::now();
+        let mut kind = None;
+        // The whole answer is read before the connection is dropped, so rustls has processed the
+        // server's NewSessionTicket messages (sent after the handshake) by then.
         let result = match plan.connect().await {
-            Ok(mut s) => s.exchange(plan.request(true)).await,
+            Ok((mut s, k)) => {
+                kind = k;
+                s.exchange(plan.request(true)).await
+            }
             Err(e) => Err(e),
         };
         let measured = t0 >= measure_from && Instant::now() <= until;
+        if measured {
+            tally.handshake(kind);
+        }
         match result {
             Ok(status) if measured => {
                 tally.latencies_us.push(micros(t0.elapsed()));
@@ -486,7 +565,7 @@ async fn idle(plan: &Arc<Plan>, n: usize, args: &Args) -> anyhow::Result<serde_j
         let gate = gate.clone();
         opening.push(tokio::spawn(async move {
             let _permit = gate.acquire_owned().await.map_err(|e| e.to_string())?;
-            let mut sender = plan.connect().await?;
+            let (mut sender, _) = plan.connect().await?;
             let status = sender.exchange(plan.request(false)).await?;
             Ok::<_, String>((sender, status))
         }));
@@ -531,6 +610,73 @@ async fn idle(plan: &Arc<Plan>, n: usize, args: &Args) -> anyhow::Result<serde_j
     }))
 }
 
+/// N connections one after another, Nagle on, two requests on each: how much longer the first
+/// request on a fresh connection takes than the second.
+async fn first_request(plan: &Plan, n: usize, args: &Args) -> serde_json::Value {
+    let mut tally = Tally::default();
+    let mut first_ms = Vec::new();
+    let mut second_ms = Vec::new();
+    for _ in 0..n {
+        let (mut sender, kind) = match plan.connect().await {
+            Ok(c) => c,
+            Err(e) => {
+                tally.error(e);
+                continue;
+            }
+        };
+        tally.handshake(kind);
+        for into in [&mut first_ms, &mut second_ms] {
+            let request = plan.request(false);
+            if let Err(e) = sender.ready().await {
+                tally.error(e);
+                break;
+            }
+            let t0 = Instant::now();
+            match sender.exchange(request).await {
+                Ok(status) => {
+                    into.push(t0.elapsed().as_secs_f64() * 1000.0);
+                    *tally.statuses.entry(status).or_default() += 1;
+                }
+                Err(e) => {
+                    tally.error(e);
+                    break;
+                }
+            }
+        }
+    }
+    let each = |v: &[f64]| v.iter().map(|&x| round(x, 3)).collect::<Vec<f64>>();
+    serde_json::json!({
+        "label": args.label,
+        "mode": mode(args),
+        "http": if args.http2 { "2" } else { "1.1" },
+        "url": args.url,
+        "connections": n,
+        "nodelay": false,
+        "first_ms": round(median(first_ms.clone()), 3),
+        "second_ms": round(median(second_ms.clone()), 3),
+        "first_ms_each": each(&first_ms),
+        "second_ms_each": each(&second_ms),
+        "resumed": tally.resumed,
+        "full_handshakes": tally.full_handshakes,
+        "status": tally.statuses,
+        "errors": tally.errors,
+    })
+}
+
+fn mode(args: &Args) -> &'static str {
+    if args.idle_connections.is_some() {
+        "idle"
+    } else if args.first_request_latency.is_some() {
+        "first-request"
+    } else if args.new_connections {
+        "new-connections"
+    } else if args.resumed_connections {
+        "resumed-connections"
+    } else {
+        "keep-alive"
+    }
+}
+
 fn micros(d: Duration) -> u32 {
     u32::try_from(d.as_micros()).unwrap_or(u32::MAX)
 }
@@ -562,9 +708,9 @@ fn summary(args: &Args, mut tally: Tally, seconds: f64) -> serde_json::Value {
     } else {
         v.iter().map(|&x| f64::from(x)).sum::<f64>() / v.len() as f64 / 1000.0
     };
-    serde_json::json!({
+    let mut out = serde_json::json!({
         "label": args.label,
-        "mode": if args.new_connections { "new-connections" } else { "keep-alive" },
+        "mode": mode(args),
         "http": if args.http2 { "2" } else { "1.1" },
         "url": args.url,
         "connections": args.connections,
@@ -582,7 +728,12 @@ fn summary(args: &Args, mut tally: Tally, seconds: f64) -> serde_json::Value {
         },
         "status": tally.statuses,
         "errors": tally.errors,
-    })
+    });
+    if args.new_connections || args.resumed_connections {
+        out["resumed"] = tally.resumed.into();
+        out["full_handshakes"] = tally.full_handshakes.into();
+    }
+    out
 }
 
 /// One measured run as read back from the JSON lines.
@@ -594,6 +745,18 @@ struct Run {
     p50: f64,
     p99: f64,
     p999: f64,
+    failures: u64,
+    /// Resumed and full handshakes (handshake-per-request modes; 0 and 0 otherwise).
+    resumed: u64,
+    full_handshakes: u64,
+}
+
+/// One `first-request` run as read back from the JSON lines.
+struct FirstRun {
+    label: String,
+    connections: u64,
+    first_ms: f64,
+    second_ms: f64,
     failures: u64,
 }
 
@@ -613,33 +776,67 @@ fn median(mut v: Vec<f64>) -> f64 {
     }
 }
 
+/// The share of resumed handshakes, `""` where none were counted (keep-alive modes).
+fn share(resumed: u64, full: u64) -> String {
+    if resumed + full == 0 {
+        String::new()
+    } else {
+        format!("{:.0}%", 100.0 * resumed as f64 / (resumed + full) as f64)
+    }
+}
+
 /// Markdown tables: per mode and connection count, every label's median over its rounds, then
-/// each `gateway*` label against `nginx`.
+/// each `gateway*` label against `nginx`; then the first-request latencies (Nagle on).
 fn report(path: &Path) -> anyhow::Result<String> {
     let text = std::fs::read_to_string(path).with_context(|| path.display().to_string())?;
     let mut runs = Vec::new();
+    let mut firsts = Vec::new();
     for line in text.lines().filter(|l| l.trim_start().starts_with('{')) {
         let v: serde_json::Value =
             serde_json::from_str(line).with_context(|| format!("{}: {line}", path.display()))?;
-        if v["mode"] == "idle" {
-            continue;
-        }
         let f = |p: &str| v.pointer(p).and_then(|x| x.as_f64()).unwrap_or(0.0);
-        let requests = v["requests"].as_u64().unwrap_or(0);
-        let ok = v["ok"].as_u64().unwrap_or(0);
+        let u = |k: &str| v[k].as_u64().unwrap_or(0);
         let transport: u64 = v["errors"]
             .as_object()
             .map(|m| m.values().filter_map(|x| x.as_u64()).sum())
             .unwrap_or(0);
+        let label = v["label"].as_str().unwrap_or("").to_string();
+        match v["mode"].as_str().unwrap_or("") {
+            "idle" => continue,
+            "first-request" => {
+                let non_2xx: u64 = v["status"]
+                    .as_object()
+                    .map(|m| {
+                        m.iter()
+                            .filter(|(s, _)| !s.starts_with('2'))
+                            .filter_map(|(_, n)| n.as_u64())
+                            .sum()
+                    })
+                    .unwrap_or(0);
+                firsts.push(FirstRun {
+                    label,
+                    connections: u("connections"),
+                    first_ms: f("/first_ms"),
+                    second_ms: f("/second_ms"),
+                    failures: non_2xx + transport,
+                });
+                continue;
+            }
+            _ => {}
+        }
+        let requests = u("requests");
+        let ok = u("ok");
         runs.push(Run {
-            label: v["label"].as_str().unwrap_or("").to_string(),
+            label,
             mode: v["mode"].as_str().unwrap_or("").to_string(),
-            connections: v["connections"].as_u64().unwrap_or(0),
+            connections: u("connections"),
             rps: f("/ok_rps"),
             p50: f("/latency_ms/p50"),
             p99: f("/latency_ms/p99"),
             p999: f("/latency_ms/p999"),
             failures: requests - ok + transport,
+            resumed: u("resumed"),
+            full_handshakes: u("full_handshakes"),
         });
     }
     let mut keys: Vec<(String, u64)> = runs
@@ -654,10 +851,11 @@ fn report(path: &Path) -> anyhow::Result<String> {
 
     let mut out = String::new();
     out.push_str(
-        "| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed |\n",
+        "| mode | conns | target | rounds | ok req/s | p50 ms | p99 ms | p99.9 ms | failed \
+         | resumed |\n",
     );
-    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|\n");
-    let mut medians: BTreeMap<(String, u64, String), Medians> = BTreeMap::new();
+    out.push_str("|---|---:|---|---:|---:|---:|---:|---:|---:|---:|\n");
+    let mut medians: BTreeMap<(String, u64, String), (Medians, String)> = BTreeMap::new();
     for (mode, conns) in &keys {
         for label in &labels {
             let rs: Vec<&Run> = runs
@@ -674,34 +872,73 @@ fn report(path: &Path) -> anyhow::Result<String> {
                 median(rs.iter().map(|r| r.p999).collect()),
             );
             let failed: u64 = rs.iter().map(|r| r.failures).sum();
+            let resumed = share(
+                rs.iter().map(|r| r.resumed).sum(),
+                rs.iter().map(|r| r.full_handshakes).sum(),
+            );
             out.push_str(&format!(
-                "| {mode} | {conns} | {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {failed} |\n",
+                "| {mode} | {conns} | {label} | {} | {:.0} | {:.2} | {:.2} | {:.2} | {failed} \
+                 | {resumed} |\n",
                 rs.len(),
                 m.0,
                 m.1,
                 m.2,
                 m.3
             ));
-            medians.insert((mode.clone(), *conns, label.clone()), m);
+            medians.insert((mode.clone(), *conns, label.clone()), (m, resumed));
         }
     }
     out.push_str(
-        "\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms |\n",
+        "\n| mode | conns | gateway run | req/s ratio vs nginx | p50 ratio | p99 difference ms \
+         | resumed (gateway / nginx) |\n",
     );
-    out.push_str("|---|---:|---|---:|---:|---:|\n");
-    for ((mode, conns, label), g) in &medians {
+    out.push_str("|---|---:|---|---:|---:|---:|---:|\n");
+    for ((mode, conns, label), (g, g_resumed)) in &medians {
         if !label.starts_with("gateway") {
             continue;
         }
-        let Some(n) = medians.get(&(mode.clone(), *conns, "nginx".to_string())) else {
+        let Some((n, n_resumed)) = medians.get(&(mode.clone(), *conns, "nginx".to_string())) else {
             continue;
         };
+        let resumed = if g_resumed.is_empty() && n_resumed.is_empty() {
+            String::new()
+        } else {
+            format!("{g_resumed} / {n_resumed}")
+        };
         out.push_str(&format!(
-            "| {mode} | {conns} | {label} | {:.2} | {:.2} | {:+.2} |\n",
+            "| {mode} | {conns} | {label} | {:.2} | {:.2} | {:+.2} | {resumed} |\n",
             if n.0 > 0.0 { g.0 / n.0 } else { 0.0 },
             if n.1 > 0.0 { g.1 / n.1 } else { 0.0 },
             g.2 - n.2
         ));
+    }
+
+    if !firsts.is_empty() {
+        let mut labels: Vec<&str> = firsts.iter().map(|r| r.label.as_str()).collect();
+        labels.sort();
+        labels.dedup();
+        out.push_str(
+            "\nFirst and second request on a fresh connection (full handshake each; the client \
+             with Nagle on, no TCP_NODELAY): medians over the connections, then over the \
+             rounds.\n\n",
+        );
+        out.push_str(
+            "| target | rounds | connections each | first request ms | second request ms \
+             | first minus second ms | failed |\n",
+        );
+        out.push_str("|---|---:|---:|---:|---:|---:|---:|\n");
+        for label in labels {
+            let rs: Vec<&FirstRun> = firsts.iter().filter(|r| r.label == label).collect();
+            let first = median(rs.iter().map(|r| r.first_ms).collect());
+            let second = median(rs.iter().map(|r| r.second_ms).collect());
+            let conns = median(rs.iter().map(|r| r.connections as f64).collect());
+            let failed: u64 = rs.iter().map(|r| r.failures).sum();
+            out.push_str(&format!(
+                "| {label} | {} | {conns:.0} | {first:.2} | {second:.2} | {:+.2} | {failed} |\n",
+                rs.len(),
+                first - second
+            ));
+        }
     }
     Ok(out)
 }
