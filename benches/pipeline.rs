@@ -339,7 +339,7 @@ fn bench_phases(c: &mut Criterion) {
                     .append(decision_event(&fx, head, &sha, decision, applied)),
             )
             .expect("append");
-        let receipt = fx.gateway.audit.receipt(&appended, &head.record_id);
+        let receipt = fx.gateway.audit.receipt(&appended);
         let name = format!("{} ({} B)", t.name, t.len());
         eprintln!(
             "pipeline bench: {} obligations {:?}, forwarded {} B",
@@ -390,13 +390,7 @@ fn bench_phases(c: &mut Criterion) {
         );
         group.bench_function(
             BenchmarkId::new("5 receipt (Ed25519 signature)", &name),
-            |b| {
-                b.iter(|| {
-                    fx.gateway
-                        .audit
-                        .receipt(black_box(&appended), &head.record_id)
-                })
-            },
+            |b| b.iter(|| fx.gateway.audit.receipt(black_box(&appended))),
         );
         group.bench_function(BenchmarkId::new("6 answer JSON", &name), |b| {
             b.iter(|| answer(head, decision, &receipt, applied))

@@ -78,7 +78,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
             .await
             .unwrap();
         if i == 4 {
-            receipt = Some(log.receipt(&appended, "rec-4"));
+            receipt = Some(log.receipt(&appended));
         }
     }
     log.close().await.unwrap();
@@ -107,12 +107,14 @@ async fn verify_exits_zero_on_an_intact_log_and_names_the_first_bad_seq() {
     assert!(stdout(&unchecked).contains("signatures NOT checked"));
 
     let text = std::fs::read_to_string(&s.log).unwrap();
+    let first_deny = text.lines().find(|l| l.contains("\"deny\"")).unwrap();
+    let seq = serde_json::from_str::<serde_json::Value>(first_deny).unwrap()["seq"].clone();
     let tampered = text.replacen("\"deny\"", "\"allw\"", 1);
     std::fs::write(&s.log, tampered).unwrap();
     let bad = run(&["audit", "verify", &s.log, "--public-key", &s.public]);
     assert_eq!(bad.status.code(), Some(1), "{}", stdout(&bad));
     assert!(
-        stdout(&bad).contains("first bad entry: seq 1"),
+        stdout(&bad).contains(&format!("first bad entry: seq {seq}")),
         "{}",
         stdout(&bad)
     );
@@ -231,6 +233,45 @@ async fn receipt_verify_accepts_the_kept_answer_and_rejects_an_altered_one() {
     ]);
     assert_eq!(bad.status.code(), Some(1));
     assert!(stdout(&bad).contains("INVALID"));
+}
+
+#[tokio::test]
+async fn receipt_verify_fails_when_a_kept_answer_is_edited_in_decision_status_body_hash_or_policy()
+{
+    let s = setup(256 * 1024 * 1024).await;
+    let kept: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&s.receipt).unwrap()).unwrap();
+    type Edit = fn(&mut serde_json::Value);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("the decision, answer and receipt alike", |a| {
+            a["decision"] = "deny".into();
+            a["receipt"]["decision"] = "deny".into();
+        }),
+        ("the answer's decision only", |a| a["decision"] = "deny".into()),
+        ("the status", |a| a["receipt"]["status"] = 403.into()),
+        ("the body hash", |a| {
+            a["receipt"]["body_sha256"] = "0".repeat(64).into()
+        }),
+        ("the policy version", |a| {
+            a["receipt"]["policy_version"] = "2099.01".into()
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut answer = kept.clone();
+        edit(&mut answer);
+        let altered = s.dir.path().join("edited.json");
+        std::fs::write(&altered, answer.to_string()).unwrap();
+        let out = run(&[
+            "audit",
+            "receipt",
+            "verify",
+            altered.to_str().unwrap(),
+            "--public-key",
+            &s.public,
+        ]);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).contains("INVALID"), "{what}: {}", stdout(&out));
+    }
 }
 
 #[tokio::test]

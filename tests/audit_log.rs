@@ -147,7 +147,8 @@ async fn entry_carries_every_field_an_auditor_needs() {
     let f = fixture(100);
     written_log(&f, 1).await;
     let text = std::fs::read_to_string(&f.cfg.log).unwrap();
-    let first_decision = text.lines().nth(1).unwrap();
+    // Line 0: segment start; line 1: the checkpoint a new log gets at once.
+    let first_decision = text.lines().nth(2).unwrap();
     let v: serde_json::Value = serde_json::from_str(first_decision).unwrap();
     for key in [
         "seq",
@@ -173,7 +174,7 @@ async fn entry_carries_every_field_an_auditor_needs() {
     }
     assert_eq!(v["sender"]["organisation"], "Shenzhen Genomics Lab");
     assert!(first_decision.ends_with(&format!(",\"hash\":{}}}", v["hash"])));
-    let outcome: serde_json::Value = serde_json::from_str(text.lines().nth(2).unwrap()).unwrap();
+    let outcome: serde_json::Value = serde_json::from_str(text.lines().nth(3).unwrap()).unwrap();
     assert_eq!(outcome["type"], "outcome");
     assert_eq!(outcome["refers_to"], v["seq"]);
 }
@@ -281,6 +282,30 @@ async fn truncating_the_tail_past_the_last_checkpoint_is_detected() {
         .contains("periodic checkpoint"));
 }
 
+/// Appends the entries of `forged` (after its segment start) to `log`, renumbered and rechained
+/// with recomputed hashes, as a forger with disk access and without the signing key would.
+fn splice_after(log: &Path, forged: &Path) {
+    let text = std::fs::read_to_string(log).unwrap();
+    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
+    let mut seq = last["seq"].as_u64().unwrap();
+    let mut prev = last["hash"].as_str().unwrap().to_string();
+    let mut out = text.clone();
+    for line in std::fs::read_to_string(forged).unwrap().lines().skip(1) {
+        let mut e: hetao_gateway_core::audit::AuditEntry = serde_json::from_str(line).unwrap();
+        seq += 1;
+        e.seq = seq;
+        e.prev_hash = prev.clone();
+        if e.entry_type == hetao_gateway_core::audit::AuditEntryType::Checkpoint {
+            e.covers_seq = Some(seq - 1);
+            e.chain_head = Some(prev.clone());
+        }
+        let line = hetao_gateway_core::audit::entry::seal(&mut e).unwrap();
+        prev = e.hash.clone();
+        out.push_str(std::str::from_utf8(&line).unwrap());
+    }
+    std::fs::write(log, out).unwrap();
+}
+
 #[tokio::test]
 async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
     // Anyone can recompute SHA-256; only the checkpoint signature seals the chain.
@@ -290,15 +315,127 @@ async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
     let other_key = f.cfg.signing_key.with_file_name("other.key");
     std::fs::write(&other_key, other_private).unwrap();
     let mut forged_cfg = f.cfg.clone();
-    forged_cfg.signing_key = other_key;
-    let log = AuditLog::open(&forged_cfg).unwrap();
-    log.append(decision("forged", "allow")).await.unwrap();
-    log.close().await.unwrap();
+    forged_cfg.signing_key = other_key.clone();
+    // The gateway itself will not continue a log under another key: it checks every
+    // checkpoint's signature at start.
+    let refused = AuditLog::open(&forged_cfg).err().expect("open must fail");
+    assert!(
+        refused.to_string().contains("not by the given public key"),
+        "{refused}"
+    );
+    // A forger writes the tail with a log of their own and splices it on.
+    let forger_dir = tempfile::tempdir().unwrap();
+    let mut forger_cfg = forged_cfg.clone();
+    forger_cfg.log = forger_dir.path().join("forged.jsonl");
+    let forger = AuditLog::open(&forger_cfg).unwrap();
+    forger.append(decision("forged", "allow")).await.unwrap();
+    forger.close().await.unwrap();
+    splice_after(&f.cfg.log, &forger_cfg.log);
     let report = verify_logs(&files, Some(&f.public));
     let p = report
         .problem
         .expect("a checkpoint by another key is a problem");
     assert!(p.message.contains("not by the given public key"), "{p}");
+}
+
+/// Rewrites a log as an operator with disk access and without the signing key would: `keep`
+/// decides which entries stay, then every entry is renumbered and its hash recomputed.
+fn rewrite(log: &Path, keep: impl Fn(&hetao_gateway_core::audit::AuditEntry) -> bool) {
+    let mut out = String::new();
+    let mut prev = hetao_gateway_core::audit::ZERO_HASH.to_string();
+    let mut seq = 0;
+    for line in std::fs::read_to_string(log).unwrap().lines() {
+        let mut e: hetao_gateway_core::audit::AuditEntry = serde_json::from_str(line).unwrap();
+        if !keep(&e) {
+            continue;
+        }
+        e.seq = seq;
+        e.prev_hash = prev.clone();
+        if e.entry_type == hetao_gateway_core::audit::AuditEntryType::Checkpoint {
+            e.covers_seq = seq.checked_sub(1);
+            e.chain_head = Some(prev.clone());
+        }
+        let sealed = hetao_gateway_core::audit::entry::seal(&mut e).unwrap();
+        out.push_str(std::str::from_utf8(&sealed).unwrap());
+        prev = e.hash.clone();
+        seq += 1;
+    }
+    std::fs::write(log, out).unwrap();
+}
+
+#[tokio::test]
+async fn a_log_rewritten_without_its_checkpoints_is_refused_at_start_and_never_re_signed() {
+    let f = fixture(1000);
+    written_log(&f, 4).await;
+    // Remove every checkpoint and one decision; renumber and rechain.
+    rewrite(&f.cfg.log, |e| {
+        e.entry_type != hetao_gateway_core::audit::AuditEntryType::Checkpoint
+            && e.record_id.as_deref() != Some("rec-2")
+    });
+    let forged = std::fs::read(&f.cfg.log).unwrap();
+    let refused = AuditLog::open(&f.cfg).err().expect("the gateway started on a forgery");
+    assert!(
+        refused.to_string().contains("not covered by a signed checkpoint"),
+        "{refused}"
+    );
+    // Nothing was signed over it, and an auditor is told too.
+    assert_eq!(std::fs::read(&f.cfg.log).unwrap(), forged);
+    assert!(!verify_logs(&paths(&f.cfg.log), Some(&f.public)).is_intact(false));
+}
+
+#[tokio::test]
+async fn an_unsigned_tail_longer_than_a_crash_can_leave_is_refused_at_start() {
+    let mut f = fixture(3);
+    f.cfg.max_batch = 2;
+    written_log(&f, 2).await;
+    // Keep the signed start, drop every later checkpoint: a long unsigned tail.
+    rewrite(&f.cfg.log, |e| {
+        e.entry_type != hetao_gateway_core::audit::AuditEntryType::Checkpoint
+            || e.covers_seq == Some(0)
+    });
+    // Append enough unsigned entries to pass the bound (3 + 2 + 2).
+    let forger_dir = tempfile::tempdir().unwrap();
+    let mut forger_cfg = f.cfg.clone();
+    forger_cfg.log = forger_dir.path().join("forged.jsonl");
+    forger_cfg.checkpoint_every_entries = 1000;
+    let forger = AuditLog::open(&forger_cfg).unwrap();
+    for i in 0..4 {
+        forger
+            .append(decision(&format!("forged-{i}"), "allow"))
+            .await
+            .unwrap();
+    }
+    forger.close().await.unwrap();
+    splice_after(&f.cfg.log, &forger_cfg.log);
+    rewrite(&f.cfg.log, |e| {
+        e.entry_type != hetao_gateway_core::audit::AuditEntryType::Checkpoint
+            || e.covers_seq == Some(0)
+    });
+    let refused = AuditLog::open(&f.cfg).err().expect("open must fail");
+    assert!(
+        refused.to_string().contains("more than a crash can leave"),
+        "{refused}"
+    );
+}
+
+#[tokio::test]
+async fn a_complete_last_line_that_fails_its_hash_is_refused_not_set_aside() {
+    let f = fixture(3);
+    written_log(&f, 2).await;
+    // Edit the final checkpoint: the line keeps its newline, so it is no torn write.
+    let text = std::fs::read_to_string(&f.cfg.log).unwrap();
+    let last = text.lines().last().unwrap();
+    let edited_last = last.replacen("\"final\":true", "\"final\":false", 1);
+    assert_ne!(last, edited_last);
+    let edited = text.replacen(last, &edited_last, 1);
+    std::fs::write(&f.cfg.log, &edited).unwrap();
+    let refused = AuditLog::open(&f.cfg).err().expect("open must fail");
+    assert!(refused.to_string().contains("corrupt"), "{refused}");
+    assert_eq!(std::fs::read_to_string(&f.cfg.log).unwrap(), edited);
+    let dir = f.cfg.log.parent().unwrap();
+    assert!(!std::fs::read_dir(dir)
+        .unwrap()
+        .any(|e| e.unwrap().path().to_string_lossy().contains(".torn-")));
 }
 
 #[tokio::test]
@@ -369,31 +506,33 @@ async fn receipts_verify_and_fail_when_altered() {
     let f = fixture(3);
     let log = AuditLog::open(&f.cfg).unwrap();
     let appended = log.append(decision("rec-r", "deny")).await.unwrap();
-    let receipt = log.receipt(&appended, "rec-r");
+    let receipt = log.receipt(&appended);
     log.close().await.unwrap();
     let files = paths(&f.cfg.log);
 
     verify_receipt(&receipt, &f.public).unwrap();
     find_receipt_entry(&receipt, &files).unwrap();
 
-    let mut r = receipt.clone();
-    r.audit_seq += 1;
-    assert_eq!(
-        verify_receipt(&r, &f.public),
-        Err(ReceiptError::BadSignature)
-    );
-    let mut r = receipt.clone();
-    r.record_id.push('x');
-    assert_eq!(
-        verify_receipt(&r, &f.public),
-        Err(ReceiptError::BadSignature)
-    );
-    let mut r = receipt.clone();
-    r.entry_hash = "0".repeat(64);
-    assert_eq!(
-        verify_receipt(&r, &f.public),
-        Err(ReceiptError::BadSignature)
-    );
+    // Every fact the receipt states is bound by its signature.
+    type Edit = fn(&mut hetao_gateway_core::audit::Receipt);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("audit_seq", |r| r.facts.audit_seq += 1),
+        ("record_id", |r| r.facts.record_id.push('x')),
+        ("entry_hash", |r| r.facts.entry_hash = "0".repeat(64)),
+        ("decision", |r| r.facts.decision = "allow".into()),
+        ("status", |r| r.facts.status = 200),
+        ("body_sha256", |r| r.facts.body_sha256 = "e".repeat(64)),
+        ("policy_version", |r| r.facts.policy_version.push('1')),
+    ];
+    for (field, edit) in edits {
+        let mut r = receipt.clone();
+        edit(&mut r);
+        assert_eq!(
+            verify_receipt(&r, &f.public),
+            Err(ReceiptError::BadSignature),
+            "{field} changed"
+        );
+    }
     let mut r = receipt.clone();
     r.signature = r
         .signature
@@ -581,8 +720,8 @@ async fn idle_writer_signs_unsigned_entries_after_the_interval() {
     assert!(report.checkpoints >= 1);
     assert_eq!(
         log.stats().checkpoints,
-        1,
-        "no checkpoints while nothing is unsigned"
+        2,
+        "one at the start, one for the entry; none while nothing is unsigned"
     );
     log.close().await.unwrap();
 }
@@ -679,7 +818,10 @@ async fn query_filters_and_counts() {
     assert_eq!(stats.by_route["sz->hk"], 1);
     assert_eq!(stats.by_route["hk->sz"], 1);
     assert_eq!(stats.by_rule["D7"], 1);
-    assert_eq!(stats.by_type["checkpoint"], 1);
+    assert_eq!(
+        stats.by_type["checkpoint"], 2,
+        "the new log's first and the closing one"
+    );
 }
 
 #[tokio::test]
@@ -692,7 +834,7 @@ async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
         tasks.push(tokio::spawn(async move {
             let id = format!("rec-{i}");
             let appended = log.append(decision(&id, "allow")).await.unwrap();
-            log.receipt(&appended, &id)
+            log.receipt(&appended)
         }));
     }
     let mut receipts = Vec::new();
@@ -735,7 +877,7 @@ async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
     );
     // One receipt cannot be re-pointed at another record in the same batch.
     let mut r = shared.clone();
-    r.record_id = "rec-other".into();
+    r.facts.record_id = "rec-other".into();
     assert_eq!(
         verify_receipt(&r, &f.public),
         Err(ReceiptError::BadSignature)

@@ -455,36 +455,80 @@ fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> 
     })
 }
 
-/// A receipt file: the receipt itself or a whole gateway answer with a `receipt` member.
-pub fn read_receipt(path: &Path) -> anyhow::Result<Receipt> {
+/// A receipt file: the receipt itself, or a whole gateway answer with a `receipt` member (then
+/// also the answer, whose own statements must agree with its receipt).
+pub fn read_receipt(path: &Path) -> anyhow::Result<(Receipt, Option<serde_json::Value>)> {
     let text = std::fs::read_to_string(path)
         .with_context(|| format!("cannot read receipt {}", path.display()))?;
     let mut v: serde_json::Value = serde_json::from_str(&text)
         .with_context(|| format!("receipt {} is not JSON", path.display()))?;
+    let mut answer = None;
     if let Some(inner) = v.get_mut("receipt") {
-        v = inner.take();
+        let receipt = inner.take();
+        answer = Some(v);
+        v = receipt;
     }
-    serde_json::from_value(v).with_context(|| {
+    let receipt = serde_json::from_value(v).with_context(|| {
         format!(
-            "receipt {}: expected audit_seq, entry_hash, record_id, signature, key_id",
+            "receipt {}: expected audit_seq, entry_hash, record_id, decision, status, \
+             body_sha256, policy_version, batch, signature, key_id",
             path.display()
         )
-    })
+    })?;
+    Ok((receipt, answer))
+}
+
+/// Where a gateway answer says something other than the receipt it carries (an answer edited
+/// after the fact: the receipt's signature covers the receipt, so the answer must match it).
+fn answer_disagreements(receipt: &Receipt, answer: &serde_json::Value) -> Vec<String> {
+    let facts = &receipt.facts;
+    let stated = [
+        ("record_id", serde_json::json!(facts.record_id)),
+        ("decision", serde_json::json!(facts.decision)),
+        ("audit_seq", serde_json::json!(facts.audit_seq)),
+        ("policy_version", serde_json::json!(facts.policy_version)),
+    ];
+    stated
+        .into_iter()
+        .filter_map(|(field, signed)| {
+            let said = answer.get(field)?;
+            (said != &signed).then(|| {
+                format!(
+                    "the answer says {field} {}, its signed receipt {}",
+                    escape_controls(&said.to_string()),
+                    escape_controls(&signed.to_string())
+                )
+            })
+        })
+        .collect()
 }
 
 fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let receipt = read_receipt(path)?;
+    let (receipt, answer) = read_receipt(path)?;
     let key = AuditPublicKey::from_pem_file(public_key)?;
     if let Err(e) = verify_receipt(&receipt, &key) {
         say!("INVALID: {e}");
         return Ok(ExitCode::from(1));
     }
+    if let Some(answer) = &answer {
+        let disagreements = answer_disagreements(&receipt, answer);
+        if !disagreements.is_empty() {
+            say!("INVALID: {}", disagreements.join("; "));
+            return Ok(ExitCode::from(1));
+        }
+    }
+    let f = &receipt.facts;
     say!(
-        "signature OK: record {} was logged as seq {} with hash {} (key {})",
-        receipt.record_id,
-        receipt.audit_seq,
-        receipt.entry_hash,
-        receipt.key_id
+        "signature OK: record {} was logged as seq {} with hash {}: decision {}, status {}, body \
+         sha256 {}, policy version {} (key {})",
+        escape_controls(&f.record_id),
+        f.audit_seq,
+        escape_controls(&f.entry_hash),
+        escape_controls(&f.decision),
+        f.status,
+        escape_controls(&f.body_sha256),
+        escape_controls(&f.policy_version),
+        escape_controls(&receipt.key_id)
     );
     if !logs.is_empty() {
         let files = expand_segments(logs)?;

@@ -321,7 +321,7 @@ impl Refusal {
                 obj.insert("decision".into(), json!("deny"));
                 obj.insert("rules".into(), json!(rules));
                 obj.insert("policy_version".into(), json!(policy_version));
-                obj.insert("audit_seq".into(), json!(receipt.audit_seq));
+                obj.insert("audit_seq".into(), json!(receipt.facts.audit_seq));
                 obj.insert("receipt".into(), json!(receipt));
             }
             Refusal::UpstreamFailed {

@@ -473,7 +473,7 @@ fn audit_refusal(e: AuditError) -> Refusal {
 fn denial(gateway: &Gateway, ctx: &RequestCtx, verdict: Verdict) -> Refusal {
     match &ctx.decision_entry {
         Some(appended) => Refusal::PolicyDenied {
-            receipt: Box::new(gateway.audit.receipt(appended, &verdict.head.record_id)),
+            receipt: Box::new(gateway.audit.receipt(appended)),
             rules: verdict.decision.matched,
             policy_version: verdict.decision.policy_version,
         },
@@ -574,7 +574,7 @@ async fn forward(
         reservation.commit();
     }
     let answer = result.ok();
-    let receipt = gateway.audit.receipt(&appended, &head.record_id);
+    let receipt = gateway.audit.receipt(&appended);
     let body = json!({
         "record_id": head.record_id,
         "decision": "allow",

@@ -4,12 +4,14 @@
 //! of pipeline work on the benchmark machine). Instead, each batch the writer commits gets one
 //! Merkle tree over its entries' receipt leaves and one signature over the tree's root; a receipt
 //! carries its leaf's path to that root. A sender checks it offline with the public key alone,
-//! exactly as before: recompute the leaf from (sequence, entry hash, record id), fold the path,
-//! compare the root, verify the signature. This is the "signed tree head" of Certificate
+//! exactly as before: recompute the leaf from what the receipt states (sequence, entry hash,
+//! record id, decision, status, body hash, policy version), fold the path, compare the root,
+//! verify the signature. This is the "signed tree head" of Certificate
 //! Transparency (RFC 6962), applied per batch.
 //!
 //! Leaves and inner nodes are domain-separated (`0x00` / `0x01` prefixes) so a node can never be
-//! passed off as a leaf; the leaf binds sequence, entry hash and record id.
+//! passed off as a leaf; the leaf binds every fact the receipt states, so changing the decision,
+//! status, body hash or policy version in a saved receipt breaks it.
 
 use std::sync::Arc;
 
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 
 use super::keys::AuditSigner;
 
-const LEAF_DOMAIN: &str = "hetao-audit-receipt-leaf/v1";
+const LEAF_DOMAIN: &str = "hetao-audit-receipt-leaf/v2";
 
 /// Which side of the path the sibling hash sits on.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -36,11 +38,78 @@ pub struct ProofStep {
     pub hash: String,
 }
 
-/// The receipt leaf of one entry.
-pub fn leaf(seq: u64, entry_hash: &str, record_id: &str) -> [u8; 32] {
+/// What a receipt states about its entry, as the entry holds it. The receipt leaf binds every
+/// field.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ReceiptFacts {
+    pub audit_seq: u64,
+    pub entry_hash: String,
+    pub record_id: String,
+    /// `allow` or `deny`.
+    pub decision: String,
+    /// The HTTP status the entry records for the sender's answer (200 forwarded, 403 denied).
+    pub status: u16,
+    /// SHA-256 (hex) of the record as received.
+    pub body_sha256: String,
+    pub policy_version: String,
+}
+
+impl ReceiptFacts {
+    /// The facts of a sealed entry (fields it lacks are empty).
+    pub fn of(entry: &super::entry::AuditEntry) -> ReceiptFacts {
+        ReceiptFacts {
+            audit_seq: entry.seq,
+            entry_hash: entry.hash.clone(),
+            record_id: entry.record_id.clone().unwrap_or_default(),
+            decision: entry.decision.clone().unwrap_or_default(),
+            status: entry.status.unwrap_or(0),
+            body_sha256: entry.body_sha256.clone().unwrap_or_default(),
+            policy_version: entry.policy_version.clone().unwrap_or_default(),
+        }
+    }
+
+    /// Where `entry` (the log's entry at this receipt's sequence) differs from these facts.
+    pub fn differences(&self, entry: &super::entry::AuditEntry) -> Vec<String> {
+        let held = ReceiptFacts::of(entry);
+        let mut out = Vec::new();
+        let mut compare = |name: &str, receipt: String, log: String| {
+            if receipt != log {
+                out.push(format!(
+                    "{name}: {log} in the log, {receipt} in the receipt"
+                ));
+            }
+        };
+        compare("hash", self.entry_hash.clone(), held.entry_hash);
+        compare("record_id", self.record_id.clone(), held.record_id);
+        compare("decision", self.decision.clone(), held.decision);
+        compare("status", self.status.to_string(), held.status.to_string());
+        compare("body_sha256", self.body_sha256.clone(), held.body_sha256);
+        compare(
+            "policy_version",
+            self.policy_version.clone(),
+            held.policy_version,
+        );
+        out
+    }
+}
+
+/// The receipt leaf of one entry. The facts are encoded as one JSON array: unambiguous whatever
+/// the strings hold.
+pub fn leaf(facts: &ReceiptFacts) -> [u8; 32] {
+    let fields = serde_json::json!([
+        facts.audit_seq,
+        facts.entry_hash,
+        facts.record_id,
+        facts.decision,
+        facts.status,
+        facts.body_sha256,
+        facts.policy_version,
+    ]);
     let mut ctx = Context::new(&SHA256);
     ctx.update(&[0x00]);
-    ctx.update(format!("{LEAF_DOMAIN}\n{seq}\n{entry_hash}\n{record_id}").as_bytes());
+    ctx.update(LEAF_DOMAIN.as_bytes());
+    ctx.update(b"\n");
+    ctx.update(fields.to_string().as_bytes());
     to_array(ctx.finish().as_ref())
 }
 
@@ -187,14 +256,24 @@ mod tests {
         AuditSigner::from_pem(private.as_bytes(), "test").unwrap()
     }
 
+    fn facts(seq: u64) -> ReceiptFacts {
+        ReceiptFacts {
+            audit_seq: seq,
+            entry_hash: format!("{seq:064x}"),
+            record_id: "r".into(),
+            decision: "deny".into(),
+            status: 403,
+            body_sha256: "c".repeat(64),
+            policy_version: "2026.12".into(),
+        }
+    }
+
     #[test]
     fn every_leaf_of_batches_of_every_size_folds_to_the_signed_root() {
         let signer = signer();
         let key = signer.public_key();
         for n in 1..=17u64 {
-            let leaves: Vec<_> = (0..n)
-                .map(|i| leaf(100 + i, &format!("{i:064x}"), "r"))
-                .collect();
+            let leaves: Vec<_> = (0..n).map(|i| leaf(&facts(100 + i))).collect();
             let seal = BatchSeal::seal(100, 100 + n - 1, leaves.clone(), &signer);
             assert!(key.verify_batch(100, 100 + n - 1, &seal.root_hex(), &seal.signature));
             for (i, l) in leaves.iter().enumerate() {
@@ -207,19 +286,28 @@ mod tests {
     #[test]
     fn a_leaf_does_not_fold_to_the_root_with_another_leafs_path() {
         let signer = signer();
-        let leaves: Vec<_> = (0..4u64)
-            .map(|i| leaf(i, &format!("{i:064x}"), "r"))
-            .collect();
+        let leaves: Vec<_> = (0..4u64).map(|i| leaf(&facts(i))).collect();
         let seal = BatchSeal::seal(0, 3, leaves.clone(), &signer);
         let root = fold(leaves[0], &seal.proof(1)).unwrap();
         assert_ne!(hex::encode(root), seal.root_hex());
     }
 
     #[test]
-    fn the_leaf_binds_sequence_hash_and_record_id() {
-        let h = "a".repeat(64);
-        assert_ne!(leaf(1, &h, "r"), leaf(2, &h, "r"));
-        assert_ne!(leaf(1, &h, "r"), leaf(1, &"b".repeat(64), "r"));
-        assert_ne!(leaf(1, &h, "r"), leaf(1, &h, "s"));
+    fn the_leaf_binds_every_fact_of_the_receipt() {
+        let base = facts(1);
+        let changes: Vec<fn(&mut ReceiptFacts)> = vec![
+            |f| f.audit_seq = 2,
+            |f| f.entry_hash = "b".repeat(64),
+            |f| f.record_id = "s".into(),
+            |f| f.decision = "allow".into(),
+            |f| f.status = 200,
+            |f| f.body_sha256 = "d".repeat(64),
+            |f| f.policy_version = "2026.13".into(),
+        ];
+        for change in changes {
+            let mut changed = base.clone();
+            change(&mut changed);
+            assert_ne!(leaf(&base), leaf(&changed), "{changed:?}");
+        }
     }
 }

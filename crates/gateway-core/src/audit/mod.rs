@@ -94,6 +94,9 @@ pub struct AuditEvent {
 pub struct Appended {
     pub seq: u64,
     pub hash: String,
+    /// What a receipt for this entry states (set by the writer).
+    #[serde(skip)]
+    pub facts: batch::ReceiptFacts,
     /// The batch whose signed receipt tree holds this entry (set by the writer at commit).
     #[serde(skip)]
     pub batch: Option<batch::BatchRef>,
@@ -109,12 +112,13 @@ pub struct ReceiptBatch {
     pub proof: Vec<batch::ProofStep>,
 }
 
-/// Proof for the sender that its record was logged: signed by the gateway's audit key.
+/// Proof for the sender that its record was logged and decided as stated: signed by the
+/// gateway's audit key over a tree whose leaf binds every fact below.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
-    pub audit_seq: u64,
-    pub entry_hash: String,
-    pub record_id: String,
+    /// Sequence, entry hash, record id, decision, status, body hash and policy version.
+    #[serde(flatten)]
+    pub facts: batch::ReceiptFacts,
     /// The batch of entries committed together and this entry's path to its signed root.
     pub batch: ReceiptBatch,
     /// Ed25519 over `hetao-audit-receipt-batch/v1\n{first_seq}\n{last_seq}\n{root}`.
@@ -201,6 +205,12 @@ pub enum OpenError {
         #[source]
         error: LineError,
     },
+    #[error("{unsigned} entries after {} are not covered by a signed checkpoint, more than a crash can leave (at most {most}: checkpoint_every_entries + max_batch + the start's own entries); the unsigned tail may have been written by someone else. Refusing to sign over it: an operator must look (run `hetao-gateway audit verify` with the public key)", last_checkpoint.map(|s| format!("the last checkpoint (seq {s})")).unwrap_or_else(|| "the log's start (it has no checkpoint)".into()))]
+    UnsignedTail {
+        unsigned: u64,
+        last_checkpoint: Option<u64>,
+        most: u64,
+    },
     #[error("recovering a torn tail: {step}: {source}")]
     TornTail {
         step: String,
@@ -276,8 +286,21 @@ fn open_error(path: &Path, source: impl Into<OpenError>) -> AuditError {
     }
 }
 
-/// Reads every segment back, checks the chain, sets a torn last line aside.
-fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
+/// The most entries a crash can leave after the last checkpoint: a full interval's worth
+/// (`checkpoint_every_entries`, less one), the batch committed just before the crash, and the
+/// segment start and recovery entries a start writes before anything else.
+pub fn crash_tail_bound(cfg: &AuditConfig) -> u64 {
+    cfg.checkpoint_every_entries
+        .max(1)
+        .saturating_add(cfg.max_batch as u64)
+        .saturating_add(2)
+}
+
+/// Reads every segment back, checks the chain and every checkpoint's signature (with the public
+/// half of the signing key: the gateway never signs over what it did not write), refuses a bad
+/// complete line and an unsigned tail longer than a crash can leave, and sets only an
+/// unterminated (torn) last line aside.
+fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditError> {
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
@@ -293,7 +316,7 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
         let is_active = number.is_none();
         let mut first = true;
         let end = scan_file(path, |entry, _line, _offset| {
-            checker.check(&entry, first, None)?;
+            checker.check(&entry, first, Some(key))?;
             if first && is_active {
                 active_segment = entry.segment;
             }
@@ -313,10 +336,12 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
                     active_len = len;
                 }
             }
+            // Only a line that never got its newline is a torn write; a complete line that fails
+            // (an edited last entry or checkpoint) is an alteration like any other.
             ScanEnd {
                 bad: Some((bad, true)),
                 len,
-            } if is_active => {
+            } if is_active && bad.unterminated => {
                 let side = set_aside_torn_tail(path, bad.offset, len)?;
                 tracing::warn!(
                     log = %path.display(),
@@ -347,6 +372,23 @@ fn recover(cfg: &AuditConfig) -> Result<Recovered, AuditError> {
                 ));
             }
         }
+    }
+    // A new log is signed from its first entry on (see `open`): without any checkpoint, only
+    // what a crash during that very first write can leave is acceptable.
+    let most = if checker.last_checkpoint.is_some() {
+        crash_tail_bound(cfg)
+    } else {
+        2
+    };
+    if checker.unsigned > most {
+        return Err(open_error(
+            &cfg.log,
+            OpenError::UnsignedTail {
+                unsigned: checker.unsigned,
+                last_checkpoint: checker.last_checkpoint,
+                most,
+            },
+        ));
     }
     if checker.head().is_some() && !checker.closed && torn.is_none() {
         tracing::warn!(
@@ -461,7 +503,7 @@ impl AuditLog {
                     )
                 })?;
         }
-        let rec = recover(cfg)?;
+        let rec = recover(cfg, &signer.public_key())?;
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -500,6 +542,14 @@ impl AuditLog {
             writer
                 .push(start, &mut buf)
                 .map_err(|m| open_error(&cfg.log, m))?;
+            if rec.head.is_none() {
+                // A new log gets a signed checkpoint over its first entry at once: a log that
+                // has entries and no checkpoint at all is then never one this gateway wrote.
+                let first = writer.checkpoint_entry(false);
+                writer
+                    .push(first, &mut buf)
+                    .map_err(|m| open_error(&cfg.log, m))?;
+            }
         }
         if let Some((bytes, side)) = &rec.torn {
             let mut e = AuditEntry::new(
@@ -605,13 +655,13 @@ impl AuditLog {
 
     /// The receipt for an appended entry: its path in the batch's receipt tree, whose root the
     /// writer signed once for the whole batch.
-    pub fn receipt(&self, appended: &Appended, record_id: &str) -> Receipt {
+    pub fn receipt(&self, appended: &Appended) -> Receipt {
         let sealed;
         let (seal, index) = match &appended.batch {
             Some(b) => (&*b.seal, b.index),
             None => {
                 // Not committed through the writer's batches (should not happen): a batch of one.
-                let leaf = batch::leaf(appended.seq, &appended.hash, record_id);
+                let leaf = batch::leaf(&appended.facts);
                 sealed = batch::BatchSeal::seal(
                     appended.seq,
                     appended.seq,
@@ -622,9 +672,7 @@ impl AuditLog {
             }
         };
         Receipt {
-            audit_seq: appended.seq,
-            entry_hash: appended.hash.clone(),
-            record_id: record_id.to_string(),
+            facts: appended.facts.clone(),
             batch: ReceiptBatch {
                 first_seq: seal.first_seq,
                 last_seq: seal.last_seq,
@@ -751,10 +799,11 @@ pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), Rec
         });
     }
     let b = &receipt.batch;
-    if receipt.audit_seq < b.first_seq || receipt.audit_seq > b.last_seq {
+    let seq = receipt.facts.audit_seq;
+    if seq < b.first_seq || seq > b.last_seq {
         return Err(ReceiptError::BadSignature);
     }
-    let leaf = batch::leaf(receipt.audit_seq, &receipt.entry_hash, &receipt.record_id);
+    let leaf = batch::leaf(&receipt.facts);
     let root = batch::fold(leaf, &b.proof).map(hex::encode);
     if root.as_deref() != Some(b.root.as_str()) {
         return Err(ReceiptError::BadSignature);
@@ -765,14 +814,16 @@ pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), Rec
     Ok(())
 }
 
-/// Checks that the log holds the entry a receipt names (same hash, same record id). With a
-/// verified log this also proves the entry was not cut off.
+/// Checks that the log holds the entry a receipt names, stating the same facts (hash, record id,
+/// decision, status, body hash, policy version). With a verified log this also proves the entry
+/// was not cut off.
 pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), ReceiptError> {
+    let wanted = receipt.facts.audit_seq;
     let ordered = chain::order_by_first_seq(paths).map_err(|p| ReceiptError::Log(p.to_string()))?;
     let mut found = None;
     for path in &ordered {
         scan_file(path, |e, _, _| {
-            if e.seq == receipt.audit_seq {
+            if e.seq == wanted {
                 found = Some(e);
             }
             Ok(())
@@ -782,20 +833,12 @@ pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), Re
             break;
         }
     }
-    let entry = found.ok_or(ReceiptError::NotInLog(receipt.audit_seq))?;
-    if entry.hash != receipt.entry_hash {
+    let entry = found.ok_or(ReceiptError::NotInLog(wanted))?;
+    let differences = receipt.facts.differences(&entry);
+    if !differences.is_empty() {
         return Err(ReceiptError::Mismatch {
             seq: entry.seq,
-            what: format!(
-                "hash {} in the log, {} in the receipt",
-                entry.hash, receipt.entry_hash
-            ),
-        });
-    }
-    if entry.record_id.as_deref() != Some(receipt.record_id.as_str()) {
-        return Err(ReceiptError::Mismatch {
-            seq: entry.seq,
-            what: "different record id".into(),
+            what: differences.join("; "),
         });
     }
     Ok(())

@@ -234,9 +234,11 @@ impl Writer {
         } else {
             self.head.unsigned += 1;
         }
+        let facts = super::batch::ReceiptFacts::of(&entry);
         Ok(Appended {
             seq: entry.seq,
             hash: entry.hash,
+            facts,
             batch: None,
         })
     }
@@ -490,14 +492,9 @@ impl Writer {
                                 reply.send(Err(AuditError::Unavailable(Unavailable::NotPrepared)));
                             continue;
                         }
-                        let record_id = event.record_id.clone().unwrap_or_default();
                         match self.push(Self::event_entry(*event), &mut buf) {
                             Ok(appended) => {
-                                leaves.push(super::batch::leaf(
-                                    appended.seq,
-                                    &appended.hash,
-                                    &record_id,
-                                ));
+                                leaves.push(super::batch::leaf(&appended.facts));
                                 waiting.push((reply, appended));
                             }
                             Err(reason) => {
