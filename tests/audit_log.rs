@@ -478,6 +478,16 @@ async fn torn_last_line_is_set_aside_and_the_chain_continues() {
     );
     assert_eq!(appended.seq, recovery["seq"].as_u64().unwrap() + 1);
     let report = verify_logs(&paths(&f.cfg.log), Some(&f.public));
+    // verify lists the repair and its side file.
+    let side_name = side[0].file_name().unwrap().to_string_lossy().into_owned();
+    assert!(
+        report
+            .notes
+            .iter()
+            .any(|n| n.contains("recovery") && n.contains(&side_name)),
+        "{:?}",
+        report.notes
+    );
     assert!(
         report.is_intact(false),
         "{:?} {:?}",

@@ -336,6 +336,16 @@ impl ChainChecker {
         if first_in_file && e.entry_type != AuditEntryType::SegmentStart {
             return Err(LinkProblem::NoSegmentStart.at(e.seq));
         }
+        if e.entry_type == AuditEntryType::Recovery {
+            // Every automatic repair is listed for the auditor, with where its bytes went.
+            self.notes.push(format!(
+                "seq {}: recovery at {}: a torn last line of {} bytes was set aside in {}",
+                e.seq,
+                e.time,
+                e.torn_bytes.unwrap_or(0),
+                e.side_file.as_deref().unwrap_or("(no side file named)")
+            ));
+        }
         if e.entry_type == AuditEntryType::Checkpoint {
             self.check_checkpoint(e, key)?;
             self.unsigned = 0;
