@@ -339,7 +339,7 @@ fn bench_phases(c: &mut Criterion) {
                     .append(decision_event(&fx, head, &sha, decision, applied)),
             )
             .expect("append");
-        let receipt = fx.gateway.audit.receipt(&appended);
+        let receipt = fx.gateway.audit.receipt(&appended).expect("receipt");
         let name = format!("{} ({} B)", t.name, t.len());
         eprintln!(
             "pipeline bench: {} obligations {:?}, forwarded {} B",

@@ -78,7 +78,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
             .await
             .unwrap();
         if i == 4 {
-            receipt = Some(log.receipt(&appended));
+            receipt = Some(log.receipt(&appended).unwrap());
         }
     }
     log.close().await.unwrap();
@@ -247,7 +247,9 @@ async fn receipt_verify_fails_when_a_kept_answer_is_edited_in_decision_status_bo
             a["decision"] = "deny".into();
             a["receipt"]["decision"] = "deny".into();
         }),
-        ("the answer's decision only", |a| a["decision"] = "deny".into()),
+        ("the answer's decision only", |a| {
+            a["decision"] = "deny".into()
+        }),
         ("the status", |a| a["receipt"]["status"] = 403.into()),
         ("the body hash", |a| {
             a["receipt"]["body_sha256"] = "0".repeat(64).into()

@@ -283,12 +283,21 @@ async fn truncating_the_tail_past_the_last_checkpoint_is_detected() {
 }
 
 /// Appends the entries of `forged` (after its segment start) to `log`, renumbered and rechained
-/// with recomputed hashes, as a forger with disk access and without the signing key would.
+/// with recomputed hashes and tree roots, as a forger with disk access and without the signing
+/// key would.
 fn splice_after(log: &Path, forged: &Path) {
+    use hetao_gateway_core::audit::tree::{hash_to_b64, HashStore, ReceiptFacts};
+    let tree = HashStore::in_memory();
     let text = std::fs::read_to_string(log).unwrap();
-    let last: serde_json::Value = serde_json::from_str(text.lines().last().unwrap()).unwrap();
-    let mut seq = last["seq"].as_u64().unwrap();
-    let mut prev = last["hash"].as_str().unwrap().to_string();
+    let mut last = None;
+    for line in text.lines() {
+        let e: hetao_gateway_core::audit::AuditEntry = serde_json::from_str(line).unwrap();
+        tree.append(ReceiptFacts::of(&e).leaf_hash()).unwrap();
+        last = Some(e);
+    }
+    let last = last.unwrap();
+    let mut seq = last.seq;
+    let mut prev = last.hash.clone();
     let mut out = text.clone();
     for line in std::fs::read_to_string(forged).unwrap().lines().skip(1) {
         let mut e: hetao_gateway_core::audit::AuditEntry = serde_json::from_str(line).unwrap();
@@ -298,8 +307,11 @@ fn splice_after(log: &Path, forged: &Path) {
         if e.entry_type == hetao_gateway_core::audit::AuditEntryType::Checkpoint {
             e.covers_seq = Some(seq - 1);
             e.chain_head = Some(prev.clone());
+            e.tree_size = Some(seq);
+            e.tree_root = Some(hash_to_b64(&tree.root(seq).unwrap()));
         }
         let line = hetao_gateway_core::audit::entry::seal(&mut e).unwrap();
+        tree.append(ReceiptFacts::of(&e).leaf_hash()).unwrap();
         prev = e.hash.clone();
         out.push_str(std::str::from_utf8(&line).unwrap());
     }
@@ -339,8 +351,11 @@ async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
 }
 
 /// Rewrites a log as an operator with disk access and without the signing key would: `keep`
-/// decides which entries stay, then every entry is renumbered and its hash recomputed.
+/// decides which entries stay, then every entry is renumbered and its hash (and a checkpoint's
+/// tree root) recomputed.
 fn rewrite(log: &Path, keep: impl Fn(&hetao_gateway_core::audit::AuditEntry) -> bool) {
+    use hetao_gateway_core::audit::tree::{hash_to_b64, HashStore, ReceiptFacts};
+    let tree = HashStore::in_memory();
     let mut out = String::new();
     let mut prev = hetao_gateway_core::audit::ZERO_HASH.to_string();
     let mut seq = 0;
@@ -354,8 +369,11 @@ fn rewrite(log: &Path, keep: impl Fn(&hetao_gateway_core::audit::AuditEntry) -> 
         if e.entry_type == hetao_gateway_core::audit::AuditEntryType::Checkpoint {
             e.covers_seq = seq.checked_sub(1);
             e.chain_head = Some(prev.clone());
+            e.tree_size = Some(seq);
+            e.tree_root = Some(hash_to_b64(&tree.root(seq).unwrap()));
         }
         let sealed = hetao_gateway_core::audit::entry::seal(&mut e).unwrap();
+        tree.append(ReceiptFacts::of(&e).leaf_hash()).unwrap();
         out.push_str(std::str::from_utf8(&sealed).unwrap());
         prev = e.hash.clone();
         seq += 1;
@@ -373,9 +391,13 @@ async fn a_log_rewritten_without_its_checkpoints_is_refused_at_start_and_never_r
             && e.record_id.as_deref() != Some("rec-2")
     });
     let forged = std::fs::read(&f.cfg.log).unwrap();
-    let refused = AuditLog::open(&f.cfg).err().expect("the gateway started on a forgery");
+    let refused = AuditLog::open(&f.cfg)
+        .err()
+        .expect("the gateway started on a forgery");
     assert!(
-        refused.to_string().contains("not covered by a signed checkpoint"),
+        refused
+            .to_string()
+            .contains("not covered by a signed checkpoint"),
         "{refused}"
     );
     // Nothing was signed over it, and an auditor is told too.
@@ -433,9 +455,11 @@ async fn a_complete_last_line_that_fails_its_hash_is_refused_not_set_aside() {
     assert!(refused.to_string().contains("corrupt"), "{refused}");
     assert_eq!(std::fs::read_to_string(&f.cfg.log).unwrap(), edited);
     let dir = f.cfg.log.parent().unwrap();
-    assert!(!std::fs::read_dir(dir)
+    assert!(!std::fs::read_dir(dir).unwrap().any(|e| e
         .unwrap()
-        .any(|e| e.unwrap().path().to_string_lossy().contains(".torn-")));
+        .path()
+        .to_string_lossy()
+        .contains(".torn-")));
 }
 
 #[tokio::test]
@@ -516,7 +540,7 @@ async fn receipts_verify_and_fail_when_altered() {
     let f = fixture(3);
     let log = AuditLog::open(&f.cfg).unwrap();
     let appended = log.append(decision("rec-r", "deny")).await.unwrap();
-    let receipt = log.receipt(&appended);
+    let receipt = log.receipt(&appended).unwrap();
     log.close().await.unwrap();
     let files = paths(&f.cfg.log);
 
@@ -543,16 +567,20 @@ async fn receipts_verify_and_fail_when_altered() {
             "{field} changed"
         );
     }
+    // The checkpoint's signature line altered.
     let mut r = receipt.clone();
-    r.signature = r
-        .signature
-        .replacen(|c: char| c.is_ascii_alphabetic(), "A", 1);
-    if r.signature != receipt.signature {
-        assert_eq!(
-            verify_receipt(&r, &f.public),
-            Err(ReceiptError::BadSignature)
-        );
-    }
+    let sig_at = r.checkpoint.rfind(' ').unwrap() + 8;
+    let flipped = if &r.checkpoint[sig_at..=sig_at] == "A" {
+        "B"
+    } else {
+        "A"
+    };
+    r.checkpoint.replace_range(sig_at..=sig_at, flipped);
+    assert_ne!(r.checkpoint, receipt.checkpoint);
+    assert_eq!(
+        verify_receipt(&r, &f.public),
+        Err(ReceiptError::BadSignature)
+    );
     let (_, other_public) = generate_signing_key().unwrap();
     let other = AuditPublicKey::from_pem(other_public.as_bytes(), "other").unwrap();
     assert!(matches!(
@@ -834,6 +862,11 @@ async fn query_filters_and_counts() {
     );
 }
 
+/// A hash of 32 zero bytes, base64.
+fn tlog_tiles_b64_zero() -> String {
+    "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".to_string()
+}
+
 #[tokio::test]
 async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
     let f = fixture(3);
@@ -844,7 +877,7 @@ async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
         tasks.push(tokio::spawn(async move {
             let id = format!("rec-{i}");
             let appended = log.append(decision(&id, "allow")).await.unwrap();
-            log.receipt(&appended)
+            log.receipt(&appended).unwrap()
         }));
     }
     let mut receipts = Vec::new();
@@ -855,32 +888,33 @@ async fn receipts_of_one_group_commit_share_a_signature_and_each_verifies() {
     for r in &receipts {
         verify_receipt(r, &f.public).unwrap();
     }
-    // Concurrent appends were committed together: some batch covers several receipts.
+    // Concurrent appends were committed together: receipts share one signed checkpoint.
+    let mut notes: Vec<&str> = receipts.iter().map(|r| r.checkpoint.as_str()).collect();
+    notes.sort();
+    notes.dedup();
     assert!(
-        receipts
-            .iter()
-            .any(|r| r.batch.last_seq > r.batch.first_seq),
+        notes.len() < receipts.len(),
         "no batch held more than one entry"
     );
     let shared = receipts
         .iter()
-        .find(|r| !r.batch.proof.is_empty())
+        .find(|r| !r.inclusion.is_empty())
         .expect("a receipt with a path");
-    // A different path, root or range no longer verifies.
+    // A different path, tree size or checkpoint no longer verifies.
     let mut r = shared.clone();
-    r.batch.proof[0].hash = "0".repeat(64);
+    r.inclusion[0] = tlog_tiles_b64_zero();
     assert_eq!(
         verify_receipt(&r, &f.public),
         Err(ReceiptError::BadSignature)
     );
     let mut r = shared.clone();
-    r.batch.root = "0".repeat(64);
+    r.tree_size += 1;
     assert_eq!(
         verify_receipt(&r, &f.public),
         Err(ReceiptError::BadSignature)
     );
     let mut r = shared.clone();
-    r.batch.last_seq += 1;
+    r.inclusion.pop();
     assert_eq!(
         verify_receipt(&r, &f.public),
         Err(ReceiptError::BadSignature)

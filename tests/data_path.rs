@@ -40,7 +40,7 @@ async fn a_valid_record_without_obligations_is_delivered_byte_for_byte() {
         assert_eq!(answer.json["record_id"], record["record_id"]);
         assert_eq!(answer.json["upstream_status"], 200);
         assert_eq!(answer.json["obligations"], json!([]));
-        assert!(answer.json["receipt"]["signature"].is_string());
+        assert!(answer.json["receipt"]["checkpoint"].is_string());
         let received = gw.hk_endpoint.received();
         let last = received
             .last()
@@ -299,7 +299,7 @@ async fn a_policy_denial_is_403_with_every_matched_rule_and_a_receipt() {
     assert!(rules
         .iter()
         .all(|r| r["reason"].as_str().is_some_and(|s| !s.is_empty())));
-    assert!(answer.json["receipt"]["signature"].is_string());
+    assert!(answer.json["receipt"]["checkpoint"].is_string());
     assert!(gw.hk_endpoint.received().is_empty());
 }
 

@@ -472,10 +472,13 @@ fn audit_refusal(e: AuditError) -> Refusal {
 /// The 403 for a record the policies denied, with its receipt.
 fn denial(gateway: &Gateway, ctx: &RequestCtx, verdict: Verdict) -> Refusal {
     match &ctx.decision_entry {
-        Some(appended) => Refusal::PolicyDenied {
-            receipt: Box::new(gateway.audit.receipt(appended)),
-            rules: verdict.decision.matched,
-            policy_version: verdict.decision.policy_version,
+        Some(appended) => match gateway.audit.receipt(appended) {
+            Ok(receipt) => Refusal::PolicyDenied {
+                receipt: Box::new(receipt),
+                rules: verdict.decision.matched,
+                policy_version: verdict.decision.policy_version,
+            },
+            Err(e) => Refusal::AuditUnavailable(e.to_string()),
         },
         // record_decision() sets the entry or fails: not reached.
         None => Refusal::AuditUnavailable("the decision entry is missing".into()),
@@ -574,7 +577,16 @@ async fn forward(
         reservation.commit();
     }
     let answer = result.ok();
-    let receipt = gateway.audit.receipt(&appended);
+    // The record has left under its durable decision entry; a receipt that cannot be made (the
+    // tree unreadable) is reported in the answer rather than failing a delivered record.
+    let receipt = match gateway.audit.receipt(&appended) {
+        Ok(r) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        Err(e) => {
+            tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
+                "could not make the receipt");
+            serde_json::Value::Null
+        }
+    };
     let body = json!({
         "record_id": head.record_id,
         "decision": "allow",

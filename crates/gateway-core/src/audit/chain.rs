@@ -8,8 +8,12 @@ use std::path::{Path, PathBuf};
 
 use serde::Serialize;
 
+use std::sync::Arc;
+
 use super::entry::{open_line, AuditEntry, AuditEntryType, LineError, ZERO_HASH};
 use super::keys::AuditPublicKey;
+use super::note::open_checkpoint;
+use super::tree::{hash_to_b64, HashStore, ReceiptFacts};
 
 /// Width of the number in an archived segment's name: `audit.jsonl.000001` sorts by name.
 pub const SEGMENT_DIGITS: usize = 6;
@@ -263,17 +267,30 @@ pub enum LinkProblem {
     CheckpointWrongKey { key_id: String, given: String },
     #[error("bad checkpoint signature")]
     CheckpointBadSignature,
+    #[error("checkpoint's tree does not match the entries before it: size {size} signed, root {signed} signed, {computed} computed from the log")]
+    TreeMismatch {
+        size: u64,
+        signed: String,
+        computed: String,
+    },
+    #[error("checkpoint's tree note does not hold: {0}")]
+    BadNote(String),
+    #[error("the log's tree cannot be rebuilt here")]
+    TreeUnavailable,
 }
 
 impl LinkProblem {
-    fn at(self, seq: u64) -> LinkError {
+    pub(crate) fn at(self, seq: u64) -> LinkError {
         LinkError { seq, problem: self }
     }
 }
 
-/// Link checks over entries in chain order, across segment files.
+/// Link checks over entries in chain order, across segment files; with a tree attached, every
+/// checkpoint's tree size and root are checked against the entries too.
 #[derive(Debug, Default)]
 pub struct ChainChecker {
+    /// The log's tree as the entries so far build it (`None`: roots are not checked).
+    pub tree: Option<Arc<HashStore>>,
     last: Option<(u64, String)>,
     /// Entries since the last checkpoint.
     pub unsigned: u64,
@@ -356,6 +373,10 @@ impl ChainChecker {
             self.unsigned += 1;
             self.closed = false;
         }
+        if let Some(tree) = &self.tree {
+            tree.append(ReceiptFacts::of(e).leaf_hash())
+                .map_err(|_| LinkProblem::TreeUnavailable.at(e.seq))?;
+        }
         if self.first_seq.is_none() {
             self.first_seq = Some(e.seq);
         }
@@ -379,6 +400,26 @@ impl ChainChecker {
             return Err(LinkProblem::CheckpointGap.at(seq));
         }
         self.key_ids.insert(key_id.clone());
+        let (Some(size), Some(root), Some(note_text)) = (e.tree_size, &e.tree_root, &e.note) else {
+            return Err(LinkProblem::CheckpointIncomplete.at(seq));
+        };
+        if size != seq {
+            return Err(LinkProblem::CheckpointGap.at(seq));
+        }
+        if let Some(tree) = &self.tree {
+            // The tree holds the entries before this checkpoint: exactly `size` leaves.
+            let computed = tree
+                .root(size)
+                .map_err(|_| LinkProblem::TreeUnavailable.at(seq))?;
+            if hash_to_b64(&computed) != *root {
+                return Err(LinkProblem::TreeMismatch {
+                    size,
+                    signed: root.clone(),
+                    computed: hash_to_b64(&computed),
+                }
+                .at(seq));
+            }
+        }
         if let Some(key) = key {
             if key.key_id() != key_id {
                 return Err(LinkProblem::CheckpointWrongKey {
@@ -389,6 +430,14 @@ impl ChainChecker {
             }
             if !key.verify_checkpoint(covers, head, sig) {
                 return Err(LinkProblem::CheckpointBadSignature.at(seq));
+            }
+            let signed = open_checkpoint(note_text, key)
+                .map_err(|p| LinkProblem::BadNote(p.to_string()).at(seq))?;
+            if signed.size != size || hash_to_b64(&signed.root) != *root {
+                return Err(LinkProblem::BadNote(
+                    "the note signs another tree than the entry states".into(),
+                )
+                .at(seq));
             }
             self.signatures_checked += 1;
         }
@@ -502,10 +551,23 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
     };
     report.files = ordered.clone();
     let mut checker = ChainChecker::default();
+    let mut tree_decided = false;
     let n_files = ordered.len();
     for (i, path) in ordered.iter().enumerate() {
         let mut first = true;
         let result = scan_file(path, |entry, _line, _offset| {
+            if !tree_decided {
+                tree_decided = true;
+                if entry.seq == 0 {
+                    // The whole log is here: rebuild its tree and check every checkpoint's root.
+                    checker.tree = Some(Arc::new(HashStore::in_memory()));
+                } else {
+                    checker.notes.push(format!(
+                        "tree roots not checked: the chain given starts at seq {} (earlier segments are not here)",
+                        entry.seq
+                    ));
+                }
+            }
             let r = checker.check(&entry, first, public_key);
             first = false;
             r

@@ -99,6 +99,15 @@ pub struct AuditEntry {
     pub key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub signature: Option<String>,
+    /// Checkpoints: the size of the log's tree they sign (the entries before them) and its root
+    /// (base64), and that tree head as a C2SP checkpoint note signed by the audit key (where
+    /// witnesses add cosignatures).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_size: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tree_root: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     /// A checkpoint written by a clean shutdown.
     #[serde(default, rename = "final", skip_serializing_if = "is_false")]
     pub final_checkpoint: bool,
@@ -147,6 +156,9 @@ impl AuditEntry {
             chain_head: None,
             key_id: None,
             signature: None,
+            tree_size: None,
+            tree_root: None,
+            note: None,
             final_checkpoint: false,
             segment: None,
             torn_bytes: None,

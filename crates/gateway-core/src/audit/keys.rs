@@ -5,8 +5,8 @@
 //! `Ed25519KeyPair::generate_pkcs8`; the public key is PEM `PUBLIC KEY` holding SPKI DER. A key id
 //! is the first 16 hex chars of SHA-256 over the 32 raw key bytes.
 //!
-//! Every signed message starts with its own domain tag, so a checkpoint signature can never be
-//! presented as a receipt or the other way round.
+//! Every signed message starts with its own domain tag or format (the chain-head message here,
+//! C2SP notes in `note.rs`), so one kind of signature can never be presented as another.
 
 use std::path::{Path, PathBuf};
 
@@ -22,7 +22,6 @@ const ED25519_SPKI_PREFIX: [u8; 12] = [
 ];
 
 const CHECKPOINT_DOMAIN: &str = "hetao-audit-checkpoint/v1";
-const BATCH_DOMAIN: &str = "hetao-audit-receipt-batch/v1";
 
 #[derive(Debug, thiserror::Error)]
 pub enum KeyError {
@@ -40,11 +39,6 @@ pub enum KeyError {
 /// The message a checkpoint signs: everything up to `covers_seq`, whose hash is `chain_head`.
 pub fn checkpoint_message(covers_seq: u64, chain_head: &str) -> Vec<u8> {
     format!("{CHECKPOINT_DOMAIN}\n{covers_seq}\n{chain_head}").into_bytes()
-}
-
-/// The message a batch signature covers: the root of a batch's receipt tree (`batch.rs`).
-pub fn batch_message(first_seq: u64, last_seq: u64, root_hex: &str) -> Vec<u8> {
-    format!("{BATCH_DOMAIN}\n{first_seq}\n{last_seq}\n{root_hex}").into_bytes()
 }
 
 fn read_key_file(path: &Path) -> Result<Vec<u8>, KeyError> {
@@ -133,9 +127,9 @@ impl AuditSigner {
         self.sign_b64(&checkpoint_message(covers_seq, chain_head))
     }
 
-    /// Signs the root of a batch's receipt tree (see `batch.rs`).
-    pub fn sign_batch(&self, first_seq: u64, last_seq: u64, root_hex: &str) -> String {
-        self.sign_b64(&batch_message(first_seq, last_seq, root_hex))
+    /// A raw Ed25519 signature, for signed notes (`note.rs`), whose text carries its own format.
+    pub fn sign_raw(&self, msg: &[u8]) -> Vec<u8> {
+        self.key_pair.sign(msg).as_ref().to_vec()
     }
 }
 
@@ -197,14 +191,16 @@ impl AuditPublicKey {
         self.verify_b64(&checkpoint_message(covers_seq, chain_head), signature)
     }
 
-    pub fn verify_batch(
-        &self,
-        first_seq: u64,
-        last_seq: u64,
-        root_hex: &str,
-        signature: &str,
-    ) -> bool {
-        self.verify_b64(&batch_message(first_seq, last_seq, root_hex), signature)
+    /// The 32 raw key bytes.
+    pub fn raw(&self) -> &[u8; 32] {
+        &self.raw
+    }
+
+    /// Checks a raw Ed25519 signature (signed notes).
+    pub fn verify_raw(&self, msg: &[u8], sig: &[u8]) -> bool {
+        UnparsedPublicKey::new(&ED25519, &self.raw)
+            .verify(msg, sig)
+            .is_ok()
     }
 }
 
@@ -234,16 +230,6 @@ mod tests {
         let sig = signer.sign_checkpoint(5, "ab");
         assert!(public.verify_checkpoint(5, "ab", &sig));
         assert!(!public.verify_checkpoint(6, "ab", &sig));
-    }
-
-    #[test]
-    fn checkpoint_signature_is_never_a_valid_receipt_batch() {
-        let (private_pem, _) = generate_signing_key().unwrap();
-        let signer = AuditSigner::from_pem(private_pem.as_bytes(), "t").unwrap();
-        let sig = signer.sign_checkpoint(5, "ab");
-        assert!(!signer.public_key().verify_batch(5, 5, "ab", &sig));
-        let sig = signer.sign_batch(5, 5, "ab");
-        assert!(!signer.public_key().verify_checkpoint(5, "ab", &sig));
     }
 
     #[test]

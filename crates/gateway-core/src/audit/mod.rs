@@ -22,11 +22,12 @@ use serde::{Deserialize, Serialize};
 use crate::config::AuditConfig;
 use crate::tls::identity::ClientIdentity;
 
-pub mod batch;
 pub mod chain;
 pub mod entry;
 pub mod keys;
+pub mod note;
 pub mod query;
+pub mod tree;
 pub mod writer;
 
 pub use chain::{segment_paths, verify_logs, LinkError, LinkProblem, VerifyProblem, VerifyReport};
@@ -96,33 +97,34 @@ pub struct Appended {
     pub hash: String,
     /// What a receipt for this entry states (set by the writer).
     #[serde(skip)]
-    pub facts: batch::ReceiptFacts,
-    /// The batch whose signed receipt tree holds this entry (set by the writer at commit).
+    pub facts: tree::ReceiptFacts,
+    /// The signed checkpoint of the tree right after this entry's batch (set by the writer at
+    /// commit): the receipt proves inclusion in it.
     #[serde(skip)]
-    pub batch: Option<batch::BatchRef>,
+    pub head: Option<Arc<BatchHead>>,
 }
 
-/// The batch part of a receipt: which entries were committed (and signed) together, the root of
-/// their receipt tree, and the path from this receipt's leaf to that root.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ReceiptBatch {
-    pub first_seq: u64,
-    pub last_seq: u64,
-    pub root: String,
-    pub proof: Vec<batch::ProofStep>,
+/// The tree after one committed batch and its checkpoint note, signed once for the batch.
+#[derive(Debug, PartialEq, Eq)]
+pub struct BatchHead {
+    pub size: u64,
+    pub note: String,
 }
 
-/// Proof for the sender that its record was logged and decided as stated: signed by the
-/// gateway's audit key over a tree whose leaf binds every fact below.
+/// Proof for the sender that its record was logged and decided as stated, checkable offline with
+/// the gateway's public key: the entry's facts, an inclusion proof of its leaf (RFC 6962) in the
+/// log's tree, and the checkpoint of that tree signed by the audit key (a C2SP signed note).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
     /// Sequence, entry hash, record id, decision, status, body hash and policy version.
     #[serde(flatten)]
-    pub facts: batch::ReceiptFacts,
-    /// The batch of entries committed together and this entry's path to its signed root.
-    pub batch: ReceiptBatch,
-    /// Ed25519 over `hetao-audit-receipt-batch/v1\n{first_seq}\n{last_seq}\n{root}`.
-    pub signature: String,
+    pub facts: tree::ReceiptFacts,
+    /// Size of the signed tree the proof leads to.
+    pub tree_size: u64,
+    /// The inclusion proof: base64 hashes from the leaf's sibling up.
+    pub inclusion: Vec<String>,
+    /// The signed checkpoint (origin, tree size, root) as a C2SP signed note.
+    pub checkpoint: String,
     pub key_id: String,
 }
 
@@ -211,6 +213,8 @@ pub enum OpenError {
         last_checkpoint: Option<u64>,
         most: u64,
     },
+    #[error("{0}; the tree file is rebuilt from the log at start, but the entries of segments moved away from it must still be in it: put those segments back beside the log")]
+    Tree(#[source] tree::TreeError),
     #[error("recovering a torn tail: {step}: {source}")]
     TornTail {
         step: String,
@@ -256,6 +260,7 @@ struct Inner {
     log: PathBuf,
     tx: mpsc::Sender<Command>,
     signer: Arc<AuditSigner>,
+    tree: Arc<tree::HashStore>,
     failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     stats: Arc<StatsCells>,
     /// Entries sent to the writer and not yet taken from its channel, and their bound.
@@ -277,6 +282,8 @@ struct Recovered {
     decided: DecidedIds,
     /// `(bytes, side file)` of a torn tail set aside.
     torn: Option<(u64, PathBuf)>,
+    /// The log's tree, rebuilt from the entries read (and checked against every checkpoint).
+    tree: Arc<tree::HashStore>,
 }
 
 fn open_error(path: &Path, source: impl Into<OpenError>) -> AuditError {
@@ -304,6 +311,8 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
+    let tree_path = tree::HashStore::path_for(&cfg.log);
+    let mut tree_error = None;
     let mut decided = DecidedIds::new();
     let mut active_segment = None;
     let mut last_archive = None;
@@ -316,6 +325,17 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
         let is_active = number.is_none();
         let mut first = true;
         let end = scan_file(path, |entry, _line, _offset| {
+            if checker.tree.is_none() {
+                // The tree file keeps the hashes of segments no longer beside the log (none when
+                // the log starts at seq 0); everything from here on is rebuilt from the entries.
+                match tree::HashStore::open_file(&tree_path, entry.seq) {
+                    Ok(store) => checker.tree = Some(Arc::new(store)),
+                    Err(e) => {
+                        tree_error = Some(e);
+                        return Err(LinkProblem::TreeUnavailable.at(entry.seq));
+                    }
+                }
+            }
             checker.check(&entry, first, Some(key))?;
             if first && is_active {
                 active_segment = entry.segment;
@@ -324,9 +344,10 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
             note_decision(&mut decided, &entry);
             Ok(())
         })
-        .map_err(|e| match e {
-            ScanError::Io { path, source } => open_error(&path, OpenError::Read(source)),
-            ScanError::Chain { path, line, error } => {
+        .map_err(|e| match (e, tree_error.take()) {
+            (_, Some(e)) => open_error(&cfg.log, OpenError::Tree(e)),
+            (ScanError::Io { path, source }, None) => open_error(&path, OpenError::Read(source)),
+            (ScanError::Chain { path, line, error }, None) => {
                 open_error(&path, OpenError::Altered { line, error })
             }
         })?;
@@ -397,7 +418,19 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
             "audit log: the previous run did not end with a closing checkpoint (crash or kill); the chain continues and the next checkpoint covers its tail"
         );
     }
+    let tree = match checker.tree.take() {
+        Some(t) => t,
+        // An empty log: a fresh tree.
+        None => Arc::new(
+            tree::HashStore::open_file(&tree_path, 0)
+                .map_err(|e| open_error(&cfg.log, OpenError::Tree(e)))?,
+        ),
+    };
+    if let Err(e) = tree.flush() {
+        return Err(open_error(&cfg.log, OpenError::Tree(e)));
+    }
     Ok(Recovered {
+        tree,
         head: checker.head().map(|(s, h)| (s, h.to_string())),
         unsigned: checker.unsigned,
         active_segment,
@@ -532,6 +565,7 @@ impl AuditLog {
                 segment_bytes: rec.active_len,
             },
             signer.clone(),
+            rec.tree.clone(),
             failure.clone(),
             stats.clone(),
         );
@@ -545,7 +579,9 @@ impl AuditLog {
             if rec.head.is_none() {
                 // A new log gets a signed checkpoint over its first entry at once: a log that
                 // has entries and no checkpoint at all is then never one this gateway wrote.
-                let first = writer.checkpoint_entry(false);
+                let first = writer
+                    .checkpoint_entry(false)
+                    .map_err(|m| open_error(&cfg.log, m))?;
                 writer
                     .push(first, &mut buf)
                     .map_err(|m| open_error(&cfg.log, m))?;
@@ -592,6 +628,7 @@ impl AuditLog {
             log: writer.log.clone(),
             tx,
             signer: writer.signer.clone(),
+            tree: writer.tree.clone(),
             failure: writer.failure.clone(),
             stats: writer.stats.clone(),
             queued: writer.queued.clone(),
@@ -653,35 +690,32 @@ impl AuditLog {
             })
     }
 
-    /// The receipt for an appended entry: its path in the batch's receipt tree, whose root the
-    /// writer signed once for the whole batch.
-    pub fn receipt(&self, appended: &Appended) -> Receipt {
-        let sealed;
-        let (seal, index) = match &appended.batch {
-            Some(b) => (&*b.seal, b.index),
+    /// The receipt for an appended entry: the inclusion proof of its leaf in the tree its batch
+    /// left, whose checkpoint the writer signed once for the whole batch.
+    pub fn receipt(&self, appended: &Appended) -> Result<Receipt, AuditError> {
+        let tree = &self.inner.tree;
+        let head = match &appended.head {
+            Some(h) => h.clone(),
             None => {
-                // Not committed through the writer's batches (should not happen): a batch of one.
-                let leaf = batch::leaf(&appended.facts);
-                sealed = batch::BatchSeal::seal(
-                    appended.seq,
-                    appended.seq,
-                    vec![leaf],
-                    &self.inner.signer,
-                );
-                (&sealed, 0)
+                // Not committed through the writer's batches (should not happen): sign now.
+                let size = tree.leaves();
+                let root = tree.root(size).map_err(tree_failure)?;
+                Arc::new(BatchHead {
+                    size,
+                    note: note::sign_checkpoint(&self.inner.signer, size, root),
+                })
             }
         };
-        Receipt {
+        let proof = tree
+            .inclusion_proof(head.size, appended.seq)
+            .map_err(tree_failure)?;
+        Ok(Receipt {
             facts: appended.facts.clone(),
-            batch: ReceiptBatch {
-                first_seq: seal.first_seq,
-                last_seq: seal.last_seq,
-                root: seal.root_hex(),
-                proof: seal.proof(index),
-            },
-            signature: seal.signature.clone(),
+            tree_size: head.size,
+            inclusion: proof.iter().map(tree::hash_to_b64).collect(),
+            checkpoint: head.note.clone(),
             key_id: self.inner.signer.key_id().to_string(),
-        }
+        })
     }
 
     /// Record ids that already have a policy decision in the log, read at open, each with the
@@ -775,6 +809,10 @@ impl AuditLog {
     }
 }
 
+fn tree_failure(e: tree::TreeError) -> AuditError {
+    AuditError::Unavailable(Unavailable::Failed(Arc::new(WriteError::Tree(e))))
+}
+
 /// Why a receipt does not hold.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ReceiptError {
@@ -798,17 +836,21 @@ pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), Rec
             given: key.key_id().to_string(),
         });
     }
-    let b = &receipt.batch;
-    let seq = receipt.facts.audit_seq;
-    if seq < b.first_seq || seq > b.last_seq {
+    let head =
+        note::open_checkpoint(&receipt.checkpoint, key).map_err(|_| ReceiptError::BadSignature)?;
+    if head.size != receipt.tree_size {
         return Err(ReceiptError::BadSignature);
     }
-    let leaf = batch::leaf(&receipt.facts);
-    let root = batch::fold(leaf, &b.proof).map(hex::encode);
-    if root.as_deref() != Some(b.root.as_str()) {
+    let proof: Option<Vec<_>> = receipt
+        .inclusion
+        .iter()
+        .map(|h| tree::hash_from_b64(h))
+        .collect();
+    let Some(proof) = proof else {
         return Err(ReceiptError::BadSignature);
-    }
-    if !key.verify_batch(b.first_seq, b.last_seq, &b.root, &receipt.signature) {
+    };
+    let leaf = receipt.facts.leaf_hash();
+    if !tree::check_inclusion(&proof, head.size, head.root, receipt.facts.audit_seq, leaf) {
         return Err(ReceiptError::BadSignature);
     }
     Ok(())
@@ -878,6 +920,7 @@ mod tests {
             file,
             head,
             signer,
+            Arc::new(tree::HashStore::in_memory()),
             Arc::new(Mutex::new(None)),
             Arc::new(StatsCells::default()),
         );

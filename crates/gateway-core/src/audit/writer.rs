@@ -17,7 +17,9 @@ use tokio::sync::oneshot;
 use super::chain::archive_path;
 use super::entry::{seal, AuditEntry, AuditEntryType};
 use super::keys::AuditSigner;
-use super::{Appended, AuditError, AuditEvent, EntryType, Unavailable};
+use super::note::sign_checkpoint;
+use super::tree::{hash_to_b64, HashStore, ReceiptFacts, TreeError};
+use super::{Appended, AuditError, AuditEvent, BatchHead, EntryType, Unavailable};
 use crate::config::{AuditConfig, FsyncPolicy};
 
 /// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
@@ -68,6 +70,8 @@ pub enum WriteError {
         #[source]
         source: io::Error,
     },
+    #[error("{0}")]
+    Tree(#[source] TreeError),
     #[error("cannot fsync the folder of {}: {source}", path.display())]
     SyncDir {
         path: PathBuf,
@@ -85,7 +89,10 @@ impl WriteError {
             | WriteError::Rotate { source, .. }
             | WriteError::Create { source, .. }
             | WriteError::SyncDir { source, .. } => Some(source.kind()),
-            WriteError::Serialise(_) | WriteError::ArchiveExists { .. } => None,
+            WriteError::Tree(TreeError::Io { source, .. }) => Some(source.kind()),
+            WriteError::Serialise(_) | WriteError::ArchiveExists { .. } | WriteError::Tree(_) => {
+                None
+            }
         }
     }
 }
@@ -149,6 +156,8 @@ pub(crate) struct Writer {
     pub file: File,
     pub head: ChainHead,
     pub signer: Arc<AuditSigner>,
+    /// The log's Merkle tree, shared with the handle (receipts read proofs from it).
+    pub tree: Arc<HashStore>,
     pub fsync: FsyncPolicy,
     /// Longest a written entry waits for its fsync under `FsyncPolicy::Interval`.
     pub fsync_interval: Duration,
@@ -186,6 +195,7 @@ impl Writer {
         file: File,
         head: ChainHead,
         signer: Arc<AuditSigner>,
+        tree: Arc<HashStore>,
         failure: Arc<Mutex<Option<Arc<WriteError>>>>,
         stats: Arc<StatsCells>,
     ) -> Self {
@@ -194,6 +204,7 @@ impl Writer {
             file,
             head,
             signer,
+            tree,
             fsync: cfg.fsync,
             fsync_interval: cfg.fsync_interval,
             checkpoint_every: cfg.checkpoint_every_entries.max(1),
@@ -224,6 +235,11 @@ impl Writer {
                 return Err(WriteError::Serialise(e));
             }
         };
+        let facts = ReceiptFacts::of(&entry);
+        if let Err(e) = self.tree.append(facts.leaf_hash()) {
+            self.head.head_hash = entry.prev_hash;
+            return Err(WriteError::Tree(e));
+        }
         buf.extend_from_slice(&line);
         self.head.next_seq += 1;
         self.head.head_hash = entry.hash.clone();
@@ -234,24 +250,30 @@ impl Writer {
         } else {
             self.head.unsigned += 1;
         }
-        let facts = super::batch::ReceiptFacts::of(&entry);
         Ok(Appended {
             seq: entry.seq,
             hash: entry.hash,
             facts,
-            batch: None,
+            head: None,
         })
     }
 
-    pub fn checkpoint_entry(&self, final_checkpoint: bool) -> AuditEntry {
+    /// A checkpoint over everything written so far: the chain head signed as before, and the
+    /// tree (size, root) as a C2SP checkpoint note that witnesses can cosign.
+    pub fn checkpoint_entry(&self, final_checkpoint: bool) -> Result<AuditEntry, WriteError> {
         let covers = self.head.next_seq.saturating_sub(1);
+        let size = self.head.next_seq;
+        let root = self.tree.root(size).map_err(WriteError::Tree)?;
         let mut e = AuditEntry::new(0, now_rfc3339(), AuditEntryType::Checkpoint, String::new());
         e.covers_seq = Some(covers);
         e.chain_head = Some(self.head.head_hash.clone());
         e.key_id = Some(self.signer.key_id().to_string());
         e.signature = Some(self.signer.sign_checkpoint(covers, &self.head.head_hash));
+        e.tree_size = Some(size);
+        e.tree_root = Some(hash_to_b64(&root));
+        e.note = Some(sign_checkpoint(&self.signer, size, root));
         e.final_checkpoint = final_checkpoint;
-        e
+        Ok(e)
     }
 
     pub fn segment_start_entry(&self, segment: u64) -> AuditEntry {
@@ -264,6 +286,16 @@ impl Writer {
         e.segment = Some(segment);
         e.key_id = Some(self.signer.key_id().to_string());
         e
+    }
+
+    /// The tree as the batch just committed left it, with its checkpoint note signed once.
+    fn batch_head(&self) -> Result<Arc<BatchHead>, WriteError> {
+        let size = self.tree.leaves();
+        let root = self.tree.root(size).map_err(WriteError::Tree)?;
+        Ok(Arc::new(BatchHead {
+            size,
+            note: sign_checkpoint(&self.signer, size, root),
+        }))
     }
 
     /// Writes `buf` with one write and makes it durable per policy (`force` fsyncs regardless).
@@ -330,7 +362,7 @@ impl Writer {
     /// Archives the active segment (sealed by a checkpoint) and starts the next one.
     fn rotate(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
-        let cp = self.checkpoint_entry(false);
+        let cp = self.checkpoint_entry(false)?;
         self.push(cp, &mut buf)?;
         self.commit(&buf, true)?;
         let archive = archive_path(&self.log, self.head.segment);
@@ -389,7 +421,7 @@ impl Writer {
     fn tick(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
         if self.head.unsigned > 0 && self.last_checkpoint.elapsed() >= self.checkpoint_interval {
-            let cp = self.checkpoint_entry(false);
+            let cp = self.checkpoint_entry(false)?;
             self.push(cp, &mut buf)?;
         }
         let due = self
@@ -481,7 +513,6 @@ impl Writer {
 
             buf.clear();
             waiting.clear();
-            let mut leaves = Vec::new();
             let mut close_reply = None;
             let mut result: Result<(), Arc<WriteError>> = Ok(());
             for cmd in batch.drain(..) {
@@ -494,7 +525,6 @@ impl Writer {
                         }
                         match self.push(Self::event_entry(*event), &mut buf) {
                             Ok(appended) => {
-                                leaves.push(super::batch::leaf(&appended.facts));
                                 waiting.push((reply, appended));
                             }
                             Err(reason) => {
@@ -512,8 +542,11 @@ impl Writer {
             }
             let n = waiting.len();
             if result.is_ok() && self.head.unsigned >= self.checkpoint_every {
-                let cp = self.checkpoint_entry(false);
-                result = self.push(cp, &mut buf).map(|_| ()).map_err(Arc::new);
+                result = self
+                    .checkpoint_entry(false)
+                    .and_then(|cp| self.push(cp, &mut buf))
+                    .map(|_| ())
+                    .map_err(Arc::new);
             }
             if result.is_ok() {
                 result = self.commit(&buf, false).map_err(Arc::new);
@@ -524,20 +557,25 @@ impl Writer {
                     if n > 0 {
                         self.stats.observe_batch(n);
                     }
-                    // One signature for the whole batch's receipts (see batch.rs).
-                    if let (Some((_, first)), Some((_, last))) = (waiting.first(), waiting.last()) {
-                        let seal = Arc::new(super::batch::BatchSeal::seal(
-                            first.seq,
-                            last.seq,
-                            std::mem::take(&mut leaves),
-                            &self.signer,
-                        ));
-                        for (index, (_, appended)) in waiting.iter_mut().enumerate() {
-                            appended.batch = Some(super::batch::BatchRef {
-                                seal: seal.clone(),
-                                index,
-                            });
+                    // One signed checkpoint note for the whole batch's receipts: each receipt
+                    // proves its entry's inclusion in the tree as this batch left it.
+                    if !waiting.is_empty() {
+                        match self.batch_head() {
+                            Ok(head) => {
+                                for (_, appended) in waiting.iter_mut() {
+                                    appended.head = Some(head.clone());
+                                }
+                            }
+                            // The receipt signs on its own then (`AuditLog::receipt`).
+                            Err(e) => {
+                                tracing::error!(error = %e, "audit tree: cannot sign the batch's checkpoint")
+                            }
                         }
+                    }
+                    // The tree file is a cache rebuilt at start; a failed write keeps the hashes
+                    // in memory and is tried again after the next batch.
+                    if let Err(e) = self.tree.flush() {
+                        tracing::warn!(error = %e, "audit tree: cannot write the tree file");
                     }
                     for (reply, appended) in waiting.drain(..) {
                         let _ = reply.send(Ok(appended));
@@ -575,9 +613,12 @@ impl Writer {
     /// The closing checkpoint, always fsynced.
     fn close(&mut self) -> Result<(), WriteError> {
         let mut buf = Vec::new();
-        let cp = self.checkpoint_entry(true);
+        let cp = self.checkpoint_entry(true)?;
         self.push(cp, &mut buf)?;
         self.commit(&buf, true)?;
+        if let Err(e) = self.tree.flush() {
+            tracing::warn!(error = %e, "audit tree: cannot write the tree file");
+        }
         tracing::info!(log = %self.log.display(), seq = self.head.next_seq - 1, "audit log closed with a signed checkpoint");
         Ok(())
     }
