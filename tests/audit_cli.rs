@@ -219,6 +219,7 @@ async fn receipt_verify_accepts_the_kept_answer_and_rejects_an_altered_one() {
     ]);
     assert!(ok.status.success(), "{}", stdout(&ok));
     assert!(stdout(&ok).contains("the log holds the entry"));
+    assert!(stdout(&ok).contains("the tree the receipt was shown"));
 
     let text = std::fs::read_to_string(&s.receipt).unwrap();
     let altered = s.dir.path().join("altered.json");
@@ -274,6 +275,78 @@ async fn receipt_verify_fails_when_a_kept_answer_is_edited_in_decision_status_bo
         assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
         assert!(stdout(&out).contains("INVALID"), "{what}: {}", stdout(&out));
     }
+}
+
+#[tokio::test]
+async fn prove_writes_evidence_that_verifies_offline_and_fails_when_altered() {
+    let s = setup(256 * 1024 * 1024).await;
+    let bundle = s.dir.path().join("evidence.json");
+    let out = run(&[
+        "audit",
+        "prove",
+        "rec-4",
+        &s.log,
+        "--out",
+        bundle.to_str().unwrap(),
+    ]);
+    assert!(out.status.success(), "{}", stdout(&out));
+    let evidence: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&bundle).unwrap()).unwrap();
+    assert_eq!(evidence["record_id"], "rec-4");
+    assert!(evidence["checkpoint"]
+        .as_str()
+        .unwrap()
+        .contains("\n\n\u{2014} "));
+    let verify = |path: &Path| {
+        run(&[
+            "audit",
+            "receipt",
+            "verify",
+            path.to_str().unwrap(),
+            "--public-key",
+            &s.public,
+        ])
+    };
+    let ok = verify(&bundle);
+    assert!(ok.status.success(), "{}", stdout(&ok));
+    assert!(stdout(&ok).contains("evidence OK"), "{}", stdout(&ok));
+
+    type Edit = fn(&mut serde_json::Value);
+    let edits: Vec<(&str, Edit)> = vec![
+        ("the entry's decision", |e| {
+            let line = e["entries"][0]["line"].as_str().unwrap().to_string();
+            let edited = if line.contains("\"deny\"") {
+                line.replacen("\"deny\"", "\"allow\"", 1)
+            } else {
+                line.replacen("\"allow\"", "\"deny\"", 1)
+            };
+            e["entries"][0]["line"] = edited.into();
+        }),
+        ("a proof hash", |e| {
+            e["entries"][0]["inclusion"][0] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+        }),
+        ("the tree size", |e| {
+            e["tree_size"] = (e["tree_size"].as_u64().unwrap() + 1).into();
+        }),
+        ("the checkpoint's root", |e| {
+            let note = e["checkpoint"].as_str().unwrap().to_string();
+            let mut lines: Vec<String> = note.lines().map(String::from).collect();
+            lines[2] = "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=".into();
+            e["checkpoint"] = (lines.join("\n") + "\n").into();
+        }),
+    ];
+    for (what, edit) in edits {
+        let mut e = evidence.clone();
+        edit(&mut e);
+        let altered = s.dir.path().join("altered-evidence.json");
+        std::fs::write(&altered, e.to_string()).unwrap();
+        let out = verify(&altered);
+        assert_eq!(out.status.code(), Some(1), "{what}: {}", stdout(&out));
+        assert!(stdout(&out).contains("INVALID"), "{what}: {}", stdout(&out));
+    }
+    let none = run(&["audit", "prove", "rec-none", &s.log]);
+    assert_eq!(none.status.code(), Some(1));
+    assert!(stdout(&none).contains("no entry for record rec-none"));
 }
 
 #[tokio::test]

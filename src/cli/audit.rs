@@ -14,7 +14,7 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use hetao_gateway_core::audit::{
-    find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
+    evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
     verify_logs, verify_receipt, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
     QueryStats, Receipt, VerifyReport,
 };
@@ -28,9 +28,23 @@ pub enum AuditCommand {
     Verify(Box<VerifyArgs>),
     /// Filter entries (all filters combine) or count them with --stats.
     Query(Box<QueryArgs>),
-    /// Receipts given to senders.
+    /// Receipts given to senders, and evidence bundles.
     #[command(subcommand)]
     Receipt(ReceiptCommand),
+    /// Write the evidence for one record: each of its entries as written, its inclusion proof,
+    /// and the signed (and cosigned) checkpoint they lead to. Checks offline with
+    /// `audit receipt verify BUNDLE --public-key FILE`.
+    Prove {
+        /// The record id.
+        #[arg(value_name = "RECORD_ID")]
+        record_id: String,
+        /// Log segment files (every segment from seq 0; the active log brings its archives).
+        #[arg(required = true, value_name = "LOG")]
+        logs: Vec<PathBuf>,
+        /// Write the bundle here instead of standard output.
+        #[arg(long, value_name = "FILE")]
+        out: Option<PathBuf>,
+    },
     /// Print the public key (PEM) of a signing key: what auditors and senders need.
     PublicKey {
         /// The audit signing key (PEM PKCS#8).
@@ -108,10 +122,12 @@ pub struct QueryArgs {
 
 #[derive(clap::Subcommand, Debug)]
 pub enum ReceiptCommand {
-    /// Check a receipt's signature (and with --log, that the log holds its entry).
+    /// Check a receipt or an evidence bundle (`audit prove`) with the public key alone (and with
+    /// --log, that the log holds the entry and the tree the receipt was shown).
     /// Exits 0 when it holds, 1 when it does not.
     Verify {
-        /// The receipt JSON, or a whole gateway answer containing a `receipt` member.
+        /// The receipt JSON, a whole gateway answer containing a `receipt` member, or an
+        /// evidence bundle.
         #[arg(value_name = "RECEIPT")]
         receipt: PathBuf,
         /// The gateway's audit public key (PEM, `audit-signing.pub`).
@@ -153,6 +169,11 @@ fn run_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             public_key,
             logs,
         }) => receipt_verify(&receipt, &public_key, &logs),
+        AuditCommand::Prove {
+            record_id,
+            logs,
+            out,
+        } => prove(&record_id, &logs, out.as_deref()),
         AuditCommand::PublicKey { signing_key } => {
             print!("{}", public_key_pem_from_signing_key_file(&signing_key)?);
             Ok(ExitCode::SUCCESS)
@@ -478,6 +499,15 @@ pub fn read_receipt(path: &Path) -> anyhow::Result<(Receipt, Option<serde_json::
     Ok((receipt, answer))
 }
 
+/// The file as an evidence bundle, if it is one (it has `entries`).
+fn read_evidence(path: &Path) -> anyhow::Result<Option<serde_json::Value>> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("{} is not JSON", path.display()))?;
+    Ok(v.get("entries").is_some().then_some(v))
+}
+
 /// Where a gateway answer says something other than the receipt it carries (an answer edited
 /// after the fact: the receipt's signature covers the receipt, so the answer must match it).
 fn answer_disagreements(receipt: &Receipt, answer: &serde_json::Value) -> Vec<String> {
@@ -503,9 +533,57 @@ fn answer_disagreements(receipt: &Receipt, answer: &serde_json::Value) -> Vec<St
         .collect()
 }
 
+fn prove(record_id: &str, logs: &[PathBuf], out: Option<&Path>) -> anyhow::Result<ExitCode> {
+    let files = expand_segments(logs)?;
+    let evidence = match evidence::prove(&files, record_id) {
+        Ok(e) => e,
+        Err(e) => {
+            say!("cannot prove: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let text = serde_json::to_string_pretty(&evidence)? + "\n";
+    match out {
+        Some(path) => {
+            std::fs::write(path, text)
+                .with_context(|| format!("cannot write {}", path.display()))?;
+            say!(
+                "evidence for record {}: {} entries proven in the tree of {} entries, written to {}",
+                escape_controls(record_id),
+                evidence.entries.len(),
+                evidence.tree_size,
+                path.display()
+            );
+        }
+        None => print!("{text}"),
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// An evidence bundle (`audit prove`) rather than a receipt.
+fn evidence_verify(v: serde_json::Value, key: &AuditPublicKey) -> anyhow::Result<ExitCode> {
+    let evidence: evidence::Evidence =
+        serde_json::from_value(v).context("not a valid evidence bundle")?;
+    if let Err(e) = evidence::verify_evidence(&evidence, key) {
+        say!("INVALID: {e}");
+        return Ok(ExitCode::from(1));
+    }
+    say!(
+        "evidence OK: {} entries of record {} are in the log's tree of {} entries, whose checkpoint key {} signed",
+        evidence.entries.len(),
+        escape_controls(&evidence.record_id),
+        evidence.tree_size,
+        escape_controls(&evidence.key_id)
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
 fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
-    let (receipt, answer) = read_receipt(path)?;
     let key = AuditPublicKey::from_pem_file(public_key)?;
+    if let Some(bundle) = read_evidence(path)? {
+        return evidence_verify(bundle, &key);
+    }
+    let (receipt, answer) = read_receipt(path)?;
     if let Err(e) = verify_receipt(&receipt, &key) {
         say!("INVALID: {e}");
         return Ok(ExitCode::from(1));
@@ -532,11 +610,11 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
     );
     if !logs.is_empty() {
         let files = expand_segments(logs)?;
-        if let Err(e) = find_receipt_entry(&receipt, &files) {
+        if let Err(e) = find_receipt_entry(&receipt, &files, &key) {
             say!("INVALID: {e}");
             return Ok(ExitCode::from(1));
         }
-        say!("the log holds the entry");
+        say!("the log holds the entry, and the tree the receipt was shown");
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -24,6 +24,7 @@ use crate::tls::identity::ClientIdentity;
 
 pub mod chain;
 pub mod entry;
+pub mod evidence;
 pub mod keys;
 pub mod note;
 pub mod query;
@@ -826,6 +827,8 @@ pub enum ReceiptError {
     Mismatch { seq: u64, what: String },
     #[error("cannot read the log: {0}")]
     Log(String),
+    #[error("{0}")]
+    Rewritten(String),
 }
 
 /// Checks a receipt's signature with the gateway's public key.
@@ -857,23 +860,41 @@ pub fn verify_receipt(receipt: &Receipt, key: &AuditPublicKey) -> Result<(), Rec
 }
 
 /// Checks that the log holds the entry a receipt names, stating the same facts (hash, record id,
-/// decision, status, body hash, policy version). With a verified log this also proves the entry
-/// was not cut off.
-pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), ReceiptError> {
+/// decision, status, body hash, policy version), and, when the log is whole from seq 0, that its
+/// tree at the receipt's size has the root the receipt's checkpoint signed: a log cut back and
+/// continued, or rewritten, since the receipt was given fails here even where every later
+/// checkpoint was signed again.
+pub fn find_receipt_entry(
+    receipt: &Receipt,
+    paths: &[PathBuf],
+    key: &AuditPublicKey,
+) -> Result<(), ReceiptError> {
     let wanted = receipt.facts.audit_seq;
     let ordered = chain::order_by_first_seq(paths).map_err(|p| ReceiptError::Log(p.to_string()))?;
     let mut found = None;
+    let mut tree = None;
+    let mut whole = true;
     for path in &ordered {
         scan_file(path, |e, _, _| {
+            if tree.is_none() && whole {
+                if e.seq == 0 {
+                    tree = Some(tree::HashStore::in_memory());
+                } else {
+                    whole = false;
+                }
+            }
+            if let Some(t) = &tree {
+                if t.leaves() < receipt.tree_size {
+                    t.append(tree::ReceiptFacts::of(&e).leaf_hash())
+                        .map_err(|_| chain::LinkProblem::TreeUnavailable.at(e.seq))?;
+                }
+            }
             if e.seq == wanted {
                 found = Some(e);
             }
             Ok(())
         })
         .map_err(|e| ReceiptError::Log(e.to_string()))?;
-        if found.is_some() {
-            break;
-        }
     }
     let entry = found.ok_or(ReceiptError::NotInLog(wanted))?;
     let differences = receipt.facts.differences(&entry);
@@ -882,6 +903,26 @@ pub fn find_receipt_entry(receipt: &Receipt, paths: &[PathBuf]) -> Result<(), Re
             seq: entry.seq,
             what: differences.join("; "),
         });
+    }
+    if let Some(t) = tree {
+        let head = note::open_checkpoint(&receipt.checkpoint, key)
+            .map_err(|_| ReceiptError::BadSignature)?;
+        if t.leaves() < head.size {
+            return Err(ReceiptError::Rewritten(format!(
+                "the log holds {} entries, fewer than the {} of the tree the receipt was given: it was cut",
+                t.leaves(),
+                head.size
+            )));
+        }
+        let root = t
+            .root(head.size)
+            .map_err(|e| ReceiptError::Log(e.to_string()))?;
+        if root != head.root {
+            return Err(ReceiptError::Rewritten(format!(
+                "the log's first {} entries are not the tree the receipt's checkpoint signed: the log was rewritten since",
+                head.size
+            )));
+        }
     }
     Ok(())
 }
