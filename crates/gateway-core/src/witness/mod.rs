@@ -13,6 +13,7 @@
 
 pub mod cosignature;
 pub mod protocol;
+pub mod state;
 
 pub use cosignature::{
     add_cosignatures, cosign, verify_cosignature, witness_name_of, CosignatureError,
