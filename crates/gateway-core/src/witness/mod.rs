@@ -11,10 +11,16 @@
 //! - [`config`]: `witness.toml` and what `witness init` writes.
 //! - [`server`]: the HTTP/1.1 listener.
 
+pub mod config;
 pub mod cosignature;
+pub mod cosigner;
 pub mod protocol;
+pub mod server;
 pub mod state;
 
+pub use config::{LogConfig, WitnessConfig, WitnessError};
 pub use cosignature::{
     add_cosignatures, cosign, verify_cosignature, witness_name_of, CosignatureError,
 };
+pub use cosigner::{Refusal, Witness};
+pub use server::serve;
