@@ -12,6 +12,7 @@ pub use hetao_devkit::demo;
 pub mod policy;
 pub mod send;
 pub mod serve;
+pub mod witness;
 
 /// hetao-gateway: the mutual-TLS checkpoint between the Shenzhen and Hong Kong parks of the Hetao
 /// co-operation zone.
@@ -42,6 +43,9 @@ pub enum Command {
     /// Verify and query audit logs.
     #[command(subcommand)]
     Audit(audit::AuditCommand),
+    /// Run a witness that cosigns a gateway's audit checkpoints (set it up with `witness init`).
+    #[command(subcommand)]
+    Witness(witness::WitnessCommand),
 }
 
 /// Runs the parsed command and returns the process exit code.
@@ -54,6 +58,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Check(a) => check::run(a).await,
         Command::Policy(c) => policy::run(c).await,
         Command::Audit(c) => audit::run(c).await,
+        Command::Witness(c) => witness::run(c).await,
     };
     match result {
         Ok(code) => code,
