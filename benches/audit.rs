@@ -58,6 +58,8 @@ fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> AuditLog {
         segment_max_bytes: 256 * 1024 * 1024,
         max_batch: 1024,
         max_queue: 16 * 1024,
+        witnesses: Vec::new(),
+        witness_max_lag_entries: None,
     })
     .expect("open audit log")
 }

@@ -47,6 +47,8 @@ async fn setup(segment_max_bytes: u64) -> Setup {
         segment_max_bytes,
         max_batch: 64,
         max_queue: 16 * 1024,
+        witnesses: Vec::new(),
+        witness_max_lag_entries: None,
     };
     let log = AuditLog::open(&cfg).unwrap();
     let mut receipt = None;
@@ -385,6 +387,8 @@ async fn log_of(events: Vec<AuditEvent>) -> (tempfile::TempDir, String) {
         segment_max_bytes: 256 * 1024 * 1024,
         max_batch: 64,
         max_queue: 16 * 1024,
+        witnesses: Vec::new(),
+        witness_max_lag_entries: None,
     };
     let log = AuditLog::open(&cfg).unwrap();
     for event in events {

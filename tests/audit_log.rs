@@ -36,6 +36,8 @@ fn fixture(checkpoint_every: u64) -> Fixture {
         segment_max_bytes: 256 * 1024 * 1024,
         max_batch: 1024,
         max_queue: 16 * 1024,
+        witnesses: Vec::new(),
+        witness_max_lag_entries: None,
     };
     Fixture {
         _dir: dir,

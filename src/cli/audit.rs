@@ -13,9 +13,10 @@ use std::process::ExitCode;
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
+use hetao_gateway_core::audit::chain::verify_logs_with_tree;
 use hetao_gateway_core::audit::{
     evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
-    verify_logs, verify_receipt, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
+    verify_receipt, witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
     QueryStats, Receipt, VerifyReport,
 };
 use hetao_gateway_core::causes::chain_text;
@@ -62,9 +63,18 @@ pub struct VerifyArgs {
     /// The gateway's audit public key (PEM); without it signatures are not checked.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
-    /// Accept entries after the last checkpoint (a log that is still being written).
+    /// Accept entries after the last checkpoint (a log that is still being written); with
+    /// --witness-key, also a last checkpoint not yet cosigned.
     #[arg(long)]
     pub allow_unsigned_tail: bool,
+    /// A witness's public key (`witness.pub`); repeat for each park's witness. The log must hold
+    /// every tree the witness cosigned, and (unless --allow-unsigned-tail) its last checkpoint
+    /// must be cosigned.
+    #[arg(long = "witness-key", value_name = "FILE")]
+    pub witness_keys: Vec<PathBuf>,
+    /// The cosignatures file (default: `<active log>.cosignatures` beside the log).
+    #[arg(long, value_name = "FILE")]
+    pub cosignatures: Option<PathBuf>,
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
@@ -213,6 +223,20 @@ pub fn expand_segments(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
+/// The active log among the paths given (the one that is not an archived segment).
+fn active_log(logs: &[PathBuf]) -> PathBuf {
+    logs.iter()
+        .find(|p| {
+            let name = p.file_name().unwrap_or_default().to_string_lossy();
+            !name
+                .rsplit_once('.')
+                .is_some_and(|(_, n)| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
+        })
+        .or(logs.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
 fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = a
         .public_key
@@ -220,7 +244,26 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
         .map(AuditPublicKey::from_pem_file)
         .transpose()?;
     let files = expand_segments(&a.logs)?;
-    let report = verify_logs(&files, key.as_ref());
+    let (mut report, tree) = verify_logs_with_tree(&files, key.as_ref());
+    if !a.witness_keys.is_empty() {
+        let witness_keys = a
+            .witness_keys
+            .iter()
+            .map(|p| AuditPublicKey::from_pem_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        let cosignatures = match &a.cosignatures {
+            Some(p) => p.clone(),
+            None => witnessing::cosignatures_path(&active_log(&a.logs)),
+        };
+        report.witnesses = witnessing::check_witnessed(
+            tree.as_deref(),
+            report.last_checkpoint_seq,
+            &cosignatures,
+            &witness_keys,
+            key.as_ref(),
+            a.allow_unsigned_tail,
+        );
+    }
     let intact = report.is_intact(a.allow_unsigned_tail);
     if a.json {
         let mut v = serde_json::to_value(&report)?;
@@ -276,6 +319,23 @@ fn print_verify(r: &VerifyReport, key: Option<&AuditPublicKey>, allow_unsigned_t
     }
     if let Some(p) = &r.problem {
         say!("FAILED: {p}");
+        return;
+    }
+    let mut witness_failed = false;
+    for w in &r.witnesses {
+        match &w.problem {
+            Some(p) => {
+                say!("FAILED: witness {}: {p}", escape_controls(&w.witness));
+                witness_failed = true;
+            }
+            None => say!(
+                "witness {}: cosigned up to {} entries, all held by this log",
+                escape_controls(&w.witness),
+                w.latest_cosigned.unwrap_or(0)
+            ),
+        }
+    }
+    if witness_failed {
         return;
     }
     match r.tail_problem() {

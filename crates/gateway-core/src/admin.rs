@@ -178,6 +178,9 @@ async fn route(
         (&Method::GET, "/metrics") => {
             let mut text = gateway.metrics.render();
             text.push_str(&crate::metrics::render_audit(&gateway.audit.stats()));
+            text.push_str(&crate::metrics::render_witnesses(
+                &gateway.audit.witness_status(),
+            ));
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -220,16 +223,20 @@ fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
     }
     let report = gateway.report();
     let parks: Vec<&String> = gateway.config.parks.keys().collect();
+    // Witness lag is detail here; it makes the gateway unready only in the fail-closed mode
+    // (then `audit.health()` above reports it).
+    let witnesses = gateway.audit.witness_status();
     if problems.is_empty() {
         json_response(
             StatusCode::OK,
             &json!({"ready": true, "policy_version": report.policy_version,
-                    "schema_hash": report.schema_hash, "upstream_parks": parks}),
+                    "schema_hash": report.schema_hash, "upstream_parks": parks,
+                    "witnesses": witnesses}),
         )
     } else {
         json_response(
             StatusCode::SERVICE_UNAVAILABLE,
-            &json!({"ready": false, "problems": problems}),
+            &json!({"ready": false, "problems": problems, "witnesses": witnesses}),
         )
     }
 }

@@ -188,6 +188,24 @@ pub struct AuditConfig {
     /// Entries waiting for the writer beyond which appends are answered 503 `audit_busy`.
     #[serde(default = "defaults::max_queue")]
     pub max_queue: usize,
+    /// The parks' witnesses (`[[audit.witness]]`): each is asked to cosign every checkpoint.
+    #[serde(default, rename = "witness")]
+    pub witnesses: Vec<WitnessConfig>,
+    /// Opt-in fail-closed mode: when a witness's cosignatures lag the log by more than this many
+    /// entries, records are refused (503 `audit_unavailable`) until it catches up.
+    #[serde(default)]
+    pub witness_max_lag_entries: Option<u64>,
+}
+
+/// One witness the gateway asks to cosign its checkpoints.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WitnessConfig {
+    /// Where the witness listens (`http://host:port`): cosignatures are checked by key, so the
+    /// transport needs no TLS of its own.
+    pub url: String,
+    /// The witness's public key (PEM, `witness.pub` from `witness init`).
+    pub public_key: PathBuf,
 }
 
 /// When an audit entry counts as written.
@@ -650,6 +668,22 @@ impl Config {
         at_least_1("audit.max_batch", audit.max_batch as u64)?;
         audit.log = resolve(&audit.log);
         audit.signing_key = resolve(&audit.signing_key);
+        for (i, w) in audit.witnesses.iter_mut().enumerate() {
+            w.public_key = resolve(&w.public_key);
+            let parsed: Result<http::Uri, _> = w.url.parse();
+            match parsed {
+                Ok(uri) if uri.scheme_str() == Some("http") && uri.host().is_some() => {}
+                _ => {
+                    return Err(invalid(
+                        &format!("audit.witness[{i}].url"),
+                        format!(
+                            "`{}` is not an http://host:port URL (the witness protocol runs over plain HTTP: cosignatures are checked by key)",
+                            w.url
+                        ),
+                    ))
+                }
+            }
+        }
         // Zero would mean a busy loop (intervals) or a rotation per entry (size): the smallest
         // sensible value is taken instead.
         audit.fsync_interval = audit.fsync_interval.max(Duration::from_millis(1));

@@ -201,6 +201,50 @@ impl Default for Metrics {
 }
 
 /// The audit writer's own counters (kept by its thread) in Prometheus text format.
+/// Witness lag and state in Prometheus text format (labels: the witness's name, from its key).
+pub fn render_witnesses(status: &[crate::audit::witnessing::WitnessStatus]) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    if status.is_empty() {
+        return out;
+    }
+    let _ = writeln!(out, "# HELP hetao_audit_witness_lag_entries Log entries not yet covered by the witness's latest cosignature.");
+    let _ = writeln!(out, "# TYPE hetao_audit_witness_lag_entries gauge");
+    for w in status {
+        let _ = writeln!(
+            out,
+            "hetao_audit_witness_lag_entries{{witness=\"{}\"}} {}",
+            w.name, w.lag_entries
+        );
+    }
+    let _ = writeln!(out, "# HELP hetao_audit_witness_cosigned_size Tree size of the checkpoint the witness last cosigned (-1: not known yet).");
+    let _ = writeln!(out, "# TYPE hetao_audit_witness_cosigned_size gauge");
+    for w in status {
+        let size = w
+            .cosigned_size
+            .map_or(-1, |s| i64::try_from(s).unwrap_or(i64::MAX));
+        let _ = writeln!(
+            out,
+            "hetao_audit_witness_cosigned_size{{witness=\"{}\"}} {size}",
+            w.name
+        );
+    }
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_witness_up 1 when the last request to the witness succeeded."
+    );
+    let _ = writeln!(out, "# TYPE hetao_audit_witness_up gauge");
+    for w in status {
+        let _ = writeln!(
+            out,
+            "hetao_audit_witness_up{{witness=\"{}\"}} {}",
+            w.name,
+            u8::from(w.last_error.is_none())
+        );
+    }
+    out
+}
+
 pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
     use std::fmt::Write;
     let mut out = String::new();

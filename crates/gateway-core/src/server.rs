@@ -65,6 +65,17 @@ pub async fn run(
     admin_listener: TcpListener,
     shutdown: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
+    // Before any record: does this log still extend what each witness cosigned? A log cut back or
+    // rewritten (even with every checkpoint signed again) is caught here.
+    match gateway.audit.witness_round().await {
+        Err(divergence) => return Err(std::io::Error::other(format!(
+            "refusing to start: {divergence} (run `hetao-gateway audit verify` with --witness-key)"
+        ))),
+        Ok(false) => tracing::warn!(target: "hetao::audit",
+            "a witness could not be reached at start; its cosignatures will follow"),
+        Ok(true) => {}
+    }
+    let witnessing = gateway.audit.start_witnessing(shutdown.clone());
     let admin = tokio::spawn(crate::admin::serve(
         gateway.clone(),
         admin_listener,
@@ -79,6 +90,18 @@ pub async fn run(
     }
     if let Err(e) = gateway.audit.close().await {
         tracing::error!(target: "hetao::audit", error = %e, "could not write the final checkpoint");
+    }
+    if let Some(task) = witnessing {
+        let _ = task.await;
+        // The closing checkpoint too, so a closed log is witnessed to its end.
+        match tokio::time::timeout(Duration::from_secs(10), gateway.audit.witness_round()).await {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) | Err(_) => tracing::warn!(target: "hetao::audit",
+                "a witness did not cosign the closing checkpoint; `audit verify --witness-key` will say so"),
+            Ok(Err(d)) => {
+                tracing::error!(target: "hetao::audit", error = %d, "witness divergence at shutdown")
+            }
+        }
     }
     let _ = admin.await;
     tracing::info!(target: "hetao::server", "stopped");

@@ -490,6 +490,17 @@ pub struct VerifyReport {
     pub notes: Vec<String>,
     /// The first hash, link, sequence or signature problem.
     pub problem: Option<VerifyProblem>,
+    /// What each witness named (`--witness-key`) cosigned, and whether the log holds it.
+    pub witnesses: Vec<WitnessCheck>,
+}
+
+/// One witness's cosignatures checked against the log.
+#[derive(Debug, Clone, Serialize)]
+pub struct WitnessCheck {
+    pub witness: String,
+    /// Tree size of the latest checkpoint it cosigned that the log holds.
+    pub latest_cosigned: Option<u64>,
+    pub problem: Option<String>,
 }
 
 impl VerifyReport {
@@ -519,14 +530,26 @@ impl VerifyReport {
 
     /// Intact: no problem and, unless `allow_unsigned_tail` (a live log), a sealed tail.
     pub fn is_intact(&self, allow_unsigned_tail: bool) -> bool {
-        self.problem.is_none() && (allow_unsigned_tail || self.tail_problem().is_none())
+        self.problem.is_none()
+            && (allow_unsigned_tail || self.tail_problem().is_none())
+            && self.witnesses.iter().all(|w| w.problem.is_none())
     }
 }
 
 /// Checks every hash, link, sequence and (with `public_key`) checkpoint signature of the segment
 /// files `paths`, given in any order: they are put in chain order by their first sequence.
 pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> VerifyReport {
+    verify_logs_with_tree(paths, public_key).0
+}
+
+/// [`verify_logs`], also handing back the log's tree as rebuilt (when the log was whole from
+/// seq 0), for checks against it such as witnesses' cosignatures.
+pub fn verify_logs_with_tree(
+    paths: &[PathBuf],
+    public_key: Option<&AuditPublicKey>,
+) -> (VerifyReport, Option<Arc<HashStore>>) {
     let mut report = VerifyReport {
+        witnesses: Vec::new(),
         files: Vec::new(),
         entries: 0,
         first_seq: None,
@@ -546,7 +569,7 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
         Ok(o) => o,
         Err(problem) => {
             report.problem = Some(problem);
-            return report;
+            return (report, None);
         }
     };
     report.files = ordered.clone();
@@ -636,7 +659,7 @@ pub fn verify_logs(paths: &[PathBuf], public_key: Option<&AuditPublicKey>) -> Ve
     report.closed = checker.closed;
     report.key_ids = checker.key_ids.into_iter().collect();
     report.notes = checker.notes;
-    report
+    (report, checker.tree)
 }
 
 /// Puts segment files in chain order by the sequence of their first line. A file whose first line

@@ -29,6 +29,7 @@ pub mod keys;
 pub mod note;
 pub mod query;
 pub mod tree;
+pub mod witnessing;
 pub mod writer;
 
 pub use chain::{segment_paths, verify_logs, LinkError, LinkProblem, VerifyProblem, VerifyReport};
@@ -167,6 +168,12 @@ pub enum Unavailable {
     Closed,
     #[error("audit writer stopped")]
     WriterStopped,
+    /// A witness reported that the log is not the one it cosigned (cut back or rewritten).
+    #[error("{0}; records are refused until an operator looks")]
+    WitnessDiverged(witnessing::Divergence),
+    /// Fail-closed mode: a witness's cosignatures lag too far behind.
+    #[error("witness {witness} has not cosigned the last {lag} entries (audit.witness_max_lag_entries = {max})")]
+    WitnessLag { witness: String, lag: u64, max: u64 },
 }
 
 impl Unavailable {
@@ -231,6 +238,8 @@ pub enum OpenError {
     SyncFolder(#[source] io::Error),
     #[error("cannot start the writer thread: {0}")]
     WriterThread(#[source] io::Error),
+    #[error("{0}")]
+    Witness(#[source] witnessing::WitnessKeyError),
 }
 
 /// Counters for metrics (Prometheus-style: bucket counts are cumulative, bounds are upper bounds).
@@ -262,6 +271,9 @@ struct Inner {
     tx: mpsc::Sender<Command>,
     signer: Arc<AuditSigner>,
     tree: Arc<tree::HashStore>,
+    witnesses: Arc<witnessing::Witnesses>,
+    /// The latest checkpoint written (what witnesses are asked to cosign).
+    checkpoints: tokio::sync::watch::Sender<Option<witnessing::LoggedCheckpoint>>,
     failure: Arc<Mutex<Option<Arc<WriteError>>>>,
     stats: Arc<StatsCells>,
     /// Entries sent to the writer and not yet taken from its channel, and their bound.
@@ -285,6 +297,8 @@ struct Recovered {
     torn: Option<(u64, PathBuf)>,
     /// The log's tree, rebuilt from the entries read (and checked against every checkpoint).
     tree: Arc<tree::HashStore>,
+    /// The last checkpoint in the log.
+    last_checkpoint: Option<witnessing::LoggedCheckpoint>,
 }
 
 fn open_error(path: &Path, source: impl Into<OpenError>) -> AuditError {
@@ -314,6 +328,7 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
     let mut checker = ChainChecker::default();
     let tree_path = tree::HashStore::path_for(&cfg.log);
     let mut tree_error = None;
+    let mut last_checkpoint = None;
     let mut decided = DecidedIds::new();
     let mut active_segment = None;
     let mut last_archive = None;
@@ -326,6 +341,14 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
         let is_active = number.is_none();
         let mut first = true;
         let end = scan_file(path, |entry, _line, _offset| {
+            if let (AuditEntryType::Checkpoint, Some(size), Some(note)) =
+                (entry.entry_type, entry.tree_size, &entry.note)
+            {
+                last_checkpoint = Some(witnessing::LoggedCheckpoint {
+                    size,
+                    note: note.clone(),
+                });
+            }
             if checker.tree.is_none() {
                 // The tree file keeps the hashes of segments no longer beside the log (none when
                 // the log starts at seq 0); everything from here on is rebuilt from the entries.
@@ -432,6 +455,7 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
     }
     Ok(Recovered {
         tree,
+        last_checkpoint,
         head: checker.head().map(|(s, h)| (s, h.to_string())),
         unsigned: checker.unsigned,
         active_segment,
@@ -537,7 +561,12 @@ impl AuditLog {
                     )
                 })?;
         }
+        let witnesses = Arc::new(
+            witnessing::Witnesses::load(&cfg.witnesses, cfg.witness_max_lag_entries, &cfg.log)
+                .map_err(|e| open_error(&cfg.log, OpenError::Witness(e)))?,
+        );
         let rec = recover(cfg, &signer.public_key())?;
+        let checkpoints = tokio::sync::watch::Sender::new(rec.last_checkpoint.clone());
         let file = OpenOptions::new()
             .create(true)
             .append(true)
@@ -566,7 +595,10 @@ impl AuditLog {
                 segment_bytes: rec.active_len,
             },
             signer.clone(),
-            rec.tree.clone(),
+            writer::Sealing {
+                tree: rec.tree.clone(),
+                announce: checkpoints.clone(),
+            },
             failure.clone(),
             stats.clone(),
         );
@@ -610,7 +642,7 @@ impl AuditLog {
             }
         }
         let decided = rec.decided.len();
-        let log = Self::start(writer, rec.decided)
+        let log = Self::start(writer, rec.decided, witnesses, checkpoints)
             .map_err(|e| open_error(&cfg.log, OpenError::WriterThread(e)))?;
         tracing::info!(
             log = %cfg.log.display(),
@@ -623,13 +655,20 @@ impl AuditLog {
     }
 
     /// Starts the writer thread and returns the handle that talks to it.
-    fn start(writer: Writer, decided: DecidedIds) -> io::Result<AuditLog> {
+    fn start(
+        writer: Writer,
+        decided: DecidedIds,
+        witnesses: Arc<witnessing::Witnesses>,
+        checkpoints: tokio::sync::watch::Sender<Option<witnessing::LoggedCheckpoint>>,
+    ) -> io::Result<AuditLog> {
         let (tx, rx) = mpsc::channel();
         let inner = Inner {
             log: writer.log.clone(),
             tx,
             signer: writer.signer.clone(),
             tree: writer.tree.clone(),
+            witnesses,
+            checkpoints,
             failure: writer.failure.clone(),
             stats: writer.stats.clone(),
             queued: writer.queued.clone(),
@@ -740,7 +779,50 @@ impl AuditLog {
         if self.inner.closed.load(Ordering::Acquire) {
             return Err(Unavailable::Closed);
         }
+        if let Some(d) = self.inner.witnesses.diverged() {
+            return Err(Unavailable::WitnessDiverged(d));
+        }
+        if let Some((witness, lag)) = self.inner.witnesses.over_lag(self.inner.tree.leaves()) {
+            return Err(Unavailable::WitnessLag {
+                witness,
+                lag,
+                max: self.inner.witnesses.max_lag().unwrap_or(0),
+            });
+        }
         Ok(())
+    }
+
+    /// Asks every witness to cosign the latest checkpoint, once. `Ok(true)` when all have;
+    /// `Err` when one says the log is not the one it cosigned.
+    pub async fn witness_round(&self) -> Result<bool, witnessing::Divergence> {
+        let latest = self.inner.checkpoints.borrow().clone();
+        match latest {
+            Some(cp) if !self.inner.witnesses.is_empty() => {
+                self.inner.witnesses.round(&cp, &self.inner.tree).await
+            }
+            _ => Ok(true),
+        }
+    }
+
+    /// Starts the background task that has every new checkpoint cosigned, until `stop`.
+    pub fn start_witnessing(
+        &self,
+        stop: tokio::sync::watch::Receiver<bool>,
+    ) -> Option<tokio::task::JoinHandle<()>> {
+        if self.inner.witnesses.is_empty() {
+            return None;
+        }
+        Some(tokio::spawn(witnessing::follow(
+            self.inner.witnesses.clone(),
+            self.inner.tree.clone(),
+            self.inner.checkpoints.subscribe(),
+            stop,
+        )))
+    }
+
+    /// Each witness's state (for `/readyz` and `/metrics`).
+    pub fn witness_status(&self) -> Vec<witnessing::WitnessStatus> {
+        self.inner.witnesses.status(self.inner.tree.leaves())
     }
 
     /// Writes a final signed checkpoint and stops the writer.
@@ -946,6 +1028,8 @@ mod tests {
             segment_max_bytes: u64::MAX,
             max_batch: 16,
             max_queue: 16 * 1024,
+            witnesses: Vec::new(),
+            witness_max_lag_entries: None,
         };
         let file = OpenOptions::new().append(true).open("/dev/full").unwrap();
         let signer = Arc::new(AuditSigner::from_pem(private_pem.as_bytes(), "test").unwrap());
@@ -961,11 +1045,22 @@ mod tests {
             file,
             head,
             signer,
-            Arc::new(tree::HashStore::in_memory()),
+            writer::Sealing {
+                tree: Arc::new(tree::HashStore::in_memory()),
+                announce: tokio::sync::watch::Sender::new(None),
+            },
             Arc::new(Mutex::new(None)),
             Arc::new(StatsCells::default()),
         );
-        AuditLog::start(writer, DecidedIds::new()).unwrap()
+        let witnesses =
+            Arc::new(witnessing::Witnesses::load(&[], None, Path::new("/dev/full")).unwrap());
+        AuditLog::start(
+            writer,
+            DecidedIds::new(),
+            witnesses,
+            tokio::sync::watch::Sender::new(None),
+        )
+        .unwrap()
     }
 
     #[cfg(target_os = "linux")]

@@ -19,6 +19,7 @@ use super::entry::{seal, AuditEntry, AuditEntryType};
 use super::keys::AuditSigner;
 use super::note::sign_checkpoint;
 use super::tree::{hash_to_b64, HashStore, ReceiptFacts, TreeError};
+use super::witnessing::LoggedCheckpoint;
 use super::{Appended, AuditError, AuditEvent, BatchHead, EntryType, Unavailable};
 use crate::config::{AuditConfig, FsyncPolicy};
 
@@ -151,6 +152,13 @@ pub(crate) struct ChainHead {
     pub segment_bytes: u64,
 }
 
+/// What the writer seals the log with beyond the chain: the tree, and where it announces each
+/// checkpoint it commits.
+pub(crate) struct Sealing {
+    pub tree: Arc<HashStore>,
+    pub announce: tokio::sync::watch::Sender<Option<LoggedCheckpoint>>,
+}
+
 pub(crate) struct Writer {
     pub log: PathBuf,
     pub file: File,
@@ -158,6 +166,10 @@ pub(crate) struct Writer {
     pub signer: Arc<AuditSigner>,
     /// The log's Merkle tree, shared with the handle (receipts read proofs from it).
     pub tree: Arc<HashStore>,
+    /// Where committed checkpoints are announced (witnesses are asked to cosign them).
+    announce: tokio::sync::watch::Sender<Option<LoggedCheckpoint>>,
+    /// A checkpoint pushed and not yet committed.
+    unannounced: Option<LoggedCheckpoint>,
     pub fsync: FsyncPolicy,
     /// Longest a written entry waits for its fsync under `FsyncPolicy::Interval`.
     pub fsync_interval: Duration,
@@ -195,7 +207,7 @@ impl Writer {
         file: File,
         head: ChainHead,
         signer: Arc<AuditSigner>,
-        tree: Arc<HashStore>,
+        sealing: Sealing,
         failure: Arc<Mutex<Option<Arc<WriteError>>>>,
         stats: Arc<StatsCells>,
     ) -> Self {
@@ -204,7 +216,9 @@ impl Writer {
             file,
             head,
             signer,
-            tree,
+            tree: sealing.tree,
+            announce: sealing.announce,
+            unannounced: None,
             fsync: cfg.fsync,
             fsync_interval: cfg.fsync_interval,
             checkpoint_every: cfg.checkpoint_every_entries.max(1),
@@ -244,6 +258,12 @@ impl Writer {
         self.head.next_seq += 1;
         self.head.head_hash = entry.hash.clone();
         if entry.entry_type == AuditEntryType::Checkpoint {
+            if let (Some(size), Some(note)) = (entry.tree_size, &entry.note) {
+                self.unannounced = Some(LoggedCheckpoint {
+                    size,
+                    note: note.clone(),
+                });
+            }
             self.head.unsigned = 0;
             self.last_checkpoint = Instant::now();
             self.stats.checkpoints.fetch_add(1, Ordering::Relaxed);
@@ -324,6 +344,10 @@ impl Writer {
             self.sync().inspect_err(|_| self.undo_partial(before))?;
         } else if self.fsync == FsyncPolicy::Interval && self.dirty_since.is_none() {
             self.dirty_since = Some(Instant::now());
+        }
+        if let Some(cp) = self.unannounced.take() {
+            // Witnesses are asked only about checkpoints that are in the file.
+            self.announce.send_replace(Some(cp));
         }
         Ok(())
     }
