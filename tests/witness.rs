@@ -124,6 +124,8 @@ struct Witness {
     /// Held so the witness's files live as long as it does.
     _dir: tempfile::TempDir,
     report: InitReport,
+    /// The witness's public key, read from `witness.pub`.
+    key: AuditPublicKey,
     addr: SocketAddr,
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<Result<(), WitnessError>>,
@@ -138,6 +140,7 @@ impl Witness {
         let (addr, stop, task) = start(&report.config).await;
         Witness {
             _dir: dir,
+            key: AuditPublicKey::from_pem_file(&report.public_key).unwrap(),
             report,
             addr,
             stop,
@@ -146,7 +149,7 @@ impl Witness {
     }
 
     fn key(&self) -> AuditPublicKey {
-        AuditPublicKey::from_pem_file(&self.report.public_key).unwrap()
+        self.key.clone()
     }
 
     fn state_file(&self) -> PathBuf {
@@ -215,6 +218,9 @@ async fn start(
     let task = tokio::spawn(hetao_gateway_core::witness::serve(
         config, listener, stopped,
     ));
+    // Answering means open: key, logs and state loaded, so a test may change files after this.
+    let ready = request(addr, "GET", "/checkpoints", Vec::new()).await;
+    assert_eq!(ready.status, 200, "{}", ready.body);
     (addr, stop, task)
 }
 
@@ -594,6 +600,20 @@ async fn a_corrupt_state_file_stops_the_witness_from_starting() {
     let message = err.to_string();
     assert!(message.contains("corrupt"), "{message}");
     assert!(message.contains("witness-state.json"), "{message}");
+}
+
+#[tokio::test]
+async fn a_state_that_cannot_be_saved_gets_500_and_nothing_is_cosigned() {
+    let mut log = log();
+    log.grow_to(5, "a");
+    let w = Witness::for_log(&log).await;
+    // The folder of the state file disappears under the running witness.
+    std::fs::remove_dir_all(w.report.config.parent().unwrap()).unwrap();
+    let answer = w.add(&log.body(0)).await;
+    assert_eq!(answer.status, 500, "{}", answer.body);
+    // The answer names no path: the detail is in the witness's log.
+    assert!(!answer.body.contains('/'), "{}", answer.body);
+    w.assert_not_cosigned(&answer, &log.origin(), 0).await;
 }
 
 // === The command line ===
