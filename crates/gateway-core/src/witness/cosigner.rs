@@ -72,8 +72,11 @@ pub struct Witness {
     name: String,
     logs: BTreeMap<String, WitnessedLog>,
     state_path: PathBuf,
-    /// Held only to read the state or to save it whole (the file holds every log).
+    /// What the state file holds. Locked only for a read or an assignment, never across a save,
+    /// so `GET /checkpoints` never waits for an fsync.
     state: Mutex<WitnessState>,
+    /// Held across a save: the file holds every log, so saves for two logs must not cross.
+    saving: Mutex<()>,
 }
 
 impl std::fmt::Debug for Witness {
@@ -123,6 +126,7 @@ impl Witness {
             logs,
             state_path: config.state.clone(),
             state: Mutex::new(state),
+            saving: Mutex::new(()),
         })
     }
 
@@ -224,12 +228,14 @@ impl Witness {
         };
         // Saved before the cosignature leaves: a witness that answered and then lost the state
         // could later cosign a fork of what it answered.
-        let mut state = lock(&self.state);
-        let mut next = state.clone();
+        let _saving = lock(&self.saving);
+        let mut next = lock(&self.state).clone();
         next.logs.insert(origin, cosigned);
         next.save(&self.state_path)
             .map_err(|e| Refusal::Storage(e.to_string()))?;
-        *state = next;
+        // Only saves change the state, and `saving` is still held: nothing changed since the
+        // clone.
+        *lock(&self.state) = next;
         Ok(line)
     }
 }
