@@ -157,6 +157,11 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     let (gateway_addr, admin_addr) = (zone.gateway_addr, zone.admin_addr);
     let files = zone.files.clone();
     let audit_log = zone.gateway.config.audit.log.clone();
+    let witness_keys: Vec<PathBuf> = zone
+        .witnesses
+        .iter()
+        .map(|w| w.public_key.clone())
+        .collect();
     out.banner(
         &work.path,
         work.keep,
@@ -193,7 +198,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     // 6. Audit verification and the summary.
     let public_key = AuditPublicKey::from_pem_file(&files.audit_public_key)
         .with_context(|| format!("audit public key {}", files.audit_public_key.display()))?;
-    let audit = report::AuditCheck::run(&audit_log, &public_key)?;
+    let audit = report::AuditCheck::run(&audit_log, &public_key, &witness_keys)?;
     let checks = report::Checks::evaluate(
         &results,
         &lost,
@@ -206,7 +211,7 @@ pub async fn run(args: DemoArgs) -> anyhow::Result<ExitCode> {
     out.summary(&results, &received, &audit, send_elapsed, concurrency);
     out.checks(&checks);
     if work.keep {
-        out.kept(&files, &endpoint_logs(&files));
+        out.kept(&files, &endpoint_logs(&files), &witness_keys);
     }
     out.finish(&checks, started.elapsed());
     drop(work);
@@ -226,8 +231,47 @@ pub struct Zone {
     pub admin_addr: SocketAddr,
     pub gateway: Arc<Gateway>,
     pub endpoints: BTreeMap<String, RunningEndpoint>,
+    /// One witness per park, cosigning the gateway's checkpoints.
+    pub witnesses: Vec<DemoWitness>,
     stop: tokio::sync::watch::Sender<bool>,
     server: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+/// A park's witness run by the demo (as `hetao-gateway witness serve` would run it).
+pub struct DemoWitness {
+    pub park: String,
+    pub url: String,
+    /// Its public key (`witness.pub`), what `audit verify --witness-key` takes.
+    pub public_key: PathBuf,
+    stop: tokio::sync::watch::Sender<bool>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// Starts a witness of the demo's log for `park`, in `dir/witness-<park>/`.
+async fn start_witness(files: &DevPkiFiles, park: &str) -> anyhow::Result<DemoWitness> {
+    use hetao_gateway_core::witness::config::{init, WitnessConfig};
+    let dir = files.dir.join(format!("witness-{park}"));
+    let listener = TcpListener::bind(SocketAddr::from(([127, 0, 0, 1], 0)))
+        .await
+        .context("cannot listen on 127.0.0.1 for a witness")?;
+    let addr = listener.local_addr()?;
+    let report = init(&dir, &files.audit_public_key, addr)
+        .with_context(|| format!("cannot set up the {park} witness"))?;
+    let config = WitnessConfig::load(&report.config)?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(async move {
+        if let Err(e) = hetao_gateway_core::witness::server::serve(config, listener, stopped).await
+        {
+            tracing::error!(error = %e, "demo witness stopped");
+        }
+    });
+    Ok(DemoWitness {
+        park: park.to_string(),
+        url: format!("http://{addr}"),
+        public_key: report.public_key,
+        stop,
+        task,
+    })
 }
 
 impl Zone {
@@ -253,6 +297,23 @@ impl Zone {
             .map(|(park, e): (&String, &RunningEndpoint)| (park.clone(), e.url()))
             .collect();
         files.rewrite_config(gateway_addr, admin_addr, &urls)?;
+        // One witness per park cosigns the log's checkpoints, as the parks would run them.
+        let mut witnesses = Vec::new();
+        for park in &files.parks {
+            witnesses.push(start_witness(&files, &park.park).await?);
+        }
+        let mut config_text = std::fs::read_to_string(&files.config)
+            .with_context(|| format!("cannot read {}", files.config.display()))?;
+        for w in &witnesses {
+            config_text.push_str(&format!(
+                "\n# The {} park's witness (hetao-gateway witness serve).\n[[audit.witness]]\nurl = \"{}\"\npublic_key = \"{}\"\n",
+                w.park,
+                w.url,
+                w.public_key.display()
+            ));
+        }
+        std::fs::write(&files.config, config_text)
+            .with_context(|| format!("cannot write {}", files.config.display()))?;
 
         // The gateway, exactly as `serve` runs it.
         let config = Config::load(&files.config)?;
@@ -270,6 +331,7 @@ impl Zone {
             admin_addr,
             gateway,
             endpoints,
+            witnesses,
             stop,
             server,
         })
@@ -299,6 +361,11 @@ impl Zone {
         for (park, endpoint) in self.endpoints {
             received.insert(park, endpoint.received());
             endpoint.shutdown().await;
+        }
+        // The witnesses last: the gateway has its closing checkpoint cosigned as it stops.
+        for w in self.witnesses {
+            let _ = w.stop.send(true);
+            let _ = w.task.await;
         }
         Ok(received)
     }

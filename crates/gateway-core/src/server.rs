@@ -68,9 +68,11 @@ pub async fn run(
     // Before any record: does this log still extend what each witness cosigned? A log cut back or
     // rewritten (even with every checkpoint signed again) is caught here.
     match gateway.audit.witness_round().await {
-        Err(divergence) => return Err(std::io::Error::other(format!(
+        Err(divergence) => {
+            return Err(std::io::Error::other(format!(
             "refusing to start: {divergence} (run `hetao-gateway audit verify` with --witness-key)"
-        ))),
+        )))
+        }
         Ok(false) => tracing::warn!(target: "hetao::audit",
             "a witness could not be reached at start; its cosignatures will follow"),
         Ok(true) => {}

@@ -171,7 +171,12 @@ impl Out {
         self.line("Press Ctrl-C to stop, verify the audit log and print the checks.");
     }
 
-    pub fn kept(&self, files: &DevPkiFiles, endpoint_logs: &[(String, PathBuf)]) {
+    pub fn kept(
+        &self,
+        files: &DevPkiFiles,
+        endpoint_logs: &[(String, PathBuf)],
+        witness_keys: &[PathBuf],
+    ) {
         let dir = &files.dir;
         let rel = |p: &Path| p.strip_prefix(dir).unwrap_or(p).display().to_string();
         self.line("");
@@ -195,9 +200,19 @@ impl Out {
             "  {:<28} partner organisations' certificates and keys; CAs, gateway certificates next to gateway.toml",
             "orgs/"
         ));
+        if !witness_keys.is_empty() {
+            self.line(&format!(
+                "  {:<28} each park's witness (key, state, witness.toml); cosignatures in audit/audit.jsonl.cosignatures",
+                "witness-<park>/"
+            ));
+        }
         self.line("Try:");
+        let witness_args: String = witness_keys
+            .iter()
+            .map(|k| format!(" --witness-key {}", k.display()))
+            .collect();
         self.line(&format!(
-            "  hetao-gateway audit verify {} --public-key {}",
+            "  hetao-gateway audit verify {} --public-key {}{witness_args}",
             files.audit_log.display(),
             files.audit_public_key.display()
         ));
@@ -482,13 +497,31 @@ pub struct AuditCheck {
 }
 
 impl AuditCheck {
-    pub fn run(log: &Path, key: &AuditPublicKey) -> anyhow::Result<AuditCheck> {
+    /// `audit verify` of the log with `key`, and with each witness key in `witness_keys`.
+    pub fn run(
+        log: &Path,
+        key: &AuditPublicKey,
+        witness_keys: &[PathBuf],
+    ) -> anyhow::Result<AuditCheck> {
         let paths: Vec<PathBuf> = segment_paths(log)
             .map_err(|e| anyhow::anyhow!("audit log {}: {e}", log.display()))?
             .into_iter()
             .map(|(_, p)| p)
             .collect();
-        let report = hetao_gateway_core::audit::verify_logs(&paths, Some(key));
+        let (mut report, tree) =
+            hetao_gateway_core::audit::chain::verify_logs_with_tree(&paths, Some(key));
+        let witness_keys = witness_keys
+            .iter()
+            .map(|p| AuditPublicKey::from_pem_file(p))
+            .collect::<Result<Vec<_>, _>>()?;
+        report.witnesses = hetao_gateway_core::audit::witnessing::check_witnessed(
+            tree.as_deref(),
+            report.last_checkpoint_seq,
+            &hetao_gateway_core::audit::witnessing::cosignatures_path(log),
+            &witness_keys,
+            Some(key),
+            false,
+        );
         let entries = query_logs(&paths, &QueryFilter::default())
             .map_err(|e| anyhow::anyhow!("audit log {}: {e}", log.display()))?;
         let mut check = AuditCheck {
@@ -733,9 +766,24 @@ impl Checks {
         } else if let Some(t) = audit.report.tail_problem() {
             problems.push(format!("audit verify: {t}"));
         }
+        for w in &audit.report.witnesses {
+            if let Some(p) = &w.problem {
+                problems.push(format!("audit verify: witness {}: {p}", w.witness));
+            }
+        }
         items.push((
             intact,
-            "audit verify: hashes, links, checkpoint signatures and the final checkpoint".into(),
+            format!(
+                "audit verify: hashes, links, tree roots, checkpoint signatures, the final checkpoint{}",
+                if audit.report.witnesses.is_empty() {
+                    String::new()
+                } else {
+                    format!(
+                        ", cosigned by {} park witnesses",
+                        audit.report.witnesses.len()
+                    )
+                }
+            ),
         ));
 
         items.push((
