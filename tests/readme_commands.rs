@@ -469,14 +469,25 @@ async fn readme_curl_send_and_audit_examples_work() {
         .into_iter()
         .filter(|w| w.get(1).map(String::as_str) == Some("audit"))
     {
-        if audit.iter().any(|w| w == "answer.json") && !answer_json.exists() {
+        let proves = audit.get(2).map(String::as_str) == Some("prove");
+        if (proves || audit.iter().any(|w| w == "answer.json")) && !answer_json.exists() {
             continue;
         }
+        // `audit prove` names a record: the one the curl example sent.
+        let sent_id = std::fs::read(&answer_json)
+            .ok()
+            .and_then(|a| serde_json::from_slice::<serde_json::Value>(&a).ok())
+            .and_then(|a| a["record_id"].as_str().map(String::from));
         let args: Vec<String> = localise(&audit[1..], &demo_out, &url)
             .into_iter()
-            .map(|a| {
+            .enumerate()
+            .map(|(i, a)| {
                 if a == "answer.json" {
                     answer_json.display().to_string()
+                } else if proves && i == 2 {
+                    sent_id.clone().unwrap_or(a)
+                } else if a == "evidence.json" {
+                    demo_out.join("evidence.json").display().to_string()
                 } else {
                     a
                 }

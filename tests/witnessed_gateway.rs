@@ -278,7 +278,38 @@ async fn with_fail_closed_records_are_refused_while_a_witness_lags_and_flow_agai
     let (status, readyz) = gw.admin_get("/readyz").await;
     assert_eq!(status, 503, "{readyz}");
     assert!(readyz.contains("witness"), "{readyz}");
+
+    // The witness comes back on its address: it catches up, and records flow again.
+    let config_path = dirs.path().join("sz").join("witness.toml");
+    let config = hetao_gateway_core::witness::config::WitnessConfig::load(&config_path).unwrap();
+    let listener = tokio::net::TcpListener::bind(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    let (stop, stopped) = watch::channel(false);
+    let task = tokio::spawn(async move {
+        hetao_gateway_core::witness::server::serve(config, listener, stopped)
+            .await
+            .unwrap();
+    });
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(25);
+    while gw.gateway.audit.health().is_err() {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the witness never caught up: {:?}",
+            gw.gateway.audit.witness_status()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let answer = gw
+        .send(
+            &client,
+            &common::example("materials-sz-hk-quantum-equipment.json"),
+        )
+        .await;
+    assert_eq!(answer.status, 200, "{:#}", answer.json);
     gw.stop().await;
+    let _ = stop.send(true);
+    let _ = task.await;
 }
 
 #[test]
