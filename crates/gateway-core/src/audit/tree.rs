@@ -134,9 +134,19 @@ struct StoreState {
     leaves: u64,
     /// Stored hashes already in the file.
     flushed: u64,
-    /// Stored hashes after `flushed`, not yet written to the file.
+    /// The stored hashes from index `mem_base` on: everything not yet in the file, and the most
+    /// recent ones that are (a new entry's proof reads its recent neighbours).
+    mem_base: u64,
     pending: Vec<Hash>,
+    /// Stored hashes of level [`HIGH_LEVEL`] and above (one per 64 leaves): the upper part of
+    /// every proof, so a receipt's proof needs no file read.
+    high: std::collections::HashMap<u64, Hash>,
 }
+
+/// Stored hashes at or above this level are kept in memory (32 bytes per 64 entries).
+const HIGH_LEVEL: u8 = 6;
+/// Recent stored hashes kept in memory after they are flushed (256 KiB).
+const RECENT: u64 = 8192;
 
 impl std::fmt::Debug for HashStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -154,7 +164,9 @@ impl HashStore {
             state: RwLock::new(StoreState {
                 leaves: 0,
                 flushed: 0,
+                mem_base: 0,
                 pending: Vec::new(),
+                high: std::collections::HashMap::new(),
             }),
         }
     }
@@ -197,7 +209,9 @@ impl HashStore {
             state: RwLock::new(StoreState {
                 leaves: keep_leaves,
                 flushed: keep,
+                mem_base: keep,
                 pending: Vec::new(),
+                high: std::collections::HashMap::new(),
             }),
         })
     }
@@ -220,7 +234,14 @@ impl HashStore {
     pub fn append(&self, leaf: Hash) -> Result<(), TreeError> {
         let n = self.leaves();
         let new = tlog_tiles::stored_hashes_for_record_hash(n, leaf, self)?;
+        let first = tlog_tiles::stored_hash_index(0, n);
         let mut state = self.write_state();
+        for (i, h) in new.iter().enumerate() {
+            let index = first + i as u64;
+            if tlog_tiles::split_stored_hash_index(index).0 >= HIGH_LEVEL {
+                state.high.insert(index, *h);
+            }
+        }
         state.pending.extend(new);
         state.leaves = n + 1;
         Ok(())
@@ -233,10 +254,11 @@ impl HashStore {
         };
         let (offset, bytes) = {
             let state = self.read_state();
-            if state.pending.is_empty() {
+            let unwritten = usize::try_from(state.flushed - state.mem_base).unwrap_or(usize::MAX);
+            let Some(new) = state.pending.get(unwritten..).filter(|n| !n.is_empty()) else {
                 return Ok(());
-            }
-            let bytes: Vec<u8> = state.pending.iter().flat_map(|h| h.0).collect();
+            };
+            let bytes: Vec<u8> = new.iter().flat_map(|h| h.0).collect();
             (state.flushed, bytes)
         };
         file.write_all_at(&bytes, offset * HASH_SIZE)
@@ -245,9 +267,15 @@ impl HashStore {
                 source,
             })?;
         let mut state = self.write_state();
-        let written = bytes.len() as u64 / HASH_SIZE;
-        state.pending.drain(..written as usize);
-        state.flushed += written;
+        state.flushed += bytes.len() as u64 / HASH_SIZE;
+        // Keep the most recent hashes in memory (the neighbours of new entries' proofs).
+        let total = state.mem_base + state.pending.len() as u64;
+        let keep_from = total.saturating_sub(RECENT).min(state.flushed);
+        if keep_from > state.mem_base {
+            let drop = usize::try_from(keep_from - state.mem_base).unwrap_or(usize::MAX);
+            state.pending.drain(..drop);
+            state.mem_base = keep_from;
+        }
         Ok(())
     }
 
@@ -269,21 +297,37 @@ impl HashStore {
 
 impl HashReader for HashStore {
     fn read_hashes(&self, indexes: &[u64]) -> Result<Vec<Hash>, tlog_tiles::Error> {
-        let state = self.read_state();
-        let mut out = Vec::with_capacity(indexes.len());
-        for &index in indexes {
-            if index >= state.flushed {
-                let at = usize::try_from(index - state.flushed).map_err(|_| bad_index())?;
-                out.push(*state.pending.get(at).ok_or_else(bad_index)?);
-                continue;
+        // Most reads are served from memory (recent and upper-level hashes). Hashes below
+        // `flushed` are in the file and never change there: they are read without the lock, so
+        // proofs for many receipts at once never hold up the writer's appends.
+        let mut out = vec![Hash([0u8; 32]); indexes.len()];
+        let mut from_file = Vec::new();
+        {
+            let state = self.read_state();
+            for (slot, &index) in indexes.iter().enumerate() {
+                if index >= state.mem_base {
+                    let at = usize::try_from(index - state.mem_base).map_err(|_| bad_index())?;
+                    out[slot] = *state.pending.get(at).ok_or_else(bad_index)?;
+                } else if let Some(h) = state.high.get(&index) {
+                    out[slot] = *h;
+                } else if index < state.flushed {
+                    from_file.push((slot, index));
+                } else {
+                    return Err(bad_index());
+                }
             }
-            let Some((file, _)) = &self.file else {
-                return Err(bad_index());
-            };
+        }
+        if from_file.is_empty() {
+            return Ok(out);
+        }
+        let Some((file, _)) = &self.file else {
+            return Err(bad_index());
+        };
+        for (slot, index) in from_file {
             let mut h = [0u8; 32];
             file.read_exact_at(&mut h, index * HASH_SIZE)
                 .map_err(|_| bad_index())?;
-            out.push(Hash(h));
+            out[slot] = Hash(h);
         }
         Ok(out)
     }
@@ -341,6 +385,40 @@ mod tests {
                 .unwrap();
             let root = store.root(i as u64 + 1).unwrap();
             assert_eq!(hex::encode(root.0), ROOTS[i], "size {}", i + 1);
+        }
+    }
+
+    #[test]
+    fn a_file_backed_tree_keeps_answering_once_hashes_leave_memory() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = HashStore::open_file(&dir.path().join("big.tree"), 0).unwrap();
+        let memory = HashStore::in_memory();
+        let n = 20_000u64;
+        let leaves: Vec<Hash> = (0..n)
+            .map(|i| tlog_tiles::record_hash(&i.to_be_bytes()))
+            .collect();
+        for (i, leaf) in leaves.iter().enumerate() {
+            file.append(*leaf).unwrap();
+            memory.append(*leaf).unwrap();
+            if i % 100 == 99 {
+                file.flush().unwrap();
+            }
+        }
+        assert!(file.read_state().mem_base > 0, "nothing left memory");
+        for size in [1u64, 777, 12_345, n] {
+            let root = memory.root(size).unwrap();
+            assert_eq!(file.root(size).unwrap(), root, "size {size}");
+            for index in [0, size / 2, size - 1] {
+                let proof = file.inclusion_proof(size, index).unwrap();
+                assert_eq!(proof, memory.inclusion_proof(size, index).unwrap());
+                assert!(check_inclusion(
+                    &proof,
+                    size,
+                    root,
+                    index,
+                    leaves[index as usize]
+                ));
+            }
         }
     }
 
