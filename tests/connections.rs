@@ -592,3 +592,49 @@ async fn shutdown_closes_idle_keep_alive_connections_cleanly() {
         "not a clean close: {read:?} {rest:?}"
     );
 }
+
+// --- several instances -----------------------------------------------------------------------------
+
+#[tokio::test]
+async fn a_ticket_from_one_instance_does_not_resume_on_another_which_does_a_full_handshake() {
+    // Ticket keys are per instance (and per TLS setup): behind a balancer, a client that lands on
+    // another instance does a full handshake there, checked against that instance's CRLs.
+    let gw = TestGateway::start().await;
+    let mut config = hetao_gateway_core::config::Config::load(&gw.config_path).unwrap();
+    config.audit.log = gw.path("audit-b/audit.jsonl");
+    let second = std::sync::Arc::new(hetao_gateway_core::state::Gateway::build(config).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let admin = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let second_addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    let task = tokio::spawn(hetao_gateway_core::server::run(
+        second.clone(),
+        listener,
+        admin,
+        stopped,
+    ));
+
+    let config = Arc::new(common::tls_client_config(&gw, Some(&gw.pki.sz_org)));
+    let (kind, answer) = resume_and_send(&gw, &config, &record_bytes()).await;
+    assert_eq!(kind, Some(rustls::HandshakeKind::Full));
+    assert!(answer.unwrap().starts_with("HTTP/1.1 200"));
+    // The same client (same ticket cache, same server name) to the other instance.
+    let connector = tokio_rustls::TlsConnector::from(config.clone());
+    let tcp = tokio::net::TcpStream::connect(second_addr).await.unwrap();
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    assert_eq!(
+        tls.get_ref().1.handshake_kind(),
+        Some(rustls::HandshakeKind::Full),
+        "a ticket of one instance resumed on another"
+    );
+    let body = record_bytes();
+    tls.write_all(record_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    tls.write_all(&body).await.unwrap();
+    let answer = read_answer(&mut tls).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let _ = stop.send(true);
+    let _ = task.await;
+}
