@@ -22,50 +22,7 @@ type Tls = tokio_rustls::client::TlsStream<tokio::net::TcpStream>;
 
 const PROBE: &[u8] = b"GET /v1/nothing HTTP/1.1\r\nhost: localhost\r\n\r\n";
 
-/// Reads one HTTP/1.1 answer (head and `content-length` body); `None` when the connection ends
-/// first.
-async fn read_answer(tls: &mut Tls) -> Option<String> {
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = match tokio::time::timeout(Duration::from_secs(5), tls.read(&mut buf)).await {
-            Ok(Ok(n)) => n,
-            Ok(Err(_)) => 0,
-            Err(_) => panic!("no answer within 5 s"),
-        };
-        if n == 0 {
-            return None;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out).into_owned();
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + length {
-                return Some(text);
-            }
-        }
-    }
-}
-
-/// Whether the gateway ends the connection within `limit` (EOF, close_notify or reset).
-async fn ends_within(tls: &mut Tls, limit: Duration) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
+use common::{ends_within, read_answer};
 
 fn record_bytes() -> Vec<u8> {
     serde_json::to_vec(&common::example("materials-sz-hk-quantum-equipment.json")).unwrap()
@@ -79,10 +36,10 @@ fn record_head(len: usize) -> String {
 
 // --- keep-alive and the header read timeout ------------------------------------------------------
 
-#[tokio::test]
-async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+/// A gateway with `limits` and a keep-alive connection to it that has had one request answered.
+async fn answered_once(limits: &str) -> (TestGateway, Tls) {
     let gw = TestGateway::start_with(Options {
-        extra_toml: "[limits]\nheader_read_timeout_ms = 300\nidle_timeout_secs = 30\n".into(),
+        extra_toml: format!("[limits]\n{limits}"),
         ..Options::default()
     })
     .await;
@@ -91,6 +48,13 @@ async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
     tls.write_all(PROBE).await.unwrap();
     let first = read_answer(&mut tls).await.unwrap();
     assert!(first.starts_with("HTTP/1.1 "), "{first}");
+    (gw, tls)
+}
+
+#[tokio::test]
+async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
+    let (_gw, mut tls) =
+        answered_once("header_read_timeout_ms = 300\nidle_timeout_secs = 30\n").await;
     // Idle for several header timeouts: still open, and the next request is answered.
     assert!(!ends_within(&mut tls, Duration::from_millis(1500)).await);
     tls.write_all(PROBE).await.unwrap();
@@ -100,15 +64,8 @@ async fn an_idle_keep_alive_connection_outlives_the_header_read_timeout() {
 
 #[tokio::test]
 async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_and_not_before() {
-    let gw = TestGateway::start_with(Options {
-        extra_toml: "[limits]\nheader_read_timeout_ms = 300\nidle_timeout_secs = 2\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let config = Arc::new(common::tls_client_config(&gw, Some(&gw.pki.sz_org)));
-    let mut tls = common::tls_connect(&gw, config).await.unwrap();
-    tls.write_all(PROBE).await.unwrap();
-    read_answer(&mut tls).await.unwrap();
+    let (_gw, mut tls) =
+        answered_once("header_read_timeout_ms = 300\nidle_timeout_secs = 2\n").await;
     let idle_from = tokio::time::Instant::now();
     assert!(ends_within(&mut tls, Duration::from_secs(6)).await);
     let lived = idle_from.elapsed();
@@ -120,15 +77,8 @@ async fn an_idle_keep_alive_connection_is_closed_at_the_idle_timeout_and_not_bef
 
 #[tokio::test]
 async fn a_head_dribbled_after_an_idle_pause_is_cut_off_at_the_header_read_timeout() {
-    let gw = TestGateway::start_with(Options {
-        extra_toml: "[limits]\nheader_read_timeout_ms = 500\nidle_timeout_secs = 30\n".into(),
-        ..Options::default()
-    })
-    .await;
-    let config = Arc::new(common::tls_client_config(&gw, Some(&gw.pki.sz_org)));
-    let mut tls = common::tls_connect(&gw, config).await.unwrap();
-    tls.write_all(PROBE).await.unwrap();
-    read_answer(&mut tls).await.unwrap();
+    let (_gw, mut tls) =
+        answered_once("header_read_timeout_ms = 500\nidle_timeout_secs = 30\n").await;
     // Idle longer than the header timeout (allowed), then a head one byte at a time.
     tokio::time::sleep(Duration::from_millis(800)).await;
     let started = tokio::time::Instant::now();

@@ -336,22 +336,6 @@ async fn tls_connection(
         .unwrap()
 }
 
-/// Reads until the peer closes; `true` if it closed within `limit`.
-async fn closed_within(
-    tls: &mut tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
-    limit: Duration,
-) -> bool {
-    let mut buf = [0u8; 4096];
-    let deadline = tokio::time::Instant::now() + limit;
-    loop {
-        match tokio::time::timeout_at(deadline, tls.read(&mut buf)).await {
-            Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
-            Ok(Ok(_)) => continue,
-        }
-    }
-}
-
 #[tokio::test]
 async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
     let gw = TestGateway::start_with(Options {
@@ -365,7 +349,7 @@ async fn slow_headers_are_cut_off_by_the_header_read_timeout() {
         .await
         .unwrap();
     tls.flush().await.unwrap();
-    assert!(closed_within(&mut tls, Duration::from_secs(5)).await);
+    assert!(common::ends_within(&mut tls, Duration::from_secs(5)).await);
 }
 
 #[tokio::test]
@@ -380,7 +364,7 @@ async fn an_idle_keep_alive_connection_is_closed() {
         .await
         .unwrap();
     // The answer comes, then the connection stays idle until the gateway closes it.
-    assert!(closed_within(&mut tls, Duration::from_secs(6)).await);
+    assert!(common::ends_within(&mut tls, Duration::from_secs(6)).await);
 }
 
 #[tokio::test]

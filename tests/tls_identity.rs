@@ -202,33 +202,7 @@ where
     tls.write_all(head.as_bytes()).await.unwrap();
     tls.write_all(body).await.unwrap();
     tls.flush().await.unwrap();
-    let mut out = Vec::new();
-    let mut buf = [0u8; 8192];
-    loop {
-        let n = tokio::time::timeout(std::time::Duration::from_secs(5), tls.read(&mut buf))
-            .await
-            .unwrap()
-            .unwrap();
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n]);
-        let text = String::from_utf8_lossy(&out);
-        if let Some(end) = text.find("\r\n\r\n") {
-            let length = text[..end]
-                .lines()
-                .find_map(|l| {
-                    l.to_ascii_lowercase()
-                        .strip_prefix("content-length:")
-                        .map(|v| v.trim().parse::<usize>().unwrap())
-                })
-                .unwrap_or(0);
-            if out.len() >= end + 4 + length {
-                break;
-            }
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
+    common::read_answer(tls).await.unwrap_or_default()
 }
 
 #[tokio::test]

@@ -30,6 +30,30 @@ async fn start_witness(dir: &Path, log_pub: &Path) -> RunningWitness {
     restart_witness(&report.config, report.public_key).await
 }
 
+impl RunningWitness {
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.task.await;
+    }
+}
+
+/// A test gateway whose log `key` signs, with `witnesses` and `extra` audit settings.
+async fn witnessed_gateway(
+    key: &LogKey,
+    witnesses: &[&RunningWitness],
+    extra: &str,
+) -> TestGateway {
+    let list: Vec<(&str, &Path)> = witnesses
+        .iter()
+        .map(|w| (w.url.as_str(), w.public_key.as_path()))
+        .collect();
+    TestGateway::start_with(Options {
+        audit_toml: Some(audit_toml(key, &list, extra)),
+        ..Options::default()
+    })
+    .await
+}
+
 async fn restart_witness(config: &Path, public_key: PathBuf) -> RunningWitness {
     let config = hetao_gateway_core::witness::config::WitnessConfig::load(config).unwrap();
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
@@ -143,15 +167,7 @@ async fn two_park_witnesses_cosign_every_checkpoint_and_audit_verify_checks_them
     let dirs = tempfile::tempdir().unwrap();
     let sz = start_witness(&dirs.path().join("sz"), &key.public).await;
     let hk = start_witness(&dirs.path().join("hk"), &key.public).await;
-    let mut gw = TestGateway::start_with(Options {
-        audit_toml: Some(audit_toml(
-            &key,
-            &[(&sz.url, &sz.public_key), (&hk.url, &hk.public_key)],
-            "",
-        )),
-        ..Options::default()
-    })
-    .await;
+    let mut gw = witnessed_gateway(&key, &[&sz, &hk], "").await;
     send_records(&gw, 12).await;
     until_witnessed(&gw).await;
     let (status, readyz) = gw.admin_get("/readyz").await;
@@ -177,10 +193,8 @@ async fn two_park_witnesses_cosign_every_checkpoint_and_audit_verify_checks_them
     let (ok, out) = verify_cli(&log, &key.public, &[&sz.public_key]);
     assert!(!ok, "{out}");
     assert!(out.contains("no cosignature"), "{out}");
-    for w in [sz, hk] {
-        let _ = w.stop.send(true);
-        let _ = w.task.await;
-    }
+    sz.stop().await;
+    hk.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -188,11 +202,7 @@ async fn a_log_cut_back_and_continued_is_refused_at_start_and_by_audit_verify() 
     let key = log_key();
     let dirs = tempfile::tempdir().unwrap();
     let witness = start_witness(&dirs.path().join("sz"), &key.public).await;
-    let mut gw = TestGateway::start_with(Options {
-        audit_toml: Some(audit_toml(&key, &[(&witness.url, &witness.public_key)], "")),
-        ..Options::default()
-    })
-    .await;
+    let mut gw = witnessed_gateway(&key, &[&witness], "").await;
     send_records(&gw, 12).await;
     until_witnessed(&gw).await;
     gw.stop().await;
@@ -231,8 +241,7 @@ async fn a_log_cut_back_and_continued_is_refused_at_start_and_by_audit_verify() 
     let (ok, out) = verify_cli(&log, &key.public, &[&witness.public_key]);
     assert!(!ok, "{out}");
     assert!(out.contains("it was cut"), "{out}");
-    let _ = witness.stop.send(true);
-    let _ = witness.task.await;
+    witness.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -437,6 +437,60 @@ pub async fn raw_exchange(
     Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
+/// Reads one HTTP/1.1 answer (head and `content-length` body) from an open connection; `None`
+/// when the connection ends first. Panics after 5 s without one.
+pub async fn read_answer<S>(conn: &mut S) -> Option<String>
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        let n = match tokio::time::timeout(Duration::from_secs(5), conn.read(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            Ok(Err(_)) => 0,
+            Err(_) => panic!("no answer within 5 s"),
+        };
+        if n == 0 {
+            return None;
+        }
+        out.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&out).into_owned();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let length = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if out.len() >= end + 4 + length {
+                return Some(text);
+            }
+        }
+    }
+}
+
+/// Whether the peer ends the connection within `limit` (EOF, close_notify or reset); what it
+/// sends meanwhile is read and dropped.
+pub async fn ends_within<S>(conn: &mut S, limit: Duration) -> bool
+where
+    S: tokio::io::AsyncRead + Unpin,
+{
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, conn.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
 /// Copies a folder tree (schemas, policies) into a test folder.
 pub fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
