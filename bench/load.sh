@@ -67,7 +67,8 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
     (cd "$ROOT" && cargo build --release --quiet --bin hetao-gateway \
         --example loadgen --example park_endpoint)
 fi
-BIN=$TARGET/release/hetao-gateway
+# GATEWAY_BIN: another gateway build to measure (an older commit's, for an A/B in one run).
+BIN=${GATEWAY_BIN:-$TARGET/release/hetao-gateway}
 LOADGEN=$TARGET/release/examples/loadgen
 ENDPOINT=$TARGET/release/examples/park_endpoint
 
@@ -105,6 +106,23 @@ wait_port() {
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
 hwm_kb() { awk '/^VmHWM/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
+# CPU time (clock ticks: user + system) of a process, and of nginx's master and workers together.
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat" 2>/dev/null || echo 0; }
+nginx_cpu_ticks() {
+    local total=0 p
+    for p in $NGINX_PID $(pgrep -P "$NGINX_PID" || true); do
+        total=$((total + $(cpu_ticks "$p")))
+    done
+    echo $total
+}
+cpu_of() { # target -> clock ticks of the process(es) serving it
+    case $1 in
+        gateway) cpu_ticks "$GW_PID" ;;
+        gateway-fsync-never) cpu_ticks "${NEVER_PID:-0}" ;;
+        nginx) nginx_cpu_ticks ;;
+    esac
+}
+TICK_US=$((1000000 / $(getconf CLK_TCK)))
 nginx_rss_kb() { # master and workers together
     local total=0 p
     for p in $NGINX_PID $(pgrep -P "$NGINX_PID" || true); do
@@ -174,14 +192,22 @@ url_of() {
     esac
 }
 run() { # target connections round [extra loadgen flags...]
-    local target=$1 conns=$2 round=$3
+    local target=$1 conns=$2 round=$3 before after line
     shift 3
-    "$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
+    before=$(cpu_of "$target")
+    line=$("$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
         --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
         --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
-        --label "$target" "$@" | tee -a "$RESULTS" \
-        | jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, latency_ms, status, errors}
-            + (if has("resumed") then {resumed, full_handshakes} else {} end)' >&2
+        --label "$target" "$@")
+    after=$(cpu_of "$target")
+    # CPU per request of the serving process(es) over warm-up and measurement, assuming the
+    # warm-up ran at the measured rate: the figure that survives a noisy shared machine.
+    line=$(jq -c --argjson cpu "$(((after - before) * TICK_US))" \
+        --argjson secs "$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN {print d + w}')" \
+        '. + {cpu_us_per_req: (if .ok_rps > 0 then ($cpu / (.ok_rps * $secs) | floor) else null end)}' <<<"$line")
+    echo "$line" >>"$RESULTS"
+    jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, cpu_us_per_req, latency_ms, status, errors}
+            + (if has("resumed") then {resumed, full_handshakes} else {} end)' <<<"$line" >&2
 }
 
 # --- keep-alive throughput and latency, alternating -----------------------------------------------
@@ -242,7 +268,8 @@ GW_HWM_ALL=$(hwm_kb "$GW_PID")
 # --- the price of durability: one gateway with fsync = "never" -------------------------------------
 if [ "${SKIP_NEVER:-0}" != 1 ]; then
     "$BIN" serve --config "$PKI/gateway-never.toml" >"$OUT/gateway-never.log" 2>&1 &
-    PIDS+=($!)
+    NEVER_PID=$!
+    PIDS+=("$NEVER_PID")
     wait_port "$NEVER_PORT" "gateway (fsync never)"
     for conns in $LEVELS; do
         [ "$conns" -ge 16 ] || continue
@@ -259,6 +286,18 @@ fi
     echo "Modes: keep-alive (one connection per client, requests one after the other); new-connections (a fresh TCP connection and full TLS 1.3 handshake per request, resumption off); resumed-connections (a fresh connection per request, the client keeping the TLS 1.3 session tickets the server sends, shared by its $HANDSHAKE_CONNS workers; \"resumed\" is the share of handshakes that resumed; rustls keeps at most 8 tickets per server, so beyond 8 connections a few percent find none). The client sets TCP_NODELAY except in the first-request runs ($FIRST_CONNS connections one after another per run)."
     echo
     "$LOADGEN" --report "$RESULTS"
+    echo
+    echo "CPU per request (user + system of the gateway process, of nginx's master and workers; medians over the rounds):"
+    echo
+    echo "| mode | conns | gateway µs | nginx µs | gateway / nginx |"
+    echo "|---|---:|---:|---:|---:|"
+    jq -rs '[.[] | select(.cpu_us_per_req != null)]
+        | group_by([.mode, .connections])[]
+        | {mode: .[0].mode, conns: .[0].connections,
+           gw: ([.[] | select(.label == "gateway") | .cpu_us_per_req] | sort | .[(length / 2 | floor)]),
+           ng: ([.[] | select(.label == "nginx") | .cpu_us_per_req] | sort | .[(length / 2 | floor)])}
+        | select(.gw != null and .ng != null)
+        | "| \(.mode) | \(.conns) | \(.gw) | \(.ng) | \((.gw / .ng * 100 | round) / 100) |"' "$RESULTS"
     echo
     echo "| memory (RSS) | gateway | nginx (master + workers) |"
     echo "|---|---:|---:|"
