@@ -147,6 +147,8 @@ struct StoreState {
 const HIGH_LEVEL: u8 = 6;
 /// Recent stored hashes kept in memory after they are flushed (256 KiB).
 const RECENT: u64 = 8192;
+/// Unwritten hashes beyond which an append writes them out itself (2 MiB).
+const AUTO_FLUSH: u64 = 65_536;
 
 impl std::fmt::Debug for HashStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -244,6 +246,13 @@ impl HashStore {
         }
         state.pending.extend(new);
         state.leaves = n + 1;
+        let unwritten = state.mem_base + state.pending.len() as u64 - state.flushed;
+        drop(state);
+        // A rebuild at start appends a whole log before anything flushes: write out as it goes,
+        // so memory stays bounded whatever the log's size.
+        if self.file.is_some() && unwritten >= AUTO_FLUSH {
+            self.flush()?;
+        }
         Ok(())
     }
 
