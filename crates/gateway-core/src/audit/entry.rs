@@ -87,6 +87,17 @@ pub struct AuditEntry {
     pub obligations: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers_to: Option<u64>,
+    // --- outcome: the endpoint's answer (absent in older entries, whose hashes stay as they
+    // were) ---
+    /// SHA-256 (hex) of the endpoint's whole answer body as received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_sha256: Option<String>,
+    /// Bytes of the endpoint's answer body received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_bytes: Option<u64>,
+    /// The acknowledgement relayed to the sender: the declared properties only, as validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledgement: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     // --- checkpoint ---
@@ -151,6 +162,9 @@ impl AuditEntry {
             schema_hash: None,
             obligations: Vec::new(),
             refers_to: None,
+            answer_sha256: None,
+            answer_bytes: None,
+            acknowledgement: None,
             latency_us: None,
             covers_seq: None,
             chain_head: None,
