@@ -294,6 +294,35 @@ mod tests {
         assert!(text.starts_with("{\"seq\":0,\"time\":\"t\",\"type\":\"segment_start\""));
     }
 
+    /// The answer fields came later: an entry without them is written (and so hashed) exactly
+    /// as before they existed, and one with them reopens to the same entry.
+    #[test]
+    fn answer_fields_are_left_out_when_absent_and_kept_when_present() {
+        let mut e = AuditEntry::new(2, "t".into(), AuditEntryType::Outcome, ZERO_HASH.into());
+        e.decision = Some("forwarded".into());
+        e.refers_to = Some(1);
+        let line = String::from_utf8(seal(&mut e).unwrap()).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"seq\":2,\"time\":\"t\",\"type\":\"outcome\",\"decision\":\"forwarded\",\
+                 \"refers_to\":1,\"prev_hash\":\"{ZERO_HASH}\",\"hash\":\"{}\"}}\n",
+                e.hash
+            )
+        );
+        e.answer_sha256 = Some("ab".repeat(32));
+        e.answer_bytes = Some(40);
+        e.acknowledgement = Some(serde_json::json!({"accepted": true, "reference": "R-1"}));
+        let line = seal(&mut e).unwrap();
+        let back = open_line(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, e);
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.contains(",\"refers_to\":1,\"answer_sha256\":"),
+            "{text}"
+        );
+    }
+
     #[test]
     fn altered_line_is_a_hash_mismatch_naming_its_seq() {
         let mut e = AuditEntry::new(3, "t".into(), AuditEntryType::Decision, ZERO_HASH.into());

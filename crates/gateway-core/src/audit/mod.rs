@@ -63,7 +63,8 @@ pub struct RuleRef {
 }
 
 /// What the pipeline hands to the log. No personal data from the record: only ids, hashes,
-/// routing facts, rule references and codes.
+/// routing facts, rule references and codes (and, for outcomes, the acknowledgement relayed,
+/// which holds only what `schemas/ack.json` declares).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub entry_type: Option<EntryType>,
