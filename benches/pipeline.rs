@@ -257,6 +257,7 @@ fn decision_event(
         obligations: applied.to_vec(),
         refers_to: None,
         latency_us: 250,
+        ..AuditEvent::default()
     }
 }
 

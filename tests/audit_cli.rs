@@ -616,3 +616,50 @@ fn verify_and_query_of_dev_zero_end_with_an_error_not_out_of_memory() {
         "{err}"
     );
 }
+
+/// The way back in the auditor's tools: an outcome entry's acknowledgement is shown in every
+/// format, as data (its text came from a park endpoint: a log may hold anything).
+#[tokio::test]
+async fn query_shows_the_acknowledgement_of_an_outcome_in_every_format() {
+    let acknowledgement = serde_json::json!({"accepted": true,
+        "reference": "=HYPERLINK(\"http://x\")\u{1b}[2J"});
+    let (_dir, log) = log_of(vec![AuditEvent {
+        entry_type: Some(EntryType::Outcome),
+        record_id: Some("rec-ack".into()),
+        decision: "forwarded".into(),
+        status: 200,
+        refers_to: Some(0),
+        answer_sha256: Some("ab".repeat(32)),
+        answer_bytes: Some(57),
+        acknowledgement: Some(acknowledgement.clone()),
+        ..Default::default()
+    }])
+    .await;
+
+    let json = run(&[
+        "audit", "query", &log, "--type", "outcome", "--format", "json",
+    ]);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v[0]["acknowledgement"], acknowledgement);
+    assert_eq!(v[0]["answer_sha256"], "ab".repeat(32));
+    assert_eq!(v[0]["answer_bytes"], 57);
+
+    let csv = run(&[
+        "audit", "query", &log, "--type", "outcome", "--format", "csv",
+    ]);
+    let rows = csv_rows(&stdout(&csv));
+    let (header, cells) = (&rows[0], &rows[1]);
+    let cell = cells[header.iter().position(|h| h == "acknowledgement").unwrap()].as_str();
+    let shown: serde_json::Value = serde_json::from_str(cell).unwrap();
+    assert_eq!(shown, acknowledgement);
+    assert!(
+        !cell.starts_with(['=', '+', '-', '@', '\t', '\r']),
+        "{cell}"
+    );
+    assert!(!stdout(&csv).contains('\u{1b}'));
+
+    let table = stdout(&run(&["audit", "query", &log, "--type", "outcome"]));
+    assert!(table.contains("acknowledgement"), "{table}");
+    assert!(table.contains("{\"accepted\":true,"), "{table}");
+    assert!(!table.contains('\u{1b}'), "{table}");
+}

@@ -75,6 +75,7 @@ fn decision(record_id: &str, decision: &str) -> AuditEvent {
         obligations: vec![],
         refers_to: None,
         latency_us: 120,
+        ..Default::default()
     }
 }
 

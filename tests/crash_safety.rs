@@ -3,7 +3,8 @@
 //! audit log each time, and after every restart the harness checks what the SPEC promises:
 //!
 //! - every answered decision (200 allow, 403 deny) has its decision entry, with the answer's
-//!   `audit_seq` and the same decision;
+//!   `audit_seq` and the same decision, and every record answered 200 its outcome entry (the 200
+//!   carries that entry's delivery receipt, so it waits for it);
 //! - nothing reached a park endpoint without a decision entry that allowed it (and the
 //!   `x-hetao-audit-seq` it came with names that entry);
 //! - no record id reached an endpoint twice (the harness never retries a record, so the SPEC's
@@ -482,10 +483,9 @@ struct Figures {
     forwarded_unanswered: usize,
     /// Decided (decision entry durable) but the client got no answer.
     decided_unanswered: usize,
-    /// Forwarded records without an outcome entry (killed before it was written).
+    /// Forwarded records without an outcome entry (killed before it was written; never one
+    /// answered 200, checked above).
     forwarded_without_outcome: usize,
-    /// Answered 200 but the outcome entry was lost (it is written after the answer's fsync).
-    answered_200_without_outcome: usize,
     torn_tails: usize,
     recovery_entries: usize,
     segments: usize,
@@ -643,9 +643,15 @@ fn check_records(world: &World, ledger: &Ledger, when: &str) -> Figures {
                      entry is {}",
                     line(d)
                 );
-                if *status == 200 && !outcomes.contains_key(id.as_str()) {
-                    f.answered_200_without_outcome += 1;
-                }
+                // A 200 waits for its outcome entry (it carries the delivery receipt): no kill
+                // can take the entry of a record answered 200.
+                assert!(
+                    *status != 200 || outcomes.contains_key(id.as_str()),
+                    "ANSWERED 200 WITHOUT ITS OUTCOME ENTRY ({when}): record {id} (cycle {}) was \
+                     answered 200 with audit_seq {audit_seq:?}, but its outcome entry is not in \
+                     the log",
+                    sent.cycle
+                );
             }
         }
     }
@@ -891,7 +897,7 @@ async fn sigkill_under_load_loses_no_decision_and_forwards_nothing_twice() {
     eprintln!(
         "crash harness figures: cycles {}, records sent {}, answered {} (200: {}, 403: {}), \
          no answer (in flight at a kill) {} (of which decided {}, forwarded {}), forwarded {}, \
-         forwarded without outcome entry {} (answered 200 without it: {}), torn tails \
+         forwarded without outcome entry {} (none answered 200), torn tails \
          recovered {}, log: {} entries in {} segments, {} checkpoints, time {:.1} s",
         f.cycles,
         f.sent,
@@ -903,7 +909,6 @@ async fn sigkill_under_load_loses_no_decision_and_forwards_nothing_twice() {
         f.forwarded_unanswered,
         f.forwarded,
         f.forwarded_without_outcome,
-        f.answered_200_without_outcome,
         f.torn_tails,
         f.entries,
         f.segments,

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use common::{example, Options, TestGateway};
 use hetao_client::{ClientOptions, HttpVersion};
-use hetao_devkit::endpoint::EndpointBehaviour;
+use hetao_devkit::endpoint::{reference_for, EndpointBehaviour};
 use serde_json::json;
 
 /// Records the shipped policies allow, one per kind, all Shenzhen → Hong Kong.
@@ -39,8 +39,16 @@ async fn a_valid_record_without_obligations_is_delivered_byte_for_byte() {
         assert_eq!(answer.json["decision"], "allow");
         assert_eq!(answer.json["record_id"], record["record_id"]);
         assert_eq!(answer.json["upstream_status"], 200);
+        // Only the declared acknowledgement comes back, never the endpoint's answer as it is.
+        let id = record["record_id"].as_str().unwrap();
+        assert_eq!(
+            answer.json["acknowledgement"],
+            json!({"accepted": true, "reference": reference_for(id)})
+        );
+        assert!(answer.json.get("upstream").is_none(), "{:#}", answer.json);
         assert_eq!(answer.json["obligations"], json!([]));
         assert!(answer.json["receipt"]["checkpoint"].is_string());
+        assert_eq!(answer.json["delivery_receipt"]["decision"], "forwarded");
         let received = gw.hk_endpoint.received();
         let last = received
             .last()

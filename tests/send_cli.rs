@@ -140,7 +140,11 @@ async fn send_json_format_prints_one_object_per_record_and_reads_stdin() {
     assert_eq!(lines.len(), 1);
     assert_eq!(lines[0]["source"], "<stdin>");
     assert_eq!(lines[0]["status"], 200);
-    assert_eq!(lines[0]["answer"]["record_id"], "from-stdin");
+    // The endpoint's answer to this very record: its reference is derived from the record id.
+    assert_eq!(
+        lines[0]["answer"]["reference"],
+        hetao_devkit::endpoint::reference_for("from-stdin")
+    );
     assert_eq!(s.gateway.received()[0].http_version, http::Version::HTTP_11);
 }
 

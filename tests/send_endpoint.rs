@@ -93,7 +93,10 @@ async fn round_trip(http: HttpVersion, expected: http::Version) {
     assert_eq!(answer.http_version, expected);
     let json = answer.json.unwrap();
     assert_eq!(json["accepted"], true);
-    assert_eq!(json["record_id"], "r-1");
+    assert_eq!(
+        json["reference"],
+        hetao_devkit::endpoint::reference_for("r-1")
+    );
 
     let received = ep.received();
     assert_eq!(received.len(), 1);

@@ -14,6 +14,8 @@ use anyhow::Context;
 use chrono::{DateTime, Utc};
 
 use hetao_gateway_core::audit::chain::verify_logs_with_tree;
+use hetao_gateway_core::audit::entry::open_line;
+use hetao_gateway_core::audit::tree::ReceiptFacts;
 use hetao_gateway_core::audit::{
     evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
     verify_receipt, witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
@@ -136,7 +138,9 @@ pub enum ReceiptCommand {
     /// --log, that the log holds the entry and the tree the receipt was shown).
     /// Exits 0 when it holds, 1 when it does not.
     Verify {
-        /// The receipt JSON, a whole gateway answer containing a `receipt` member, or an
+        /// The receipt JSON (a decision or a delivery receipt), a whole gateway answer
+        /// containing a `receipt` member (and, for a 200, a `delivery_receipt`: the
+        /// answer's acknowledgement is then checked against the signed outcome entry), or an
         /// evidence bundle.
         #[arg(value_name = "RECEIPT")]
         receipt: PathBuf,
@@ -373,7 +377,7 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const COLUMNS: [&str; 13] = [
+const COLUMNS: [&str; 14] = [
     "seq",
     "time",
     "type",
@@ -386,10 +390,11 @@ const COLUMNS: [&str; 13] = [
     "status",
     "error",
     "rules",
+    "acknowledgement",
     "hash",
 ];
 
-fn row(e: &AuditEntry) -> [String; 13] {
+fn row(e: &AuditEntry) -> [String; 14] {
     let s = |o: &Option<String>| o.clone().unwrap_or_default();
     [
         e.seq.to_string(),
@@ -411,6 +416,12 @@ fn row(e: &AuditEntry) -> [String; 13] {
             .map(|r| r.id.as_str())
             .collect::<Vec<_>>()
             .join(";"),
+        // Outcome entries: what the destination's answer relayed to the sender, as compact JSON
+        // (its text came from a park endpoint: escaped and neutralised like every other cell).
+        e.acknowledgement
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
         e.hash.clone(),
     ]
 }
@@ -638,6 +649,91 @@ fn evidence_verify(v: serde_json::Value, key: &AuditPublicKey) -> anyhow::Result
     Ok(ExitCode::SUCCESS)
 }
 
+/// The entry a receipt carries (delivery receipts do): its line must hash to what it says and
+/// state the receipt's facts, so every field of it is as signed. `Ok(None)` without one.
+fn receipt_entry(receipt: &Receipt) -> Result<Option<AuditEntry>, String> {
+    let Some(line) = &receipt.entry else {
+        return Ok(None);
+    };
+    let entry = open_line(line.as_bytes()).map_err(|(e, _)| format!("the receipt's entry: {e}"))?;
+    if ReceiptFacts::of(&entry) != receipt.facts {
+        return Err(format!(
+            "the receipt's entry does not state the receipt's facts: {}",
+            receipt.facts.differences(&entry).join("; ")
+        ));
+    }
+    Ok(Some(entry))
+}
+
+/// The delivery receipt of a whole answer (a 200): proof that the outcome entry of the record,
+/// with the acknowledgement the answer shows, is in the signed log. Checks that it is a valid
+/// receipt carrying its entry, that the entry is the outcome of the answer's decision entry, and
+/// that the answer's `acknowledgement` and `upstream_status` are the entry's. `Ok(None)` when the
+/// answer has no delivery receipt.
+fn delivery_verify(
+    decision: &Receipt,
+    answer: &serde_json::Value,
+    key: &AuditPublicKey,
+) -> Result<Option<(Receipt, AuditEntry)>, String> {
+    let receipt = match answer.get("delivery_receipt") {
+        None | Some(serde_json::Value::Null) => return Ok(None),
+        Some(v) => serde_json::from_value::<Receipt>(v.clone())
+            .map_err(|e| format!("the delivery receipt is not a receipt: {e}"))?,
+    };
+    verify_receipt(&receipt, key).map_err(|e| format!("delivery receipt: {e}"))?;
+    let entry = receipt_entry(&receipt)?.ok_or(
+        "the delivery receipt carries no entry: the acknowledgement cannot be checked".to_string(),
+    )?;
+    let mut wrong = Vec::new();
+    if entry.entry_type != AuditEntryType::Outcome {
+        wrong.push(format!(
+            "the delivery receipt's entry is a {} entry, not an outcome",
+            entry.entry_type.as_str()
+        ));
+    }
+    if entry.refers_to != Some(decision.facts.audit_seq) {
+        wrong.push(format!(
+            "the delivery receipt's entry refers to seq {}, the answer's decision is seq {}",
+            entry
+                .refers_to
+                .map_or_else(|| "none".to_string(), |s| s.to_string()),
+            decision.facts.audit_seq
+        ));
+    }
+    if receipt.facts.record_id != decision.facts.record_id {
+        wrong.push("the two receipts are for different records".to_string());
+    }
+    let relayed = entry
+        .acknowledgement
+        .clone()
+        .unwrap_or(serde_json::Value::Null);
+    let said = answer
+        .get("acknowledgement")
+        .cloned()
+        .unwrap_or(serde_json::Value::Null);
+    if said != relayed {
+        wrong.push(format!(
+            "the answer says acknowledgement {}, its signed outcome entry {}",
+            escape_controls(&said.to_string()),
+            escape_controls(&relayed.to_string())
+        ));
+    }
+    if let Some(status) = answer.get("upstream_status") {
+        if status != &serde_json::json!(receipt.facts.status) {
+            wrong.push(format!(
+                "the answer says upstream_status {}, its signed outcome entry {}",
+                escape_controls(&status.to_string()),
+                receipt.facts.status
+            ));
+        }
+    }
+    if wrong.is_empty() {
+        Ok(Some((receipt, entry)))
+    } else {
+        Err(wrong.join("; "))
+    }
+}
+
 fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::Result<ExitCode> {
     let key = AuditPublicKey::from_pem_file(public_key)?;
     if let Some(bundle) = read_evidence(path)? {
@@ -648,11 +744,26 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
         say!("INVALID: {e}");
         return Ok(ExitCode::from(1));
     }
+    let entry = match receipt_entry(&receipt) {
+        Ok(entry) => entry,
+        Err(e) => {
+            say!("INVALID: {e}");
+            return Ok(ExitCode::from(1));
+        }
+    };
+    let mut delivery = None;
     if let Some(answer) = &answer {
         let disagreements = answer_disagreements(&receipt, answer);
         if !disagreements.is_empty() {
             say!("INVALID: {}", disagreements.join("; "));
             return Ok(ExitCode::from(1));
+        }
+        match delivery_verify(&receipt, answer, &key) {
+            Ok(d) => delivery = d,
+            Err(e) => {
+                say!("INVALID: {e}");
+                return Ok(ExitCode::from(1));
+            }
         }
     }
     let f = &receipt.facts;
@@ -668,13 +779,50 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
         escape_controls(&f.policy_version),
         escape_controls(&receipt.key_id)
     );
+    if let Some(entry) = &entry {
+        say!(
+            "entry OK: the receipt's entry line hashes to {} and states its facts",
+            escape_controls(&entry.hash)
+        );
+    }
+    if let Some((d, entry)) = &delivery {
+        say!(
+            "delivery OK: the outcome entry seq {} (of decision seq {}) records the endpoint's \
+             status {}, its answer's sha256 {} ({} bytes) and the acknowledgement {}, as this \
+             answer shows it",
+            d.facts.audit_seq,
+            receipt.facts.audit_seq,
+            d.facts.status,
+            escape_controls(entry.answer_sha256.as_deref().unwrap_or("-")),
+            entry
+                .answer_bytes
+                .map_or_else(|| "-".to_string(), |n| n.to_string()),
+            escape_controls(
+                &entry
+                    .acknowledgement
+                    .as_ref()
+                    .map_or_else(|| "none".to_string(), |a| a.to_string())
+            )
+        );
+    } else if answer
+        .as_ref()
+        .is_some_and(|a| a.get("delivery_receipt").is_some_and(|d| d.is_null()))
+    {
+        say!("note: the answer carries no delivery receipt (its outcome entry was not durable when it was given)");
+    }
     if !logs.is_empty() {
         let files = expand_segments(logs)?;
-        if let Err(e) = find_receipt_entry(&receipt, &files, &key) {
-            say!("INVALID: {e}");
-            return Ok(ExitCode::from(1));
+        for r in std::iter::once(&receipt).chain(delivery.as_ref().map(|(d, _)| d)) {
+            if let Err(e) = find_receipt_entry(r, &files, &key) {
+                say!("INVALID: {e}");
+                return Ok(ExitCode::from(1));
+            }
         }
-        say!("the log holds the entry, and the tree the receipt was shown");
+        if delivery.is_some() {
+            say!("the log holds both entries, and the trees the receipts were shown");
+        } else {
+            say!("the log holds the entry, and the tree the receipt was shown");
+        }
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -1,10 +1,14 @@
 //! The reference park endpoint: the receiving side of a park in the demo, the tests and the
 //! benchmarks. An mTLS server that requires a client certificate from one CA (the gateway CA),
-//! accepts `POST /v1/records`, answers `200 {"accepted": true, "record_id": ...}` and keeps what
-//! it received — body, headers, and who sent it — for tests to read.
+//! accepts `POST /v1/records`, answers `200 {"accepted": true, "reference": ...}` — exactly the
+//! acknowledgement `schemas/ack.json` declares, with a reference derived from the record id
+//! ([`reference_for`], so a record delivered again gets its first answer) — and keeps what it
+//! received — body, headers, and who sent it — for tests to read.
 //!
 //! For the gateway's failure paths it can be told to answer with another status, to answer late
-//! (the gateway's 504) or to close the connection without answering (the gateway's 502).
+//! (the gateway's 504), to close the connection without answering (the gateway's 502), or to
+//! answer with anything at all ([`CannedAnswer`]: any status, headers and body, optionally
+//! trickled out slowly), as a careless or compromised endpoint would.
 
 use std::io::Write;
 use std::net::SocketAddr;
@@ -30,9 +34,9 @@ const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
 /// How the endpoint answers.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EndpointBehaviour {
-    /// `200 {"accepted": true, "record_id": ...}`.
+    /// `200 {"accepted": true, "reference": ...}` (see [`reference_for`]).
     #[default]
     Accept,
     /// Answer with this status (and `{"accepted": false, ...}` unless it is 2xx).
@@ -41,6 +45,57 @@ pub enum EndpointBehaviour {
     Delay(Duration),
     /// Close the connection without answering.
     CloseConnection,
+    /// Answer with exactly this, whatever the record.
+    Answer(CannedAnswer),
+}
+
+/// An answer given as it is: what an endpoint that does not keep to the acknowledgement
+/// contract might send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CannedAnswer {
+    pub status: u16,
+    /// Every header of the answer (the content type among them, when wanted): none is added.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    /// Sends the body in pieces of this many bytes, each after this pause (a slow trickle).
+    pub trickle: Option<(usize, Duration)>,
+}
+
+impl CannedAnswer {
+    /// `status` with `body` as `application/json`.
+    pub fn json(status: u16, body: &serde_json::Value) -> CannedAnswer {
+        CannedAnswer::bytes(status, "application/json", body.to_string())
+    }
+
+    /// `status` with `body` as the given content type.
+    pub fn bytes(status: u16, content_type: &str, body: impl Into<Bytes>) -> CannedAnswer {
+        CannedAnswer {
+            status,
+            headers: vec![("content-type".into(), content_type.into())],
+            body: body.into(),
+            trickle: None,
+        }
+    }
+
+    /// The same answer with one more header.
+    pub fn with_header(mut self, name: &str, value: &str) -> CannedAnswer {
+        self.headers.push((name.into(), value.into()));
+        self
+    }
+
+    /// The same answer, its body sent `chunk` bytes at a time with `pause` before each.
+    pub fn trickled(mut self, chunk: usize, pause: Duration) -> CannedAnswer {
+        self.trickle = Some((chunk.max(1), pause));
+        self
+    }
+}
+
+/// The reference the endpoint assigns to a record: `RCV-` and 16 hex digits of the SHA-256 of
+/// its record id. Derived, not counted, so a record delivered again (at-least-once) is answered
+/// with the same reference, as the endpoint contract asks.
+pub fn reference_for(record_id: &str) -> String {
+    let digest = ring::digest::digest(&ring::digest::SHA256, record_id.as_bytes());
+    format!("RCV-{}", &hex::encode(digest.as_ref())[..16])
 }
 
 /// What the endpoint is started with.
@@ -305,12 +360,15 @@ fn peer_identity(cert: &CertificateDer<'_>) -> (String, String) {
     (hex::encode(digest.as_ref()), subject)
 }
 
+/// An answer body: whole, or trickled.
+type AnswerBody = http_body_util::Either<Full<Bytes>, Trickle>;
+
 async fn handle(
     request: http::Request<Incoming>,
     shared: &Shared,
     peer: &(String, String),
     close: &tokio::sync::Notify,
-) -> Result<http::Response<Full<Bytes>>, std::convert::Infallible> {
+) -> Result<http::Response<AnswerBody>, std::convert::Infallible> {
     if request.uri().path() != "/v1/records" {
         return Ok(answer(
             404,
@@ -350,8 +408,9 @@ async fn handle(
     shared.write_log(&record, json.as_ref());
     lock(&shared.received).push(record);
 
-    let behaviour = *lock(&shared.behaviour);
+    let behaviour = lock(&shared.behaviour).clone();
     match behaviour {
+        EndpointBehaviour::Answer(canned) => return Ok(canned_answer(canned)),
         EndpointBehaviour::CloseConnection => {
             close.notify_one();
             // Never answers: the connection task drops this request with the connection.
@@ -377,14 +436,18 @@ async fn handle(
         EndpointBehaviour::Status(s) => s,
         _ => 200,
     };
-    Ok(answer(
-        status,
-        serde_json::json!({"accepted": true, "record_id": record_id}),
-    ))
+    // Only what the acknowledgement schema declares: the gateway would drop anything else.
+    let acknowledgement = match record_id {
+        Some(id) => serde_json::json!({"accepted": true, "reference": reference_for(&id)}),
+        None => serde_json::json!({"accepted": true}),
+    };
+    Ok(answer(status, acknowledgement))
 }
 
-fn answer(status: u16, body: serde_json::Value) -> http::Response<Full<Bytes>> {
-    let mut response = http::Response::new(Full::new(Bytes::from(body.to_string())));
+fn answer(status: u16, body: serde_json::Value) -> http::Response<AnswerBody> {
+    let mut response = http::Response::new(http_body_util::Either::Left(Full::new(Bytes::from(
+        body.to_string(),
+    ))));
     *response.status_mut() =
         http::StatusCode::from_u16(status).unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
     response.headers_mut().insert(
@@ -392,6 +455,68 @@ fn answer(status: u16, body: serde_json::Value) -> http::Response<Full<Bytes>> {
         http::HeaderValue::from_static("application/json"),
     );
     response
+}
+
+fn canned_answer(canned: CannedAnswer) -> http::Response<AnswerBody> {
+    let body = match canned.trickle {
+        None => http_body_util::Either::Left(Full::new(canned.body)),
+        Some((chunk, pause)) => http_body_util::Either::Right(Trickle {
+            rest: canned.body,
+            chunk,
+            pause,
+            sleep: None,
+        }),
+    };
+    let mut response = http::Response::new(body);
+    *response.status_mut() = http::StatusCode::from_u16(canned.status)
+        .unwrap_or(http::StatusCode::INTERNAL_SERVER_ERROR);
+    for (name, value) in &canned.headers {
+        if let (Ok(name), Ok(value)) = (
+            http::HeaderName::from_bytes(name.as_bytes()),
+            http::HeaderValue::from_str(value),
+        ) {
+            response.headers_mut().append(name, value);
+        }
+    }
+    response
+}
+
+/// A body sent a piece at a time, each piece after a pause.
+pub struct Trickle {
+    rest: Bytes,
+    chunk: usize,
+    pause: Duration,
+    sleep: Option<std::pin::Pin<Box<tokio::time::Sleep>>>,
+}
+
+impl hyper::body::Body for Trickle {
+    type Data = Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Self::Error>>> {
+        use std::task::Poll;
+        if self.rest.is_empty() {
+            return Poll::Ready(None);
+        }
+        let pause = self.pause;
+        let sleep = self
+            .sleep
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep(pause)));
+        if std::future::Future::poll(sleep.as_mut(), cx).is_pending() {
+            return Poll::Pending;
+        }
+        self.sleep = None;
+        let n = self.chunk.min(self.rest.len());
+        let piece = self.rest.split_to(n);
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(piece))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.rest.is_empty()
+    }
 }
 
 /// A poisoned lock only means a test thread panicked while holding it; the data is still fine.

@@ -16,6 +16,7 @@ pub struct Metrics {
     pub request_duration: HistogramVec,
     pub upstream_duration: HistogramVec,
     pub upstream_errors: IntCounterVec,
+    pub upstream_answer_dropped: IntCounterVec,
     pub tls_handshake_failures: IntCounterVec,
     pub connections_refused: IntCounterVec,
     pub tls_handshakes: IntCounterVec,
@@ -102,6 +103,12 @@ impl Metrics {
             "Forwarding failures by destination park and kind of failure.",
             &["park", "error"],
         );
+        let upstream_answer_dropped = counter(
+            &registry,
+            "hetao_upstream_answer_dropped_total",
+            "Park endpoint answers of which something was not relayed to the sender, by destination park and reason: undeclared_field (properties the acknowledgement schema does not declare, dropped), not_json, invalid (fails the acknowledgement schema), too_large.",
+            &["park", "reason"],
+        );
         let tls_handshake_failures = counter(
             &registry,
             "hetao_tls_handshake_failures_total",
@@ -171,6 +178,7 @@ impl Metrics {
             request_duration,
             upstream_duration,
             upstream_errors,
+            upstream_answer_dropped,
             tls_handshake_failures,
             connections_refused,
             tls_handshakes,

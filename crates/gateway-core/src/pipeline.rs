@@ -2,8 +2,9 @@
 //!
 //! rate limit → read body (limited) → examine ([`Checkpoint::examine`](crate::checkpoint::Checkpoint::examine):
 //! parse, schemas, route and origin, policy, obligations — the one pure decision function) →
-//! admit (replay memory) → audit decision (durable) → forward → audit outcome →
-//! answer.
+//! admit (replay memory) → audit decision (durable) → forward → acknowledgement (only what
+//! `schemas/ack.json` declares of the endpoint's answer goes back) → audit outcome (durable
+//! before a 200, for its delivery receipt) → answer.
 //!
 //! Once the body is read, the rest runs in a task of its own, so a client that resets the stream
 //! or closes the socket cannot leave a decision halfway. Whatever happens, the final phase runs: every record that reaches this layer gets an audit
@@ -24,15 +25,16 @@ use serde_json::json;
 
 use crate::audit::{Appended, AuditError, AuditEvent, EntryType, RuleRef};
 use crate::checkpoint::{RecordFacts, Verdict};
-use crate::envelope::Kind;
+use crate::envelope::{EnvelopeHead, Kind};
 use crate::error::{json_response, Refusal};
+use crate::json_limits::{self, JsonError};
 use crate::policy::{Effect, MatchedRule};
 use crate::printable::escape_controls;
 use crate::replay::Reservation;
 use crate::state::{kib, Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
 use crate::tls::standing::PeerStanding;
-use crate::upstream::{ForwardMeta, UpstreamError};
+use crate::upstream::{ForwardMeta, Incomplete, UpstreamAnswer, UpstreamError};
 use tokio::sync::OwnedSemaphorePermit;
 
 /// The path partner organisations send records to.
@@ -133,6 +135,9 @@ impl RequestCtx {
             schema_hash: rules.map(|r| r.schemas.hash().to_string()),
             obligations: Vec::new(),
             refers_to: None,
+            answer_sha256: None,
+            answer_bytes: None,
+            acknowledgement: None,
             latency_us: u64::try_from(self.started.elapsed().as_micros()).unwrap_or(u64::MAX),
         }
     }
@@ -512,19 +517,29 @@ async fn forward(
 
     let mut outcome = ctx.event(EntryType::Outcome, "forwarded");
     outcome.refers_to = Some(appended.seq);
+    if let Ok(answer) = &result {
+        // Whatever the status: the log holds what the endpoint said, the sender only what is
+        // declared.
+        outcome.status = answer.status;
+        outcome.answer_sha256 = answer.body.sha256.clone();
+        outcome.answer_bytes = Some(answer.body.len);
+    }
     let refusal = match &result {
         Ok(answer) if (200..300).contains(&answer.status) => {
-            outcome.status = answer.status;
             gateway
                 .metrics
                 .upstream_duration
                 .with_label_values(&[&head.to])
                 .observe(answer.latency.as_secs_f64());
+            outcome.acknowledgement = ctx
+                .rules
+                .as_deref()
+                .and_then(|rules| acknowledge(gateway, rules, head, answer))
+                .map(serde_json::Value::Object);
             None
         }
         Ok(answer) => {
             outcome.decision = "upstream_failed".into();
-            outcome.status = answer.status;
             outcome.error = Some("upstream_rejected".into());
             Some(Refusal::UpstreamFailed {
                 park: head.to.clone(),
@@ -533,8 +548,10 @@ async fn forward(
                 audit_seq: appended.seq,
             })
         }
-        Err(UpstreamError::Timeout { .. }) => {
+        Err(UpstreamError::Timeout { status, .. }) => {
             outcome.decision = "upstream_failed".into();
+            // An endpoint that began its answer (a trickled body) has its status logged too.
+            outcome.status = status.unwrap_or(0);
             outcome.error = Some("upstream_timeout".into());
             Some(Refusal::UpstreamTimeout {
                 park: head.to.clone(),
@@ -559,15 +576,17 @@ async fn forward(
             .with_label_values(&[&head.to, code])
             .inc();
     }
-    // The decision entry is already durable; the outcome follows in the writer's next batch
-    // without holding the answer for a second fsync.
-    if let Err(e) = gateway.audit.append_in_background(outcome) {
-        // The record has already left under a durable decision entry; the missing outcome is
-        // visible to auditors as a decision without outcome, and /readyz now reports the log.
-        tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
-            "could not write the outcome entry");
-    }
     if let Some(refusal) = refusal {
+        // The decision entry is already durable and this answer carries no receipt for the
+        // outcome: it follows in the writer's next batch without holding the answer for a
+        // second fsync.
+        if let Err(e) = gateway.audit.append_in_background(outcome) {
+            // The record may have reached the endpoint under a durable decision entry; the
+            // missing outcome is visible to auditors as a decision without outcome, and /readyz
+            // now reports the log.
+            tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
+                "could not write the outcome entry");
+        }
         ctx.decision = "upstream_failed";
         // Dropping the reservation lets the sender retry a record the endpoint did not take.
         drop(ctx.reservation.take());
@@ -576,9 +595,14 @@ async fn forward(
     if let Some(reservation) = ctx.reservation.take() {
         reservation.commit();
     }
-    let answer = result.ok();
+    let upstream_status = outcome.status;
+    let acknowledgement = outcome.acknowledgement.clone();
+    // Proof of delivery: the outcome entry, with the acknowledgement as relayed, is durable
+    // before the answer, so the answer can carry its receipt (docs/audit.md).
+    let delivered = record_outcome(gateway, &head.record_id, outcome).await;
     // The record has left under its durable decision entry; a receipt that cannot be made (the
-    // tree unreadable) is reported in the answer rather than failing a delivered record.
+    // tree unreadable, the outcome entry not written) is reported in the answer as null rather
+    // than failing a delivered record.
     let receipt = match gateway.audit.receipt(&appended) {
         Ok(r) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
         Err(e) => {
@@ -587,14 +611,24 @@ async fn forward(
             serde_json::Value::Null
         }
     };
+    let delivery_receipt = match delivered.map(|d| gateway.audit.receipt_with_entry(&d)) {
+        Some(Ok(r)) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        Some(Err(e)) => {
+            tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
+                "could not make the delivery receipt");
+            serde_json::Value::Null
+        }
+        None => serde_json::Value::Null,
+    };
     let body = json!({
         "record_id": head.record_id,
         "decision": "allow",
         "status": "forwarded",
         "audit_seq": appended.seq,
         "receipt": receipt,
-        "upstream_status": answer.as_ref().map(|a| a.status),
-        "upstream": answer.and_then(|a| a.json),
+        "upstream_status": upstream_status,
+        "acknowledgement": acknowledgement,
+        "delivery_receipt": delivery_receipt,
         "rules": verdict.decision.matched,
         "obligations": verdict.applied,
         "policy_version": verdict.decision.policy_version,
@@ -602,6 +636,162 @@ async fn forward(
     Ok(Forwarded {
         response: json_response(StatusCode::OK, &body),
     })
+}
+
+/// Writes a delivered record's outcome entry and waits until it is durable, for its receipt.
+/// `None` when it could not be waited for: the answer then carries no delivery receipt.
+async fn record_outcome(
+    gateway: &Gateway,
+    record_id: &str,
+    outcome: AuditEvent,
+) -> Option<Appended> {
+    let spare = outcome.clone();
+    match gateway.audit.append(outcome).await {
+        Ok(appended) => Some(appended),
+        Err(AuditError::Busy { .. }) => {
+            // Back-pressure refuses new decisions, not the outcome of a record already
+            // delivered: it is queued past the bound, and durable with the writer's next batch.
+            if let Err(e) = gateway.audit.append_in_background(spare) {
+                tracing::error!(target: "hetao::audit", record_id = %record_id, error = %e,
+                    "could not write the outcome entry");
+            }
+            None
+        }
+        Err(e) => {
+            // As for any outcome entry lost: a decision without outcome, and /readyz says why.
+            tracing::error!(target: "hetao::audit", record_id = %record_id, error = %e,
+                "could not write the outcome entry");
+            None
+        }
+    }
+}
+
+/// Why some or all of an endpoint's answer was not relayed: the `reason` label of
+/// `hetao_upstream_answer_dropped_total` (a fixed set, whatever the endpoint sends).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AnswerDropped {
+    /// Properties the acknowledgement schema does not declare (dropped; the rest may pass).
+    UndeclaredField,
+    /// Not declared as JSON, not parseable as JSON, or cut off before its end.
+    NotJson,
+    /// JSON that fails the acknowledgement schema once undeclared properties are dropped (or is
+    /// not an object, nests too deep, or writes a key twice).
+    Invalid,
+    /// Over the most the gateway keeps of an answer ([`crate::upstream::MAX_UPSTREAM_ANSWER`]).
+    TooLarge,
+}
+
+impl AnswerDropped {
+    fn as_str(self) -> &'static str {
+        match self {
+            AnswerDropped::UndeclaredField => "undeclared_field",
+            AnswerDropped::NotJson => "not_json",
+            AnswerDropped::Invalid => "invalid",
+            AnswerDropped::TooLarge => "too_large",
+        }
+    }
+}
+
+/// What of a 2xx answer goes back to the sender: the acknowledgement the record's kind declares
+/// (`schemas/ack.json`, or `schemas/ack/<kind>.json`), validated, or nothing. What is not
+/// relayed is counted by reason and logged under the record id, never with its values (they may
+/// be personal data). An empty body relays nothing and drops nothing.
+fn acknowledge(
+    gateway: &Gateway,
+    rules: &RuleSet,
+    head: &EnvelopeHead,
+    answer: &UpstreamAnswer,
+) -> Option<serde_json::Map<String, serde_json::Value>> {
+    let body = &answer.body;
+    let dropped = |reason: AnswerDropped, undeclared: &[String]| {
+        gateway
+            .metrics
+            .upstream_answer_dropped
+            .with_label_values(&[&head.to, reason.as_str()])
+            .inc();
+        tracing::warn!(
+            target: "hetao::upstream",
+            record_id = %head.record_id,
+            park = %head.to,
+            reason = reason.as_str(),
+            answer_bytes = body.len,
+            undeclared = undeclared.len(),
+            fields = %field_names(undeclared),
+            "part of the endpoint's answer was not relayed to the sender"
+        );
+    };
+    let kept = match (&body.kept, body.incomplete) {
+        (_, Some(Incomplete::TooLarge)) => {
+            dropped(AnswerDropped::TooLarge, &[]);
+            return None;
+        }
+        (Some(kept), None) => kept,
+        // Broken off before its end: not a whole JSON document.
+        (_, Some(Incomplete::BrokenOff)) | (None, None) => {
+            dropped(AnswerDropped::NotJson, &[]);
+            return None;
+        }
+    };
+    if kept.is_empty() {
+        return None;
+    }
+    if answer.declares_json == Some(false) {
+        dropped(AnswerDropped::NotJson, &[]);
+        return None;
+    }
+    if json_limits::nesting_depth(kept, gateway.config.limits.max_json_depth)
+        > gateway.config.limits.max_json_depth
+    {
+        dropped(AnswerDropped::Invalid, &[]);
+        return None;
+    }
+    // The records' parser: a key written twice would be read one way here and another by
+    // whoever reads the relayed answer.
+    let parsed = match json_limits::parse_record(kept) {
+        Ok(value) => value,
+        Err(JsonError::DuplicateKey { .. }) => {
+            dropped(AnswerDropped::Invalid, &[]);
+            return None;
+        }
+        Err(JsonError::Malformed(_)) => {
+            dropped(AnswerDropped::NotJson, &[]);
+            return None;
+        }
+    };
+    let check = rules.schemas.acknowledgement(head.kind, parsed);
+    if !check.undeclared.is_empty() {
+        dropped(AnswerDropped::UndeclaredField, &check.undeclared);
+    }
+    if check.acknowledgement.is_none() {
+        dropped(AnswerDropped::Invalid, &[]);
+    }
+    check.acknowledgement
+}
+
+/// The names of dropped properties, for the operator's log: a name that looks like a field
+/// name (letters, digits, `_`, `-`, at most 32) is shown; any other could itself be data, and is
+/// only counted.
+fn field_names(names: &[String]) -> String {
+    const SHOWN: usize = 8;
+    let plain = |n: &&String| {
+        !n.is_empty()
+            && n.len() <= 32
+            && n.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+    };
+    let shown: Vec<&str> = names
+        .iter()
+        .filter(plain)
+        .take(SHOWN)
+        .map(String::as_str)
+        .collect();
+    let others = names.len() - shown.len();
+    match (shown.is_empty(), others) {
+        (true, 0) => String::new(),
+        (true, n) => format!("{n} not shown"),
+        (false, 0) => shown.join(","),
+        (false, n) => format!("{} and {n} not shown", shown.join(",")),
+    }
 }
 
 /// The final phase for a refused record: its audit entry (unless the decision entry was already

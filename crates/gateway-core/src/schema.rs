@@ -21,6 +21,11 @@
 //!   most `limits.max_violations` ([`DEFAULT_MAX_VIOLATIONS`]) are listed; beyond that the last
 //!   entry (rule `truncated`) says that more were found.
 //!
+//! The way back has a schema too: `ack.json` (and per kind, optionally, `ack/<kind>.json`)
+//! declares what a park endpoint's answer may carry back to the sender
+//! ([`SchemaSet::acknowledgement`]): undeclared properties are dropped before the rest is
+//! validated, never relayed. See "acknowledgements" below.
+//!
 //! Listing is bounded: the check stops once it has found one violation more than it lists, so a
 //! record that breaks its schema a million times costs about what one breaking it a hundred times
 //! costs (see "bounded listing" below for why that needs more than `iter_errors().take(n)`).
@@ -47,6 +52,11 @@ pub const DIALECT_2020_12: &str = "https://json-schema.org/draft/2020-12/schema"
 pub const ENVELOPE_FILE: &str = "envelope.json";
 /// The optional file of shared `$defs`.
 pub const COMMON_FILE: &str = "common.json";
+/// What a park endpoint's answer may carry back to the sender (required).
+pub const ACK_FILE: &str = "ack.json";
+/// Folder of per-kind acknowledgement schemas (`ack/<kind>.json`, each optional), which replace
+/// [`ACK_FILE`] for records of their kind.
+pub const ACK_DIR: &str = "ack";
 
 /// Longest pointer reported; longer ones (hostile property names) are cut and end with `…`.
 const MAX_POINTER_LEN: usize = 512;
@@ -137,6 +147,8 @@ pub struct SchemaSet {
     talent: CompiledSchema,
     materials: CompiledSchema,
     data: CompiledSchema,
+    /// What may flow back: the acknowledgement schema, per kind.
+    acks: Acknowledgements,
     hash: String,
     /// Most violations one failure lists (`limits.max_violations`).
     max_violations: usize,
@@ -216,6 +228,7 @@ impl SchemaSet {
         if let Some(common) = &common {
             hash_file(&mut hasher, COMMON_FILE, &common.bytes);
         }
+        let acks = Acknowledgements::load(dir, &mut hasher)?;
 
         let mut bases = Vec::new();
         let mut resources = Vec::new();
@@ -269,6 +282,7 @@ impl SchemaSet {
             talent,
             materials,
             data,
+            acks,
             hash: hex::encode(hasher.finish().as_ref()),
             max_violations: DEFAULT_MAX_VIOLATIONS,
         };
@@ -343,8 +357,9 @@ impl SchemaSet {
     /// SHA-256 (hex) over the schema files of this load: recorded in every audit entry.
     ///
     /// Input, in this fixed order: `envelope.json`, `talent.json`, `materials.json`, `data.json`,
-    /// then `common.json` if present; for each, the file name, a zero byte, the content length as
-    /// a big-endian u64 and the raw bytes.
+    /// then `common.json` if present, then `ack.json` and each `ack/<kind>.json` present (in the
+    /// order talent, materials, data); for each, the file name (`ack/talent.json` for an
+    /// override), a zero byte, the content length as a big-endian u64 and the raw bytes.
     pub fn hash(&self) -> &str {
         &self.hash
     }
@@ -354,6 +369,19 @@ impl SchemaSet {
     /// against exactly this document. `None` only if the set was built wrongly.
     pub fn kind_schema(&self, kind: Kind) -> Option<&Value> {
         self.document(&self.compiled(kind).base)
+    }
+
+    /// Holds a park endpoint's answer (parsed JSON) to the acknowledgement schema of `kind`:
+    /// keeps only the properties the schema declares at its top level, then validates them.
+    /// Pure: the caller counts and logs what was dropped.
+    pub fn acknowledgement(&self, kind: Kind, answer: Value) -> AckCheck {
+        self.acks.of(kind).check(answer)
+    }
+
+    /// The acknowledgement schema document in force for `kind` (`ack/<kind>.json` if present,
+    /// else `ack.json`).
+    pub fn ack_schema(&self, kind: Kind) -> &Value {
+        &self.acks.of(kind).doc
     }
 
     /// The envelope schema document.
@@ -579,6 +607,199 @@ fn display_pointer(p: &str) -> String {
     } else {
         p.to_string()
     }
+}
+
+// === acknowledgements ===
+//
+// A park endpoint's answer crosses the boundary back to the sender. It is never relayed as it
+// is: the gateway keeps only the properties the acknowledgement schema declares and relays them
+// only if they then pass the schema. Dropping (rather than refusing an answer for an extra
+// property) keeps a careless endpoint's acknowledgement usable while nothing undeclared gets
+// through. For that to hold at every depth, an acknowledgement schema must be closed: checked
+// at load by `check_closed`.
+
+/// An endpoint's answer held to its acknowledgement schema.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AckCheck {
+    /// The declared properties, when they pass the schema: what may be relayed. `None` when the
+    /// answer is not an object or what is left of it fails the schema.
+    pub acknowledgement: Option<serde_json::Map<String, Value>>,
+    /// Names of the top-level properties dropped because the schema does not declare them.
+    pub undeclared: Vec<String>,
+}
+
+/// One compiled acknowledgement schema.
+struct AckSchema {
+    doc: Value,
+    /// The top-level properties it declares: everything else is dropped.
+    declared: Vec<String>,
+    validator: Validator,
+}
+
+impl AckSchema {
+    fn load(
+        path: &Path,
+        file: &str,
+        hasher: &mut digest::Context,
+    ) -> Result<Self, SchemaLoadError> {
+        let schema = read_schema_file(path, file)?;
+        hash_file(hasher, file, &schema.bytes);
+        let declared = match schema.doc.get("properties") {
+            Some(Value::Object(props)) if !props.is_empty() => props.keys().cloned().collect(),
+            _ => {
+                return Err(SchemaLoadError::invalid(
+                    path,
+                    "declares no \"properties\": an acknowledgement schema lists what a park \
+                     endpoint's answer may carry back",
+                ))
+            }
+        };
+        if schema.doc.get("type") != Some(&Value::String("object".into())) {
+            return Err(SchemaLoadError::invalid(
+                path,
+                "must have \"type\": \"object\" (an acknowledgement is a JSON object)",
+            ));
+        }
+        if let Some(Value::Object(props)) = schema.doc.get("properties") {
+            for (name, prop) in props {
+                check_closed(prop, &format!("/properties/{}", escape_token(name)))
+                    .map_err(|message| SchemaLoadError::invalid(path, message))?;
+            }
+        }
+        let validator = compile(&schema, &[])?;
+        Ok(AckSchema {
+            doc: schema.doc,
+            declared,
+            validator,
+        })
+    }
+
+    fn check(&self, answer: Value) -> AckCheck {
+        let Value::Object(fields) = answer else {
+            return AckCheck {
+                acknowledgement: None,
+                undeclared: Vec::new(),
+            };
+        };
+        let mut kept = serde_json::Map::new();
+        let mut undeclared = Vec::new();
+        for (name, value) in fields {
+            if self.declared.contains(&name) {
+                kept.insert(name, value);
+            } else {
+                undeclared.push(name);
+            }
+        }
+        let kept = Value::Object(kept);
+        let acknowledgement = match (self.validator.is_valid(&kept), kept) {
+            (true, Value::Object(map)) => Some(map),
+            _ => None,
+        };
+        AckCheck {
+            acknowledgement,
+            undeclared,
+        }
+    }
+}
+
+/// `ack.json` and the per-kind overrides of one load.
+struct Acknowledgements {
+    default: AckSchema,
+    talent: Option<AckSchema>,
+    materials: Option<AckSchema>,
+    data: Option<AckSchema>,
+}
+
+impl Acknowledgements {
+    fn load(dir: &Path, hasher: &mut digest::Context) -> Result<Self, SchemaLoadError> {
+        let default = AckSchema::load(&dir.join(ACK_FILE), ACK_FILE, hasher)?;
+        let mut per_kind = |kind: Kind| -> Result<Option<AckSchema>, SchemaLoadError> {
+            let file = format!("{ACK_DIR}/{}", kind_file(kind));
+            let path = dir.join(ACK_DIR).join(kind_file(kind));
+            if path.exists() {
+                AckSchema::load(&path, &file, hasher).map(Some)
+            } else {
+                Ok(None)
+            }
+        };
+        Ok(Acknowledgements {
+            talent: per_kind(Kind::Talent)?,
+            materials: per_kind(Kind::Materials)?,
+            data: per_kind(Kind::Data)?,
+            default,
+        })
+    }
+
+    fn of(&self, kind: Kind) -> &AckSchema {
+        let own = match kind {
+            Kind::Talent => &self.talent,
+            Kind::Materials => &self.materials,
+            Kind::Data => &self.data,
+        };
+        own.as_ref().unwrap_or(&self.default)
+    }
+}
+
+/// A declared property of an acknowledgement must not be able to carry undeclared data inside
+/// it: the gateway drops undeclared properties at the top level only, so below it the schema
+/// itself must say exactly what may pass. Every declared value has a `type` (or `const` or
+/// `enum`), every object among them `"additionalProperties": false` and no
+/// `patternProperties`, every array its `items`, and no `$ref` (declared inline, so this check
+/// sees everything that is allowed).
+fn check_closed(node: &Value, at: &str) -> Result<(), String> {
+    let Value::Object(schema) = node else {
+        return Err(format!(
+            "{at}: must be a schema object with a \"type\" (`true` would let anything back)"
+        ));
+    };
+    if schema.contains_key("$ref") || schema.contains_key("$dynamicRef") {
+        return Err(format!(
+            "{at}: declare acknowledgement properties inline, without \"$ref\""
+        ));
+    }
+    if schema.contains_key("const") || schema.contains_key("enum") {
+        return Ok(());
+    }
+    let types: Vec<&str> = match schema.get("type") {
+        Some(Value::String(t)) => vec![t.as_str()],
+        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).collect(),
+        _ => {
+            return Err(format!(
+                "{at}: has no \"type\": say what the property may hold, nothing more"
+            ))
+        }
+    };
+    if types.contains(&"object") {
+        if schema.get("additionalProperties") != Some(&Value::Bool(false))
+            || schema.contains_key("patternProperties")
+        {
+            return Err(format!(
+                "{at}: an object inside an acknowledgement needs \"additionalProperties\": false \
+                 and no \"patternProperties\" (only the top level is filtered)"
+            ));
+        }
+        if let Some(Value::Object(props)) = schema.get("properties") {
+            for (name, prop) in props {
+                check_closed(prop, &format!("{at}/properties/{}", escape_token(name)))?;
+            }
+        }
+    }
+    if types.contains(&"array") {
+        match schema.get("items") {
+            Some(items) => check_closed(items, &format!("{at}/items"))?,
+            None => {
+                return Err(format!(
+                    "{at}: an array inside an acknowledgement needs \"items\""
+                ))
+            }
+        }
+        if let Some(Value::Array(prefix)) = schema.get("prefixItems") {
+            for (i, item) in prefix.iter().enumerate() {
+                check_closed(item, &format!("{at}/prefixItems/{i}"))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 // === violations ===
@@ -1572,7 +1793,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for entry in std::fs::read_dir(shipped_dir()).unwrap() {
             let entry = entry.unwrap();
-            std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            if entry.file_type().unwrap().is_file() {
+                std::fs::copy(entry.path(), dir.path().join(entry.file_name())).unwrap();
+            }
         }
         dir
     }
@@ -1704,6 +1927,7 @@ mod tests {
         let (common, _) = set.follow_ref(talent, "common.json#").unwrap();
         assert!(common.get("$defs").is_some());
         check(common, "common", false, &mut problems);
+        check(set.ack_schema(Kind::Talent), "ack", false, &mut problems);
         assert!(problems.is_empty(), "{problems:#?}");
     }
 
@@ -2581,5 +2805,165 @@ mod tests {
             ("/body/labels", "schema")
         );
         assert_eq!(work.errors_examined, 0);
+    }
+
+    // === acknowledgements ===
+
+    #[test]
+    fn an_acknowledgement_keeps_only_declared_properties_and_lists_the_dropped_ones() {
+        let set = shipped();
+        let answer = json!({"accepted": true, "reference": "INTAKE-2026-000123",
+            "applicant": {"name": "CHAN Tai Man", "hkid": "A123456(7)"}});
+        for kind in Kind::ALL {
+            let check = set.acknowledgement(kind, answer.clone());
+            assert_eq!(
+                check.acknowledgement.map(Value::Object),
+                Some(json!({"accepted": true, "reference": "INTAKE-2026-000123"})),
+                "{kind}"
+            );
+            assert_eq!(check.undeclared, vec!["applicant".to_string()]);
+        }
+    }
+
+    #[test]
+    fn an_acknowledgement_that_fails_the_schema_relays_nothing() {
+        let set = shipped();
+        for (answer, undeclared) in [
+            // A reference is an identifier, not a name and an HKID.
+            (
+                json!({"accepted": true, "reference": "CHAN Tai Man A123456(7)"}),
+                0,
+            ),
+            (json!({"accepted": "yes"}), 0),
+            // `accepted` is required: an answer of undeclared fields only is not an acknowledgement.
+            (json!({"status": "ok"}), 1),
+            (json!(["accepted", true]), 0),
+            (json!("accepted"), 0),
+        ] {
+            let check = set.acknowledgement(Kind::Data, answer.clone());
+            assert_eq!(check.acknowledgement, None, "{answer}");
+            assert_eq!(check.undeclared.len(), undeclared, "{answer}");
+        }
+        // Declined is an acknowledgement like any other.
+        let check = set.acknowledgement(Kind::Data, json!({"accepted": false}));
+        assert_eq!(
+            check.acknowledgement.map(Value::Object),
+            Some(json!({"accepted": false}))
+        );
+    }
+
+    /// A per-kind file in `ack/` replaces `ack.json` for its kind only, and is in the hash.
+    #[test]
+    fn a_per_kind_acknowledgement_schema_replaces_the_default_for_its_kind() {
+        let dir = copied_schemas();
+        let before = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        std::fs::create_dir(dir.path().join(ACK_DIR)).unwrap();
+        let mut talent: Value =
+            serde_json::from_slice(&std::fs::read(dir.path().join(ACK_FILE)).unwrap()).unwrap();
+        talent["properties"]["permit_checked"] =
+            json!({"description": "the destination checked the permit", "type": "boolean"});
+        std::fs::write(
+            dir.path().join(ACK_DIR).join("talent.json"),
+            serde_json::to_vec(&talent).unwrap(),
+        )
+        .unwrap();
+        let set = SchemaSet::load(dir.path()).unwrap();
+        assert_ne!(set.hash(), before);
+        let answer = json!({"accepted": true, "permit_checked": true});
+        let talent = set.acknowledgement(Kind::Talent, answer.clone());
+        assert_eq!(talent.acknowledgement.map(Value::Object), Some(answer));
+        assert!(talent.undeclared.is_empty());
+        let data = set.acknowledgement(
+            Kind::Data,
+            json!({"accepted": true, "permit_checked": true}),
+        );
+        assert_eq!(
+            data.acknowledgement.map(Value::Object),
+            Some(json!({"accepted": true}))
+        );
+        assert_eq!(data.undeclared, vec!["permit_checked".to_string()]);
+    }
+
+    #[test]
+    fn hash_changes_when_the_acknowledgement_schema_changes() {
+        let dir = copied_schemas();
+        let before = SchemaSet::load(dir.path()).unwrap().hash().to_string();
+        let path = dir.path().join(ACK_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["reference"]["pattern"] = json!("^[A-Z0-9-]{1,32}$");
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        assert_ne!(SchemaSet::load(dir.path()).unwrap().hash(), before);
+    }
+
+    #[test]
+    fn a_missing_acknowledgement_schema_is_refused_with_its_name() {
+        let dir = copied_schemas();
+        std::fs::remove_file(dir.path().join(ACK_FILE)).unwrap();
+        let err = load_err(dir.path());
+        assert!(err.contains("ack.json"), "{err}");
+        assert!(err.contains("cannot be read"), "{err}");
+    }
+
+    /// Only the top level is filtered: a declared property must not be able to hold undeclared
+    /// data below it.
+    #[test]
+    fn an_acknowledgement_schema_that_could_carry_undeclared_data_is_refused() {
+        for (name, property, expected) in [
+            (
+                "open object",
+                json!({"type": "object"}),
+                "additionalProperties",
+            ),
+            (
+                "object with pattern properties",
+                json!({"type": "object", "additionalProperties": false,
+                    "patternProperties": {"^x": {"type": "string"}}}),
+                "patternProperties",
+            ),
+            ("anything", json!(true), "must be a schema object"),
+            (
+                "no type",
+                json!({"description": "free text"}),
+                "no \"type\"",
+            ),
+            (
+                "array of anything",
+                json!({"type": "array"}),
+                "needs \"items\"",
+            ),
+            (
+                "array of open objects",
+                json!({"type": "array", "items": {"type": "object"}}),
+                "/properties/details/items",
+            ),
+            (
+                "reference",
+                json!({"$ref": "#/$defs/details"}),
+                "without \"$ref\"",
+            ),
+        ] {
+            let dir = copied_schemas();
+            std::fs::create_dir(dir.path().join(ACK_DIR)).unwrap();
+            let mut doc: Value =
+                serde_json::from_slice(&std::fs::read(dir.path().join(ACK_FILE)).unwrap()).unwrap();
+            doc["properties"]["details"] = property;
+            doc["$defs"] = json!({"details": {"type": "object"}});
+            std::fs::write(
+                dir.path().join(ACK_DIR).join("materials.json"),
+                serde_json::to_vec(&doc).unwrap(),
+            )
+            .unwrap();
+            let err = load_err(dir.path());
+            assert!(err.contains("ack/materials.json"), "{name}: {err}");
+            assert!(err.contains(expected), "{name}: {err}");
+        }
+        // Closed all the way down is accepted.
+        let dir = copied_schemas();
+        let path = dir.path().join(ACK_FILE);
+        let mut doc: Value = serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        doc["properties"]["checks"] = json!({"type": "array", "items": {"type": "object",
+            "additionalProperties": false, "properties": {"code": {"type": "string", "maxLength": 8}}}});
+        std::fs::write(&path, serde_json::to_vec(&doc).unwrap()).unwrap();
+        SchemaSet::load(dir.path()).unwrap();
     }
 }

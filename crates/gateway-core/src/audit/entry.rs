@@ -87,6 +87,17 @@ pub struct AuditEntry {
     pub obligations: Vec<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers_to: Option<u64>,
+    // --- outcome: the endpoint's answer (absent in older entries, whose hashes stay as they
+    // were) ---
+    /// SHA-256 (hex) of the endpoint's whole answer body as received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_sha256: Option<String>,
+    /// Bytes of the endpoint's answer body received.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer_bytes: Option<u64>,
+    /// The acknowledgement relayed to the sender: the declared properties only, as validated.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub acknowledgement: Option<serde_json::Value>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub latency_us: Option<u64>,
     // --- checkpoint ---
@@ -151,6 +162,9 @@ impl AuditEntry {
             schema_hash: None,
             obligations: Vec::new(),
             refers_to: None,
+            answer_sha256: None,
+            answer_bytes: None,
+            acknowledgement: None,
             latency_us: None,
             covers_seq: None,
             chain_head: None,
@@ -278,6 +292,35 @@ mod tests {
         );
         let text = String::from_utf8(line).unwrap();
         assert!(text.starts_with("{\"seq\":0,\"time\":\"t\",\"type\":\"segment_start\""));
+    }
+
+    /// The answer fields came later: an entry without them is written (and so hashed) exactly
+    /// as before they existed, and one with them reopens to the same entry.
+    #[test]
+    fn answer_fields_are_left_out_when_absent_and_kept_when_present() {
+        let mut e = AuditEntry::new(2, "t".into(), AuditEntryType::Outcome, ZERO_HASH.into());
+        e.decision = Some("forwarded".into());
+        e.refers_to = Some(1);
+        let line = String::from_utf8(seal(&mut e).unwrap()).unwrap();
+        assert_eq!(
+            line,
+            format!(
+                "{{\"seq\":2,\"time\":\"t\",\"type\":\"outcome\",\"decision\":\"forwarded\",\
+                 \"refers_to\":1,\"prev_hash\":\"{ZERO_HASH}\",\"hash\":\"{}\"}}\n",
+                e.hash
+            )
+        );
+        e.answer_sha256 = Some("ab".repeat(32));
+        e.answer_bytes = Some(40);
+        e.acknowledgement = Some(serde_json::json!({"accepted": true, "reference": "R-1"}));
+        let line = seal(&mut e).unwrap();
+        let back = open_line(&line[..line.len() - 1]).unwrap();
+        assert_eq!(back, e);
+        let text = String::from_utf8(line).unwrap();
+        assert!(
+            text.contains(",\"refers_to\":1,\"answer_sha256\":"),
+            "{text}"
+        );
     }
 
     #[test]

@@ -63,7 +63,8 @@ pub struct RuleRef {
 }
 
 /// What the pipeline hands to the log. No personal data from the record: only ids, hashes,
-/// routing facts, rule references and codes.
+/// routing facts, rule references and codes (and, for outcomes, the acknowledgement relayed,
+/// which holds only what `schemas/ack.json` declares).
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
 pub struct AuditEvent {
     pub entry_type: Option<EntryType>,
@@ -89,6 +90,14 @@ pub struct AuditEvent {
     pub obligations: Vec<String>,
     /// Sequence of the decision entry an outcome entry belongs to.
     pub refers_to: Option<u64>,
+    /// Outcome entries: SHA-256 (hex) of the endpoint's whole answer body as received (absent
+    /// when the gateway stopped reading it, or got none).
+    pub answer_sha256: Option<String>,
+    /// Outcome entries: bytes of the endpoint's answer body the gateway received.
+    pub answer_bytes: Option<u64>,
+    /// Outcome entries: the acknowledgement relayed to the sender (only the properties the
+    /// acknowledgement schema declares, after validation); absent when none was relayed.
+    pub acknowledgement: Option<serde_json::Value>,
     pub latency_us: u64,
 }
 
@@ -104,6 +113,11 @@ pub struct Appended {
     /// commit): the receipt proves inclusion in it.
     #[serde(skip)]
     pub head: Option<Arc<BatchHead>>,
+    /// The entry's line exactly as written (without its newline), set by the writer: a receipt
+    /// that carries it lets its holder recompute the entry hash and read every field the hash
+    /// binds (the delivery receipt does, for the acknowledgement).
+    #[serde(skip)]
+    pub line: Option<Arc<str>>,
 }
 
 /// The tree after one committed batch and its checkpoint note, signed once for the batch.
@@ -128,6 +142,11 @@ pub struct Receipt {
     /// The signed checkpoint (origin, tree size, root) as a C2SP signed note.
     pub checkpoint: String,
     pub key_id: String,
+    /// The entry's line as written ([`Appended::line`]), when the receipt carries it: its hash
+    /// must be `entry_hash` and its facts the receipt's, so every field of the entry is proven
+    /// too. Delivery receipts carry it (the outcome entry holds the acknowledgement relayed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub entry: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -755,7 +774,17 @@ impl AuditLog {
             inclusion: proof.iter().map(tree::hash_to_b64).collect(),
             checkpoint: head.note.clone(),
             key_id: self.inner.signer.key_id().to_string(),
+            entry: None,
         })
+    }
+
+    /// [`AuditLog::receipt`] carrying the entry's line as written, so that the whole entry can
+    /// be checked offline, not only the facts its leaf binds (see `docs/audit.md`, "Proof of
+    /// delivery").
+    pub fn receipt_with_entry(&self, appended: &Appended) -> Result<Receipt, AuditError> {
+        let mut receipt = self.receipt(appended)?;
+        receipt.entry = appended.line.as_deref().map(str::to_owned);
+        Ok(receipt)
     }
 
     /// Record ids that already have a policy decision in the log, read at open, each with the

@@ -270,11 +270,14 @@ impl Writer {
         } else {
             self.head.unsigned += 1;
         }
+        // serde_json writes UTF-8; the line without its newline is what `open_line` checks.
+        let text = std::str::from_utf8(line.strip_suffix(b"\n").unwrap_or(&line)).ok();
         Ok(Appended {
             seq: entry.seq,
             hash: entry.hash,
             facts,
             head: None,
+            line: text.map(Arc::from),
         })
     }
 
@@ -476,6 +479,9 @@ impl Writer {
         e.schema_hash = event.schema_hash;
         e.obligations = event.obligations;
         e.refers_to = event.refers_to;
+        e.answer_sha256 = event.answer_sha256;
+        e.answer_bytes = event.answer_bytes;
+        e.acknowledgement = event.acknowledgement;
         e.latency_us = Some(event.latency_us);
         e
     }
