@@ -294,7 +294,10 @@ fn answer(
         "audit_seq": 1,
         "receipt": receipt,
         "upstream_status": 200,
-        "upstream": {"accepted": true, "record_id": head.record_id},
+        // As the 200 carries them now: the declared acknowledgement and a delivery receipt of
+        // the same shape as the decision's (plus the outcome line).
+        "acknowledgement": {"accepted": true, "reference": "RCV-0123456789abcdef"},
+        "delivery_receipt": receipt,
         "rules": decision.matched,
         "obligations": applied,
         "policy_version": decision.policy_version,
