@@ -685,6 +685,21 @@ impl Checks {
             format!("{receipts} of {allowed} receipts verify with the audit public key"),
         ));
 
+        // Delivery receipts: the outcome entry, with the acknowledgement the sender was given.
+        let mut delivered = 0usize;
+        for s in results.iter().filter(|s| s.status == Some(200)) {
+            match delivery_holds(s.answer.as_ref(), key) {
+                Ok(()) => delivered += 1,
+                Err(e) => problems.push(format!("delivery receipt of {}: {e}", s.shot.label)),
+            }
+        }
+        items.push((
+            delivered == allowed,
+            format!(
+                "{delivered} of {allowed} delivery receipts prove the destination's acknowledgement as relayed"
+            ),
+        ));
+
         // Every forwarded record arrived at the endpoint of its destination park, and nothing else.
         let mut arrived = 0usize;
         for s in results.iter().filter(|s| s.status == Some(200)) {
@@ -798,6 +813,32 @@ impl Checks {
 
         Checks { items, problems }
     }
+}
+
+/// Checks a 200 answer's delivery receipt with the public key alone: its proof and checkpoint, its
+/// outcome entry line (hash and facts), and that the entry's acknowledgement is the answer's.
+fn delivery_holds(answer: Option<&serde_json::Value>, key: &AuditPublicKey) -> Result<(), String> {
+    let answer = answer.ok_or("no answer")?;
+    let receipt: Receipt = answer
+        .get("delivery_receipt")
+        .filter(|r| !r.is_null())
+        .ok_or("no delivery receipt")
+        .and_then(|r| serde_json::from_value(r.clone()).map_err(|_| "not a receipt"))?;
+    verify_receipt(&receipt, key).map_err(|e| e.to_string())?;
+    let line = receipt.entry.as_deref().ok_or("it carries no entry")?;
+    let entry = hetao_gateway_core::audit::entry::open_line(line.as_bytes())
+        .map_err(|(e, _)| format!("its entry: {e}"))?;
+    if hetao_gateway_core::audit::tree::ReceiptFacts::of(&entry) != receipt.facts {
+        return Err("its entry does not state the receipt's facts".into());
+    }
+    let relayed = answer
+        .get("acknowledgement")
+        .filter(|a| !a.is_null())
+        .cloned();
+    if entry.acknowledgement != relayed {
+        return Err("the answer's acknowledgement is not the one logged".into());
+    }
+    Ok(())
 }
 
 /// A plain HTTP GET on the admin listener; the status, or `None` when it did not answer.
