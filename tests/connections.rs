@@ -102,6 +102,30 @@ async fn a_head_dribbled_after_an_idle_pause_is_cut_off_at_the_header_read_timeo
     );
 }
 
+/// An HTTP/2 connection (ALPN h2) of the Shenzhen organisation: its sender and its task.
+async fn h2_connection<B>(
+    gw: &TestGateway,
+) -> (
+    hyper::client::conn::http2::SendRequest<B>,
+    tokio::task::JoinHandle<hyper::Result<()>>,
+)
+where
+    B: hyper::body::Body + Send + Unpin + 'static,
+    B::Data: Send,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+{
+    let mut config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tls = common::tls_connect(gw, Arc::new(config)).await.unwrap();
+    let (sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .unwrap();
+    (sender, tokio::spawn(conn))
+}
+
 #[tokio::test]
 async fn an_idle_http2_connection_outlives_the_header_read_timeout() {
     let gw = TestGateway::start_with(Options {
@@ -109,16 +133,7 @@ async fn an_idle_http2_connection_outlives_the_header_read_timeout() {
         ..Options::default()
     })
     .await;
-    let mut config = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = common::tls_connect(&gw, Arc::new(config)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2_connection(&gw).await;
     let probe = || {
         http::Request::get(format!("{}/v1/nothing", gw.base_url()))
             .body(Full::new(Bytes::new()))
@@ -457,16 +472,7 @@ async fn http2_streams_open_during_a_reload_finish_after_a_goaway() {
         ..Options::default()
     })
     .await;
-    let mut config = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = common::tls_connect(&gw, Arc::new(config)).await.unwrap();
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .unwrap();
-    let conn = tokio::spawn(conn);
+    let (mut sender, conn) = h2_connection(&gw).await;
     let (mut body_tx, body_rx) = Channel::<Bytes, std::io::Error>::new(1);
     let body = record_bytes();
     let request = http::Request::post(gw.url())

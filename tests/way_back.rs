@@ -140,6 +140,35 @@ async fn an_endpoints_undeclared_personal_data_never_reaches_the_sender_nor_the_
     assert_eq!(drops(&gw).await, [1, 0, 0, 0]);
 }
 
+/// What every "relays only the status" case asserts: a 200 without acknowledgement, none of
+/// `personal` in the answer or the audit log, the whole answer's hash and size in the outcome
+/// entry and no acknowledgement there, and the drop counted (`expected_drops`, in the order of
+/// [`drops`]).
+async fn assert_only_the_status_relayed(
+    gw: &TestGateway,
+    record: &Value,
+    answer: &common::Answer,
+    sent: &[u8],
+    personal: &[&str],
+    expected_drops: [u64; 4],
+) {
+    assert_status_only(answer, 200);
+    let answer_text = answer.json.to_string();
+    let log_text = audit_log_text(gw);
+    for personal in personal {
+        assert!(
+            !answer_text.contains(personal),
+            "{personal} in {answer_text}"
+        );
+        assert!(!log_text.contains(personal), "{personal} in the audit log");
+    }
+    let outcome = outcome_now(gw, &record["record_id"]);
+    assert_eq!(outcome["answer_sha256"], json!(sha256_hex(sent)));
+    assert_eq!(outcome["answer_bytes"], json!(sent.len()));
+    assert!(outcome.get("acknowledgement").is_none(), "{outcome}");
+    assert_eq!(drops(gw).await, expected_drops);
+}
+
 #[tokio::test]
 async fn an_answer_over_the_size_limit_relays_only_the_status() {
     let gw = TestGateway::start().await;
@@ -147,23 +176,8 @@ async fn an_answer_over_the_size_limit_relays_only_the_status() {
     big["padding"] = json!("x".repeat(70 * 1024));
     let (record, answer, sent) = send_against(&gw, CannedAnswer::json(200, &big)).await;
     assert!(sent.len() > 64 * 1024);
-
-    assert_status_only(&answer, 200);
-    let answer_text = answer.json.to_string();
-    let log_text = audit_log_text(&gw);
-    for personal in PERSONAL {
-        assert!(
-            !answer_text.contains(personal),
-            "{personal} in {answer_text}"
-        );
-        assert!(!log_text.contains(personal), "{personal} in the audit log");
-    }
-    let outcome = outcome_now(&gw, &record["record_id"]);
     // Hashed whole, though only 64 KiB of it would ever have been kept.
-    assert_eq!(outcome["answer_sha256"], json!(sha256_hex(&sent)));
-    assert_eq!(outcome["answer_bytes"], json!(sent.len()));
-    assert!(outcome.get("acknowledgement").is_none(), "{outcome}");
-    assert_eq!(drops(&gw).await, [0, 0, 0, 1]);
+    assert_only_the_status_relayed(&gw, &record, &answer, &sent, &PERSONAL, [0, 0, 0, 1]).await;
 }
 
 #[tokio::test]
@@ -178,21 +192,8 @@ async fn an_answer_that_is_not_json_relays_only_the_status() {
         ),
     )
     .await;
-
-    assert_status_only(&answer, 200);
-    let answer_text = answer.json.to_string();
-    for personal in ["CHAN Tai Man", "A123456"] {
-        assert!(
-            !answer_text.contains(personal),
-            "{personal} in {answer_text}"
-        );
-        assert!(!audit_log_text(&gw).contains(personal));
-    }
-    let outcome = outcome_now(&gw, &record["record_id"]);
-    assert_eq!(outcome["answer_sha256"], json!(sha256_hex(&sent)));
-    assert_eq!(outcome["answer_bytes"], json!(sent.len()));
-    assert!(outcome.get("acknowledgement").is_none(), "{outcome}");
-    assert_eq!(drops(&gw).await, [0, 1, 0, 0]);
+    let personal = ["CHAN Tai Man", "A123456"];
+    assert_only_the_status_relayed(&gw, &record, &answer, &sent, &personal, [0, 1, 0, 0]).await;
 }
 
 #[tokio::test]
@@ -208,17 +209,7 @@ async fn an_answer_of_invalid_json_relays_only_the_status() {
         ),
     )
     .await;
-
-    assert_status_only(&answer, 200);
-    for personal in PERSONAL {
-        assert!(!answer.json.to_string().contains(personal));
-        assert!(!audit_log_text(&gw).contains(personal));
-    }
-    let outcome = outcome_now(&gw, &record["record_id"]);
-    assert_eq!(outcome["answer_sha256"], json!(sha256_hex(&sent)));
-    assert_eq!(outcome["answer_bytes"], json!(sent.len()));
-    assert!(outcome.get("acknowledgement").is_none(), "{outcome}");
-    assert_eq!(drops(&gw).await, [0, 1, 0, 0]);
+    assert_only_the_status_relayed(&gw, &record, &answer, &sent, &PERSONAL, [0, 1, 0, 0]).await;
 }
 
 #[tokio::test]
@@ -233,16 +224,8 @@ async fn an_answer_failing_the_acknowledgement_schema_relays_only_the_status() {
         ),
     )
     .await;
-
-    assert_status_only(&answer, 200);
-    for personal in ["CHAN Tai Man", "A123456"] {
-        assert!(!answer.json.to_string().contains(personal));
-        assert!(!audit_log_text(&gw).contains(personal));
-    }
-    let outcome = outcome_now(&gw, &record["record_id"]);
-    assert_eq!(outcome["answer_sha256"], json!(sha256_hex(&sent)));
-    assert!(outcome.get("acknowledgement").is_none(), "{outcome}");
-    assert_eq!(drops(&gw).await, [0, 0, 1, 0]);
+    let personal = ["CHAN Tai Man", "A123456"];
+    assert_only_the_status_relayed(&gw, &record, &answer, &sent, &personal, [0, 0, 1, 0]).await;
 }
 
 #[tokio::test]

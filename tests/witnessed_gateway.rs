@@ -72,6 +72,14 @@ async fn restart_witness(config: &Path, public_key: PathBuf) -> RunningWitness {
     }
 }
 
+/// A log key and the Shenzhen park's witness of that log (its files under `dirs/sz`).
+async fn sz_witness() -> (LogKey, tempfile::TempDir, RunningWitness) {
+    let key = log_key();
+    let dirs = tempfile::tempdir().unwrap();
+    let witness = start_witness(&dirs.path().join("sz"), &key.public).await;
+    (key, dirs, witness)
+}
+
 /// An audit signing key made before the gateway, so witnesses can be set up for its log.
 struct LogKey {
     _dir: tempfile::TempDir,
@@ -199,9 +207,7 @@ async fn two_park_witnesses_cosign_every_checkpoint_and_audit_verify_checks_them
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_log_cut_back_and_continued_is_refused_at_start_and_by_audit_verify() {
-    let key = log_key();
-    let dirs = tempfile::tempdir().unwrap();
-    let witness = start_witness(&dirs.path().join("sz"), &key.public).await;
+    let (key, _dirs, witness) = sz_witness().await;
     let mut gw = witnessed_gateway(&key, &[&witness], "").await;
     send_records(&gw, 12).await;
     until_witnessed(&gw).await;
@@ -246,9 +252,7 @@ async fn a_log_cut_back_and_continued_is_refused_at_start_and_by_audit_verify() 
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_fail_closed_records_are_refused_while_a_witness_lags_and_flow_again_after() {
-    let key = log_key();
-    let dirs = tempfile::tempdir().unwrap();
-    let witness = start_witness(&dirs.path().join("sz"), &key.public).await;
+    let (key, dirs, witness) = sz_witness().await;
     let url = witness.url.clone();
     // The witness goes away before the gateway starts: nothing can be cosigned.
     let _ = witness.stop.send(true);

@@ -445,6 +445,46 @@ impl ChainChecker {
     }
 }
 
+/// Reads the segment files `paths` in chain order, handing every entry with its file and byte
+/// offset to `on_entry`, and rebuilds the log's tree from them. The tree is `None` when the files
+/// do not start at seq 0 (earlier segments are elsewhere); `first_seq` says where they start.
+/// For readers of a log already verified: a bad line ends its file's scan, as in [`scan_file`].
+pub fn scan_log(
+    paths: &[PathBuf],
+    mut on_entry: impl FnMut(&AuditEntry, &Path, u64),
+) -> Result<ScannedLog, String> {
+    let ordered = order_by_first_seq(paths).map_err(|p| p.to_string())?;
+    let mut scanned = ScannedLog {
+        first_seq: None,
+        tree: None,
+    };
+    for path in &ordered {
+        scan_file(path, |e, _, offset| {
+            if scanned.first_seq.is_none() {
+                scanned.first_seq = Some(e.seq);
+                if e.seq == 0 {
+                    scanned.tree = Some(HashStore::in_memory());
+                }
+            }
+            if let Some(tree) = &scanned.tree {
+                tree.append(ReceiptFacts::of(&e).leaf_hash())
+                    .map_err(|_| LinkProblem::TreeUnavailable.at(e.seq))?;
+            }
+            on_entry(&e, path, offset);
+            Ok(())
+        })
+        .map_err(|e| e.to_string())?;
+    }
+    Ok(scanned)
+}
+
+/// What [`scan_log`] rebuilt.
+pub struct ScannedLog {
+    pub first_seq: Option<u64>,
+    /// The log's tree, when the files start at seq 0.
+    pub tree: Option<HashStore>,
+}
+
 /// The first problem found by [`verify_logs`].
 #[derive(Debug, Clone, Serialize)]
 pub struct VerifyProblem {

@@ -8,11 +8,11 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use super::chain::{order_by_first_seq, scan_file};
+use super::chain::scan_log;
 use super::entry::{open_line, AuditEntryType};
 use super::keys::AuditPublicKey;
 use super::note::open_checkpoint;
-use super::tree::{check_inclusion, hash_from_b64, hash_to_b64, HashStore, ReceiptFacts};
+use super::tree::{check_inclusion, hash_from_b64, hash_to_b64, ReceiptFacts};
 
 /// The evidence bundle for one record.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -56,36 +56,23 @@ pub enum EvidenceError {
 
 /// Builds the evidence for `record_id` from the log segments `paths` (every segment from seq 0).
 pub fn prove(paths: &[PathBuf], record_id: &str) -> Result<Evidence, EvidenceError> {
-    let ordered = order_by_first_seq(paths).map_err(|p| EvidenceError::Log(p.to_string()))?;
-    let tree = HashStore::in_memory();
     let mut wanted: Vec<(u64, PathBuf, u64)> = Vec::new();
     let mut last_checkpoint: Option<(u64, String, String)> = None;
-    for path in &ordered {
-        scan_file(path, |e, _, offset| {
-            if tree.leaves() == 0 && e.seq != 0 {
-                return Err(super::chain::LinkProblem::StartsMidSegment.at(e.seq));
+    let scanned = scan_log(paths, |e, path, offset| {
+        if e.record_id.as_deref() == Some(record_id) {
+            wanted.push((e.seq, path.to_path_buf(), offset));
+        }
+        if e.entry_type == AuditEntryType::Checkpoint {
+            if let (Some(size), Some(note)) = (e.tree_size, &e.note) {
+                let key_id = e.key_id.clone().unwrap_or_default();
+                last_checkpoint = Some((size, note.clone(), key_id));
             }
-            if e.record_id.as_deref() == Some(record_id) {
-                wanted.push((e.seq, path.clone(), offset));
-            }
-            if e.entry_type == AuditEntryType::Checkpoint {
-                if let (Some(size), Some(note)) = (e.tree_size, &e.note) {
-                    let key_id = e.key_id.clone().unwrap_or_default();
-                    last_checkpoint = Some((size, note.clone(), key_id));
-                }
-            }
-            tree.append(ReceiptFacts::of(&e).leaf_hash())
-                .map_err(|_| super::chain::LinkProblem::TreeUnavailable.at(e.seq))
-        })
-        .map_err(|e| match e {
-            super::chain::ScanError::Chain { error, .. }
-                if error.problem == super::chain::LinkProblem::StartsMidSegment =>
-            {
-                EvidenceError::Partial(error.seq)
-            }
-            other => EvidenceError::Log(other.to_string()),
-        })?;
-    }
+        }
+    })
+    .map_err(EvidenceError::Log)?;
+    let Some(tree) = scanned.tree else {
+        return Err(EvidenceError::Partial(scanned.first_seq.unwrap_or(0)));
+    };
     let Some(last_seq) = wanted.last().map(|w| w.0) else {
         return Err(EvidenceError::NoEntries(record_id.to_string()));
     };

@@ -981,32 +981,14 @@ pub fn find_receipt_entry(
     key: &AuditPublicKey,
 ) -> Result<(), ReceiptError> {
     let wanted = receipt.facts.audit_seq;
-    let ordered = chain::order_by_first_seq(paths).map_err(|p| ReceiptError::Log(p.to_string()))?;
     let mut found = None;
-    let mut tree = None;
-    let mut whole = true;
-    for path in &ordered {
-        scan_file(path, |e, _, _| {
-            if tree.is_none() && whole {
-                if e.seq == 0 {
-                    tree = Some(tree::HashStore::in_memory());
-                } else {
-                    whole = false;
-                }
-            }
-            if let Some(t) = &tree {
-                if t.leaves() < receipt.tree_size {
-                    t.append(tree::ReceiptFacts::of(&e).leaf_hash())
-                        .map_err(|_| chain::LinkProblem::TreeUnavailable.at(e.seq))?;
-                }
-            }
-            if e.seq == wanted {
-                found = Some(e);
-            }
-            Ok(())
-        })
-        .map_err(|e| ReceiptError::Log(e.to_string()))?;
-    }
+    let tree = chain::scan_log(paths, |e, _, _| {
+        if e.seq == wanted {
+            found = Some(e.clone());
+        }
+    })
+    .map_err(ReceiptError::Log)?
+    .tree;
     let entry = found.ok_or(ReceiptError::NotInLog(wanted))?;
     let differences = receipt.facts.differences(&entry);
     if !differences.is_empty() {

@@ -20,9 +20,11 @@ pub fn origin_of(key: &AuditPublicKey) -> String {
     format!("hetao-gateway/audit/{}", key.key_id())
 }
 
-/// The note key id of an Ed25519 key named `name` (c2sp.org/signed-note#signatures).
-fn note_key_id(name: &str, raw: &[u8; 32]) -> u32 {
-    let mut key = vec![ALG_ED25519];
+/// The note key id of the 32-byte Ed25519 key `raw` named `name`, signing as algorithm `alg`
+/// (0x01 plain notes, 0x04 witness cosignatures; c2sp.org/signed-note#signatures).
+pub fn note_key_id(name: &str, alg: u8, raw: &[u8; 32]) -> u32 {
+    let mut key = Vec::with_capacity(33);
+    key.push(alg);
     key.extend_from_slice(raw);
     signed_note::key_id(name, &key)
 }
@@ -92,7 +94,7 @@ pub fn sign_checkpoint(signer: &AuditSigner, size: u64, root: Hash) -> String {
         .map(|c| c.to_bytes())
         .unwrap_or_default();
     let key = NoteSigner {
-        id: note_key_id(&origin, public.raw()),
+        id: note_key_id(&origin, ALG_ED25519, public.raw()),
         name: origin,
         key: signer,
     };
@@ -111,7 +113,7 @@ pub fn open_checkpoint(note_text: &str, key: &AuditPublicKey) -> Result<TreeHead
     let origin = origin_of(key);
     let note = Note::from_bytes(note_text.as_bytes()).map_err(|_| NoteProblem::Malformed)?;
     let verifier = NoteVerifier {
-        id: note_key_id(&origin, key.raw()),
+        id: note_key_id(&origin, ALG_ED25519, key.raw()),
         name: origin.clone(),
         key: key.clone(),
     };

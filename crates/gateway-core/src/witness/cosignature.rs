@@ -45,10 +45,7 @@ pub fn witness_name_of(key: &AuditPublicKey) -> String {
 
 /// The note key id of witness `name` with `key` (cosignature/v1).
 fn cosigner_key_id(name: &str, key: &AuditPublicKey) -> u32 {
-    let mut encoded = Vec::with_capacity(33);
-    encoded.push(ALG_COSIGNATURE_V1);
-    encoded.extend_from_slice(key.raw());
-    signed_note::key_id(name, &encoded)
+    crate::audit::note::note_key_id(name, ALG_COSIGNATURE_V1, key.raw())
 }
 
 /// The message a cosignature/v1 signs: header line, time line, then the checkpoint's note text.
