@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use common::{Options, TestGateway, YEAR};
-use hetao_pki::{IssuedCert, ParkCa, Validity};
+use hetao_pki::{ParkCa, Validity};
 use http_body_util::{BodyExt, Channel, Full};
 use hyper_util::rt::TokioIo;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -201,24 +201,12 @@ async fn a_reconnecting_client_resumes_and_is_answered_as_the_same_organisation(
 
 #[tokio::test]
 async fn a_certificate_revoked_after_its_ticket_was_issued_cannot_resume_into_a_200() {
-    let gw = TestGateway::start_with(Options {
-        sz_crl: Some((vec![], chrono::Duration::days(30))),
-        ..Options::default()
-    })
-    .await;
-    let revoked = gw
-        .pki
-        .sz
-        .issue_client(
-            "Shenzhen Bay Genomics Institute",
-            "lims-03",
-            Validity::For(YEAR),
-        )
-        .unwrap();
+    let gw = TestGateway::with_sz_crl().await;
+    let revoked = gw.sz_org_device("lims-03");
     let config = Arc::new(common::tls_client_config(&gw, Some(&revoked)));
     let (_, answer) = resume_and_send(&gw, &config, &record_bytes()).await;
     assert!(answer.unwrap().starts_with("HTTP/1.1 200"));
-    revoke(&gw, &revoked);
+    gw.revoke_sz(&revoked);
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, 200, "{body}");
     let received = gw.hk_endpoint.received().len();
@@ -393,19 +381,6 @@ async fn a_client_with_nagle_on_gets_its_first_answer_as_fast_as_its_second() {
 
 // --- graceful closes -------------------------------------------------------------------------------
 
-/// Writes an sz CRL revoking `cert` (a change of TLS material).
-fn revoke(gw: &TestGateway, cert: &IssuedCert) {
-    let crl = gw
-        .pki
-        .sz
-        .crl_pem(
-            std::slice::from_ref(&cert.serial),
-            chrono::Duration::days(30),
-        )
-        .unwrap();
-    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
-}
-
 /// A reload with new TLS material (a CRL revoking a certificate nobody uses).
 async fn reload_new_tls_material(gw: &TestGateway) {
     let bystander = gw
@@ -413,18 +388,14 @@ async fn reload_new_tls_material(gw: &TestGateway) {
         .sz
         .issue_client("Bystander Ltd.", "x", Validity::For(YEAR))
         .unwrap();
-    revoke(gw, &bystander);
+    gw.revoke_sz(&bystander);
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, 200, "{body}");
 }
 
 #[tokio::test]
 async fn a_reload_with_new_tls_material_answers_the_request_in_flight_with_connection_close() {
-    let gw = TestGateway::start_with(Options {
-        sz_crl: Some((vec![], chrono::Duration::days(30))),
-        ..Options::default()
-    })
-    .await;
+    let gw = TestGateway::with_sz_crl().await;
     let config = Arc::new(common::tls_client_config(&gw, Some(&gw.pki.sz_org)));
     let mut tls = common::tls_connect(&gw, config).await.unwrap();
     let body = record_bytes();
@@ -467,11 +438,7 @@ async fn a_reload_that_changes_no_tls_material_keeps_connections_and_tickets() {
 
 #[tokio::test]
 async fn http2_streams_open_during_a_reload_finish_after_a_goaway() {
-    let gw = TestGateway::start_with(Options {
-        sz_crl: Some((vec![], chrono::Duration::days(30))),
-        ..Options::default()
-    })
-    .await;
+    let gw = TestGateway::with_sz_crl().await;
     let (mut sender, conn) = h2_connection(&gw).await;
     let (mut body_tx, body_rx) = Channel::<Bytes, std::io::Error>::new(1);
     let body = record_bytes();

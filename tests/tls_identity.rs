@@ -81,15 +81,7 @@ async fn an_expired_client_certificate_is_refused() {
 
 /// Writes an sz CRL revoking `cert` and has the gateway reload it.
 async fn revoke_and_reload(gw: &TestGateway, cert: &IssuedCert) {
-    let crl = gw
-        .pki
-        .sz
-        .crl_pem(
-            std::slice::from_ref(&cert.serial),
-            chrono::Duration::days(30),
-        )
-        .unwrap();
-    std::fs::write(gw.path("sz-crl.pem"), crl).unwrap();
+    gw.revoke_sz(cert);
     let (status, body) = gw.admin_post("/reload").await;
     assert_eq!(status, 200, "{body}");
 }

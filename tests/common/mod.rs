@@ -306,6 +306,40 @@ request_timeout_ms = 2000
         admin_request(self.admin_addr, "POST", path).await
     }
 
+    /// A gateway whose Shenzhen park has a CRL (revoking nothing yet), so tests can revoke.
+    pub async fn with_sz_crl() -> TestGateway {
+        Self::start_with(Options {
+            sz_crl: Some((vec![], chrono::Duration::days(30))),
+            ..Options::default()
+        })
+        .await
+    }
+
+    /// A client certificate of the Shenzhen organisation the harness uses, for another device.
+    pub fn sz_org_device(&self, device: &str) -> IssuedCert {
+        self.pki
+            .sz
+            .issue_client(
+                "Shenzhen Bay Genomics Institute",
+                device,
+                Validity::For(YEAR),
+            )
+            .unwrap()
+    }
+
+    /// Writes an sz CRL revoking `cert` (in force once the gateway reloads).
+    pub fn revoke_sz(&self, cert: &IssuedCert) {
+        let crl = self
+            .pki
+            .sz
+            .crl_pem(
+                std::slice::from_ref(&cert.serial),
+                chrono::Duration::days(30),
+            )
+            .unwrap();
+        std::fs::write(self.path("sz-crl.pem"), crl).unwrap();
+    }
+
     /// Stops the gateway as SIGTERM would: drain, final checkpoint.
     pub async fn stop(&mut self) {
         let _ = self.stop.send(true);
