@@ -6,13 +6,15 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 
 use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{
     DecisionInput, Effect, Obligation, PolicyEngine, PolicyLoadError,
 };
-use hetao_gateway_core::policy_cases::{self as cases, PolicyCase};
+use hetao_gateway_core::policy_cases::{self as cases, CaseRegistry, PolicyCase};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
@@ -27,12 +29,36 @@ fn schemas() -> SchemaSet {
     SchemaSet::load(&root().join("schemas")).unwrap()
 }
 
+/// The shipped set with the development registry (examples/registry.toml), as `certs init`
+/// and the demo configure it.
 fn engine(
     settings: &BTreeMap<String, Value>,
     with_key: bool,
 ) -> Result<PolicyEngine, PolicyLoadError> {
+    engine_with(settings, with_key, &CaseRegistry::File(dev_registry_path()))
+}
+
+fn dev_registry_path() -> PathBuf {
+    root().join("examples/registry.toml")
+}
+
+fn engine_with(
+    settings: &BTreeMap<String, Value>,
+    with_key: bool,
+    registry: &CaseRegistry,
+) -> Result<PolicyEngine, PolicyLoadError> {
     let key = with_key.then(|| PseudonymKey::from_hex(KEY_HEX).unwrap());
-    PolicyEngine::load_with_key(&root().join("policies"), &schemas(), settings, key)
+    let registry = match registry {
+        CaseRegistry::File(p) => Some(Arc::new(Registry::load(p, None).unwrap())),
+        CaseRegistry::Inherit => Some(Arc::new(
+            Registry::load(&dev_registry_path(), None).unwrap(),
+        )),
+        CaseRegistry::None => None,
+    };
+    Ok(
+        PolicyEngine::load_with_key(&root().join("policies"), &schemas(), settings, key)?
+            .with_registry(registry),
+    )
 }
 
 fn shipped_cases() -> Vec<PolicyCase> {
@@ -57,7 +83,9 @@ fn shipped_set_loads_against_shipped_schemas() {
 fn every_shipped_case_passes() {
     let all = shipped_cases();
     let s = schemas();
-    let load = |o: &BTreeMap<String, Value>, k: bool| engine(o, k).map_err(|e| e.to_string());
+    let load = |o: &BTreeMap<String, Value>, k: bool, r: &CaseRegistry| {
+        engine_with(o, k, r).map_err(|e| e.to_string())
+    };
     let outcomes = cases::run_all(&all, &s, &load);
     let failures: Vec<String> = outcomes
         .iter()

@@ -3,10 +3,11 @@
 //! Exit codes: 0 allow, 1 deny, 2 invalid input (unreadable or schema-invalid record, bad
 //! arguments, a policy set that does not load).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
@@ -21,6 +22,7 @@ use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
 use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
 use hetao_gateway_core::policy::{Decision, Effect, PolicyEngine};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 
@@ -71,6 +73,9 @@ pub struct RuleSource {
     /// Pseudonymisation key file (without --config).
     #[arg(long, value_name = "FILE", conflicts_with = "config")]
     pub pseudonymisation_key: Option<PathBuf>,
+    /// Organisation registry file (without --config; with it, the config's `[registry] file`).
+    #[arg(long, value_name = "FILE", conflicts_with = "config")]
+    pub registry: Option<PathBuf>,
 }
 
 /// What a `RuleSource` resolves to.
@@ -79,6 +84,8 @@ pub struct ResolvedRules {
     pub policy_dir: PathBuf,
     pub settings: BTreeMap<String, Value>,
     pub pseudonymisation_key: Option<PathBuf>,
+    /// The organisation registry file, if any.
+    pub registry: Option<PathBuf>,
     /// The configured parks (only with --config): records to or from another park are invalid.
     pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
     pub max_json_depth: usize,
@@ -98,6 +105,7 @@ impl RuleSource {
                     policy_dir: c.policies.dir,
                     settings: c.policies.settings,
                     pseudonymisation_key: c.policies.pseudonymisation_key,
+                    registry: c.registry.map(|r| r.file),
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
                     record_window: RecordWindow::of(&c.limits),
@@ -109,6 +117,7 @@ impl RuleSource {
                 policy_dir: self.policies.clone(),
                 settings: BTreeMap::new(),
                 pseudonymisation_key: self.pseudonymisation_key.clone(),
+                registry: self.registry.clone(),
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
                 record_window: RecordWindow::of(&LimitsConfig::default()),
@@ -132,6 +141,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         policy_dir,
         settings,
         pseudonymisation_key: key,
+        registry,
         parks,
         max_json_depth,
         record_window,
@@ -145,7 +155,16 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     };
     let body = Bytes::from(read_record(&args.record)?);
     let schemas = SchemaSet::load(&schema_dir)?.with_max_violations(max_violations);
-    let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?;
+    let registry = match &registry {
+        None => None,
+        Some(p) => {
+            let served: Option<BTreeSet<String>> =
+                parks.as_ref().map(|ps| ps.keys().cloned().collect());
+            Some(Arc::new(Registry::load(p, served.as_ref())?))
+        }
+    };
+    let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?
+        .with_registry(registry);
     for w in engine.warnings() {
         eprintln!("warning: {w}");
     }

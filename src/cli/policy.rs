@@ -4,12 +4,14 @@
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use serde_json::Value;
 
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::PolicyEngine;
-use hetao_gateway_core::policy_cases as cases;
+use hetao_gateway_core::policy_cases::{self as cases, CaseRegistry};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 
 /// A fixed key for test runs without a configured one, so cases exercise the allow path of rules
@@ -51,8 +53,13 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         policy_dir,
         settings: base_settings,
         pseudonymisation_key: key_path,
+        registry: registry_path,
         ..
     } = args.rules.resolve()?;
+    let base_registry = match &registry_path {
+        Some(p) => Some(Arc::new(Registry::load(p, None)?)),
+        None => None,
+    };
     let schemas = SchemaSet::load(&schema_dir)?;
     let paths = if args.paths.is_empty() {
         vec![policy_dir.join("tests")]
@@ -63,7 +70,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     for f in cases::discover(&paths)? {
         all.extend(cases::read_file(&f)?);
     }
-    let load = |overrides: &BTreeMap<String, Value>, with_key: bool| {
+    let load = |overrides: &BTreeMap<String, Value>, with_key: bool, registry: &CaseRegistry| {
         let mut settings = base_settings.clone();
         settings.extend(overrides.clone());
         let key = if !with_key {
@@ -73,8 +80,18 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         } else {
             Some(PseudonymKey::from_hex(TEST_KEY_HEX)?)
         };
-        PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key)
-            .map_err(|e| e.to_string())
+        let registry = match registry {
+            CaseRegistry::Inherit => base_registry.clone(),
+            CaseRegistry::File(p) => Some(Arc::new(
+                Registry::load(p, None).map_err(|e| e.to_string())?,
+            )),
+            CaseRegistry::None => None,
+        };
+        Ok(
+            PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key)
+                .map_err(|e| e.to_string())?
+                .with_registry(registry),
+        )
     };
     let outcomes = cases::run_all(&all, &schemas, &load);
     let mut failed = 0;

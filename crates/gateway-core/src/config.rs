@@ -53,6 +53,8 @@ pub struct Config {
     pub parks: BTreeMap<ParkId, ParkConfig>,
     pub schemas: SchemasConfig,
     pub policies: PoliciesConfig,
+    /// `[registry]`: the organisation registry (eligibility facts held by the parks), if any.
+    pub registry: Option<RegistryConfig>,
     pub audit: AuditConfig,
     pub limits: LimitsConfig,
     pub upstream: UpstreamConfig,
@@ -153,6 +155,13 @@ impl Default for PoliciesConfig {
             settings: BTreeMap::new(),
         }
     }
+}
+
+/// `[registry]`: the organisation registry file (docs/registry.md), reloaded with the rules.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RegistryConfig {
+    pub file: PathBuf,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -396,6 +405,8 @@ struct ConfigFile {
     schemas: SchemasConfig,
     #[serde(default)]
     policies: PoliciesConfig,
+    #[serde(default)]
+    registry: Option<RegistryConfig>,
     audit: AuditConfig,
     #[serde(default)]
     limits: LimitsConfig,
@@ -659,6 +670,9 @@ impl Config {
         let mut policies = file.policies;
         policies.dir = resolve(&policies.dir);
         policies.pseudonymisation_key = policies.pseudonymisation_key.as_deref().map(resolve);
+        let registry = file.registry.map(|r| RegistryConfig {
+            file: resolve(&r.file),
+        });
 
         let mut audit = file.audit;
         at_least_1(
@@ -745,6 +759,7 @@ impl Config {
             parks,
             schemas,
             policies,
+            registry,
             audit,
             limits,
             upstream: file.upstream,

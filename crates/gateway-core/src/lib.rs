@@ -22,6 +22,7 @@ pub mod policy;
 pub mod policy_cases;
 pub mod printable;
 pub mod rate_limit;
+pub mod registry;
 pub mod replay;
 pub mod schema;
 pub mod server;

@@ -43,6 +43,12 @@ pub enum CaseError {
 struct CaseFile {
     #[serde(default)]
     description: Option<String>,
+    /// The organisation registry the file's cases are decided against (relative to the file).
+    #[serde(default)]
+    registry: Option<String>,
+    /// Default sender organisation (Subject O) per park, for cases without `identity`.
+    #[serde(default)]
+    organisations: BTreeMap<String, String>,
     #[serde(rename = "case", default)]
     cases: Vec<RawCase>,
 }
@@ -68,6 +74,9 @@ struct RawCase {
     /// Whether the gateway has a pseudonymisation key (default true; false tests fail-closed).
     #[serde(default = "yes")]
     pseudonymisation_key: bool,
+    /// `false`: decide this case with no registry (the fail-closed path).
+    #[serde(default = "yes")]
+    registry: bool,
 }
 
 fn yes() -> bool {
@@ -94,6 +103,18 @@ pub struct PolicyCase {
     pub expect: Effect,
     pub rules: Vec<String>,
     pub with_key: bool,
+    pub registry: CaseRegistry,
+}
+
+/// Which organisation registry a case is decided against.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum CaseRegistry {
+    /// Whatever the run has (the configuration's, with `--config`).
+    Inherit,
+    /// The file the case file names.
+    File(PathBuf),
+    /// None at all: rules that need registry facts fail closed.
+    None,
 }
 
 /// The result of running one case.
@@ -143,6 +164,16 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
     let parsed: CaseFile = toml::from_str(&text).map_err(|e| ferr(e.to_string()))?;
     let _ = parsed.description;
     let base = path.parent().unwrap_or(Path::new("."));
+    let file_registry = match &parsed.registry {
+        None => CaseRegistry::Inherit,
+        Some(rel) => {
+            let p = base.join(rel);
+            if !p.is_file() {
+                return Err(ferr(format!("registry {}: no such file", p.display())));
+            }
+            CaseRegistry::File(p)
+        }
+    };
     let mut out = Vec::new();
     for raw in parsed.cases {
         let cerr = |message: String| CaseError::Case {
@@ -180,9 +211,13 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
             organisation: None,
             subject: None,
         });
-        let organisation = id.organisation.unwrap_or_else(|| "unknown".into());
+        let park = id.park.unwrap_or(from);
+        let organisation = id
+            .organisation
+            .or_else(|| parsed.organisations.get(&park).cloned())
+            .unwrap_or_else(|| "unknown".into());
         let identity = ClientIdentity {
-            park: id.park.unwrap_or(from),
+            park,
             subject: id
                 .subject
                 .unwrap_or_else(|| format!("CN=test, O={organisation}")),
@@ -203,6 +238,11 @@ pub fn read_file(path: &Path) -> Result<Vec<PolicyCase>, CaseError> {
             expect: raw.expect,
             rules: raw.rules,
             with_key: raw.pseudonymisation_key,
+            registry: if raw.registry {
+                file_registry.clone()
+            } else {
+                CaseRegistry::None
+            },
         });
     }
     Ok(out)
@@ -321,7 +361,7 @@ fn refusal_failure(refusal: &Refusal) -> String {
 
 /// Loads the policy set with setting overrides, with or without a pseudonymisation key.
 pub type EngineLoader<'a> =
-    dyn Fn(&BTreeMap<String, Value>, bool) -> Result<PolicyEngine, String> + 'a;
+    dyn Fn(&BTreeMap<String, Value>, bool, &CaseRegistry) -> Result<PolicyEngine, String> + 'a;
 
 /// Runs cases against `schemas`, loading one engine per distinct (settings override, key
 /// present) through `load`. Offline: no configured parks, the default JSON depth limit.
@@ -334,13 +374,14 @@ pub fn run_all(
     let mut out = Vec::new();
     for case in cases {
         let key = format!(
-            "{}{}",
+            "{}{:?}{}",
             case.with_key,
+            case.registry,
             serde_json::to_string(&case.settings).unwrap_or_default()
         );
         let engine = engines
             .entry(key)
-            .or_insert_with(|| load(&case.settings, case.with_key));
+            .or_insert_with(|| load(&case.settings, case.with_key, &case.registry));
         match engine {
             Ok(policies) => {
                 let checkpoint = Checkpoint {
@@ -483,6 +524,16 @@ fn conditions(case: &PolicyCase, decision: Option<&Decision>) -> Vec<String> {
         out.push("no pseudonymisation key".into());
     } else if pseudonymises {
         out.push("needs a pseudonymisation key".into());
+    }
+    match &case.registry {
+        CaseRegistry::None => out.push("no organisation registry".into()),
+        CaseRegistry::File(p) => out.push(format!(
+            "registry `{}`",
+            p.file_name()
+                .map(|n| n.to_string_lossy())
+                .unwrap_or_default()
+        )),
+        CaseRegistry::Inherit => {}
     }
     out
 }

@@ -1,6 +1,7 @@
 //! The gateway's shared state: what was loaded from the configuration, swapped atomically on
 //! reload, and the long-lived parts (audit log, replay guard, metrics).
 
+use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::policy::{PolicyEngine, PolicyLoadError};
 use crate::rate_limit::RateLimiter;
+use crate::registry::{Registry, RegistryError};
 use crate::replay::ReplayGuard;
 use crate::schema::{SchemaLoadError, SchemaSet};
 use crate::tls::{InboundTls, TlsError};
@@ -30,6 +32,8 @@ pub enum LoadError {
     Schema(#[from] SchemaLoadError),
     #[error(transparent)]
     Policy(#[from] PolicyLoadError),
+    #[error(transparent)]
+    Registry(#[from] RegistryError),
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("{path}: the set of parks changed (running: {running}; in the file: {in_file}); parks are added or removed by a restart, not a reload; their CAs, CRLs and endpoints do reload")]
@@ -52,12 +56,20 @@ impl RuleSet {
     pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
         let schemas =
             SchemaSet::load(&config.schemas.dir)?.with_max_violations(config.limits.max_violations);
+        let registry = match &config.registry {
+            None => None,
+            Some(r) => {
+                let parks: BTreeSet<String> = config.parks.keys().cloned().collect();
+                Some(Arc::new(Registry::load(&r.file, Some(&parks))?))
+            }
+        };
         let policies = PolicyEngine::load(
             &config.policies.dir,
             &schemas,
             &config.policies.settings,
             config.policies.pseudonymisation_key.as_deref(),
-        )?;
+        )?
+        .with_registry(registry);
         Ok(RuleSet { schemas, policies })
     }
 }

@@ -383,10 +383,11 @@ fn compile_rule(
                 | "match"
                 | "when"
                 | "obligations"
+                | "cites"
         ) {
             return Err(early(
                 k,
-                "unknown key (expected id, effect, reason, regulation, basis, description, match, when, obligations)".into(),
+                "unknown key (expected id, effect, reason, regulation, basis, description, match, when, obligations, cites)".into(),
             ));
         }
     }
@@ -520,6 +521,11 @@ fn compile_rule(
         }
     }
 
+    let cites = match obj.get("cites") {
+        None => Vec::new(),
+        Some(c) => compile_cites(c, &mut ctx)?,
+    };
+
     let shown = MatchedRule {
         id: id.clone(),
         effect,
@@ -537,8 +543,80 @@ fn compile_rule(
         parks,
         when,
         obligations,
+        cites,
         shown,
     })
+}
+
+/// `cites = [{ label, field, where?, value? }]`: the facts an allow rests on.
+fn compile_cites(c: &Value, ctx: &mut RuleCtx<'_, '_>) -> Result<Vec<Cite>, PolicyLoadError> {
+    let Value::Array(list) = c else {
+        return Err(ctx.err(
+            "cites",
+            "expected a list like [{ label = \"security assessment\", field = \"/body/...\" }]",
+        ));
+    };
+    let mut out = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let key = format!("cites[{i}]");
+        let Value::Object(m) = item else {
+            return Err(ctx.err(&key, "expected a table { label, field, where?, value? }"));
+        };
+        if let Some(k) = m
+            .keys()
+            .find(|k| !matches!(k.as_str(), "label" | "field" | "where" | "value"))
+        {
+            return Err(ctx.err(
+                &format!("{key}.{k}"),
+                "unknown key (label, field, where, value)",
+            ));
+        }
+        let label = match m.get("label") {
+            Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+            _ => return Err(ctx.err(&format!("{key}.label"), "required: a non-empty string")),
+        };
+        let field_key = format!("{key}.field");
+        let text = m
+            .get("field")
+            .and_then(Value::as_str)
+            .ok_or_else(|| ctx.err(&field_key, "required: a JSON pointer into the envelope"))?;
+        let field = parse_pointer(text).map_err(|e| ctx.err(&field_key, e))?;
+        let nodes = field_nodes(&field, &field_key, ctx)?;
+        let (filter, value) = if m.contains_key("where") || m.contains_key("value") {
+            let items = array_item_nodes(nodes.as_ref(), &field_key, ctx)?;
+            ctx.schema.scopes.push(items);
+            let compiled = (|| {
+                let filter = match m.get("where") {
+                    None => None,
+                    Some(w) => Some(fold(compile_cond(w, &format!("{key}.where"), ctx)?)),
+                };
+                let value = match m.get("value") {
+                    None => None,
+                    Some(v) => {
+                        let value_key = format!("{key}.value");
+                        let t = v.as_str().ok_or_else(|| {
+                            ctx.err(&value_key, "expected a JSON pointer into each item")
+                        })?;
+                        let p = parse_pointer(t).map_err(|e| ctx.err(&value_key, e))?;
+                        item_nodes(0, &p, &value_key, ctx)?;
+                        Some(p)
+                    }
+                };
+                Ok((filter, value))
+            })();
+            ctx.schema.scopes.pop();
+            compiled?
+        } else {
+            (None, None)
+        };
+        out.push(Cite {
+            label,
+            field,
+            filter,
+            value,
+        });
+    }
+    Ok(out)
 }
 
 fn valid_id(s: &str) -> bool {
@@ -680,7 +758,16 @@ fn item_nodes<'s>(
     Ok(nodes)
 }
 
-const SOURCE_KEYS: &[&str] = &["field", "item", "outer_item", "identity", "setting"];
+const SOURCE_KEYS: &[&str] = &[
+    "field",
+    "item",
+    "outer_item",
+    "identity",
+    "setting",
+    "registry",
+];
+/// A key that qualifies a `registry` source: whose entry to read.
+const REGISTRY_OF: &str = "of";
 const OPERATOR_KEYS: &[&str] = &[
     "equals",
     "one_of",
@@ -709,10 +796,14 @@ type SchemaNodes<'s> = schema_walk::Nodes<'s>;
 fn compile_source<'s>(
     key_name: &str,
     v: &Value,
+    of: Option<&Value>,
     key: &str,
     ctx: &RuleCtx<'_, 's>,
 ) -> Result<(Source, Option<SchemaNodes<'s>>), PolicyLoadError> {
     let key = format!("{key}.{key_name}");
+    if of.is_some() && key_name != "registry" {
+        return Err(ctx.err(&key, "`of` only qualifies a `registry` source"));
+    }
     match key_name {
         "field" | "item" | "outer_item" => {
             let text = v
@@ -754,6 +845,35 @@ fn compile_source<'s>(
                 )
             })?;
             Ok((Source::Constant((*value).clone()), None))
+        }
+        "registry" => {
+            let name = v.as_str().unwrap_or_default();
+            let attribute = crate::registry::ATTRIBUTES
+                .iter()
+                .copied()
+                .find(|a| *a == name)
+                .ok_or_else(|| {
+                    ctx.err(
+                        &key,
+                        format!(
+                            "expected a registry attribute ({})",
+                            crate::registry::ATTRIBUTES.join(", ")
+                        ),
+                    )
+                })?;
+            let of = match of {
+                None => None,
+                Some(p) => {
+                    let of_key = format!("{key}.{REGISTRY_OF}");
+                    let text = p.as_str().ok_or_else(|| {
+                        ctx.err(&of_key, "expected a JSON pointer to a name in the record")
+                    })?;
+                    let pointer = parse_pointer(text).map_err(|m| ctx.err(&of_key, m))?;
+                    check_field(&pointer, &of_key, ctx)?;
+                    Some(pointer)
+                }
+            };
+            Ok((Source::Registry { attribute, of }, None))
         }
         _ => Err(ctx.err(&key, "unknown source")),
     }
@@ -820,10 +940,11 @@ fn compile_cond_object(
         .keys()
         .filter(|k| OPERATOR_KEYS.contains(&k.as_str()))
         .collect();
-    if let Some(unknown) = m
-        .keys()
-        .find(|k| !SOURCE_KEYS.contains(&k.as_str()) && !OPERATOR_KEYS.contains(&k.as_str()))
-    {
+    if let Some(unknown) = m.keys().find(|k| {
+        !SOURCE_KEYS.contains(&k.as_str())
+            && !OPERATOR_KEYS.contains(&k.as_str())
+            && k.as_str() != REGISTRY_OF
+    }) {
         return Err(ctx.err(
             &format!("{key}.{unknown}"),
             format!(
@@ -849,7 +970,7 @@ fn compile_cond_object(
         ));
     }
     let (src_key, op_key) = (sources[0].as_str(), ops[0].as_str());
-    let (source, nodes) = compile_source(src_key, &m[src_key], key, ctx)?;
+    let (source, nodes) = compile_source(src_key, &m[src_key], m.get(REGISTRY_OF), key, ctx)?;
     let op_k = format!("{key}.{op_key}");
     let operand = &m[op_key];
     let is_setting = matches!(source, Source::Constant(_));
@@ -876,13 +997,14 @@ fn compile_cond_object(
                     n.as_f64()
                         .ok_or_else(|| ctx.err(&op_k, "number out of range"))?,
                 ),
+                Value::Object(o) if o.contains_key("sum") => compile_sum(o, &op_k, ctx)?,
                 Value::Object(o) => {
                     NumOperand::Source(compile_operand_source(o, &op_k, ctx, &[])?.0)
                 }
                 _ => {
                     return Err(ctx.err(
                         &op_k,
-                        "expected a number or { field | item | outer_item = pointer }",
+                        "expected a number, { field | item | outer_item | registry = ... } or { sum = pointer, of = pointer, where = condition }",
                     ))
                 }
             };
@@ -908,8 +1030,11 @@ fn compile_cond_object(
             Op::Date(cmp, compile_date_operand(operand, &op_k, ctx)?)
         }
         "any_item" | "every_item" => {
-            if is_setting || matches!(source, Source::Identity(_)) {
-                return Err(ctx.err(&op_k, "applies to an array field"));
+            if is_setting || matches!(source, Source::Identity(_) | Source::Registry { .. }) {
+                return Err(ctx.err(
+                    &op_k,
+                    "applies to an array field of the record (registry lists: use member_of or contains)",
+                ));
             }
             if ctx.schema.scopes.len() >= MAX_ITEM_SCOPES {
                 return Err(ctx.err(
@@ -917,25 +1042,7 @@ fn compile_cond_object(
                     format!("at most {MAX_ITEM_SCOPES} nested item scopes"),
                 ));
             }
-            let item_nodes = match &nodes {
-                Some(ns) if ctx.schema.checking => {
-                    let just: Vec<&Value> = ns.iter().map(|(_, n)| *n).collect();
-                    if !schema_walk::may_be_array(&just) {
-                        return Err(ctx.err(&op_k, "the field is not an array in the schema"));
-                    }
-                    let mut items = Vec::new();
-                    for (root, n) in ns {
-                        items.extend(schema_walk::resolve(
-                            ctx.schema.lookup,
-                            root,
-                            n,
-                            &["0".to_string()],
-                        ));
-                    }
-                    items
-                }
-                _ => Vec::new(),
-            };
+            let item_nodes = array_item_nodes(nodes.as_ref(), &op_k, ctx)?;
             ctx.schema.scopes.push(item_nodes);
             let inner = compile_cond(operand, &op_k, ctx);
             ctx.schema.scopes.pop();
@@ -986,17 +1093,21 @@ fn compile_operand_source(
 ) -> Result<(Source, Option<String>), PolicyLoadError> {
     let mut src = None;
     for (k, v) in o {
-        if matches!(k.as_str(), "field" | "item" | "outer_item") {
+        if matches!(k.as_str(), "field" | "item" | "outer_item" | "registry") {
             if src.is_some() {
-                return Err(ctx.err(key, "name exactly one of field, item, outer_item"));
+                return Err(ctx.err(key, "name exactly one of field, item, outer_item, registry"));
             }
             src = Some((k.as_str(), v));
-        } else if !extra.contains(&k.as_str()) {
+        } else if !extra.contains(&k.as_str()) && k.as_str() != REGISTRY_OF {
             return Err(ctx.err(&format!("{key}.{k}"), "unknown key"));
         }
     }
-    let (k, v) = src.ok_or_else(|| ctx.err(key, "name one of field, item, outer_item"))?;
-    Ok((compile_source(k, v, key, ctx)?.0, Some(k.to_string())))
+    let (k, v) =
+        src.ok_or_else(|| ctx.err(key, "name one of field, item, outer_item, registry"))?;
+    Ok((
+        compile_source(k, v, o.get(REGISTRY_OF), key, ctx)?.0,
+        Some(k.to_string()),
+    ))
 }
 
 fn compile_date_operand(
@@ -1010,35 +1121,149 @@ fn compile_date_operand(
             Ok(DateOperand {
                 base: lit.map_or(DateBase::Now, DateBase::Literal),
                 offset,
+                offset_from: None,
+                calendar: false,
             })
         }
         Value::Object(o) => {
-            const UNITS: &[&str] = &["days", "working_days", "months", "years"];
-            let (source, _) = compile_operand_source(o, key, ctx, UNITS)?;
+            const UNITS: &[&str] = &["days", "working_days", "months", "years", "calendar"];
+            let calendar = match o.get("calendar") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => return Err(ctx.err(&format!("{key}.calendar"), "expected true or false")),
+            };
+            let base = if o.keys().any(|k| matches!(k.as_str(), "field" | "item" | "outer_item" | "registry")) {
+                DateBase::Source(compile_operand_source(o, key, ctx, UNITS)?.0)
+            } else if let Some(k) = o.keys().find(|k| !UNITS.contains(&k.as_str())) {
+                return Err(ctx.err(&format!("{key}.{k}"), "unknown key"));
+            } else {
+                // `{ calendar = true }` alone compares with the decision date.
+                DateBase::Now
+            };
             let mut offset = Offset::None;
-            for unit in UNITS {
-                if let Some(n) = o.get(*unit) {
-                    if offset != Offset::None {
-                        return Err(
-                            ctx.err(key, "at most one of days, working_days, months, years")
-                        );
+            let mut offset_from = None;
+            for unit in &UNITS[..4] {
+                let Some(n) = o.get(*unit) else { continue };
+                if offset != Offset::None || offset_from.is_some() {
+                    return Err(ctx.err(key, "at most one of days, working_days, months, years"));
+                }
+                let unit_key = format!("{key}.{unit}");
+                match n {
+                    Value::Object(src) => {
+                        let (source, _) = compile_operand_source(src, &unit_key, ctx, &[])?;
+                        let u = match *unit {
+                            "days" => OffsetUnit::Days,
+                            "working_days" => OffsetUnit::WorkingDays,
+                            "months" => OffsetUnit::Months,
+                            _ => OffsetUnit::Years,
+                        };
+                        offset_from = Some((u, source));
                     }
-                    let n = n.as_i64().ok_or_else(|| {
-                        ctx.err(&format!("{key}.{unit}"), "expected a whole number")
-                    })?;
-                    offset = dates::offset_from_unit(unit, n)
-                        .map_err(|m| ctx.err(&format!("{key}.{unit}"), m))?;
+                    _ => {
+                        let n = n.as_i64().ok_or_else(|| {
+                            ctx.err(&unit_key, "expected a whole number or { field = pointer }")
+                        })?;
+                        offset = dates::offset_from_unit(unit, n).map_err(|m| ctx.err(&unit_key, m))?;
+                    }
                 }
             }
             Ok(DateOperand {
-                base: DateBase::Source(source),
+                base,
                 offset,
+                offset_from,
+                calendar,
             })
         }
         _ => Err(ctx.err(
             key,
-            "expected `now`, `now + N days`, a date, or { field = pointer, days = N }",
+            "expected `now`, `now + N days`, a date, or { field = pointer, days = N | { field = pointer }, calendar = true }",
         )),
+    }
+}
+
+/// `{ sum = "/body/items", of = "/quantity", where = condition }`: `where` is compiled in a new
+/// item scope over the summed array (so `item` is the summed item, `outer_item` the enclosing).
+fn compile_sum(
+    o: &Map<String, Value>,
+    key: &str,
+    ctx: &mut RuleCtx<'_, '_>,
+) -> Result<NumOperand, PolicyLoadError> {
+    if let Some(k) = o
+        .keys()
+        .find(|k| !matches!(k.as_str(), "sum" | "of" | "where"))
+    {
+        return Err(ctx.err(&format!("{key}.{k}"), "unknown key (sum, of, where)"));
+    }
+    let sum_key = format!("{key}.sum");
+    let text = o["sum"].as_str().ok_or_else(|| {
+        ctx.err(
+            &sum_key,
+            "expected a JSON pointer to an array of the record",
+        )
+    })?;
+    let pointer = parse_pointer(text).map_err(|m| ctx.err(&sum_key, m))?;
+    let nodes = field_nodes(&pointer, &sum_key, ctx)?;
+    if ctx.schema.scopes.len() >= MAX_ITEM_SCOPES {
+        return Err(ctx.err(
+            &sum_key,
+            format!("at most {MAX_ITEM_SCOPES} nested item scopes"),
+        ));
+    }
+    let summed = array_item_nodes(nodes.as_ref(), &sum_key, ctx)?;
+    ctx.schema.scopes.push(summed);
+    let compiled = (|| {
+        let of_key = format!("{key}.of");
+        let of_text = o.get("of").and_then(Value::as_str).ok_or_else(|| {
+            ctx.err(
+                &of_key,
+                "required: a JSON pointer into each item (`/quantity`)",
+            )
+        })?;
+        let of = parse_pointer(of_text).map_err(|m| ctx.err(&of_key, m))?;
+        item_nodes(0, &of, &of_key, ctx)?;
+        let filter = match o.get("where") {
+            None => None,
+            Some(w) => Some(Box::new(fold(compile_cond(
+                w,
+                &format!("{key}.where"),
+                ctx,
+            )?))),
+        };
+        Ok((of, filter))
+    })();
+    ctx.schema.scopes.pop();
+    let (of, filter) = compiled?;
+    Ok(NumOperand::Sum {
+        over: Source::Field(pointer),
+        of,
+        filter,
+    })
+}
+
+/// The schema nodes of one item of the array described by `nodes` (empty when not checking).
+fn array_item_nodes<'s>(
+    nodes: Option<&SchemaNodes<'s>>,
+    key: &str,
+    ctx: &RuleCtx<'_, 's>,
+) -> Result<SchemaNodes<'s>, PolicyLoadError> {
+    match nodes {
+        Some(ns) if ctx.schema.checking => {
+            let just: Vec<&Value> = ns.iter().map(|(_, n)| *n).collect();
+            if !schema_walk::may_be_array(&just) {
+                return Err(ctx.err(key, "the field is not an array in the schema"));
+            }
+            let mut items = Vec::new();
+            for (root, n) in ns {
+                items.extend(schema_walk::resolve(
+                    ctx.schema.lookup,
+                    root,
+                    n,
+                    &["0".to_string()],
+                ));
+            }
+            Ok(items)
+        }
+        _ => Ok(Vec::new()),
     }
 }
 

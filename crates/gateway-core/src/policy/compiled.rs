@@ -42,6 +42,12 @@ pub enum Source {
         pointer: Pointer,
     },
     Identity(IdentityField),
+    /// An attribute of a registry entry: the sender's (`of` = None) or that of the organisation
+    /// whose name the record gives at `of`.
+    Registry {
+        attribute: &'static str,
+        of: Option<Pointer>,
+    },
     /// A setting's value (folded into a constant at load; kept for completeness).
     Constant(Value),
 }
@@ -72,6 +78,13 @@ impl Cmp {
 pub enum NumOperand {
     Const(f64),
     Source(Source),
+    /// The sum of `of` over the items of the array at `over` for which `filter` holds (inside
+    /// the filter, `item` is the summed item, `outer_item` the enclosing scope's item).
+    Sum {
+        over: Source,
+        of: Pointer,
+        filter: Option<Box<Cond>>,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -85,6 +98,30 @@ pub enum DateBase {
 pub struct DateOperand {
     pub base: DateBase,
     pub offset: Offset,
+    /// An offset whose amount is read from the record (`days = { field = ... }`).
+    pub offset_from: Option<(OffsetUnit, Source)>,
+    /// Compare both sides as local calendar dates, even two date-times.
+    pub calendar: bool,
+}
+
+/// The unit of an offset read from the record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OffsetUnit {
+    Days,
+    WorkingDays,
+    Months,
+    Years,
+}
+
+impl OffsetUnit {
+    pub fn name(self) -> &'static str {
+        match self {
+            OffsetUnit::Days => "days",
+            OffsetUnit::WorkingDays => "working_days",
+            OffsetUnit::Months => "months",
+            OffsetUnit::Years => "years",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -114,6 +151,41 @@ pub enum Cond {
     Test(Source, Op),
 }
 
+impl Source {
+    fn reads_registry(&self) -> bool {
+        matches!(self, Source::Registry { .. })
+    }
+}
+
+impl Cond {
+    /// Whether the condition, anywhere inside, reads the organisation registry.
+    pub fn reads_registry(&self) -> bool {
+        match self {
+            Cond::Const(_) => false,
+            Cond::All(cs) | Cond::Any(cs) => cs.iter().any(Cond::reads_registry),
+            Cond::Not(c) => c.reads_registry(),
+            Cond::Test(src, op) => {
+                src.reads_registry()
+                    || match op {
+                        Op::AnyItem(c) | Op::EveryItem(c) => c.reads_registry(),
+                        Op::MemberOf(s) | Op::SameAs(s) => s.reads_registry(),
+                        Op::Num(_, NumOperand::Source(s)) => s.reads_registry(),
+                        Op::Num(_, NumOperand::Sum { filter, .. }) => {
+                            filter.as_ref().is_some_and(|f| f.reads_registry())
+                        }
+                        Op::Date(_, d) => {
+                            matches!(&d.base, DateBase::Source(s) if s.reads_registry())
+                                || d.offset_from
+                                    .as_ref()
+                                    .is_some_and(|(_, s)| s.reads_registry())
+                        }
+                        _ => false,
+                    }
+            }
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ObligationAction {
     Pseudonymise,
@@ -124,6 +196,16 @@ pub enum ObligationAction {
 pub struct CompiledObligation {
     pub action: ObligationAction,
     pub pointer: String,
+}
+
+/// One fact a rule rests on: `label` and the value(s) at `field` (or, for an array, `value` of
+/// each item for which `filter` holds).
+#[derive(Debug, Clone)]
+pub struct Cite {
+    pub label: String,
+    pub field: Pointer,
+    pub filter: Option<Cond>,
+    pub value: Option<Pointer>,
 }
 
 /// One rule, ready to evaluate.
@@ -140,11 +222,18 @@ pub struct Rule {
     pub parks: Option<Vec<String>>,
     pub when: Cond,
     pub obligations: Vec<CompiledObligation>,
+    /// What an allow rests on, shown after its reason with the values the record gives.
+    pub cites: Vec<Cite>,
     /// Built once so a decision clones instead of formatting.
     pub shown: MatchedRule,
 }
 
 impl Rule {
+    /// Whether any condition of the rule reads the organisation registry.
+    pub fn reads_registry(&self) -> bool {
+        self.when.reads_registry()
+    }
+
     pub fn needs_key(&self) -> bool {
         self.effect == Effect::Allow
             && self

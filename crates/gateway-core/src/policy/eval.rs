@@ -8,19 +8,22 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
 
 use super::compiled::{
-    kind_slot, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand,
+    kind_slot, Cite, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand,
     ObligationAction, Op, Pointer, Rule, Source,
 };
 use super::dates::{self, DateValue};
 use super::{
     Decision, DecisionInput, Effect, MatchedRule, Obligation, DEFAULT_DENY_ID, KEY_MISSING_ID,
 };
+use crate::registry::Registry;
 use crate::tls::identity::ClientIdentity;
 
 /// What a condition sees while evaluating.
 pub struct Ctx<'a> {
     pub record: &'a Value,
     pub identity: &'a ClientIdentity,
+    /// The organisation registry of this load, if one is configured.
+    pub registry: Option<&'a Registry>,
     pub now: DateValue,
     pub zone: FixedOffset,
 }
@@ -108,8 +111,41 @@ fn read<'a>(src: &'a Source, cx: &Ctx<'a>, scope: Option<&Scope<'_, 'a>>) -> Opt
             IdentityField::Subject => &cx.identity.subject,
             IdentityField::Fingerprint => &cx.identity.fingerprint_sha256,
         })),
+        Source::Registry { attribute, of } => {
+            let registry = cx.registry?;
+            let entry = match of {
+                None => registry.get(&cx.identity.park, &cx.identity.organisation),
+                Some(p) => registry.by_name(resolve(cx.record, p)?.as_str()?),
+            };
+            entry?.attribute(attribute).map(Val::Json)
+        }
         Source::Constant(v) => Some(Val::Json(v)),
     }
+}
+
+/// The sum of `of` over the items at `over` that pass `filter`; items without a number there
+/// are skipped, an empty sum is 0. `None` when `over` is not an array.
+fn sum<'a>(
+    over: &'a Source,
+    of: &Pointer,
+    filter: Option<&'a Cond>,
+    cx: &Ctx<'a>,
+    scope: Option<&Scope<'_, 'a>>,
+) -> Option<f64> {
+    let items = read(over, cx, scope)?.as_array()?;
+    let mut total = 0.0;
+    for item in items {
+        let s = Scope {
+            item,
+            parent: scope,
+        };
+        if filter.map_or(true, |f| eval_in(f, cx, Some(&s))) {
+            if let Some(n) = resolve(item, of).and_then(Value::as_f64) {
+                total += n;
+            }
+        }
+    }
+    Some(total)
 }
 
 fn date_of(v: Val<'_>) -> Option<DateValue> {
@@ -126,7 +162,18 @@ fn date_operand(
         DateBase::Literal(d) => *d,
         DateBase::Source(s) => date_of(read(s, cx, scope)?)?,
     };
-    base.shift(op.offset, cx.zone)
+    let offset = match &op.offset_from {
+        None => op.offset,
+        Some((unit, src)) => {
+            let v = read(src, cx, scope)?.as_f64()?;
+            if v.fract() != 0.0 || !v.is_finite() {
+                return None;
+            }
+            // Out-of-range amounts (a record's nonsense) make the condition false, as overflow does.
+            dates::offset_from_unit(unit.name(), v as i64).ok()?
+        }
+    };
+    base.shift(offset, cx.zone)
 }
 
 /// Evaluates one condition. A missing field or a value of the wrong type makes a test false
@@ -166,6 +213,12 @@ fn test<'a>(v: Option<Val<'a>>, op: &'a Op, cx: &Ctx<'a>, scope: Option<&Scope<'
                     Some(b) => b,
                     None => return false,
                 },
+                NumOperand::Sum { over, of, filter } => {
+                    match sum(over, of, filter.as_deref(), cx, scope) {
+                        Some(b) => b,
+                        None => return false,
+                    }
+                }
             };
             a.partial_cmp(&b).is_some_and(|o| cmp.holds(o))
         }
@@ -173,6 +226,9 @@ fn test<'a>(v: Option<Val<'a>>, op: &'a Op, cx: &Ctx<'a>, scope: Option<&Scope<'
             let (Some(a), Some(b)) = (date_of(v), date_operand(operand, cx, scope)) else {
                 return false;
             };
+            if operand.calendar {
+                return cmp.holds(a.local_date(cx.zone).cmp(&b.local_date(cx.zone)));
+            }
             cmp.holds(dates::compare(a, b, cx.zone))
         }
         Op::AnyItem(inner) => v.as_array().is_some_and(|items| {
@@ -223,6 +279,7 @@ pub fn eval_constant(c: &Cond) -> bool {
     let cx = Ctx {
         record: &record,
         identity: &identity,
+        registry: None,
         now: DateValue::Instant(DateTime::<Utc>::UNIX_EPOCH.with_timezone(&zone)),
         zone,
     };
@@ -244,6 +301,7 @@ fn route_matches(r: &Rule, input: &DecisionInput<'_>) -> bool {
 /// Decides a record: deny overrides allow; no matching rule is a deny ("default-deny").
 pub fn decide(
     set: &CompiledSet,
+    registry: Option<&Registry>,
     has_key: bool,
     version: &str,
     input: &DecisionInput<'_>,
@@ -251,6 +309,7 @@ pub fn decide(
     let cx = Ctx {
         record: input.record,
         identity: input.identity,
+        registry,
         now: DateValue::Instant(input.now.with_timezone(&set.zone)),
         zone: set.zone,
     };
@@ -262,7 +321,11 @@ pub fn decide(
         if !route_matches(r, input) || !eval(&r.when, &cx) {
             continue;
         }
-        matched.push(r.shown.clone());
+        let mut shown = r.shown.clone();
+        if let Some(basis) = cited(&r.cites, &cx) {
+            shown.reason = format!("{}; rests on: {basis}", shown.reason);
+        }
+        matched.push(shown);
         match r.effect {
             Effect::Deny => denied = true,
             Effect::Allow => allow_rules.push(r),
@@ -340,6 +403,71 @@ pub fn decide(
         obligations,
         policy_version,
     }
+}
+
+/// Longest value shown from a record in a reason, and most values per cite: reasons go into
+/// answers, audit entries and auditors' screens, so a sender's text is kept short and plain.
+const CITE_VALUE_CHARS: usize = 80;
+const CITE_MAX_VALUES: usize = 8;
+
+/// "HGR export approval A, B; GACC special-item approval C": the cites whose values the record
+/// gives, or `None` when it gives none.
+fn cited(cites: &[Cite], cx: &Ctx<'_>) -> Option<String> {
+    let mut parts = Vec::new();
+    for c in cites {
+        let Some(found) = resolve(cx.record, &c.field) else {
+            continue;
+        };
+        let mut values = Vec::new();
+        match (&c.value, &c.filter, found.as_array()) {
+            (None, None, _) => values.extend(shown_value(found)),
+            (value, filter, Some(items)) => {
+                for item in items {
+                    let s = Scope { item, parent: None };
+                    if filter.as_ref().map_or(true, |f| eval_in(f, cx, Some(&s))) {
+                        let v = match value {
+                            Some(p) => resolve(item, p),
+                            None => Some(item),
+                        };
+                        values.extend(v.and_then(shown_value));
+                    }
+                }
+            }
+            _ => {}
+        }
+        values.dedup();
+        if values.is_empty() {
+            continue;
+        }
+        let more = values.len().saturating_sub(CITE_MAX_VALUES);
+        values.truncate(CITE_MAX_VALUES);
+        let mut text = format!("{} {}", c.label, values.join(", "));
+        if more > 0 {
+            text.push_str(&format!(" and {more} more"));
+        }
+        parts.push(text);
+    }
+    (!parts.is_empty()).then(|| parts.join("; "))
+}
+
+/// A scalar of the record as it may appear in a reason: control characters dropped, shortened.
+fn shown_value(v: &Value) -> Option<String> {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        Value::Number(n) => n.to_string(),
+        Value::Bool(b) => b.to_string(),
+        _ => return None,
+    };
+    let mut out: String = text
+        .chars()
+        .filter(|c| !c.is_control() && !matches!(c, '\u{200b}'..='\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}'))
+        .take(CITE_VALUE_CHARS)
+        .collect();
+    if text.chars().count() > CITE_VALUE_CHARS {
+        out.push('…');
+    }
+    let out = out.trim().to_string();
+    (!out.is_empty()).then_some(out)
 }
 
 /// The decision time as the set's local instant (for tests and tools).

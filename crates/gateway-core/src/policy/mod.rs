@@ -9,11 +9,13 @@
 
 use std::collections::BTreeMap;
 use std::path::Path;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
 use crate::envelope::Kind;
+use crate::registry::Registry;
 use crate::schema::SchemaSet;
 use crate::tls::identity::ClientIdentity;
 
@@ -28,6 +30,8 @@ pub use schema_walk::SchemaLookup;
 
 /// Id of the synthetic entry shown when no rule allows a flow.
 pub const DEFAULT_DENY_ID: &str = "default-deny";
+/// Start of the warning given when rules read registry facts but no registry is configured.
+const NO_REGISTRY_WARNING: &str = "no organisation registry configured ([registry] file)";
 /// Id of the synthetic entry shown when an allow rule needs pseudonymisation but no key is set.
 pub const KEY_MISSING_ID: &str = "gateway.pseudonymisation-key-missing";
 
@@ -137,6 +141,8 @@ pub struct SettingInfo {
 /// The compiled policy set of one load, with the pseudonymisation key if configured.
 pub struct PolicyEngine {
     set: compile::CompiledSet,
+    /// The organisation registry decided against (`[registry] file`), if any.
+    registry: Option<Arc<Registry>>,
     key: Option<obligations::PseudonymKey>,
     version: String,
     hash: String,
@@ -149,6 +155,7 @@ impl std::fmt::Debug for PolicyEngine {
         f.debug_struct("PolicyEngine")
             .field("version", &self.version)
             .field("rules", &self.set.rules.len())
+            .field("registry", &self.registry.as_ref().map(|r| r.len()))
             .field("pseudonymisation_key", &self.key.as_ref().map(|_| "<set>"))
             .finish()
     }
@@ -206,6 +213,7 @@ impl PolicyEngine {
         let version = format!("{}+{}", loaded.declared_version, &loaded.hash[..12]);
         Ok(PolicyEngine {
             set: loaded.set,
+            registry: None,
             key,
             version,
             hash: loaded.hash,
@@ -213,9 +221,63 @@ impl PolicyEngine {
         })
     }
 
+    /// Decides against `registry` from now on. The version label and hash then also cover the
+    /// registry (its file's SHA-256), so an audit entry names the eligibility facts it used.
+    /// Without a registry, every rule that needs a registry fact fails closed, and a warning
+    /// says which.
+    pub fn with_registry(mut self, registry: Option<Arc<Registry>>) -> PolicyEngine {
+        self.warnings
+            .retain(|w| !w.starts_with(NO_REGISTRY_WARNING));
+        match &registry {
+            Some(r) => {
+                let mut h = ring::digest::Context::new(&ring::digest::SHA256);
+                h.update(self.hash.as_bytes());
+                h.update(b"\nregistry ");
+                h.update(r.digest().as_bytes());
+                self.hash = hex::encode(h.finish().as_ref());
+                let declared = self
+                    .version
+                    .split('+')
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                self.version = format!("{declared}+{}", &self.hash[..12]);
+            }
+            None => {
+                let needing: Vec<&str> = self
+                    .set
+                    .rules
+                    .iter()
+                    .filter(|r| r.reads_registry())
+                    .map(|r| r.id.as_str())
+                    .collect();
+                if !needing.is_empty() {
+                    self.warnings.push(format!(
+                        "{NO_REGISTRY_WARNING}: rules {} read registry facts and deny (fail \
+                         closed) every record that needs them",
+                        needing.join(", ")
+                    ));
+                }
+            }
+        }
+        self.registry = registry;
+        self
+    }
+
+    /// The registry decisions are made against, if any.
+    pub fn registry(&self) -> Option<&Registry> {
+        self.registry.as_deref()
+    }
+
     /// Pure: the same input always gives the same decision.
     pub fn decide(&self, input: &DecisionInput<'_>) -> Decision {
-        eval::decide(&self.set, self.key.is_some(), &self.version, input)
+        eval::decide(
+            &self.set,
+            self.registry.as_deref(),
+            self.key.is_some(),
+            &self.version,
+            input,
+        )
     }
 
     /// Applies the decision's obligations to the record to be forwarded; returns what was done

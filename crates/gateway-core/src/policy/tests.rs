@@ -32,12 +32,19 @@ fn schemas() -> BTreeMap<Kind, Value> {
             "name": {"type": "string"},
             "tags": {"type": "array", "items": {"type": "string"}},
             "allowed": {"type": "array", "items": {"type": "string"}},
+            "whitelist_id": {"type": "string"},
+            "host": {"type": "object", "properties": {"name": {"type": "string"}}},
+            "entry": {"type": "string", "format": "date-time"},
+            "exit": {"type": "string", "format": "date-time"},
+            "max_days": {"type": "integer"},
             "items": {"type": "array", "items": {"$ref": "#/$defs/item"}},
             "permits": {"type": "array", "items": {"type": "object", "properties": {
-                "type": {"type": "string"}, "qty": {"type": "number"}, "valid_to": {"type": "string"}}}}
+                "type": {"type": "string"}, "number": {"type": "string"}, "unit": {"type": "string"},
+                "qty": {"type": "number"}, "valid_to": {"type": "string"}}}}
         },
         "$defs": {"item": {"type": "object", "properties": {
-            "class": {"type": "string"}, "qty": {"type": "number"}}}}
+            "class": {"type": "string"}, "qty": {"type": "number"}, "unit": {"type": "string"},
+            "refs": {"type": "array", "items": {"type": "string"}}}}}
     });
     Kind::ALL.iter().map(|k| (*k, body.clone())).collect()
 }
@@ -85,6 +92,7 @@ fn holds_at(cond: &str, body: Value, now: &str) -> bool {
     let id = identity("sz", "Org A");
     let d = super::eval::decide(
         &set.set,
+        None,
         true,
         "v",
         &DecisionInput {
@@ -434,6 +442,7 @@ match = { from = "hk" }
         let rec = record(body);
         super::eval::decide(
             &set.set,
+            None,
             true,
             "v",
             &DecisionInput {
@@ -459,6 +468,7 @@ match = { from = "hk" }
     let rec = record(json!({}));
     let d = super::eval::decide(
         &only_hk.set,
+        None,
         true,
         "v",
         &DecisionInput {
@@ -491,6 +501,7 @@ match = { kind = ["data"], from = "sz", to = ["hk"], organisation = ["Org A"], p
         let id = identity("sz", org);
         super::eval::decide(
             &set.set,
+            None,
             true,
             "v",
             &DecisionInput {
@@ -686,4 +697,255 @@ fn version_and_hash_follow_the_content() {
     assert_eq!(a.hash.len(), 64);
     assert_ne!(a.hash, b.hash);
     assert_eq!(a.hash, load("").unwrap().hash);
+}
+
+// === round 3: registry, offsets from fields, calendar comparisons, sums, cites ===
+
+const REGISTRY: &str = r#"
+[[organisation]]
+park = "sz"
+name = "Org A"
+whitelist_ids = ["HT-SZ-INST-2025-0147"]
+
+[[organisation]]
+park = "hk"
+name = "Host Ltd."
+authorised_host = true
+"#;
+
+/// Decides `body` under one allow rule with condition `cond`, as sender `org` of `sz`, with or
+/// without the test registry; returns the decision.
+fn decide_with_registry(rules: &str, body: Value, org: &str, registry: bool) -> super::Decision {
+    let set = load(rules).unwrap_or_else(|e| panic!("{e}"));
+    let reg = crate::registry::Registry::parse(REGISTRY, None).unwrap();
+    let rec = record(body);
+    let id = identity("sz", org);
+    super::eval::decide(
+        &set.set,
+        registry.then_some(&reg),
+        true,
+        "v",
+        &DecisionInput {
+            identity: &id,
+            record: &rec,
+            kind: Kind::Data,
+            from: "sz",
+            to: "hk",
+            now: at("2026-12-01T10:00:00+08:00"),
+        },
+    )
+}
+
+fn allow_when(cond: &str) -> String {
+    format!("[[rule]]\nid = \"r\"\neffect = \"allow\"\nreason = \"x\"\nregulation = \"y\"\nwhen = {cond}\n")
+}
+
+#[test]
+fn registry_member_of_reads_the_senders_entry_and_fails_closed_without_it() {
+    let rule = allow_when(
+        r#"{ field = "/body/whitelist_id", member_of = { registry = "whitelist_ids" } }"#,
+    );
+    let held = json!({"whitelist_id": "HT-SZ-INST-2025-0147"});
+    let made_up = json!({"whitelist_id": "HT-SZ-INST-2099-9999"});
+    let allows = |body: &Value, org: &str, reg: bool| {
+        decide_with_registry(&rule, body.clone(), org, reg).effect == Effect::Allow
+    };
+    assert!(allows(&held, "Org A", true));
+    assert!(
+        !allows(&made_up, "Org A", true),
+        "an id the sender does not hold"
+    );
+    assert!(
+        !allows(&held, "Org B", true),
+        "a sender the registry does not know"
+    );
+    assert!(!allows(&held, "Org A", false), "no registry at all");
+}
+
+#[test]
+fn registry_of_reads_the_entry_of_an_organisation_the_record_names() {
+    let rule =
+        allow_when(r#"{ registry = "authorised_host", of = "/body/host/name", equals = true }"#);
+    let allows = |name: &str| {
+        decide_with_registry(&rule, json!({"host": {"name": name}}), "Org A", true).effect
+            == Effect::Allow
+    };
+    assert!(allows("Host Ltd."));
+    assert!(!allows("Unknown Host Ltd."));
+    // An entry without the attribute cannot say: the test is false, `not` of it true.
+    let deny_unless =
+        "[[rule]]\nid = \"d\"\neffect = \"deny\"\nreason = \"x\"\nregulation = \"y\"\n\
+        when = { not = { registry = \"authorised_host\", equals = true } }\n\
+        [[rule]]\nid = \"a\"\neffect = \"allow\"\nreason = \"x\"\nregulation = \"y\"\n";
+    let d = decide_with_registry(deny_unless, json!({}), "Org A", true);
+    assert_eq!(d.rule_ids(), vec!["d", "a"]);
+}
+
+#[test]
+fn registry_sources_are_checked_at_load() {
+    for (cond, needle) in [
+        (
+            r#"{ registry = "whitelist", exists = true }"#,
+            "registry attribute",
+        ),
+        (
+            r#"{ field = "/body/name", of = "/body/host/name", exists = true }"#,
+            "only qualifies",
+        ),
+        (
+            r#"{ registry = "ciio", of = "/body/nowhere", exists = true }"#,
+            "no such field",
+        ),
+        (
+            r#"{ registry = "permits", any_item = { item = "", equals = "x" } }"#,
+            "member_of",
+        ),
+    ] {
+        let e = load(&allow_when(cond))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(e.contains(needle), "{cond}: {e}");
+    }
+}
+
+#[test]
+fn engine_without_registry_warns_which_rules_fail_closed() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("policy-set.toml"), MANIFEST).unwrap();
+    std::fs::write(
+        dir.path().join("rules.toml"),
+        allow_when(r#"{ registry = "ciio", equals = false }"#),
+    )
+    .unwrap();
+    let e = PolicyEngine::load_with_key(dir.path(), &schemas(), &BTreeMap::new(), None).unwrap();
+    let version_before = e.version().to_string();
+    let e = e.with_registry(None);
+    assert!(e
+        .warnings()
+        .iter()
+        .any(|w| w.contains("registry") && w.contains('r')));
+    let reg = crate::registry::Registry::parse(REGISTRY, None).unwrap();
+    let e = e.with_registry(Some(std::sync::Arc::new(reg)));
+    assert!(e
+        .warnings()
+        .iter()
+        .all(|w| !w.contains("no organisation registry")));
+    assert_ne!(
+        e.version(),
+        version_before,
+        "the version covers the registry"
+    );
+}
+
+#[test]
+fn date_offsets_can_come_from_a_field() {
+    // The stay (entry to exit) is longer than the record's own max_days.
+    let cond = r#"{ field = "/body/exit", date_after = { field = "/body/entry", days = { field = "/body/max_days" }, calendar = true } }"#;
+    let body = |exit: &str, max: Value| json!({"entry": "2026-12-01T09:00:00+08:00", "exit": exit, "max_days": max});
+    let now = "2026-12-01T10:00:00+08:00";
+    assert!(!holds_at(
+        cond,
+        body("2026-12-08T23:00:00+08:00", json!(7)),
+        now
+    ));
+    assert!(holds_at(
+        cond,
+        body("2026-12-09T00:30:00+08:00", json!(7)),
+        now
+    ));
+    // A missing offset makes the test false.
+    assert!(!holds_at(
+        cond,
+        json!({"entry": "2026-12-01T09:00:00+08:00", "exit": "2027-01-01T09:00:00+08:00"}),
+        now
+    ));
+}
+
+#[test]
+fn calendar_comparisons_count_local_dates_not_hours() {
+    // 30 nights from 1 December (+08:00) is 31 December, whatever the hour of exit that day.
+    let longer_than_30 = r#"{ field = "/body/exit", date_after = { field = "/body/entry", days = 30, calendar = true } }"#;
+    let instants = r#"{ field = "/body/exit", date_after = { field = "/body/entry", days = 30 } }"#;
+    let now = "2026-12-01T10:00:00+08:00";
+    let b = |exit: &str| json!({"entry": "2026-12-01T09:00:00+08:00", "exit": exit});
+    assert!(!holds_at(
+        longer_than_30,
+        b("2026-12-31T23:00:00+08:00"),
+        now
+    ));
+    assert!(holds_at(instants, b("2026-12-31T23:00:00+08:00"), now));
+    assert!(holds_at(
+        longer_than_30,
+        b("2027-01-01T00:10:00+08:00"),
+        now
+    ));
+    // 2026-12-31T16:30Z is already 1 January in Shenzhen.
+    assert!(holds_at(longer_than_30, b("2026-12-31T16:30:00Z"), now));
+}
+
+#[test]
+fn sums_compare_a_permit_with_the_items_that_cite_it() {
+    let over = r#"{ field = "/body/permits", any_item = { item = "/qty", lt = { sum = "/body/items", of = "/qty", where = { outer_item = "/number", member_of = { item = "/refs" } } } } }"#;
+    let body = |a: f64, b: f64| {
+        json!({
+            "permits": [{"number": "P1", "qty": 100}, {"number": "P2", "qty": 5}],
+            "items": [
+                {"qty": a, "refs": ["P1"]},
+                {"qty": b, "refs": ["P1"]},
+                {"qty": 1000, "refs": []}
+            ]
+        })
+    };
+    let now = "2026-12-01T10:00:00+08:00";
+    assert!(
+        !holds_at(over, body(60.0, 40.0), now),
+        "exactly the approved quantity"
+    );
+    assert!(
+        holds_at(over, body(60.0, 41.0), now),
+        "one over, summed across items"
+    );
+    let bad = r#"{ field = "/body/permits", any_item = { item = "/qty", lt = { sum = "/body/items", of = "/nowhere" } } }"#;
+    let e = load(&allow_when(bad))
+        .err()
+        .map(|e| e.to_string())
+        .unwrap_or_default();
+    assert!(e.contains("no such field"), "{e}");
+}
+
+#[test]
+fn cites_show_the_approvals_an_allow_rests_on() {
+    let rules = r#"
+[[rule]]
+id = "a"
+effect = "allow"
+reason = "Permits checked"
+regulation = "y"
+cites = [
+  { label = "export approval", field = "/body/permits", where = { item = "/type", equals = "export" }, value = "/number" },
+  { label = "host", field = "/body/host/name" },
+  { label = "nothing", field = "/body/name" },
+]
+"#;
+    let body = json!({
+        "permits": [
+            {"type": "export", "number": "EX-1"},
+            {"type": "import", "number": "IM-1"},
+            {"type": "export", "number": "EX-2\u{0007}\u{202e}"}
+        ],
+        "host": {"name": "Host Ltd."}
+    });
+    let d = decide_with_registry(rules, body, "Org A", true);
+    assert_eq!(
+        d.matched[0].reason,
+        "Permits checked; rests on: export approval EX-1, EX-2; host Host Ltd."
+    );
+    let long = json!({"host": {"name": "x".repeat(500)}});
+    let d = decide_with_registry(rules, long, "Org A", true);
+    assert!(
+        d.matched[0].reason.chars().count() < 140,
+        "{}",
+        d.matched[0].reason
+    );
 }
