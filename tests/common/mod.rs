@@ -77,6 +77,8 @@ pub struct Options {
     pub own_rules: bool,
     /// Leave `pseudonymisation_key` out of the config (fail-closed tests).
     pub no_pseudonymisation_key: bool,
+    /// Leave `[registry]` out of the config (fail-closed tests).
+    pub no_registry: bool,
 }
 
 /// A running gateway with its two park endpoints.
@@ -91,6 +93,70 @@ pub struct TestGateway {
     pub config_path: PathBuf,
     stop: watch::Sender<bool>,
     task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+/// The test PKI has one sender per park (its certificates' Subject O). Its registry is the
+/// development registry (examples/registry.toml) with that sender holding every fact the park's
+/// sample senders hold, so the example records of every kind are allowed when it sends them.
+pub const SZ_SENDER: &str = "Shenzhen Bay Genomics Institute";
+pub const HK_SENDER: &str = "HKSTP Biomedical Ltd.";
+
+pub fn test_registry() -> String {
+    let text = std::fs::read_to_string(repo("examples/registry.toml")).unwrap();
+    let doc: toml::Table = toml::from_str(&text).unwrap();
+    let entries = doc["organisation"].as_array().unwrap().clone();
+    let samples: Vec<String> = ["sz", "hk"]
+        .iter()
+        .flat_map(|park| {
+            ["talent", "materials", "data"]
+                .iter()
+                .filter_map(move |kind| hetao_pki::sample_sender(park, kind))
+                .map(move |org| format!("{park}/{org}"))
+        })
+        .collect();
+    let mut merged: std::collections::BTreeMap<String, toml::Table> = Default::default();
+    let mut others = Vec::new();
+    for e in entries {
+        let t = e.as_table().unwrap().clone();
+        let park = t["park"].as_str().unwrap().to_string();
+        let name = t["name"].as_str().unwrap().to_string();
+        if !samples.contains(&format!("{park}/{name}")) {
+            others.push(toml::Value::Table(t));
+            continue;
+        }
+        let sender = if park == "sz" { SZ_SENDER } else { HK_SENDER };
+        let into = merged.entry(park.clone()).or_insert_with(|| {
+            let mut m = toml::Table::new();
+            m.insert("park".into(), park.clone().into());
+            m.insert("name".into(), sender.into());
+            m
+        });
+        for (k, v) in t {
+            match (k.as_str(), v) {
+                ("park" | "name" | "note", _) => {}
+                (_, toml::Value::Array(list)) => {
+                    let slot = into
+                        .entry(k)
+                        .or_insert_with(|| toml::Value::Array(Vec::new()));
+                    if let toml::Value::Array(have) = slot {
+                        for x in list {
+                            if !have.contains(&x) {
+                                have.push(x);
+                            }
+                        }
+                    }
+                }
+                (_, v) => {
+                    into.insert(k, v);
+                }
+            }
+        }
+    }
+    let mut all: Vec<toml::Value> = merged.into_values().map(toml::Value::Table).collect();
+    all.extend(others);
+    let mut out = toml::Table::new();
+    out.insert("organisation".into(), toml::Value::Array(all));
+    toml::to_string(&out).unwrap()
 }
 
 pub fn repo(path: &str) -> PathBuf {
@@ -157,6 +223,7 @@ impl TestGateway {
         write(d, "audit-signing.key", &signing.private_pem);
         write(d, "audit-signing.pub", &signing.public_pem);
         write(d, "pseudonymisation.key", &"ab".repeat(32));
+        write(d, "registry.toml", &test_registry());
         let crl_line = match &opts.sz_crl {
             Some((serials, next)) => {
                 write(d, "sz-crl.pem", &pki.sz.crl_pem(serials, *next).unwrap());
@@ -197,6 +264,7 @@ dir = "{schemas}"
 [policies]
 dir = "{policies}"
 {pseudo}
+{registry}
 {audit}
 [upstream]
 connect_timeout_ms = 2000
@@ -208,6 +276,11 @@ request_timeout_ms = 2000
             schemas = schemas_dir.display(),
             policies = policies_dir.display(),
             extra = opts.extra_toml,
+            registry = if opts.no_registry {
+                ""
+            } else {
+                "[registry]\nfile = \"registry.toml\""
+            },
             pseudo = if opts.no_pseudonymisation_key {
                 ""
             } else {

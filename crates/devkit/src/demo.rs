@@ -441,7 +441,15 @@ async fn send_all(
             .iter()
             .filter(|s| s.park == shot.sender_park)
             .collect();
-        let Some(sender) = of_park.get((offset + i) % of_park.len().max(1)) else {
+        // The organisation the registry holds this kind's facts for, else the park's
+        // organisations in turn.
+        let sample = hetao_pki::sample_sender(&shot.sender_park, &shot.kind);
+        let chosen = of_park
+            .iter()
+            .copied()
+            .find(|s| Some(s.organisation.as_str()) == sample)
+            .or_else(|| of_park.get((offset + i) % of_park.len().max(1)).copied());
+        let Some(sender) = chosen else {
             progress.record(Sent {
                 failure: Some(format!("no organisation of park {}", shot.sender_park)),
                 shot,

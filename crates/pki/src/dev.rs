@@ -85,6 +85,19 @@ pub fn default_orgs(parks: &[String]) -> Vec<(String, String)> {
     orgs
 }
 
+/// The sample organisation of `park` that sends records of `kind` in the demo, the shipped
+/// policy tests and `examples/registry.toml`: the one whose registry entry holds the facts the
+/// example records of that kind cite (white-list ids, permits, preregistrations).
+pub fn sample_sender(park: &str, kind: &str) -> Option<&'static str> {
+    Some(match (park, kind) {
+        ("sz", "talent") => "Futian Quantum Devices Co.",
+        ("sz", _) => "Shenzhen Bay Genomics Institute",
+        ("hk", "data") => "Hong Kong Clinical Data Trust",
+        ("hk", _) => "HKSTP Biomedical Ltd.",
+        _ => return None,
+    })
+}
+
 /// The repository's `schemas/` (build-time path; this crate lives in `crates/pki/`).
 pub fn repository_schemas_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../../schemas")
@@ -158,6 +171,8 @@ pub struct DevPkiFiles {
     /// Key id of the audit public key (as in receipts and checkpoints).
     pub audit_key_id: String,
     pub pseudonymisation_key: PathBuf,
+    /// The development organisation registry (`[registry] file`).
+    pub registry: PathBuf,
     /// Where the gateway will write its audit log (the folder exists, the file not yet).
     pub audit_log: PathBuf,
     pub schemas_dir: PathBuf,
@@ -195,6 +210,7 @@ impl DevPkiFiles {
             self.audit_signing_key.as_path(),
             &self.audit_public_key,
             &self.pseudonymisation_key,
+            &self.registry,
             &self.config,
         ]);
         v
@@ -287,6 +303,7 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         audit_public_key: out.join("audit-signing.pub"),
         audit_key_id: String::new(),
         pseudonymisation_key: out.join("pseudonymisation.key"),
+        registry: out.join("registry.toml"),
         audit_log: audit_dir.join("audit.jsonl"),
         schemas_dir: opts
             .schemas_dir
@@ -410,9 +427,68 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         force,
     )?;
 
+    write_file(
+        &files.registry,
+        dev_registry_text(&files)?.as_bytes(),
+        false,
+        force,
+    )?;
+
     let text = gateway_toml(&files, &files.parks, opts.gateway_listen, opts.admin_listen);
     write_file(&files.config, text.as_bytes(), false, force)?;
     Ok(files)
+}
+
+/// The development registry's facts (examples/registry.toml), built into the binary so an
+/// installed `hetao-gateway` writes the same file as a checkout.
+const DEV_REGISTRY: &str = include_str!("../../../examples/registry.toml");
+
+/// `registry.toml` for a development PKI: the example facts of the organisations of the parks
+/// it serves, and an entry without facts for every other organisation it issued a certificate
+/// to (so the registry knows every sender, and a rule needing a fact it lacks still denies).
+fn dev_registry_text(files: &DevPkiFiles) -> Result<String, PkiError> {
+    let bad = |message: String| PkiError::Option {
+        option: "registry".into(),
+        message,
+    };
+    let mut doc: toml::Table = toml::from_str(DEV_REGISTRY)
+        .map_err(|e| bad(format!("examples/registry.toml: {e}")))?;
+    let served: std::collections::BTreeSet<&str> =
+        files.parks.iter().map(|p| p.park.as_str()).collect();
+    let field = |t: &toml::Value, k: &str| {
+        t.get(k)
+            .and_then(toml::Value::as_str)
+            .map(str::to_string)
+            .unwrap_or_default()
+    };
+    let mut entries: Vec<toml::Value> = match doc.remove("organisation") {
+        Some(toml::Value::Array(list)) => list,
+        _ => Vec::new(),
+    };
+    entries.retain(|e| served.contains(field(e, "park").as_str()));
+    for org in &files.orgs {
+        let known = entries
+            .iter()
+            .any(|e| field(e, "park") == org.park && field(e, "name") == org.organisation);
+        if !known {
+            let mut t = toml::Table::new();
+            t.insert("park".into(), toml::Value::String(org.park.clone()));
+            t.insert("name".into(), toml::Value::String(org.organisation.clone()));
+            t.insert(
+                "note".into(),
+                toml::Value::String("issued by certs init; holds no facts yet".into()),
+            );
+            entries.push(toml::Value::Table(t));
+        }
+    }
+    doc.insert("organisation".into(), toml::Value::Array(entries));
+    let body = toml::to_string(&doc).map_err(|e| bad(e.to_string()))?;
+    Ok(format!(
+        "# Development organisation registry written by `hetao-gateway certs init`: the\n\
+         # eligibility facts (white-list ids, permits, quotas, authorised hosts) the parks hold\n\
+         # about each organisation. Made-up values for trying the gateway; format in\n\
+         # docs/registry.md. Reloaded with the rules (SIGHUP or POST /reload).\n\n{body}"
+    ))
 }
 
 fn validate(opts: &DevPkiOptions) -> Result<(), PkiError> {
@@ -552,6 +628,8 @@ fn gateway_toml(
         "pseudonymisation_key = {}  # HMAC key of the pseudonymise obligation\n\n",
         p(&files.pseudonymisation_key)
     ));
+    t.push_str("[registry]          # eligibility facts held by the parks (docs/registry.md)\n");
+    t.push_str(&format!("file = {}\n\n", p(&files.registry)));
     t.push_str("[audit]             # tamper-evident audit log\n");
     t.push_str(&format!("log = {}\n", p(&files.audit_log)));
     t.push_str(&format!(

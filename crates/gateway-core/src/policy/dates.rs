@@ -235,4 +235,81 @@ mod tests {
         assert!(parse("yesterday").is_none());
         assert!(parse("2026-03-01T25:00:00Z").is_none());
     }
+
+    mod properties {
+        use super::*;
+        use chrono::{NaiveDateTime, TimeZone};
+        use proptest::prelude::*;
+
+        /// Instants between 2020 and 2040 (leap years 2020, 2024, 2028, 2032, 2036, 2040), at
+        /// any minute, written in one of several offsets.
+        fn instant() -> impl Strategy<Value = DateTime<FixedOffset>> {
+            (0i64..(20 * 366 * 24 * 60), -12i32..=14).prop_map(|(minutes, hours)| {
+                let base = NaiveDate::from_ymd_opt(2020, 1, 1)
+                    .and_then(|d| d.and_hms_opt(0, 0, 0))
+                    .unwrap_or(NaiveDateTime::MIN);
+                let utc = base + Duration::minutes(minutes);
+                let tz = FixedOffset::east_opt(hours * 3600).unwrap_or(zone());
+                tz.from_utc_datetime(&utc)
+            })
+        }
+
+        proptest! {
+            /// A stay of n nights (same local clock time n days later, whatever offset each
+            /// side is written in) is never "longer than n days" and always longer than n - 1,
+            /// across month ends, year ends and 29 February.
+            #[test]
+            fn stay_length_counts_local_nights(entry in instant(), n in 1i64..400, exit_offset in -12i32..=14) {
+                let local_entry = entry.with_timezone(&zone());
+                let local_exit = local_entry + Duration::days(n);
+                let exit_tz = FixedOffset::east_opt(exit_offset * 3600).unwrap_or(zone());
+                let exit = DateValue::Instant(local_exit.with_timezone(&exit_tz));
+                let entry = DateValue::Instant(entry);
+                let limit = |days: i64| entry.shift(Offset::Days(days), zone()).unwrap();
+                let date = |v: DateValue| v.local_date(zone());
+                prop_assert!(date(exit) <= date(limit(n)));
+                prop_assert!(date(exit) > date(limit(n - 1)));
+            }
+
+            /// Shifting by days and back is the identity, for dates and instants.
+            #[test]
+            fn day_shifts_invert(at in instant(), n in -4000i64..4000) {
+                let v = DateValue::Instant(at);
+                let there = v.shift(Offset::Days(n), zone()).unwrap();
+                prop_assert_eq!(there.shift(Offset::Days(-n), zone()), Some(v));
+                let d = DateValue::Date(at.date_naive());
+                let there = d.shift(Offset::Days(n), zone()).unwrap();
+                prop_assert_eq!(there.shift(Offset::Days(-n), zone()), Some(d));
+            }
+
+            /// An instant and the plain date of its local (+08:00) calendar day compare equal,
+            /// whatever offset the instant is written in.
+            #[test]
+            fn an_instant_is_on_its_local_date(at in instant()) {
+                let local = at.with_timezone(&zone()).date_naive();
+                prop_assert_eq!(
+                    compare(DateValue::Instant(at), DateValue::Date(local), zone()),
+                    std::cmp::Ordering::Equal
+                );
+                let next = local.succ_opt().unwrap();
+                prop_assert_eq!(
+                    compare(DateValue::Instant(at), DateValue::Date(next), zone()),
+                    std::cmp::Ordering::Less
+                );
+            }
+
+            /// Adding years never lands on a date that does not exist, and moves at most one
+            /// day off the same month and day (29 February becomes 28 February).
+            #[test]
+            fn years_land_on_real_dates(at in instant(), y in 1i32..10) {
+                let d = at.date_naive();
+                let DateValue::Date(shifted) = DateValue::Date(d).shift(Offset::Years(y), zone()).unwrap() else {
+                    panic!("a date stays a date");
+                };
+                prop_assert_eq!(shifted.year(), d.year() + y);
+                prop_assert_eq!(shifted.month(), d.month());
+                prop_assert!(shifted.day() == d.day() || (d.month() == 2 && d.day() == 29 && shifted.day() == 28));
+            }
+        }
+    }
 }
