@@ -458,11 +458,8 @@ async fn every_record_gets_an_audit_entry_whatever_the_outcome() {
 #[tokio::test]
 async fn without_a_pseudonymisation_key_a_record_that_needs_one_is_refused() {
     let gw = TestGateway::start_with(Options {
-        extra_toml: String::new(),
-        own_rules: false,
-        audit_toml: None,
-        sz_crl: None,
         no_pseudonymisation_key: true,
+        ..Options::default()
     })
     .await;
     assert!(
