@@ -8,12 +8,14 @@
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::sync::Arc;
 
 use chrono::{DateTime, Utc};
 use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
 use hetao_gateway_core::policy_cases::{self as cases, PolicyCase};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
@@ -106,7 +108,9 @@ fn conditions(cell: &str) -> (BTreeMap<String, Value>, bool) {
             settings.insert(k.to_string(), serde_json::from_str(v).unwrap());
         } else {
             assert!(
-                part == "no pseudonymisation key" || part == "needs a pseudonymisation key",
+                part == "no pseudonymisation key"
+                    || part == "needs a pseudonymisation key"
+                    || part == "no organisation registry",
                 "unknown condition `{part}`"
             );
         }
@@ -143,10 +147,19 @@ fn every_exported_record_decides_as_its_index_row_says() {
         let id = record["record_id"].as_str().unwrap().to_string();
         assert!(ids.insert(id), "{}: record id used twice", row.file);
         let (settings, with_key) = conditions(&row.conditions);
-        let engine_key = format!("{with_key}{}", serde_json::to_string(&settings).unwrap());
+        let with_registry = !row.conditions.contains("no organisation registry");
+        let engine_key = format!(
+            "{with_key}{with_registry}{}",
+            serde_json::to_string(&settings).unwrap()
+        );
         let engine = engines.entry(engine_key).or_insert_with(|| {
             let key = with_key.then(|| PseudonymKey::from_hex(KEY_HEX).unwrap());
-            PolicyEngine::load_with_key(&root().join("policies"), &schemas, &settings, key).unwrap()
+            let registry = with_registry.then(|| {
+                Arc::new(Registry::load(&root().join("examples/registry.toml"), None).unwrap())
+            });
+            PolicyEngine::load_with_key(&root().join("policies"), &schemas, &settings, key)
+                .unwrap()
+                .with_registry(registry)
         });
         let head = EnvelopeHead::read(&record).unwrap();
         let identity = ClientIdentity {

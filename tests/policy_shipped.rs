@@ -160,10 +160,11 @@ fn talent_allow_pseudonymises_person_ref_and_drops_the_hr_attestation() {
     let e = engine(&BTreeMap::new(), true).unwrap();
     let record = example("talent-sz-hk-researcher.json");
     let head = EnvelopeHead::read(&record).unwrap();
+    // The talent example's sample sender, whose registry entry holds its preregistration.
     let id = ClientIdentity {
         park: "sz".into(),
-        organisation: "Shenzhen Nanshan Quantum Photonics Co., Ltd.".into(),
-        subject: "O=Shenzhen Nanshan Quantum Photonics Co., Ltd.".into(),
+        organisation: "Futian Quantum Devices Co.".into(),
+        subject: "O=Futian Quantum Devices Co.".into(),
         fingerprint_sha256: "00".repeat(32),
     };
     let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00+08:00")
@@ -201,9 +202,30 @@ fn talent_allow_pseudonymises_person_ref_and_drops_the_hr_attestation() {
 #[test]
 fn shipped_set_without_a_key_warns_and_names_the_rules() {
     let dir = root().join("policies");
-    let e = PolicyEngine::load(&dir, &schemas(), &BTreeMap::new(), None).unwrap();
-    assert_eq!(e.warnings().len(), 1);
-    assert!(e.warnings()[0].contains("T.sz-hk.crossing"));
+    let e = PolicyEngine::load(&dir, &schemas(), &BTreeMap::new(), None)
+        .unwrap()
+        .with_registry(None);
+    assert_eq!(e.warnings().len(), 2, "{:?}", e.warnings());
+    let key = e
+        .warnings()
+        .iter()
+        .find(|w| w.contains("pseudonymisation key"))
+        .unwrap();
+    for allow in ["T1.sz-hk.endorsement-visit", "T4.hk-sz.home-return-permit"] {
+        assert!(key.contains(allow), "{key}");
+    }
+    let registry = e
+        .warnings()
+        .iter()
+        .find(|w| w.contains("registry"))
+        .unwrap();
+    for rule in [
+        "M.whitelist-id-not-held-by-sender",
+        "T5.preregistration-not-held",
+        "T2.host-not-authorised",
+    ] {
+        assert!(registry.contains(rule), "{registry}");
+    }
     assert!(!e.has_pseudonymisation_key());
 }
 

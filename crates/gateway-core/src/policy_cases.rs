@@ -525,15 +525,10 @@ fn conditions(case: &PolicyCase, decision: Option<&Decision>) -> Vec<String> {
     } else if pseudonymises {
         out.push("needs a pseudonymisation key".into());
     }
-    match &case.registry {
-        CaseRegistry::None => out.push("no organisation registry".into()),
-        CaseRegistry::File(p) => out.push(format!(
-            "registry `{}`",
-            p.file_name()
-                .map(|n| n.to_string_lossy())
-                .unwrap_or_default()
-        )),
-        CaseRegistry::Inherit => {}
+    // The registry a case file names is said once in the index's header; only its absence
+    // is a condition of a row.
+    if case.registry == CaseRegistry::None {
+        out.push("no organisation registry".into());
     }
     out
 }
@@ -560,8 +555,12 @@ pub fn render_index(items: &[ExportItem], outcomes: &[CaseOutcome]) -> String {
          Decide one offline with the identity and time of its row:\n\
          \n\
          ```sh\n\
-         hetao-gateway check --as-park P --as-org O --at TIME examples/records/rules/FILE\n\
+         hetao-gateway check --registry examples/registry.toml --as-park P --as-org O --at TIME examples/records/rules/FILE\n\
          ```\n\
+         \n\
+         Every case is decided with the organisation registry its case file names (the shipped \
+         cases: the development registry, `examples/registry.toml`), except where the \
+         Conditions say `no organisation registry`: then leave `--registry` out.\n\
          \n\
          Conditions: `needs a pseudonymisation key`: the allow needs one, else it is denied \
          (fail closed); pass `--pseudonymisation-key FILE` (64+ hex characters) or `--config`. \

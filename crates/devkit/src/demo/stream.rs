@@ -169,8 +169,8 @@ const DENIALS: &[Denial] = &[
         rule: "M2.special-item-customs-approval",
     },
     Denial {
-        example: "data-sz-hk-hr-attendance",
-        label: "D2: a CIIO needs a security assessment",
+        example: "data-sz-hk-gba-clinical-followup",
+        label: "D2: a CIIO needs a security assessment for a contract transfer",
         set: &[("/body/processor_is_ciio", "true")],
         remove: &[],
         rule: "D2.ciio-needs-assessment",
