@@ -9,6 +9,7 @@ use criterion::{criterion_group, criterion_main, Criterion};
 use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{DecisionInput, PolicyEngine};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
@@ -23,7 +24,10 @@ fn bench_decide(c: &mut Criterion) {
         &BTreeMap::new(),
         Some(key),
     )
-    .expect("shipped policies load");
+    .expect("shipped policies load")
+    .with_registry(Some(std::sync::Arc::new(
+        Registry::load(&root.join("examples/registry.toml"), None).expect("dev registry"),
+    )));
     let now = chrono::DateTime::parse_from_rfc3339("2026-12-01T10:00:00+08:00")
         .expect("time")
         .to_utc();
@@ -37,10 +41,13 @@ fn bench_decide(c: &mut Criterion) {
             .expect("example record");
         let record: Value = serde_json::from_str(&text).expect("json");
         let head = EnvelopeHead::read(&record).expect("envelope");
+        // The sample sender whose registry entry holds the record's facts: the allow path.
+        let sender =
+            hetao_pki::sample_sender(&head.from, head.kind.as_str()).expect("sample sender");
         let identity = ClientIdentity {
             park: head.from.clone(),
-            organisation: "Bench Org".into(),
-            subject: "O=Bench Org".into(),
+            organisation: sender.into(),
+            subject: format!("O={sender}"),
             fingerprint_sha256: "00".repeat(32),
         };
         group.bench_function(name.trim_end_matches(".json"), |b| {

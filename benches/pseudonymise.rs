@@ -13,6 +13,7 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{DecisionInput, Effect, PolicyEngine};
+use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
@@ -54,15 +55,19 @@ fn bench_obligations(c: &mut Criterion) {
         &BTreeMap::new(),
         Some(key),
     )
-    .expect("shipped policies load");
+    .expect("shipped policies load")
+    .with_registry(Some(std::sync::Arc::new(
+        Registry::load(&root.join("examples/registry.toml"), None).expect("dev registry"),
+    )));
     let text = std::fs::read(root.join("examples/records/talent-sz-hk-researcher.json"))
         .expect("example record");
     let record: Value = serde_json::from_slice(&text).expect("json");
     let head = EnvelopeHead::read(&record).expect("envelope");
     let identity = ClientIdentity {
         park: "sz".into(),
-        organisation: "Shenzhen Bay Genomics Institute".into(),
-        subject: "CN=bench, O=Shenzhen Bay Genomics Institute".into(),
+        // The sample sender whose registry entry holds the record's preregistration.
+        organisation: "Futian Quantum Devices Co.".into(),
+        subject: "CN=bench, O=Futian Quantum Devices Co.".into(),
         fingerprint_sha256: "00".repeat(32),
     };
     let now = chrono::DateTime::parse_from_rfc3339("2026-11-25T10:00:00+08:00")

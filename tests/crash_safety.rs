@@ -20,6 +20,8 @@
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
+mod common;
+
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -230,6 +232,9 @@ impl World {
         config.push_str("checkpoint_every_entries = 50\nsegment_max_bytes = 131072\n");
         config.push_str("\n[upstream]\nconnect_timeout_ms = 2000\nrequest_timeout_ms = 5000\n");
         std::fs::write(&files.config, config).unwrap();
+        // One client per park sends every kind: its organisation holds every fact the park's
+        // sample senders hold (as in the other integration tests).
+        std::fs::write(&files.registry, common::test_registry()).unwrap();
         let public_key = AuditPublicKey::from_pem_file(&files.audit_public_key).unwrap();
         World {
             _tmp: tmp,

@@ -317,7 +317,10 @@ mod tests {
             &BTreeMap::new(),
             Some(key),
         )
-        .unwrap();
+        .unwrap()
+        .with_registry(Some(std::sync::Arc::new(
+            crate::registry::Registry::load(&root().join("examples/registry.toml"), None).unwrap(),
+        )));
         Shipped { schemas, policies }
     }
 
@@ -338,11 +341,16 @@ mod tests {
         serde_json::from_slice(&text).unwrap()
     }
 
+    /// The sample sender of the park for talent records (the registry holds its facts).
     fn sender(park: &str) -> ClientIdentity {
+        let organisation = match park {
+            "sz" => "Futian Quantum Devices Co.",
+            _ => "HKSTP Biomedical Ltd.",
+        };
         ClientIdentity {
             park: park.into(),
-            organisation: "Shenzhen Bay Laboratory".into(),
-            subject: "O=Shenzhen Bay Laboratory".into(),
+            organisation: organisation.into(),
+            subject: format!("O={organisation}"),
             fingerprint_sha256: String::new(),
         }
     }
