@@ -870,7 +870,7 @@ fn compile_source<'s>(
                     })?;
                     let pointer = parse_pointer(text).map_err(|m| ctx.err(&of_key, m))?;
                     check_field(&pointer, &of_key, ctx)?;
-                    Some(pointer)
+                    Some(Box::new(pointer))
                 }
             };
             Ok((Source::Registry { attribute, of }, None))
@@ -1157,7 +1157,7 @@ fn compile_date_operand(
                             "months" => OffsetUnit::Months,
                             _ => OffsetUnit::Years,
                         };
-                        offset_from = Some((u, source));
+                        offset_from = Some(Box::new((u, source)));
                     }
                     _ => {
                         let n = n.as_i64().ok_or_else(|| {
@@ -1223,21 +1223,17 @@ fn compile_sum(
         item_nodes(0, &of, &of_key, ctx)?;
         let filter = match o.get("where") {
             None => None,
-            Some(w) => Some(Box::new(fold(compile_cond(
-                w,
-                &format!("{key}.where"),
-                ctx,
-            )?))),
+            Some(w) => Some(fold(compile_cond(w, &format!("{key}.where"), ctx)?)),
         };
         Ok((of, filter))
     })();
     ctx.schema.scopes.pop();
     let (of, filter) = compiled?;
-    Ok(NumOperand::Sum {
+    Ok(NumOperand::Sum(Box::new(SumOperand {
         over: Source::Field(pointer),
         of,
         filter,
-    })
+    })))
 }
 
 /// The schema nodes of one item of the array described by `nodes` (empty when not checking).

@@ -46,7 +46,7 @@ pub enum Source {
     /// whose name the record gives at `of`.
     Registry {
         attribute: &'static str,
-        of: Option<Pointer>,
+        of: Option<Box<Pointer>>,
     },
     /// A setting's value (folded into a constant at load; kept for completeness).
     Constant(Value),
@@ -80,11 +80,15 @@ pub enum NumOperand {
     Source(Source),
     /// The sum of `of` over the items of the array at `over` for which `filter` holds (inside
     /// the filter, `item` is the summed item, `outer_item` the enclosing scope's item).
-    Sum {
-        over: Source,
-        of: Pointer,
-        filter: Option<Box<Cond>>,
-    },
+    Sum(Box<SumOperand>),
+}
+
+/// `{ sum = ..., of = ..., where = ... }` (boxed: rare, and it would widen every condition).
+#[derive(Debug, Clone, PartialEq)]
+pub struct SumOperand {
+    pub over: Source,
+    pub of: Pointer,
+    pub filter: Option<Cond>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -99,7 +103,7 @@ pub struct DateOperand {
     pub base: DateBase,
     pub offset: Offset,
     /// An offset whose amount is read from the record (`days = { field = ... }`).
-    pub offset_from: Option<(OffsetUnit, Source)>,
+    pub offset_from: Option<Box<(OffsetUnit, Source)>>,
     /// Compare both sides as local calendar dates, even two date-times.
     pub calendar: bool,
 }
@@ -170,14 +174,12 @@ impl Cond {
                         Op::AnyItem(c) | Op::EveryItem(c) => c.reads_registry(),
                         Op::MemberOf(s) | Op::SameAs(s) => s.reads_registry(),
                         Op::Num(_, NumOperand::Source(s)) => s.reads_registry(),
-                        Op::Num(_, NumOperand::Sum { filter, .. }) => {
-                            filter.as_ref().is_some_and(|f| f.reads_registry())
+                        Op::Num(_, NumOperand::Sum(sum)) => {
+                            sum.filter.as_ref().is_some_and(Cond::reads_registry)
                         }
                         Op::Date(_, d) => {
                             matches!(&d.base, DateBase::Source(s) if s.reads_registry())
-                                || d.offset_from
-                                    .as_ref()
-                                    .is_some_and(|(_, s)| s.reads_registry())
+                                || d.offset_from.as_ref().is_some_and(|o| o.1.reads_registry())
                         }
                         _ => false,
                     }

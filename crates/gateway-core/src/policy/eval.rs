@@ -164,7 +164,8 @@ fn date_operand(
     };
     let offset = match &op.offset_from {
         None => op.offset,
-        Some((unit, src)) => {
+        Some(o) => {
+            let (unit, src) = &**o;
             let v = read(src, cx, scope)?.as_f64()?;
             if v.fract() != 0.0 || !v.is_finite() {
                 return None;
@@ -213,12 +214,10 @@ fn test<'a>(v: Option<Val<'a>>, op: &'a Op, cx: &Ctx<'a>, scope: Option<&Scope<'
                     Some(b) => b,
                     None => return false,
                 },
-                NumOperand::Sum { over, of, filter } => {
-                    match sum(over, of, filter.as_deref(), cx, scope) {
-                        Some(b) => b,
-                        None => return false,
-                    }
-                }
+                NumOperand::Sum(s) => match sum(&s.over, &s.of, s.filter.as_ref(), cx, scope) {
+                    Some(b) => b,
+                    None => return false,
+                },
             };
             a.partial_cmp(&b).is_some_and(|o| cmp.holds(o))
         }
