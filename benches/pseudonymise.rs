@@ -38,7 +38,7 @@ fn bench_pseudonym(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("hmac_sha256_hex", label),
             &value,
-            |b, v| b.iter(|| key.pseudonym(black_box(v))),
+            |b, v| b.iter(|| key.pseudonym(black_box("to:hk"), black_box(v))),
         );
     }
     group.finish();
@@ -92,7 +92,7 @@ fn bench_obligations(c: &mut Criterion) {
         b.iter(|| {
             let mut r = record.clone();
             engine
-                .apply_obligations(black_box(&decision), &mut r)
+                .apply_obligations(black_box(&decision), &mut r, &head.to, now)
                 .expect("applies")
         })
     });
@@ -103,7 +103,7 @@ fn bench_obligations(c: &mut Criterion) {
         b.iter(|| {
             let mut r = record.clone();
             engine
-                .apply_obligations(black_box(&decision), &mut r)
+                .apply_obligations(black_box(&decision), &mut r, &head.to, now)
                 .expect("applies");
             serde_json::to_vec(&r).expect("serialise")
         })
