@@ -18,12 +18,13 @@ use hetao_gateway::cli::Cli;
 use hetao_gateway_core::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetao-gateway");
-const DOCS: [&str; 5] = [
+const DOCS: [&str; 6] = [
     "README.md",
     "docs/deploy.md",
     "docs/configuration.md",
     "docs/audit.md",
     "docs/witness.md",
+    "docs/pseudonyms.md",
 ];
 
 fn repo() -> PathBuf {
