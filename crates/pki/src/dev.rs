@@ -451,8 +451,8 @@ fn dev_registry_text(files: &DevPkiFiles) -> Result<String, PkiError> {
         option: "registry".into(),
         message,
     };
-    let mut doc: toml::Table = toml::from_str(DEV_REGISTRY)
-        .map_err(|e| bad(format!("examples/registry.toml: {e}")))?;
+    let mut doc: toml::Table =
+        toml::from_str(DEV_REGISTRY).map_err(|e| bad(format!("examples/registry.toml: {e}")))?;
     let served: std::collections::BTreeSet<&str> =
         files.parks.iter().map(|p| p.park.as_str()).collect();
     let field = |t: &toml::Value, k: &str| {

@@ -28,8 +28,8 @@ use rcgen::{
 
 pub use csr::{gateway_csr, write_gateway_csrs, CsrFiles, CsrOptions, GatewayCertRole, GatewayCsr};
 pub use dev::{
-    default_orgs, init_dev_pki, org_slug, repository_policies_dir, repository_schemas_dir, sample_sender,
-    DevPkiFiles, DevPkiOptions, OrgFiles, ParkFiles,
+    default_orgs, init_dev_pki, org_slug, repository_policies_dir, repository_schemas_dir,
+    sample_sender, DevPkiFiles, DevPkiOptions, OrgFiles, ParkFiles,
 };
 pub use keys::{pseudonymisation_key_hex, AuditSigningKey};
 
