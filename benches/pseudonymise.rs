@@ -39,7 +39,7 @@ fn bench_pseudonym(c: &mut Criterion) {
         group.bench_with_input(
             BenchmarkId::new("hmac_sha256_hex", label),
             &value,
-            |b, v| b.iter(|| key.pseudonym(black_box(v))),
+            |b, v| b.iter(|| key.pseudonym(black_box("to:hk"), black_box(v))),
         );
     }
     group.finish();
@@ -97,7 +97,7 @@ fn bench_obligations(c: &mut Criterion) {
         b.iter(|| {
             let mut r = record.clone();
             engine
-                .apply_obligations(black_box(&decision), &mut r)
+                .apply_obligations(black_box(&decision), &mut r, &head.to, now)
                 .expect("applies")
         })
     });
@@ -108,7 +108,7 @@ fn bench_obligations(c: &mut Criterion) {
         b.iter(|| {
             let mut r = record.clone();
             engine
-                .apply_obligations(black_box(&decision), &mut r)
+                .apply_obligations(black_box(&decision), &mut r, &head.to, now)
                 .expect("applies");
             serde_json::to_vec(&r).expect("serialise")
         })

@@ -70,13 +70,19 @@ async fn a_talent_record_arrives_with_its_obligations_applied_and_nothing_else_c
     assert_eq!(answer.status, 200, "{:#}", answer.json);
     assert!(!answer.json["obligations"].as_array().unwrap().is_empty());
     let received = gw.hk_endpoint.received()[0].json().unwrap();
-    // The person reference is re-keyed under the deployment key (the harness writes 0xab * 32).
+    // The person reference is re-keyed under the deployment key (the harness writes 0xab * 32)
+    // in the Hong Kong park's scope, with the key's id.
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, &[0xab; 32]);
     let person_ref = record["body"]["person_ref"].as_str().unwrap();
-    let expected = hex::encode(ring::hmac::sign(&key, person_ref.as_bytes()).as_ref());
-    assert_eq!(received["body"]["person_ref"], json!(expected));
+    let input = format!("hetao-pseudonym/v1\0to:hk\0{person_ref}");
+    let pseudonym = hex::encode(ring::hmac::sign(&key, input.as_bytes()).as_ref());
+    let mut id_input = b"hetao-pseudonym-key-id/v1".to_vec();
+    id_input.extend([0xab; 32]);
+    let key_id = format!("pk-{}", &sha256_hex(&id_input)[..16]);
+    let expected = json!({"pseudonym": pseudonym, "key_id": key_id});
+    assert_eq!(received["body"]["person_ref"], expected);
     let mut expected_record = record.clone();
-    expected_record["body"]["person_ref"] = json!(expected);
+    expected_record["body"]["person_ref"] = expected;
     if let Some(body) = expected_record["body"].as_object_mut() {
         body.remove("labour_rules_compliant");
     }

@@ -179,3 +179,163 @@ fn check_judges_created_at_against_at() {
     let out = gateway(&["check", "--at", "2026-11-26T12:00:00+08:00", record]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
 }
+
+/// The key id `pk-...` of a pseudonymisation key given as hex, computed independently.
+fn key_id(hex_key: &str) -> String {
+    let mut input = b"hetao-pseudonym-key-id/v1".to_vec();
+    input.extend(hex::decode(hex_key).unwrap());
+    let d = ring::digest::digest(&ring::digest::SHA256, &input);
+    format!("pk-{}", &hex::encode(d.as_ref())[..16])
+}
+
+#[test]
+fn check_shows_the_key_id_and_scope_each_pseudonym_would_get() {
+    let dir = tempfile::tempdir().unwrap();
+    let hex_key = "3c".repeat(32);
+    let key = dir.path().join("p.key");
+    hetao_gateway_core::key_file::write_private(&key, hex_key.as_bytes()).unwrap();
+    let id = key_id(&hex_key);
+    let record = "policies/tests/records/talent-sz-hk-researcher.json";
+    let key_arg = key.to_str().unwrap();
+    let args = [
+        "check",
+        "--at",
+        AT,
+        "--pseudonymisation-key",
+        key_arg,
+        record,
+    ];
+    let out = gateway(&args);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains(&format!(
+            "obligation: pseudonymise /body/person_ref key {id} scope to:hk (rule T.sz-hk.crossing)"
+        )),
+        "{table}"
+    );
+    assert!(table.contains("obligation: drop /body/labour_rules_compliant"));
+
+    let out = gateway(&[&args[..5], &["--format", "json", record][..]].concat());
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &v["obligations"][0];
+    assert_eq!(o["action"], "pseudonymise");
+    assert_eq!(o["pointer"], "/body/person_ref");
+    assert_eq!(o["key_id"], serde_json::json!(id));
+    assert_eq!(o["scope"], "to:hk");
+    assert!(o.get("previous_key_id").is_none());
+    assert!(!String::from_utf8_lossy(&out.stdout).contains(&hex_key));
+}
+
+#[cfg(unix)]
+#[test]
+fn check_refuses_a_key_file_others_can_read() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("p.key");
+    std::fs::write(&key, "3c".repeat(32)).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = gateway(&[
+        "check",
+        "--at",
+        AT,
+        "--pseudonymisation-key",
+        key.to_str().unwrap(),
+        "policies/tests/records/talent-sz-hk-researcher.json",
+    ]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains(key.to_str().unwrap()), "{stderr}");
+    assert!(
+        stderr.contains("0644") && stderr.contains("chmod 600"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn check_during_a_key_rotation_shows_the_previous_key_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let files = hetao_pki::init_dev_pki(
+        &dir.path().join("pki"),
+        &hetao_pki::DevPkiOptions::default(),
+    )
+    .unwrap();
+    let current = std::fs::read_to_string(&files.pseudonymisation_key).unwrap();
+    let previous_hex = "5d".repeat(32);
+    let previous = dir.path().join("pki/previous.key");
+    hetao_gateway_core::key_file::write_private(&previous, previous_hex.as_bytes()).unwrap();
+    let text = std::fs::read_to_string(&files.config).unwrap();
+    let rotated: String = text
+        .lines()
+        .map(|l| {
+            if l.starts_with("pseudonymisation_key") {
+                format!(
+                    "{l}\npseudonymisation_previous_key = \"previous.key\"\n\
+                     pseudonymisation_previous_until = \"2099-01-01T00:00:00+08:00\""
+                )
+            } else {
+                l.to_string()
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    assert_ne!(rotated, text);
+    std::fs::write(&files.config, rotated).unwrap();
+    let config = files.config.to_string_lossy().into_owned();
+    let out = gateway(&[
+        "check",
+        "--config",
+        &config,
+        "--at",
+        AT,
+        "--format",
+        "json",
+        "policies/tests/records/talent-hk-sz-visiting-scientist.json",
+    ]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let o = &v["obligations"][0];
+    assert_eq!(o["key_id"], serde_json::json!(key_id(current.trim())));
+    assert_eq!(
+        o["previous_key_id"],
+        serde_json::json!(key_id(&previous_hex))
+    );
+    assert_eq!(o["scope"], "to:sz");
+}
+
+#[test]
+fn policy_test_fails_when_an_allow_forwards_an_identifying_field_untreated() {
+    let dir = tempfile::tempdir().unwrap();
+    let schemas = dir.path().join("schemas");
+    std::fs::create_dir(&schemas).unwrap();
+    for entry in std::fs::read_dir(root().join("schemas")).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_file() {
+            std::fs::copy(&path, schemas.join(path.file_name().unwrap())).unwrap();
+        }
+    }
+    let mark = |field: &str, class: &str| {
+        let path = schemas.join("talent.json");
+        let mut doc: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+        doc["properties"][field]["x-hetao-identifying"] = serde_json::json!(class);
+        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    };
+    // `person_ref` is pseudonymised by both talent rules: marking it changes nothing.
+    mark("person_ref", "direct");
+    let schemas_arg = schemas.to_str().unwrap();
+    let out = gateway(&["policy", "test", "--schemas", schemas_arg]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    // The exact crossing time is forwarded as it is: marked, both talent allows fail to load.
+    mark("entry_at", "linkable");
+    let out = gateway(&["policy", "test", "--schemas", schemas_arg]);
+    assert_ne!(out.status.code(), Some(0), "{out:?}");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(text.contains("T.sz-hk.crossing"), "{text}");
+    assert!(text.contains("/body/entry_at (linkable, talent)"), "{text}");
+}

@@ -125,7 +125,7 @@ proptest! {
             prop_assert!(!d.matched.is_empty(), "a decision always has a reason");
             if d.effect == Effect::Allow {
                 let mut fwd = r.clone();
-                let _ = engine().apply_obligations(&d, &mut fwd);
+                let _ = engine().apply_obligations(&d, &mut fwd, &to, now);
             }
         }
     }
@@ -162,7 +162,8 @@ fn deny_overrides_allow_in_either_rule_order() {
             .collect();
         std::fs::write(dir.path().join("r.toml"), rules).unwrap();
         let no_schemas = BTreeMap::<Kind, Value>::new();
-        let e = PolicyEngine::load_with(dir.path(), &no_schemas, &BTreeMap::new(), None).unwrap();
+        let e =
+            PolicyEngine::load_with_key(dir.path(), &no_schemas, &BTreeMap::new(), None).unwrap();
         let id = identity("sz");
         let rec = json!({});
         let d = e.decide(&DecisionInput {

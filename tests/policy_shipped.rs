@@ -11,13 +11,13 @@ use std::sync::Arc;
 use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{
-    DecisionInput, Effect, Obligation, PolicyEngine, PolicyLoadError,
+    DecisionInput, Effect, KeyFiles, Obligation, PolicyEngine, PolicyLoadError,
 };
 use hetao_gateway_core::policy_cases::{self as cases, CaseRegistry, PolicyCase};
 use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
-use serde_json::Value;
+use serde_json::{json, Value};
 
 const KEY_HEX: &str = "8f3c2a9b7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7f6a5b4c3d2e1f0a";
 
@@ -183,26 +183,35 @@ fn talent_allow_pseudonymises_person_ref_and_drops_the_hr_attestation() {
         |o| matches!(o, Obligation::Pseudonymise { pointer, .. } if pointer == "/body/person_ref")
     ));
     let mut fwd = record.clone();
-    let done = e.apply_obligations(&d, &mut fwd).unwrap();
+    let done = e.apply_obligations(&d, &mut fwd, "hk", now).unwrap();
+    let key = PseudonymKey::from_hex(KEY_HEX).unwrap();
     assert_eq!(
         done,
         vec![
-            "pseudonymise /body/person_ref",
-            "drop /body/labour_rules_compliant"
+            format!("pseudonymise /body/person_ref key {} scope to:hk", key.id()),
+            "drop /body/labour_rules_compliant".to_string()
         ]
     );
     let original = record["body"]["person_ref"].as_str().unwrap();
-    let expected = PseudonymKey::from_hex(KEY_HEX).unwrap().pseudonym(original);
-    assert_eq!(fwd["body"]["person_ref"], Value::String(expected));
+    assert_eq!(
+        fwd["body"]["person_ref"],
+        json!({"pseudonym": key.pseudonym("to:hk", original), "key_id": key.id()})
+    );
     assert!(fwd["body"].get("labour_rules_compliant").is_none());
-    // What is forwarded is still valid against the schemas.
-    schemas().validate(&fwd).unwrap();
+    // Nothing else changed.
+    let mut rest = record.clone();
+    rest["body"]["person_ref"] = fwd["body"]["person_ref"].clone();
+    rest["body"]
+        .as_object_mut()
+        .unwrap()
+        .shift_remove("labour_rules_compliant");
+    assert_eq!(fwd, rest);
 }
 
 #[test]
 fn shipped_set_without_a_key_warns_and_names_the_rules() {
     let dir = root().join("policies");
-    let e = PolicyEngine::load(&dir, &schemas(), &BTreeMap::new(), None)
+    let e = PolicyEngine::load(&dir, &schemas(), &BTreeMap::new(), &KeyFiles::default())
         .unwrap()
         .with_registry(None);
     assert_eq!(e.warnings().len(), 2, "{:?}", e.warnings());

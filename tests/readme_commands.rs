@@ -18,13 +18,14 @@ use hetao_gateway::cli::Cli;
 use hetao_gateway_core::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetao-gateway");
-const DOCS: [&str; 6] = [
+const DOCS: [&str; 7] = [
     "README.md",
     "docs/deploy.md",
     "docs/configuration.md",
     "docs/audit.md",
     "docs/witness.md",
     "docs/registry.md",
+    "docs/pseudonyms.md",
 ];
 
 fn repo() -> PathBuf {

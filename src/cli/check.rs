@@ -21,7 +21,7 @@ use hetao_gateway_core::config::{
 use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
 use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
-use hetao_gateway_core::policy::{Decision, Effect, PolicyEngine};
+use hetao_gateway_core::policy::{Decision, Effect, KeyFiles, PolicyEngine};
 use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
@@ -83,7 +83,8 @@ pub struct ResolvedRules {
     pub schema_dir: PathBuf,
     pub policy_dir: PathBuf,
     pub settings: BTreeMap<String, Value>,
-    pub pseudonymisation_key: Option<PathBuf>,
+    /// The pseudonymisation key files (current, and a rotation's previous one with --config).
+    pub keys: KeyFiles,
     /// The organisation registry file, if any.
     pub registry: Option<PathBuf>,
     /// The configured parks (only with --config): records to or from another park are invalid.
@@ -100,11 +101,12 @@ impl RuleSource {
         Ok(match &self.config {
             Some(path) => {
                 let c = Config::load(path)?;
+                let keys = KeyFiles::of(&c.policies);
                 ResolvedRules {
                     schema_dir: c.schemas.dir,
                     policy_dir: c.policies.dir,
+                    keys,
                     settings: c.policies.settings,
-                    pseudonymisation_key: c.policies.pseudonymisation_key,
                     registry: c.registry.map(|r| r.file),
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
@@ -116,7 +118,7 @@ impl RuleSource {
                 schema_dir: self.schemas.clone(),
                 policy_dir: self.policies.clone(),
                 settings: BTreeMap::new(),
-                pseudonymisation_key: self.pseudonymisation_key.clone(),
+                keys: KeyFiles::current_only(self.pseudonymisation_key.as_deref()),
                 registry: self.registry.clone(),
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
@@ -140,7 +142,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         schema_dir,
         policy_dir,
         settings,
-        pseudonymisation_key: key,
+        keys,
         registry,
         parks,
         max_json_depth,
@@ -163,8 +165,8 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             Some(Arc::new(Registry::load(p, served.as_ref())?))
         }
     };
-    let engine = PolicyEngine::load(&policy_dir, &schemas, &settings, key.as_deref())?
-        .with_registry(registry);
+    let engine =
+        PolicyEngine::load(&policy_dir, &schemas, &settings, &keys)?.with_registry(registry);
     for w in engine.warnings() {
         eprintln!("warning: {w}");
     }
@@ -192,6 +194,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     let examination = checkpoint.examine(&body, &identity, now);
     let record_id = examination.facts.record_id.clone().unwrap_or_default();
     let kind = examination.facts.kind;
+    let to = examination.facts.to.clone().unwrap_or_default();
     let decision = match checkpoint.offline_decision(examination.outcome) {
         Ok(decision) => decision,
         Err(refusal) => {
@@ -199,9 +202,14 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
             return Ok(ExitCode::from(EXIT_INVALID));
         }
     };
+    let shown = Shown {
+        engine: &engine,
+        to: &to,
+        now,
+    };
     match args.format {
-        Format::Json => println!("{}", decision_json(&record_id, &decision)),
-        Format::Table => print!("{}", decision_table(&record_id, &decision)),
+        Format::Json => println!("{}", decision_json(&record_id, &decision, &shown)),
+        Format::Table => print!("{}", decision_table(&record_id, &decision, &shown)),
     }
     Ok(ExitCode::from(match decision.effect {
         Effect::Allow => 0,
@@ -260,19 +268,43 @@ fn read_record(path: &Path) -> anyhow::Result<Vec<u8>> {
     }
 }
 
-/// The decision as one JSON object (`decision`, `matched`, `obligations`, `policy_version`).
-pub fn decision_json(record_id: &str, d: &Decision) -> Value {
+/// What the obligations of a decision would do: the engine's keys, the destination park and the
+/// decision time (which key and scope a pseudonym gets).
+pub struct Shown<'a> {
+    pub engine: &'a PolicyEngine,
+    pub to: &'a str,
+    pub now: DateTime<Utc>,
+}
+
+/// The decision as one JSON object (`decision`, `matched`, `obligations`, `policy_version`);
+/// each pseudonymise obligation with the `key_id` and `scope` the record would get (and the
+/// `previous_key_id` during a key rotation).
+pub fn decision_json(record_id: &str, d: &Decision, shown: &Shown<'_>) -> Value {
+    let obligations: Vec<Value> = d
+        .obligations
+        .iter()
+        .map(|o| {
+            let mut v = serde_json::to_value(o).unwrap_or(Value::Null);
+            let plan = shown.engine.pseudonym_plan(o, shown.to, shown.now);
+            if let (Some(m), Some(Ok(Value::Object(p)))) =
+                (v.as_object_mut(), plan.map(serde_json::to_value))
+            {
+                m.extend(p);
+            }
+            v
+        })
+        .collect();
     json!({
         "record_id": record_id,
         "decision": d.effect,
         "matched": d.matched,
-        "obligations": d.obligations,
+        "obligations": obligations,
         "policy_version": d.policy_version,
     })
 }
 
-/// The decision as a readable table.
-pub fn decision_table(record_id: &str, d: &Decision) -> String {
+/// The decision as a readable table; each obligation as the audit log words it.
+pub fn decision_table(record_id: &str, d: &Decision, shown: &Shown<'_>) -> String {
     use std::fmt::Write;
     let mut out = String::new();
     let _ = writeln!(
@@ -294,15 +326,8 @@ pub fn decision_table(record_id: &str, d: &Decision) -> String {
         let _ = writeln!(out, "{:<w$}  {:<6}  [{}]", "", "", m.regulation);
     }
     for o in &d.obligations {
-        let (what, p, r) = match o {
-            hetao_gateway_core::policy::Obligation::Pseudonymise { pointer, rule } => {
-                ("pseudonymise", pointer, rule)
-            }
-            hetao_gateway_core::policy::Obligation::Drop { pointer, rule } => {
-                ("drop", pointer, rule)
-            }
-        };
-        let _ = writeln!(out, "obligation: {what} {p} (rule {r})");
+        let line = shown.engine.describe_obligation(o, shown.to, shown.now);
+        let _ = writeln!(out, "obligation: {line} (rule {})", o.rule());
     }
     out
 }

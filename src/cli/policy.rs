@@ -8,8 +8,8 @@ use std::sync::Arc;
 
 use serde_json::Value;
 
-use hetao_gateway_core::policy::obligations::PseudonymKey;
-use hetao_gateway_core::policy::PolicyEngine;
+use chrono::Utc;
+use hetao_gateway_core::policy::{PolicyEngine, PseudonymKey, PseudonymKeys};
 use hetao_gateway_core::policy_cases::{self as cases, CaseRegistry};
 use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
@@ -52,7 +52,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
         schema_dir,
         policy_dir,
         settings: base_settings,
-        pseudonymisation_key: key_path,
+        keys: key_files,
         registry: registry_path,
         ..
     } = args.rules.resolve()?;
@@ -73,12 +73,14 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
     let load = |overrides: &BTreeMap<String, Value>, with_key: bool, registry: &CaseRegistry| {
         let mut settings = base_settings.clone();
         settings.extend(overrides.clone());
-        let key = if !with_key {
+        let keys = if !with_key {
             None
-        } else if let Some(p) = &key_path {
-            Some(PseudonymKey::from_file(p).map_err(|e| e.to_string())?)
+        } else if key_files.current.is_some() {
+            PseudonymKeys::load(&key_files, Utc::now())
+                .map_err(|e| e.to_string())?
+                .0
         } else {
-            Some(PseudonymKey::from_hex(TEST_KEY_HEX)?)
+            Some(PseudonymKeys::from(PseudonymKey::from_hex(TEST_KEY_HEX)?))
         };
         let registry = match registry {
             CaseRegistry::Inherit => base_registry.clone(),
@@ -88,7 +90,7 @@ fn test(args: TestArgs) -> anyhow::Result<ExitCode> {
             CaseRegistry::None => None,
         };
         Ok(
-            PolicyEngine::load_with_key(&policy_dir, &schemas, &settings, key)
+            PolicyEngine::load_with_keys(&policy_dir, &schemas, &settings, keys)
                 .map_err(|e| e.to_string())?
                 .with_registry(registry),
         )

@@ -169,6 +169,14 @@ fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
     p
 }
 
+/// Writes a private key as a deployment must keep it: 0600, whatever the umask (the gateway
+/// refuses a pseudonymisation key that the group or others may read).
+pub fn write_secret(dir: &Path, name: &str, text: &str) -> PathBuf {
+    let p = dir.join(name);
+    hetao_gateway_core::key_file::write_private(&p, text.as_bytes()).unwrap();
+    p
+}
+
 async fn start_endpoint(pki: &TestPki, park: &str) -> RunningEndpoint {
     let cert = pki
         .park(park)
@@ -212,17 +220,17 @@ impl TestGateway {
             )
             .unwrap();
         write(d, "gateway.pem", &server.cert_pem);
-        write(d, "gateway.key", &server.key_pem);
+        write_secret(d, "gateway.key", &server.key_pem);
         let upstream = pki
             .gateway_ca
             .issue_upstream_client(Validity::For(YEAR))
             .unwrap();
         write(d, "gateway-client.pem", &upstream.cert_pem);
-        write(d, "gateway-client.key", &upstream.key_pem);
+        write_secret(d, "gateway-client.key", &upstream.key_pem);
         let signing = AuditSigningKey::generate().unwrap();
-        write(d, "audit-signing.key", &signing.private_pem);
+        write_secret(d, "audit-signing.key", &signing.private_pem);
         write(d, "audit-signing.pub", &signing.public_pem);
-        write(d, "pseudonymisation.key", &"ab".repeat(32));
+        write_secret(d, "pseudonymisation.key", &"ab".repeat(32));
         write(d, "registry.toml", &test_registry());
         let crl_line = match &opts.sz_crl {
             Some((serials, next)) => {

@@ -182,7 +182,8 @@ impl Checkpoint<'_> {
             to: &head.to,
             now,
         });
-        let (decision, forward, applied) = self.apply_obligations(decision, record, body);
+        let (decision, forward, applied) =
+            self.apply_obligations(decision, record, body, &head.to, now);
         Ok(Verdict {
             head,
             decision,
@@ -223,6 +224,8 @@ impl Checkpoint<'_> {
         decision: Decision,
         record: Value,
         body: &Bytes,
+        to: &str,
+        now: DateTime<Utc>,
     ) -> (Decision, Option<Bytes>, Vec<String>) {
         if decision.effect != Effect::Allow {
             return (decision, None, Vec::new());
@@ -231,7 +234,10 @@ impl Checkpoint<'_> {
             return (decision, Some(body.clone()), Vec::new());
         }
         let mut record = record;
-        match self.policies.apply_obligations(&decision, &mut record) {
+        match self
+            .policies
+            .apply_obligations(&decision, &mut record, to, now)
+        {
             Ok(applied) => match serde_json::to_vec(&record) {
                 Ok(bytes) => (decision, Some(Bytes::from(bytes)), applied),
                 Err(e) => (obligation_denial(decision, e.to_string()), None, Vec::new()),

@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use chrono::{DateTime, Utc};
 use serde::Deserialize;
 
 /// Why a configuration could not be used. Always names the file, and the key where there is one.
@@ -141,6 +142,16 @@ pub struct PoliciesConfig {
     /// pseudonymisation is refused (fail closed).
     #[serde(default)]
     pub pseudonymisation_key: Option<PathBuf>,
+    /// The key a rotation retires: still used beside `pseudonymisation_key` until
+    /// `pseudonymisation_previous_until`, so the receiving parks can link old and new pseudonyms.
+    #[serde(default)]
+    pub pseudonymisation_previous_key: Option<PathBuf>,
+    /// The end of the rotation's overlap (parsed from `pseudonymisation_previous_until`, an
+    /// RFC 3339 date-time, when the file is loaded).
+    #[serde(skip)]
+    pub pseudonymisation_previous_until: Option<DateTime<Utc>>,
+    #[serde(default, rename = "pseudonymisation_previous_until")]
+    previous_until_text: Option<String>,
     /// Overrides of the policy set's documented settings (e.g. D2's GBA volume question).
     #[serde(default)]
     pub settings: BTreeMap<String, serde_json::Value>,
@@ -152,6 +163,9 @@ impl Default for PoliciesConfig {
         PoliciesConfig {
             dir: PathBuf::from("policies"),
             pseudonymisation_key: None,
+            pseudonymisation_previous_key: None,
+            pseudonymisation_previous_until: None,
+            previous_until_text: None,
             settings: BTreeMap::new(),
         }
     }
@@ -670,6 +684,53 @@ impl Config {
         let mut policies = file.policies;
         policies.dir = resolve(&policies.dir);
         policies.pseudonymisation_key = policies.pseudonymisation_key.as_deref().map(resolve);
+        policies.pseudonymisation_previous_key = policies
+            .pseudonymisation_previous_key
+            .as_deref()
+            .map(resolve);
+        const UNTIL: &str = "policies.pseudonymisation_previous_until";
+        policies.pseudonymisation_previous_until = match &policies.previous_until_text {
+            None => None,
+            Some(t) => Some(
+                DateTime::parse_from_rfc3339(t)
+                    .map_err(|_| {
+                        invalid(
+                            UNTIL,
+                            format!(
+                                "`{t}` is not an RFC 3339 date-time like 2027-01-31T00:00:00+08:00"
+                            ),
+                        )
+                    })?
+                    .with_timezone(&Utc),
+            ),
+        };
+        match (
+            &policies.pseudonymisation_previous_key,
+            policies.pseudonymisation_previous_until,
+        ) {
+            (Some(_), None) => {
+                return Err(invalid(
+                    UNTIL,
+                    "required with policies.pseudonymisation_previous_key: until when the \
+                     previous key is used beside the current one"
+                        .into(),
+                ))
+            }
+            (None, Some(_)) => {
+                return Err(invalid(
+                    UNTIL,
+                    "only meaningful with policies.pseudonymisation_previous_key".into(),
+                ))
+            }
+            (Some(_), Some(_)) if policies.pseudonymisation_key.is_none() => {
+                return Err(invalid(
+                    "policies.pseudonymisation_previous_key",
+                    "needs policies.pseudonymisation_key: a rotation retires a key for a new one"
+                        .into(),
+                ))
+            }
+            _ => {}
+        }
         let registry = file.registry.map(|r| RegistryConfig {
             file: resolve(&r.file),
         });
@@ -948,6 +1009,56 @@ signing_key = "audit-signing.key"
         let c = Config::parse(&bare, Path::new("/etc/hetao/g.toml")).unwrap();
         assert_eq!(c.policies.dir, PathBuf::from("/etc/hetao/policies"));
         assert!(c.policies.settings.is_empty());
+    }
+
+    #[test]
+    fn a_key_rotation_names_the_previous_key_and_until_when() {
+        let with = |keys: &str| {
+            Config::parse(
+                &SKELETON.replace(
+                    "[policies]\ndir = \"policies\"",
+                    &format!("[policies]\ndir = \"policies\"\n{keys}"),
+                ),
+                Path::new("/etc/hetao/g.toml"),
+            )
+        };
+        let c = with(
+            "pseudonymisation_key = \"new.key\"\npseudonymisation_previous_key = \"old.key\"\n\
+             pseudonymisation_previous_until = \"2027-01-31T00:00:00+08:00\"",
+        )
+        .unwrap();
+        assert_eq!(
+            c.policies.pseudonymisation_previous_key,
+            Some(PathBuf::from("/etc/hetao/old.key"))
+        );
+        assert_eq!(
+            c.policies
+                .pseudonymisation_previous_until
+                .map(|t| t.to_rfc3339()),
+            Some("2027-01-30T16:00:00+00:00".to_string())
+        );
+        for (keys, key) in [
+            (
+                "pseudonymisation_key = \"n.key\"\npseudonymisation_previous_key = \"o.key\"",
+                "policies.pseudonymisation_previous_until",
+            ),
+            (
+                "pseudonymisation_key = \"n.key\"\npseudonymisation_previous_until = \"2027-01-31T00:00:00Z\"",
+                "policies.pseudonymisation_previous_until",
+            ),
+            (
+                "pseudonymisation_previous_key = \"o.key\"\npseudonymisation_previous_until = \"2027-01-31T00:00:00Z\"",
+                "policies.pseudonymisation_previous_key",
+            ),
+            (
+                "pseudonymisation_key = \"n.key\"\npseudonymisation_previous_key = \"o.key\"\n\
+                 pseudonymisation_previous_until = \"next month\"",
+                "policies.pseudonymisation_previous_until",
+            ),
+        ] {
+            let err = with(keys).unwrap_err().to_string();
+            assert!(err.contains(key), "{keys}: {err}");
+        }
     }
 
     #[test]

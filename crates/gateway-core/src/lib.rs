@@ -16,6 +16,7 @@ pub mod connection_activity;
 pub mod envelope;
 pub mod error;
 pub mod json_limits;
+pub mod key_file;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

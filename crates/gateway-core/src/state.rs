@@ -13,7 +13,7 @@ use crate::audit::{AuditError, AuditLog};
 use crate::checkpoint::{Checkpoint, RecordWindow};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
-use crate::policy::{PolicyEngine, PolicyLoadError};
+use crate::policy::{KeyFiles, PolicyEngine, PolicyLoadError};
 use crate::rate_limit::RateLimiter;
 use crate::registry::{Registry, RegistryError};
 use crate::replay::ReplayGuard;
@@ -67,7 +67,7 @@ impl RuleSet {
             &config.policies.dir,
             &schemas,
             &config.policies.settings,
-            config.policies.pseudonymisation_key.as_deref(),
+            &KeyFiles::of(&config.policies),
         )?
         .with_registry(registry);
         Ok(RuleSet { schemas, policies })

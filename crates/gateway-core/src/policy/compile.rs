@@ -12,8 +12,9 @@ use ring::digest;
 use serde_json::{Map, Value};
 
 use super::dates::{self, Offset};
+use super::identifying::{self, IdentifyingField};
 use super::schema_walk::{self, SchemaLookup};
-use super::{Effect, MatchedRule, PolicyLoadError, SettingInfo};
+use super::{Effect, Granularity, MatchedRule, Obligation, PolicyLoadError, SettingInfo};
 use crate::envelope::Kind;
 
 /// The file every policy set has: version, time zone, documented settings.
@@ -107,6 +108,20 @@ pub fn load_texts(
         .map(|s| (s.name.as_str(), &s.value))
         .collect();
 
+    // The fields each kind's schema marks as identifying a person: every allow must treat them.
+    let mut identifying = BTreeMap::new();
+    for kind in Kind::ALL {
+        if let Some(doc) = schemas.kind_schema_doc(kind) {
+            let fields = identifying::fields(schemas, doc).map_err(|m| {
+                invalid(
+                    &format!("schema of kind {}", kind.as_str()),
+                    format!("{m} (annotations: docs/policies.md)"),
+                )
+            })?;
+            identifying.insert(kind, fields);
+        }
+    }
+
     let mut rules = Vec::new();
     let mut seen: BTreeMap<String, String> = BTreeMap::new();
     for (name, text) in rule_files {
@@ -130,7 +145,7 @@ pub fn load_texts(
             Some(_) => return Err(invalid(&label, "expected `[[rule]]` entries".into())),
         };
         for (i, raw) in list.iter().enumerate() {
-            let rule = compile_rule(raw, i, &label, schemas, &setting_values)?;
+            let rule = compile_rule(raw, i, &label, schemas, &setting_values, &identifying)?;
             if let Some(prev) = seen.insert(rule.id.clone(), label.clone()) {
                 return Err(PolicyLoadError::Rule {
                     file: label,
@@ -345,6 +360,7 @@ fn compile_rule(
     file: &str,
     schemas: &dyn SchemaLookup,
     settings: &BTreeMap<&str, &Value>,
+    identifying: &BTreeMap<Kind, Vec<IdentifyingField>>,
 ) -> Result<Rule, PolicyLoadError> {
     let placeholder = format!("#{}", index + 1);
     let Value::Object(obj) = raw else {
@@ -473,52 +489,17 @@ fn compile_rule(
         Some(v) => fold(compile_cond(v, "when", &mut ctx)?),
     };
 
-    let mut obligations = Vec::new();
-    if let Some(o) = obj.get("obligations") {
-        if effect == Effect::Deny {
-            return Err(ctx.err("obligations", "only allow rules carry obligations"));
-        }
-        let Value::Array(list) = o else {
-            return Err(ctx.err(
-                "obligations",
-                "expected a list like [{ pseudonymise = \"/body/x\" }]",
-            ));
-        };
-        for (i, item) in list.iter().enumerate() {
-            let key = format!("obligations[{i}]");
-            let Some((action, ptr)) = item
-                .as_object()
-                .filter(|m| m.len() == 1)
-                .and_then(|m| m.iter().next())
-            else {
-                return Err(ctx.err(&key, "expected exactly one of `pseudonymise` or `drop`"));
-            };
-            let action = match action.as_str() {
-                "pseudonymise" => ObligationAction::Pseudonymise,
-                "drop" => ObligationAction::Drop,
-                other => {
-                    return Err(ctx.err(
-                        &key,
-                        format!("unknown obligation `{other}` (pseudonymise, drop)"),
-                    ))
-                }
-            };
-            let ptr_text = ptr
-                .as_str()
-                .ok_or_else(|| ctx.err(&key, "expected a JSON pointer string"))?;
-            let pointer = parse_pointer(ptr_text).map_err(|m| ctx.err(&key, m))?;
-            if pointer.tokens.first().map(|t| &*t.key) != Some("body") || pointer.tokens.len() < 2 {
-                return Err(ctx.err(
-                    &key,
-                    format!("`{ptr_text}`: obligations apply to fields under /body"),
-                ));
+    let obligations = match obj.get("obligations") {
+        None => Vec::new(),
+        Some(o) => {
+            if effect == Effect::Deny {
+                return Err(ctx.err("obligations", "only allow rules carry obligations"));
             }
-            check_field(&pointer, &key, &ctx)?;
-            obligations.push(CompiledObligation {
-                action,
-                pointer: ptr_text.to_string(),
-            });
+            compile_obligations(o, &id, &ctx)?
         }
+    };
+    if effect == Effect::Allow {
+        check_treatments(&matched_kinds, identifying, &obligations, &ctx)?;
     }
 
     let cites = match obj.get("cites") {
@@ -546,6 +527,260 @@ fn compile_rule(
         cites,
         shown,
     })
+}
+
+// === obligations ===
+
+/// The actions an obligation can declare, each with the keys that qualify it.
+const OBLIGATION_ACTIONS: &[(&str, &[&str])] = &[
+    ("pseudonymise", &["purpose", "linkable", "reason"]),
+    ("generalise", &["to"]),
+    ("keep", &["basis"]),
+    ("drop", &[]),
+];
+
+/// `obligations = [{ pseudonymise = "/body/x", purpose = "research" }, { drop = "/body/y" }]`.
+fn compile_obligations(
+    o: &Value,
+    rule: &str,
+    ctx: &RuleCtx<'_, '_>,
+) -> Result<Vec<Obligation>, PolicyLoadError> {
+    let Value::Array(list) = o else {
+        return Err(ctx.err(
+            "obligations",
+            "expected a list like [{ pseudonymise = \"/body/x\" }]",
+        ));
+    };
+    let mut out: Vec<Obligation> = Vec::with_capacity(list.len());
+    for (i, item) in list.iter().enumerate() {
+        let key = format!("obligations[{i}]");
+        let o = compile_obligation(item, rule, &key, ctx)?;
+        if let Some(prev) = out.iter().find(|p| p.pointer() == o.pointer()) {
+            return Err(ctx.err(
+                &key,
+                format!(
+                    "`{}` is already treated by `{}`: one treatment per field",
+                    o.pointer(),
+                    prev.action()
+                ),
+            ));
+        }
+        out.push(o);
+    }
+    Ok(out)
+}
+
+fn compile_obligation(
+    item: &Value,
+    rule: &str,
+    key: &str,
+    ctx: &RuleCtx<'_, '_>,
+) -> Result<Obligation, PolicyLoadError> {
+    let names = || {
+        OBLIGATION_ACTIONS
+            .iter()
+            .map(|(a, _)| *a)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let Some(m) = item.as_object() else {
+        return Err(ctx.err(key, format!("expected a table with one of {}", names())));
+    };
+    let actions: Vec<&(&str, &[&str])> = OBLIGATION_ACTIONS
+        .iter()
+        .filter(|(a, _)| m.contains_key(*a))
+        .collect();
+    let [(action, qualifiers)] = actions.as_slice() else {
+        let unknown = m.keys().next().map(String::as_str).unwrap_or_default();
+        return Err(ctx.err(
+            key,
+            if actions.is_empty() && m.len() == 1 {
+                format!("unknown obligation `{unknown}` ({})", names())
+            } else {
+                format!("expected exactly one of {}", names())
+            },
+        ));
+    };
+    if let Some(k) = m
+        .keys()
+        .find(|k| k.as_str() != *action && !qualifiers.contains(&k.as_str()))
+    {
+        return Err(ctx.err(
+            &format!("{key}.{k}"),
+            if qualifiers.is_empty() {
+                format!("unknown key (`{action}` takes none)")
+            } else {
+                format!("unknown key (`{action}` takes {})", qualifiers.join(", "))
+            },
+        ));
+    }
+    let ptr_key = format!("{key}.{action}");
+    let ptr_text = m[*action]
+        .as_str()
+        .ok_or_else(|| ctx.err(&ptr_key, "expected a JSON pointer string"))?;
+    let pointer = parse_pointer(ptr_text).map_err(|e| ctx.err(&ptr_key, e))?;
+    if pointer.tokens.first().map(|t| &*t.key) != Some("body") || pointer.tokens.len() < 2 {
+        return Err(ctx.err(
+            &ptr_key,
+            format!("`{ptr_text}`: obligations apply to fields under /body"),
+        ));
+    }
+    let nodes = field_nodes(&pointer, &ptr_key, ctx)?;
+    let types_ok = |allowed: &[&str]| {
+        !ctx.schema.checking
+            || nodes.as_ref().map_or(true, |ns| {
+                ns.iter()
+                    .any(|(_, n)| schema_walk::may_be_one_of(n, allowed))
+            })
+    };
+    let text = |k: &str, what: &str| -> Result<Option<String>, PolicyLoadError> {
+        match m.get(k) {
+            None => Ok(None),
+            Some(Value::String(s)) if single_line(s) => Ok(Some(s.trim().to_string())),
+            Some(_) => Err(ctx.err(
+                &format!("{key}.{k}"),
+                format!("expected {what}: a non-empty line of text"),
+            )),
+        }
+    };
+    let (pointer, rule) = (ptr_text.to_string(), rule.to_string());
+    Ok(match *action {
+        "pseudonymise" => {
+            if !types_ok(&["string", "number", "integer"]) {
+                return Err(ctx.err(
+                    &ptr_key,
+                    format!("`{pointer}`: only strings and numbers can be pseudonymised"),
+                ));
+            }
+            let purpose =
+                match m.get("purpose") {
+                    None => None,
+                    Some(Value::String(p)) if valid_purpose(p) => Some(p.clone()),
+                    Some(_) => return Err(ctx.err(
+                        &format!("{key}.purpose"),
+                        "expected a purpose name: letters, digits, `.`, `-`, `_` (e.g. `research`)",
+                    )),
+                };
+            let linkable = match m.get("linkable") {
+                None => false,
+                Some(Value::Bool(b)) => *b,
+                Some(_) => {
+                    return Err(ctx.err(&format!("{key}.linkable"), "expected true or false"))
+                }
+            };
+            let reason = text("reason", "why both parks may link this pseudonym")?;
+            if linkable && reason.is_none() {
+                return Err(ctx.err(
+                    &format!("{key}.reason"),
+                    "required with `linkable = true`: why the parks may link this person's records",
+                ));
+            }
+            if !linkable && reason.is_some() {
+                return Err(ctx.err(
+                    &format!("{key}.reason"),
+                    "only a `linkable = true` pseudonym takes a reason",
+                ));
+            }
+            if linkable && purpose.is_some() {
+                return Err(ctx.err(
+                    &format!("{key}.purpose"),
+                    "a linkable pseudonym is shared by every park and purpose; drop `purpose` or `linkable`",
+                ));
+            }
+            Obligation::Pseudonymise {
+                pointer,
+                rule,
+                purpose,
+                linkable,
+                reason,
+            }
+        }
+        "generalise" => {
+            if !types_ok(&["string"]) {
+                return Err(ctx.err(
+                    &ptr_key,
+                    format!("`{pointer}`: only dates and date-times can be generalised"),
+                ));
+            }
+            let to = m
+                .get("to")
+                .and_then(Value::as_str)
+                .and_then(Granularity::parse)
+                .ok_or_else(|| {
+                    ctx.err(&format!("{key}.to"), "required: `day`, `month` or `year`")
+                })?;
+            Obligation::Generalise { pointer, rule, to }
+        }
+        "keep" => {
+            let basis =
+                text("basis", "the legal basis that requires the field")?.ok_or_else(|| {
+                    ctx.err(
+                        &format!("{key}.basis"),
+                        "required: the legal basis that requires forwarding this field unchanged",
+                    )
+                })?;
+            Obligation::Keep {
+                pointer,
+                rule,
+                basis,
+            }
+        }
+        _ => Obligation::Drop { pointer, rule },
+    })
+}
+
+/// Text shown in audit lines: one non-empty line without control characters.
+fn single_line(s: &str) -> bool {
+    !s.trim().is_empty() && s.len() <= 500 && !s.chars().any(char::is_control)
+}
+
+/// A purpose becomes part of the pseudonym's scope (`to:hk/purpose:research`).
+fn valid_purpose(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'))
+}
+
+/// Every field the rule's kinds mark as identifying must be treated by one of its obligations.
+fn check_treatments(
+    kinds: &[Kind],
+    identifying: &BTreeMap<Kind, Vec<IdentifyingField>>,
+    obligations: &[Obligation],
+    ctx: &RuleCtx<'_, '_>,
+) -> Result<(), PolicyLoadError> {
+    let treated: Vec<Pointer> = obligations
+        .iter()
+        .filter_map(|o| parse_pointer(o.pointer()).ok())
+        .collect();
+    let mut untreated: BTreeMap<String, (&str, Vec<&str>)> = BTreeMap::new();
+    for kind in kinds {
+        for field in identifying.get(kind).into_iter().flatten() {
+            if !treated.iter().any(|t| field.covered_by(t)) {
+                untreated
+                    .entry(field.pointer())
+                    .or_insert((field.class.as_str(), Vec::new()))
+                    .1
+                    .push(kind.as_str());
+            }
+        }
+    }
+    if untreated.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = untreated
+        .iter()
+        .map(|(p, (class, kinds))| format!("{p} ({class}, {})", kinds.join(", ")))
+        .collect();
+    Err(ctx.err(
+        "obligations",
+        format!(
+            "the rule allows records that forward fields identifying a person without a \
+             treatment: {}; give each one (or an enclosing field) pseudonymise, generalise, \
+             drop or keep with its legal basis",
+            list.join("; ")
+        ),
+    ))
 }
 
 /// `cites = [{ label, field, where?, value? }]`: the facts an allow rests on.

@@ -6,7 +6,7 @@ use chrono::FixedOffset;
 use serde_json::Value;
 
 use super::dates::{DateValue, Offset};
-use super::{Effect, MatchedRule, SettingInfo};
+use super::{Effect, MatchedRule, Obligation, SettingInfo};
 use crate::envelope::Kind;
 
 /// A JSON pointer split into tokens at load; array indices pre-parsed.
@@ -188,18 +188,6 @@ impl Cond {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ObligationAction {
-    Pseudonymise,
-    Drop,
-}
-
-#[derive(Debug, Clone)]
-pub struct CompiledObligation {
-    pub action: ObligationAction,
-    pub pointer: String,
-}
-
 /// One fact a rule rests on: `label` and the value(s) at `field` (or, for an array, `value` of
 /// each item for which `filter` holds).
 #[derive(Debug, Clone)]
@@ -223,7 +211,8 @@ pub struct Rule {
     pub organisations: Option<Vec<String>>,
     pub parks: Option<Vec<String>>,
     pub when: Cond,
-    pub obligations: Vec<CompiledObligation>,
+    /// What an allow asks for before forwarding, in declared order (the rule id filled in).
+    pub obligations: Vec<Obligation>,
     /// What an allow rests on, shown after its reason with the values the record gives.
     pub cites: Vec<Cite>,
     /// Built once so a decision clones instead of formatting.
@@ -241,7 +230,7 @@ impl Rule {
             && self
                 .obligations
                 .iter()
-                .any(|o| o.action == ObligationAction::Pseudonymise)
+                .any(|o| matches!(o, Obligation::Pseudonymise { .. }))
     }
 }
 

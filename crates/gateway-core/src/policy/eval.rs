@@ -8,8 +8,8 @@ use chrono::{DateTime, FixedOffset, Utc};
 use serde_json::Value;
 
 use super::compiled::{
-    kind_slot, Cite, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand,
-    ObligationAction, Op, Pointer, Rule, Source,
+    kind_slot, Cite, CompiledSet, Cond, DateBase, DateOperand, IdentityField, NumOperand, Op,
+    Pointer, Rule, Source,
 };
 use super::dates::{self, DateValue};
 use super::{
@@ -353,28 +353,23 @@ pub fn decide(
             policy_version,
         };
     }
+    // One treatment per field: when several allow rules treat the same pointer, the first in
+    // policy order counts. Drops always apply (the same drop twice once).
     let mut obligations: Vec<Obligation> = Vec::new();
     let mut key_missing: Vec<&str> = Vec::new();
     for r in allow_rules {
         for o in &r.obligations {
-            let dup = obligations.iter().any(|x| match (x, o.action) {
-                (Obligation::Pseudonymise { pointer, .. }, ObligationAction::Pseudonymise)
-                | (Obligation::Drop { pointer, .. }, ObligationAction::Drop) => {
-                    *pointer == o.pointer
-                }
-                _ => false,
-            });
+            let is_drop = |x: &Obligation| matches!(x, Obligation::Drop { .. });
+            let dup = obligations
+                .iter()
+                .any(|x| x.pointer() == o.pointer() && is_drop(x) == is_drop(o));
             if dup {
                 continue;
             }
-            if o.action == ObligationAction::Pseudonymise && !has_key {
+            if matches!(o, Obligation::Pseudonymise { .. }) && !has_key {
                 key_missing.push(&r.id);
             }
-            let (pointer, rule) = (o.pointer.clone(), r.id.clone());
-            obligations.push(match o.action {
-                ObligationAction::Pseudonymise => Obligation::Pseudonymise { pointer, rule },
-                ObligationAction::Drop => Obligation::Drop { pointer, rule },
-            });
+            obligations.push(o.clone());
         }
     }
     if !key_missing.is_empty() {

@@ -23,9 +23,12 @@ pub mod compile;
 pub mod compiled;
 pub mod dates;
 pub mod eval;
+pub mod identifying;
 pub mod obligations;
+pub mod pseudonym;
 pub mod schema_walk;
 
+pub use pseudonym::{KeyFiles, PseudonymKey, PseudonymKeys, PseudonymPlan};
 pub use schema_walk::SchemaLookup;
 
 /// Id of the synthetic entry shown when no rule allows a flow.
@@ -60,14 +63,101 @@ pub struct MatchedRule {
     pub regulation: String,
 }
 
-/// Something the gateway must do to a record before forwarding an allowed record.
+/// Something the gateway must do to a record before forwarding an allowed record. A `-` token in
+/// a pointer stands for every item of an array (`/body/companions/-/passport_no`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 #[serde(tag = "action", rename_all = "snake_case")]
 pub enum Obligation {
-    /// Replace the string at `pointer` by its keyed HMAC-SHA-256 (hex).
-    Pseudonymise { pointer: String, rule: String },
+    /// Replace the string (or number) at `pointer` by `{"pseudonym", "key_id"}`: its keyed
+    /// HMAC-SHA-256 (hex) in the scope of the destination park (and `purpose`), or in the
+    /// `shared` scope when the rule declares the pseudonym `linkable` (with its `reason`).
+    Pseudonymise {
+        pointer: String,
+        rule: String,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        purpose: Option<String>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        linkable: bool,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        reason: Option<String>,
+    },
+    /// Replace the date or date-time at `pointer` by its local day, month or year.
+    Generalise {
+        pointer: String,
+        rule: String,
+        to: Granularity,
+    },
+    /// Forward the field unchanged, on the legal `basis` that requires it.
+    Keep {
+        pointer: String,
+        rule: String,
+        basis: String,
+    },
     /// Remove the field at `pointer`.
     Drop { pointer: String, rule: String },
+}
+
+impl Obligation {
+    /// The field the obligation treats.
+    pub fn pointer(&self) -> &str {
+        match self {
+            Obligation::Pseudonymise { pointer, .. }
+            | Obligation::Generalise { pointer, .. }
+            | Obligation::Keep { pointer, .. }
+            | Obligation::Drop { pointer, .. } => pointer,
+        }
+    }
+
+    /// The id of the rule that asks for it.
+    pub fn rule(&self) -> &str {
+        match self {
+            Obligation::Pseudonymise { rule, .. }
+            | Obligation::Generalise { rule, .. }
+            | Obligation::Keep { rule, .. }
+            | Obligation::Drop { rule, .. } => rule,
+        }
+    }
+
+    /// `pseudonymise`, `generalise`, `keep` or `drop`: the key that declares it.
+    pub fn action(&self) -> &'static str {
+        match self {
+            Obligation::Pseudonymise { .. } => "pseudonymise",
+            Obligation::Generalise { .. } => "generalise",
+            Obligation::Keep { .. } => "keep",
+            Obligation::Drop { .. } => "drop",
+        }
+    }
+}
+
+/// How coarse a generalised date becomes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Granularity {
+    /// `2026-12-01`: the local calendar date.
+    Day,
+    /// `2026-12`.
+    Month,
+    /// `2026`.
+    Year,
+}
+
+impl Granularity {
+    pub fn parse(s: &str) -> Option<Granularity> {
+        match s {
+            "day" => Some(Granularity::Day),
+            "month" => Some(Granularity::Month),
+            "year" => Some(Granularity::Year),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Granularity::Day => "day",
+            Granularity::Month => "month",
+            Granularity::Year => "year",
+        }
+    }
 }
 
 /// The outcome of evaluating the policy set: deny overrides allow, default deny.
@@ -138,37 +228,43 @@ pub struct SettingInfo {
     pub description: String,
 }
 
-/// The compiled policy set of one load, with the pseudonymisation key if configured.
+/// The compiled policy set of one load, with the pseudonymisation keys if configured.
 pub struct PolicyEngine {
     set: compile::CompiledSet,
     /// The organisation registry decided against (`[registry] file`), if any.
     registry: Option<Arc<Registry>>,
-    key: Option<obligations::PseudonymKey>,
+    keys: Option<PseudonymKeys>,
     version: String,
     hash: String,
     warnings: Vec<String>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
-    // Hand-written so the key can never reach a log through `{:?}`.
+    // Hand-written so the key can never reach a log through `{:?}` (its id may: it reveals
+    // nothing of the key).
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("PolicyEngine")
             .field("version", &self.version)
             .field("rules", &self.set.rules.len())
             .field("registry", &self.registry.as_ref().map(|r| r.len()))
-            .field("pseudonymisation_key", &self.key.as_ref().map(|_| "<set>"))
+            .field(
+                "pseudonymisation_key",
+                &self.keys.as_ref().map(|k| k.current().id()),
+            )
             .finish()
     }
 }
 
 impl PolicyEngine {
+    /// Loads the set in `dir` against the schemas, with the pseudonymisation keys `keys` names
+    /// (read as of now: a previous key whose overlap has ended is left unread, with a warning).
     pub fn load(
         dir: &Path,
         schemas: &SchemaSet,
         settings: &BTreeMap<String, serde_json::Value>,
-        pseudonymisation_key: Option<&Path>,
+        keys: &KeyFiles,
     ) -> Result<PolicyEngine, PolicyLoadError> {
-        Self::load_with(dir, schemas, settings, pseudonymisation_key)
+        Self::load_with(dir, schemas, settings, keys)
     }
 
     /// Like [`PolicyEngine::load`], against any source of kind schemas (tests use plain documents).
@@ -176,13 +272,12 @@ impl PolicyEngine {
         dir: &Path,
         schemas: &dyn SchemaLookup,
         settings: &BTreeMap<String, serde_json::Value>,
-        pseudonymisation_key: Option<&Path>,
+        keys: &KeyFiles,
     ) -> Result<PolicyEngine, PolicyLoadError> {
-        let key = match pseudonymisation_key {
-            Some(p) => Some(obligations::PseudonymKey::from_file(p)?),
-            None => None,
-        };
-        Self::load_with_key(dir, schemas, settings, key)
+        let (keys, key_warnings) = PseudonymKeys::load(keys, Utc::now())?;
+        let mut engine = Self::load_with_keys(dir, schemas, settings, keys)?;
+        engine.warnings.extend(key_warnings);
+        Ok(engine)
     }
 
     /// Like [`PolicyEngine::load_with`], with a key already read (tests, `policy test`).
@@ -190,11 +285,21 @@ impl PolicyEngine {
         dir: &Path,
         schemas: &dyn SchemaLookup,
         settings: &BTreeMap<String, serde_json::Value>,
-        key: Option<obligations::PseudonymKey>,
+        key: Option<PseudonymKey>,
+    ) -> Result<PolicyEngine, PolicyLoadError> {
+        Self::load_with_keys(dir, schemas, settings, key.map(PseudonymKeys::from))
+    }
+
+    /// Like [`PolicyEngine::load_with`], with the keys already read.
+    pub fn load_with_keys(
+        dir: &Path,
+        schemas: &dyn SchemaLookup,
+        settings: &BTreeMap<String, serde_json::Value>,
+        keys: Option<PseudonymKeys>,
     ) -> Result<PolicyEngine, PolicyLoadError> {
         let loaded = compile::load_dir(dir, schemas, settings)?;
         let mut warnings = Vec::new();
-        if key.is_none() {
+        if keys.is_none() {
             let needing: Vec<&str> = loaded
                 .set
                 .rules
@@ -214,7 +319,7 @@ impl PolicyEngine {
         Ok(PolicyEngine {
             set: loaded.set,
             registry: None,
-            key,
+            keys,
             version,
             hash: loaded.hash,
             warnings,
@@ -274,20 +379,66 @@ impl PolicyEngine {
         eval::decide(
             &self.set,
             self.registry.as_deref(),
-            self.key.is_some(),
+            self.keys.is_some(),
             &self.version,
             input,
         )
     }
 
-    /// Applies the decision's obligations to the record to be forwarded; returns what was done
-    /// (for the audit log: the pointer and action, never the values).
+    /// Applies the decision's obligations to the record to be forwarded to park `to` at `now`;
+    /// returns what was done (for the audit log: action, pointer, key id and scope, never the
+    /// values).
     pub fn apply_obligations(
         &self,
         decision: &Decision,
         record: &mut serde_json::Value,
+        to: &str,
+        now: DateTime<Utc>,
     ) -> Result<Vec<String>, ObligationError> {
-        obligations::apply(self.key.as_ref(), decision, record)
+        obligations::apply(
+            &obligations::Destination {
+                keys: self.keys.as_ref(),
+                zone: self.set.zone,
+                to,
+                now,
+            },
+            decision,
+            record,
+        )
+    }
+
+    /// The key ids and scope a pseudonymise obligation gives a record bound for `to` at `now`
+    /// (`None` for other obligations, or without a key).
+    pub fn pseudonym_plan(
+        &self,
+        obligation: &Obligation,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> Option<PseudonymPlan> {
+        match obligation {
+            Obligation::Pseudonymise {
+                purpose, linkable, ..
+            } => Some(
+                self.keys
+                    .as_ref()?
+                    .plan(to, purpose.as_deref(), *linkable, now),
+            ),
+            _ => None,
+        }
+    }
+
+    /// One line saying what an obligation does to a record bound for `to` at `now`, worded as
+    /// the audit log words it (`pseudonymise /body/person_ref key pk-... scope to:hk`).
+    pub fn describe_obligation(
+        &self,
+        obligation: &Obligation,
+        to: &str,
+        now: DateTime<Utc>,
+    ) -> String {
+        obligations::describe(
+            obligation,
+            self.pseudonym_plan(obligation, to, now).as_ref(),
+        )
     }
 
     /// Version label of the set (declared version + short hash).
@@ -317,7 +468,12 @@ impl PolicyEngine {
 
     /// Whether a pseudonymisation key is loaded.
     pub fn has_pseudonymisation_key(&self) -> bool {
-        self.key.is_some()
+        self.keys.is_some()
+    }
+
+    /// The pseudonymisation keys in force, if any.
+    pub fn pseudonymisation_keys(&self) -> Option<&PseudonymKeys> {
+        self.keys.as_ref()
     }
 }
 

@@ -175,6 +175,18 @@ pub fn may_be_array(nodes: &[&Value]) -> bool {
     })
 }
 
+/// Whether a schema node may describe a value of one of the JSON types `allowed` (an untyped
+/// node may describe anything).
+pub fn may_be_one_of(node: &Value, allowed: &[&str]) -> bool {
+    match node.get("type") {
+        Some(Value::String(t)) => allowed.contains(&t.as_str()),
+        Some(Value::Array(ts)) => ts
+            .iter()
+            .any(|t| t.as_str().is_some_and(|t| allowed.contains(&t))),
+        _ => true,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -7,7 +7,7 @@ use chrono::{DateTime, Utc};
 use serde_json::{json, Value};
 
 use super::compile::{load_texts, LoadedSet};
-use super::{DecisionInput, Effect, PolicyEngine, PolicyLoadError};
+use super::{DecisionInput, Effect, KeyFiles, PolicyEngine, PolicyLoadError};
 use crate::envelope::Kind;
 use crate::tls::identity::ClientIdentity;
 
@@ -523,6 +523,9 @@ match = { kind = ["data"], from = "sz", to = ["hk"], organisation = ["Org A"], p
 
 // === load-time checks ===
 
+/// Obligations, pseudonym scopes and keys, and the treatment of identifying fields.
+mod treatments;
+
 fn load_err(rules: &str) -> (String, String, String) {
     match load(rules) {
         Err(PolicyLoadError::Rule {
@@ -628,7 +631,7 @@ fn obligations_only_on_allow_and_only_under_body() {
     assert_eq!(key, "obligations");
     let allow = HEAD.replace("deny", "allow");
     let (_, _, key) = load_err(&format!("{allow}obligations = [{{ drop = \"/from\" }}]\n"));
-    assert_eq!(key, "obligations[0]");
+    assert_eq!(key, "obligations[0].drop");
     let (_, _, key) = load_err(&format!(
         "{allow}obligations = [{{ shred = \"/body/name\" }}]\n"
     ));
@@ -636,7 +639,7 @@ fn obligations_only_on_allow_and_only_under_body() {
     let (_, _, key) = load_err(&format!(
         "{allow}obligations = [{{ pseudonymise = \"/body/nmae\" }}]\n"
     ));
-    assert_eq!(key, "obligations[0]");
+    assert_eq!(key, "obligations[0].pseudonymise");
 }
 
 #[test]
@@ -648,7 +651,13 @@ fn missing_key_fails_closed_and_warns() {
         "[[rule]]\nid = \"A\"\neffect = \"allow\"\nreason = \"x\"\nregulation = \"y\"\nobligations = [{ pseudonymise = \"/body/name\" }]\n",
     )
     .unwrap();
-    let engine = PolicyEngine::load_with(dir.path(), &schemas(), &BTreeMap::new(), None).unwrap();
+    let engine = PolicyEngine::load_with(
+        dir.path(),
+        &schemas(),
+        &BTreeMap::new(),
+        &KeyFiles::default(),
+    )
+    .unwrap();
     assert_eq!(engine.warnings().len(), 1);
     assert!(engine.warnings()[0].contains("A"));
     let rec = record(json!({"name": "E1234567"}));
@@ -666,9 +675,14 @@ fn missing_key_fails_closed_and_warns() {
     assert!(d.obligations.is_empty());
 
     let key = dir.path().join("pseudo.key");
-    std::fs::write(&key, format!("{}\n", "5a".repeat(32))).unwrap();
-    let engine =
-        PolicyEngine::load_with(dir.path(), &schemas(), &BTreeMap::new(), Some(&key)).unwrap();
+    crate::key_file::write_private(&key, format!("{}\n", "5a".repeat(32)).as_bytes()).unwrap();
+    let engine = PolicyEngine::load_with(
+        dir.path(),
+        &schemas(),
+        &BTreeMap::new(),
+        &KeyFiles::current_only(Some(&key)),
+    )
+    .unwrap();
     assert!(engine.warnings().is_empty());
     let d = engine.decide(&DecisionInput {
         identity: &id,
@@ -680,8 +694,16 @@ fn missing_key_fails_closed_and_warns() {
     });
     assert_eq!(d.effect, Effect::Allow);
     let mut forwarded = rec.clone();
-    let done = engine.apply_obligations(&d, &mut forwarded).unwrap();
-    assert_eq!(done, vec!["pseudonymise /body/name"]);
+    let now = at("2026-12-01T00:00:00Z");
+    let done = engine
+        .apply_obligations(&d, &mut forwarded, "hk", now)
+        .unwrap();
+    let key_id = engine.pseudonymisation_keys().unwrap().current().id();
+    assert_eq!(
+        done,
+        vec![format!("pseudonymise /body/name key {key_id} scope to:hk")]
+    );
+    assert_eq!(forwarded["body"]["name"]["key_id"], json!(key_id));
     assert_ne!(forwarded["body"]["name"], rec["body"]["name"]);
     assert!(
         !format!("{engine:?}").contains("5a5a"),
