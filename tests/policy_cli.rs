@@ -188,6 +188,14 @@ fn key_id(hex_key: &str) -> String {
     format!("pk-{}", &hex::encode(d.as_ref())[..16])
 }
 
+/// The pseudonymise obligation of a `check --format json` answer.
+fn pseudonymisation(v: &serde_json::Value) -> &serde_json::Value {
+    v["obligations"]
+        .as_array()
+        .and_then(|os| os.iter().find(|o| o["action"] == "pseudonymise"))
+        .unwrap_or_else(|| panic!("no pseudonymise obligation: {v:#}"))
+}
+
 #[test]
 fn check_shows_the_key_id_and_scope_each_pseudonym_would_get() {
     let dir = tempfile::tempdir().unwrap();
@@ -197,12 +205,17 @@ fn check_shows_the_key_id_and_scope_each_pseudonym_would_get() {
     let id = key_id(&hex_key);
     let record = "policies/tests/records/talent-sz-hk-researcher.json";
     let key_arg = key.to_str().unwrap();
+    // The talent example's sample sender, with the development registry that holds its facts.
     let args = [
         "check",
         "--at",
         AT,
         "--pseudonymisation-key",
         key_arg,
+        "--registry",
+        "examples/registry.toml",
+        "--as-org",
+        "Futian Quantum Devices Co.",
         record,
     ];
     let out = gateway(&args);
@@ -210,16 +223,17 @@ fn check_shows_the_key_id_and_scope_each_pseudonym_would_get() {
     let table = String::from_utf8_lossy(&out.stdout);
     assert!(
         table.contains(&format!(
-            "obligation: pseudonymise /body/person_ref key {id} scope to:hk (rule T.sz-hk.crossing)"
+            "obligation: pseudonymise /body/person_ref key {id} scope to:hk (rule T2.sz-hk.visitor-facilitation)"
         )),
         "{table}"
     );
     assert!(table.contains("obligation: drop /body/labour_rules_compliant"));
+    assert!(table.contains("obligation: generalise /body/entry_at to day"));
 
-    let out = gateway(&[&args[..5], &["--format", "json", record][..]].concat());
+    let out = gateway(&[&args[..9], &["--format", "json", record][..]].concat());
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let o = &v["obligations"][0];
+    let o = pseudonymisation(&v);
     assert_eq!(o["action"], "pseudonymise");
     assert_eq!(o["pointer"], "/body/person_ref");
     assert_eq!(o["key_id"], serde_json::json!(id));
@@ -291,11 +305,13 @@ fn check_during_a_key_rotation_shows_the_previous_key_too() {
         AT,
         "--format",
         "json",
+        "--as-org",
+        "HKSTP Biomedical Ltd.",
         "policies/tests/records/talent-hk-sz-visiting-scientist.json",
     ]);
     assert_eq!(out.status.code(), Some(0), "{out:?}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let o = &v["obligations"][0];
+    let o = pseudonymisation(&v);
     assert_eq!(o["key_id"], serde_json::json!(key_id(current.trim())));
     assert_eq!(
         o["previous_key_id"],
@@ -306,36 +322,60 @@ fn check_during_a_key_rotation_shows_the_previous_key_too() {
 
 #[test]
 fn policy_test_fails_when_an_allow_forwards_an_identifying_field_untreated() {
+    // A copy of the policies (and the registry their cases name) with one treatment taken out.
     let dir = tempfile::tempdir().unwrap();
-    let schemas = dir.path().join("schemas");
-    std::fs::create_dir(&schemas).unwrap();
-    for entry in std::fs::read_dir(root().join("schemas")).unwrap() {
-        let path = entry.unwrap().path();
-        if path.is_file() {
-            std::fs::copy(&path, schemas.join(path.file_name().unwrap())).unwrap();
-        }
-    }
-    let mark = |field: &str, class: &str| {
-        let path = schemas.join("talent.json");
-        let mut doc: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
-        doc["properties"][field]["x-hetao-identifying"] = serde_json::json!(class);
-        std::fs::write(&path, serde_json::to_string_pretty(&doc).unwrap()).unwrap();
+    let policies = dir.path().join("policies");
+    copy_tree(&root().join("policies"), &policies);
+    std::fs::create_dir(dir.path().join("examples")).unwrap();
+    std::fs::copy(
+        root().join("examples/registry.toml"),
+        dir.path().join("examples/registry.toml"),
+    )
+    .unwrap();
+    let policies_arg = policies.to_str().unwrap().to_string();
+    let schemas_arg = root().join("schemas").to_str().unwrap().to_string();
+    let run = || {
+        gateway(&[
+            "policy",
+            "test",
+            "--policies",
+            &policies_arg,
+            "--schemas",
+            &schemas_arg,
+        ])
     };
-    // `person_ref` is pseudonymised by both talent rules: marking it changes nothing.
-    mark("person_ref", "direct");
-    let schemas_arg = schemas.to_str().unwrap();
-    let out = gateway(&["policy", "test", "--schemas", schemas_arg]);
+    let out = run();
     assert_eq!(out.status.code(), Some(0), "{out:?}");
-    // The exact crossing time is forwarded as it is: marked, both talent allows fail to load.
-    mark("entry_at", "linkable");
-    let out = gateway(&["policy", "test", "--schemas", schemas_arg]);
+
+    // schemas/talent.json marks the Hong Kong entry permit number as identifying a person.
+    let talent = policies.join("talent.toml");
+    let text = std::fs::read_to_string(&talent).unwrap();
+    let untreated = text.replacen("  { drop = \"/body/hk_permit_no\" },\n", "", 1);
+    assert_ne!(untreated, text);
+    std::fs::write(&talent, untreated).unwrap();
+    let out = run();
     assert_ne!(out.status.code(), Some(0), "{out:?}");
     let text = format!(
         "{}{}",
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("T.sz-hk.crossing"), "{text}");
-    assert!(text.contains("/body/entry_at (linkable, talent)"), "{text}");
+    assert!(text.contains("T1.sz-hk.endorsement-visit"), "{text}");
+    assert!(
+        text.contains("/body/hk_permit_no (direct, talent)"),
+        "{text}"
+    );
+}
+
+fn copy_tree(from: &std::path::Path, to: &std::path::Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let path = entry.unwrap().path();
+        let target = to.join(path.file_name().unwrap());
+        if path.is_dir() {
+            copy_tree(&path, &target);
+        } else {
+            std::fs::copy(&path, &target).unwrap();
+        }
+    }
 }
