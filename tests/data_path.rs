@@ -81,10 +81,23 @@ async fn a_talent_record_arrives_with_its_obligations_applied_and_nothing_else_c
     let key_id = format!("pk-{}", &sha256_hex(&id_input)[..16]);
     let expected = json!({"pseudonym": pseudonym, "key_id": key_id});
     assert_eq!(received["body"]["person_ref"], expected);
+    // The other identifying fields get their treatments (docs/schemas.md): the preregistration
+    // is dropped, times are cut to the local day, the travel document's validity to the month;
+    // the HR attestation is dropped; nothing else changes.
     let mut expected_record = record.clone();
-    expected_record["body"]["person_ref"] = expected;
-    if let Some(body) = expected_record["body"].as_object_mut() {
+    let body = &mut expected_record["body"];
+    body["person_ref"] = expected;
+    for (field, len) in [
+        ("entry_at", 10),
+        ("exit_at", 10),
+        ("travel_doc_valid_to", 7),
+    ] {
+        let text = body[field].as_str().unwrap()[..len].to_string();
+        body[field] = json!(text);
+    }
+    if let Some(body) = body.as_object_mut() {
         body.remove("labour_rules_compliant");
+        body.remove("hetao_preregistration_id");
     }
     assert_eq!(received, expected_record);
 }

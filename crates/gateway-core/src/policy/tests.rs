@@ -84,15 +84,24 @@ fn record(body: Value) -> Value {
 
 /// Whether a single allow rule with condition `cond` (TOML inline table) matches `body`.
 fn holds_at(cond: &str, body: Value, now: &str) -> bool {
-    let set = load(&format!(
-        "[[rule]]\nid = \"r\"\neffect = \"allow\"\nreason = \"x\"\nregulation = \"y\"\nwhen = {cond}\n"
-    ))
-    .unwrap_or_else(|e| panic!("{cond}: {e}"));
+    let set = load(&allow_when(cond)).unwrap_or_else(|e| panic!("{cond}: {e}"));
+    let d = decide_in(&set, None, "Org A", body, now);
+    d.effect == Effect::Allow
+}
+
+/// Decides a data record with `body` from `org` of `sz` to `hk` at `now`.
+fn decide_in(
+    set: &LoadedSet,
+    registry: Option<&crate::registry::Registry>,
+    org: &str,
+    body: Value,
+    now: &str,
+) -> super::Decision {
     let rec = record(body);
-    let id = identity("sz", "Org A");
-    let d = super::eval::decide(
+    let id = identity("sz", org);
+    super::eval::decide(
         &set.set,
-        None,
+        registry,
         true,
         "v",
         &DecisionInput {
@@ -103,8 +112,7 @@ fn holds_at(cond: &str, body: Value, now: &str) -> bool {
             to: "hk",
             now: at(now),
         },
-    );
-    d.effect == Effect::Allow
+    )
 }
 
 fn holds(cond: &str, body: Value) -> bool {
@@ -740,21 +748,12 @@ authorised_host = true
 fn decide_with_registry(rules: &str, body: Value, org: &str, registry: bool) -> super::Decision {
     let set = load(rules).unwrap_or_else(|e| panic!("{e}"));
     let reg = crate::registry::Registry::parse(REGISTRY, None).unwrap();
-    let rec = record(body);
-    let id = identity("sz", org);
-    super::eval::decide(
-        &set.set,
+    decide_in(
+        &set,
         registry.then_some(&reg),
-        true,
-        "v",
-        &DecisionInput {
-            identity: &id,
-            record: &rec,
-            kind: Kind::Data,
-            from: "sz",
-            to: "hk",
-            now: at("2026-12-01T10:00:00+08:00"),
-        },
+        org,
+        body,
+        "2026-12-01T10:00:00+08:00",
     )
 }
 
