@@ -373,8 +373,10 @@ async fn a_client_with_nagle_on_gets_its_first_answer_as_fast_as_its_second() {
     assert_eq!(result["nodelay"], 0, "the client must leave Nagle on");
     let first = result["first_ms"].as_f64().unwrap();
     let second = result["second_ms"].as_f64().unwrap();
+    // The stall this guards against is a delayed ACK of about 40 ms; a margin of 20 ms keeps
+    // it visible while a busy machine's scheduling noise (seen up to ~10 ms) does not fail it.
     assert!(
-        first <= second + 5.0,
+        first <= second + 20.0,
         "first request {first:.1} ms against {second:.1} ms for the second: {result}"
     );
 }
@@ -464,15 +466,24 @@ async fn http2_streams_open_during_a_reload_finish_after_a_goaway() {
 async fn a_pooled_client_sends_through_reloads_and_maximum_age_closes_without_a_failure() {
     let gw = TestGateway::start_with(Options {
         sz_crl: Some((vec![], chrono::Duration::days(30))),
-        extra_toml: "[limits]\nmax_connection_age_secs = 1\n".into(),
+        extra_toml: "[limits]\nmax_connection_age_secs = 4\n".into(),
         ..Options::default()
     })
     .await;
     let client = gw.sz_client();
+    let closed = |reason: &str| {
+        gw.gateway.metrics.render().contains(&format!(
+            "hetao_connections_closed_total{{reason=\"{reason}\"}}"
+        ))
+    };
     let started = tokio::time::Instant::now();
     let mut sent = 0;
     let mut reloaded = false;
-    while started.elapsed() < Duration::from_secs(4) {
+    // Traffic until a connection has reached its maximum age, then a reload with new TLS
+    // material right after (so the live connection is young: a reload in a debug build takes
+    // about 2 s, and the gateway runs on this test's runtime), then until the reload has closed
+    // a connection too. Bounded at 30 s.
+    while !(reloaded && closed("tls_reload")) && started.elapsed() < Duration::from_secs(30) {
         let answer = gw
             .send(
                 &client,
@@ -481,7 +492,7 @@ async fn a_pooled_client_sends_through_reloads_and_maximum_age_closes_without_a_
             .await;
         assert_eq!(answer.status, 200, "request {sent}: {:#}", answer.json);
         sent += 1;
-        if !reloaded && started.elapsed() > Duration::from_millis(1500) {
+        if !reloaded && closed("max_age") {
             reload_new_tls_material(&gw).await;
             reloaded = true;
         }

@@ -204,7 +204,11 @@ fn talent_allow_pseudonymises_person_ref_and_drops_the_hr_attestation() {
     let mut rest = record.clone();
     let body = &mut rest["body"];
     body["person_ref"] = fwd["body"]["person_ref"].clone();
-    for (field, len) in [("entry_at", 10), ("exit_at", 10), ("travel_doc_valid_to", 7)] {
+    for (field, len) in [
+        ("entry_at", 10),
+        ("exit_at", 10),
+        ("travel_doc_valid_to", 7),
+    ] {
         let text = body[field].as_str().unwrap()[..len].to_string();
         body[field] = json!(text);
     }
