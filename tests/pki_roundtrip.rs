@@ -304,6 +304,79 @@ fn crl_from_a_reloaded_ca_lists_the_revoked_serial() {
 }
 
 #[test]
+fn certs_init_force_replaces_a_planted_symlink_instead_of_writing_through_it() {
+    let (dir, schemas, policies) = workspace();
+    let out = dir.path().join("pki");
+    assert!(init_cli(&out, &schemas, &policies, false).status.success());
+    // Someone with write access to the folder points the server key at another file.
+    let victim = dir.path().join("victim.txt");
+    std::fs::write(&victim, "do not overwrite").unwrap();
+    let key = out.join("gateway.key");
+    std::fs::remove_file(&key).unwrap();
+    std::os::unix::fs::symlink(&victim, &key).unwrap();
+    // ... and leaves a dangling link where the config goes.
+    let config = out.join("gateway.toml");
+    std::fs::remove_file(&config).unwrap();
+    let nowhere = dir.path().join("nowhere.toml");
+    std::os::unix::fs::symlink(&nowhere, &config).unwrap();
+
+    let forced = init_cli(&out, &schemas, &policies, true);
+    assert!(
+        forced.status.success(),
+        "{}",
+        String::from_utf8_lossy(&forced.stderr)
+    );
+    assert_eq!(
+        std::fs::read_to_string(&victim).unwrap(),
+        "do not overwrite"
+    );
+    assert!(
+        !nowhere.exists(),
+        "nothing is created through a dangling link"
+    );
+    for path in [&key, &config] {
+        let m = std::fs::symlink_metadata(path).unwrap();
+        assert!(
+            m.file_type().is_file(),
+            "{} is a plain file now",
+            path.display()
+        );
+    }
+    assert_eq!(mode(&key), 0o600);
+}
+
+#[test]
+fn issue_client_refuses_a_dangling_symlink_where_it_would_write() {
+    let (dir, schemas, policies) = workspace();
+    init_dev_pki(dir.path(), &options(&schemas, &policies)).unwrap();
+    let stem = dir.path().join("extra/bob");
+    std::fs::create_dir_all(dir.path().join("extra")).unwrap();
+    let target = dir.path().join("planted.pem");
+    std::os::unix::fs::symlink(&target, stem.with_extension("pem")).unwrap();
+    let run = binary()
+        .args(["certs", "issue-client", "--park", "sz", "--dir"])
+        .arg(dir.path())
+        .args([
+            "--org",
+            "Shenzhen Bay Genomics Institute",
+            "--cn",
+            "Bob",
+            "--out",
+        ])
+        .arg(&stem)
+        .output()
+        .unwrap();
+    assert!(!run.status.success());
+    assert!(
+        String::from_utf8_lossy(&run.stderr).contains("already exists"),
+        "{}",
+        String::from_utf8_lossy(&run.stderr)
+    );
+    assert!(!target.exists(), "nothing was written through the link");
+    assert!(!stem.with_extension("key").exists());
+}
+
+#[test]
 fn issue_client_subcommand_issues_from_the_ca_certs_init_wrote() {
     let (dir, schemas, policies) = workspace();
     let files = init_dev_pki(dir.path(), &options(&schemas, &policies)).unwrap();

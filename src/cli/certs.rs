@@ -271,13 +271,13 @@ fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
     for p in [&cert_path, &key_path] {
-        if p.exists() {
+        // symlink_metadata: a dangling symbolic link counts as something in the way.
+        if std::fs::symlink_metadata(p).is_ok() {
             anyhow::bail!("{} already exists; choose another --out", p.display());
         }
     }
-    std::fs::write(&cert_path, &issued.cert_pem)
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    write_secret(&key_path, issued.key_pem.as_bytes())?;
+    write_new(&cert_path, issued.cert_pem.as_bytes(), 0o644)?;
+    write_new(&key_path, issued.key_pem.as_bytes(), 0o600)?;
     println!(
         "Issued a development client certificate of park {} for O={}, CN={} (serial {}):",
         args.park,
@@ -352,16 +352,19 @@ fn host_name() -> anyhow::Result<String> {
     )
 }
 
-fn write_secret(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+/// Creates `path` anew with `mode` (O_CREAT | O_EXCL: never through a symbolic link, never over
+/// an existing file).
+fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     use std::io::Write;
     use std::os::unix::fs::OpenOptionsExt;
     let mut file = std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
-        .mode(0o600)
+        .mode(mode)
         .open(path)
         .with_context(|| format!("cannot write {}", path.display()))?;
     file.write_all(bytes)
+        .and_then(|()| file.sync_all())
         .with_context(|| format!("cannot write {}", path.display()))
 }
 

@@ -673,13 +673,22 @@ pub(crate) fn write_file_with(
         path: path.display().to_string(),
         source,
     };
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true);
     if overwrite {
-        options.create(true).truncate(true);
-    } else {
-        options.create_new(true);
+        // Never write through what is there: a symbolic link planted in the folder (or left
+        // dangling) is removed, not followed, and the file is created anew below.
+        match std::fs::symlink_metadata(path) {
+            Ok(m) if m.is_dir() => {
+                return Err(err(std::io::Error::other("a folder is in the way")));
+            }
+            Ok(_) => std::fs::remove_file(path).map_err(err)?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(err(e)),
+        }
     }
+    // O_CREAT | O_EXCL: fails on any existing entry, a symbolic link included (dangling or not),
+    // so nothing is ever written through a link.
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
     if secret {
         options.mode(0o600);
     }
