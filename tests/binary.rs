@@ -380,6 +380,56 @@ async fn serve_check_validates_everything_and_names_the_broken_key() {
     assert!(stderr.contains("gateway-client.key"), "{stderr}");
 }
 
+#[cfg(unix)]
+#[tokio::test]
+async fn serve_check_refuses_keys_others_may_read_and_rules_others_may_write() {
+    use std::os::unix::fs::PermissionsExt;
+    let gw = TestGateway::start_with(Options {
+        own_rules: true,
+        ..Options::default()
+    })
+    .await;
+    let config = gw.config_path.clone();
+    let check = || {
+        run_cli(&[
+            "serve".as_ref(),
+            "--check".as_ref(),
+            "--config".as_ref(),
+            config.as_os_str(),
+        ])
+    };
+    let chmod = |name: &str, mode: u32| {
+        std::fs::set_permissions(gw.path(name), std::fs::Permissions::from_mode(mode)).unwrap();
+    };
+    assert!(check().status.success());
+    for (file, key) in [
+        ("gateway.key", "server.key"),
+        ("gateway-client.key", "upstream_client.key"),
+        ("audit-signing.key", "audit-signing.key"),
+    ] {
+        chmod(file, 0o640);
+        let out = check();
+        assert_eq!(out.status.code(), Some(2), "{file}");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(stderr.contains(key), "{stderr}");
+        assert!(
+            stderr.contains("0640") && stderr.contains("chmod 600"),
+            "{stderr}"
+        );
+        chmod(file, 0o600);
+    }
+    chmod("policies", 0o777);
+    let out = check();
+    assert_eq!(out.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("policies") && stderr.contains("chmod o-w"),
+        "{stderr}"
+    );
+    chmod("policies", 0o755);
+    assert!(check().status.success());
+}
+
 #[tokio::test]
 async fn the_admin_listener_can_require_tls_client_certificates() {
     let gw = TestGateway::start().await;
@@ -393,7 +443,7 @@ async fn the_admin_listener_can_require_tls_client_certificates() {
         )
         .unwrap();
     std::fs::write(gw.path("admin.pem"), &admin.cert_pem).unwrap();
-    std::fs::write(gw.path("admin.key"), &admin.key_pem).unwrap();
+    common::write_secret(gw.dir.path(), "admin.key", &admin.key_pem);
     let cfg = hetao_gateway_core::config::AdminTls {
         cert: gw.path("admin.pem"),
         key: gw.path("admin.key"),

@@ -51,12 +51,15 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
     if let Some(tls) = &config.admin.tls {
         hetao_gateway_core::admin::admin_tls(tls)?;
     }
-    std::fs::read(&config.audit.signing_key).with_context(|| {
-        format!(
-            "audit.signing_key = {}: cannot read the audit signing key",
-            config.audit.signing_key.display()
-        )
-    })?;
+    // Read as `serve` reads it: a key the group or others may read is refused.
+    hetao_gateway_core::audit::AuditSigner::from_pem_file(&config.audit.signing_key).with_context(
+        || {
+            format!(
+                "audit.signing_key = {}: cannot use the audit signing key",
+                config.audit.signing_key.display()
+            )
+        },
+    )?;
     for warning in rules.policies.warnings() {
         println!("warning: {warning}");
     }

@@ -16,6 +16,31 @@ pub enum KeyFileError {
     TooOpen { path: String, mode: u32 },
 }
 
+/// Refuses a folder or file the gateway trusts (policies, schemas, the registry) when others may
+/// write it: anyone on the host could then change what the gateway enforces at the next reload.
+pub fn check_not_world_writable(path: &Path) -> Result<(), String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        // A missing path is for the loader to report, with the configuration key that names it.
+        let Ok(meta) = std::fs::metadata(path) else {
+            return Ok(());
+        };
+        let mode = meta.permissions().mode() & 0o7777;
+        if mode & 0o002 != 0 {
+            return Err(format!(
+                "{}: mode {mode:04o} lets anyone on the host change what the gateway enforces; \
+                 run `chmod o-w {}`",
+                path.display(),
+                path.display()
+            ));
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = path;
+    Ok(())
+}
+
 /// Refuses `path` when its group or others bits are set (Unix; elsewhere it always passes).
 /// Symbolic links are followed: what counts is the file the key is read from.
 pub fn check_private(path: &Path) -> Result<(), KeyFileError> {
@@ -63,6 +88,19 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
 #[cfg(test)]
 #[cfg(unix)]
 mod tests {
+    #[test]
+    fn a_folder_others_may_write_is_refused_naming_the_fix() {
+        let dir = tempfile::tempdir().unwrap();
+        let rules = dir.path().join("policies");
+        std::fs::create_dir(&rules).unwrap();
+        chmod(&rules, 0o755);
+        assert!(check_not_world_writable(&rules).is_ok());
+        chmod(&rules, 0o777);
+        let e = check_not_world_writable(&rules).unwrap_err();
+        assert!(e.contains("0777") && e.contains("chmod o-w"), "{e}");
+        assert!(check_not_world_writable(&dir.path().join("missing")).is_ok());
+    }
+
     use std::os::unix::fs::PermissionsExt;
 
     use super::*;

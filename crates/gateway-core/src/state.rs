@@ -34,6 +34,9 @@ pub enum LoadError {
     Policy(#[from] PolicyLoadError),
     #[error(transparent)]
     Registry(#[from] RegistryError),
+    /// A folder or file of the rules that others may write.
+    #[error("{0}")]
+    Custody(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
     #[error("{path}: the set of parks changed (running: {running}; in the file: {in_file}); parks are added or removed by a restart, not a reload; their CAs, CRLs and endpoints do reload")]
@@ -54,6 +57,13 @@ pub struct RuleSet {
 impl RuleSet {
     /// Loads the schemas and policies the configuration names.
     pub fn load(config: &Config) -> Result<RuleSet, LoadError> {
+        let mut trusted = vec![config.schemas.dir.clone(), config.policies.dir.clone()];
+        if let Some(r) = &config.registry {
+            trusted.push(r.file.clone());
+        }
+        for path in &trusted {
+            crate::key_file::check_not_world_writable(path).map_err(LoadError::Custody)?;
+        }
         let schemas =
             SchemaSet::load(&config.schemas.dir)?.with_max_violations(config.limits.max_violations);
         let registry = match &config.registry {

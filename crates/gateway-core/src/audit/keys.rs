@@ -89,7 +89,12 @@ impl AuditSigner {
         Ok((signer, private_pem))
     }
 
+    /// Reads a signing key file; one the group or others may read is refused before it is read.
     pub fn from_pem_file(path: &Path) -> Result<Self, KeyError> {
+        crate::key_file::check_private(path).map_err(|e| KeyError::Invalid {
+            origin: path.display().to_string(),
+            message: e.to_string(),
+        })?;
         Self::from_pem(&read_key_file(path)?, &path.display().to_string())
     }
 

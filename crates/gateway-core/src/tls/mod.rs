@@ -70,7 +70,13 @@ pub fn load_certs(key: &str, path: &Path) -> Result<Vec<CertificateDer<'static>>
 }
 
 /// Reads the private key (PKCS#8, PKCS#1 or SEC1) from a PEM file.
+/// A key file the group or others may read is refused before it is read (as OpenSSH does).
 pub fn load_key(key: &str, path: &Path) -> Result<PrivateKeyDer<'static>, TlsError> {
+    crate::key_file::check_private(path).map_err(|e| TlsError::PrivateKey {
+        key: key.to_string(),
+        path: path.display().to_string(),
+        message: e.to_string(),
+    })?;
     PrivateKeyDer::from_pem_file(path).map_err(|e| TlsError::PrivateKey {
         key: key.to_string(),
         path: path.display().to_string(),
