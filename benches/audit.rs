@@ -47,7 +47,7 @@ fn event(i: usize) -> AuditEvent {
 fn open(dir: &std::path::Path, fsync: FsyncPolicy) -> AuditLog {
     let (private_pem, _) = generate_signing_key().expect("key");
     let key = dir.join("audit-signing.key");
-    std::fs::write(&key, private_pem).expect("write key");
+    hetao_gateway_core::key_file::write_private(&key, private_pem.as_bytes()).expect("write key");
     AuditLog::open(&AuditConfig {
         log: dir.join("audit.jsonl"),
         signing_key: key,

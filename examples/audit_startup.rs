@@ -44,7 +44,10 @@ fn peak_rss_mib() -> u64 {
 
 async fn write_log(dir: &Path, n: u64) -> anyhow::Result<()> {
     let (private_pem, public_pem) = generate_signing_key()?;
-    std::fs::write(dir.join("audit-signing.key"), private_pem)?;
+    hetao_gateway_core::key_file::write_private(
+        &dir.join("audit-signing.key"),
+        private_pem.as_bytes(),
+    )?;
     std::fs::write(dir.join("audit-signing.pub"), public_pem)?;
     let log = AuditLog::open(&config(dir, FsyncPolicy::Never))?;
     let writers = 64u64;

@@ -34,7 +34,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let (private_pem, public_pem) = generate_signing_key().unwrap();
     let key = dir.path().join("audit-signing.key");
-    std::fs::write(&key, private_pem).unwrap();
+    hetao_gateway_core::key_file::write_private(&key, private_pem.as_bytes()).unwrap();
     let public = dir.path().join("audit-public.pem");
     std::fs::write(&public, public_pem).unwrap();
     let cfg = AuditConfig {
@@ -376,7 +376,7 @@ async fn log_of(events: Vec<AuditEvent>) -> (tempfile::TempDir, String) {
     let dir = tempfile::tempdir().unwrap();
     let (private_pem, _) = generate_signing_key().unwrap();
     let key = dir.path().join("audit-signing.key");
-    std::fs::write(&key, private_pem).unwrap();
+    hetao_gateway_core::key_file::write_private(&key, private_pem.as_bytes()).unwrap();
     let cfg = AuditConfig {
         log: dir.path().join("audit").join("audit.jsonl"),
         signing_key: key,

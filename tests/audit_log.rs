@@ -25,7 +25,7 @@ fn fixture(checkpoint_every: u64) -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let (private_pem, public_pem) = generate_signing_key().unwrap();
     let key = dir.path().join("audit-signing.key");
-    std::fs::write(&key, private_pem).unwrap();
+    hetao_gateway_core::key_file::write_private(&key, private_pem.as_bytes()).unwrap();
     let cfg = AuditConfig {
         log: dir.path().join("audit").join("audit.jsonl"),
         signing_key: key,
@@ -328,7 +328,7 @@ async fn forged_tail_with_recomputed_hashes_fails_the_signature_check() {
     let files = written_log(&f, 2).await;
     let (other_private, _) = generate_signing_key().unwrap();
     let other_key = f.cfg.signing_key.with_file_name("other.key");
-    std::fs::write(&other_key, other_private).unwrap();
+    hetao_gateway_core::key_file::write_private(&other_key, other_private.as_bytes()).unwrap();
     let mut forged_cfg = f.cfg.clone();
     forged_cfg.signing_key = other_key.clone();
     // The gateway itself will not continue a log under another key: it checks every

@@ -477,27 +477,36 @@ async fn a_pooled_client_sends_through_reloads_and_maximum_age_closes_without_a_
         ))
     };
     let started = tokio::time::Instant::now();
-    let mut sent = 0;
-    let mut reloaded = false;
-    // Traffic until a connection has reached its maximum age, then a reload with new TLS
-    // material right after (so the live connection is young: a reload in a debug build takes
-    // about 2 s, and the gateway runs on this test's runtime), then until the reload has closed
-    // a connection too. Bounded at 30 s.
-    while !(reloaded && closed("tls_reload")) && started.elapsed() < Duration::from_secs(30) {
-        let answer = gw
-            .send(
-                &client,
-                &common::example("materials-sz-hk-quantum-equipment.json"),
-            )
-            .await;
-        assert_eq!(answer.status, 200, "request {sent}: {:#}", answer.json);
-        sent += 1;
-        if !reloaded && closed("max_age") {
-            reload_new_tls_material(&gw).await;
-            reloaded = true;
+    let reloaded = std::cell::Cell::new(false);
+    // Traffic keeps flowing while the gateway reloads (a reload of the rules in a debug build
+    // takes seconds on a loaded machine), so a connection is alive when the new TLS material
+    // lands. The reload starts right after a connection has reached its maximum age; the
+    // traffic ends once the reload has closed a connection too. Bounded at 30 s.
+    let traffic = async {
+        let mut sent = 0;
+        while !(reloaded.get() && closed("tls_reload"))
+            && started.elapsed() < Duration::from_secs(30)
+        {
+            let answer = gw
+                .send(
+                    &client,
+                    &common::example("materials-sz-hk-quantum-equipment.json"),
+                )
+                .await;
+            assert_eq!(answer.status, 200, "request {sent}: {:#}", answer.json);
+            sent += 1;
+            tokio::time::sleep(Duration::from_millis(20)).await;
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        sent
+    };
+    let reload = async {
+        while !closed("max_age") && started.elapsed() < Duration::from_secs(30) {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        reload_new_tls_material(&gw).await;
+        reloaded.set(true);
+    };
+    let (sent, ()) = tokio::join!(traffic, reload);
     assert!(sent > 20, "only {sent} requests");
     let metrics = gw.gateway.metrics.render();
     assert!(

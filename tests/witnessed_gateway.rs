@@ -92,7 +92,7 @@ fn log_key() -> LogKey {
     let (private_pem, public_pem) = generate_signing_key().unwrap();
     let private = dir.path().join("audit-signing.key");
     let public = dir.path().join("audit-signing.pub");
-    std::fs::write(&private, private_pem).unwrap();
+    hetao_gateway_core::key_file::write_private(&private, private_pem.as_bytes()).unwrap();
     std::fs::write(&public, public_pem).unwrap();
     LogKey {
         _dir: dir,
