@@ -128,7 +128,7 @@ impl Gateway {
             tracing::warn!(target: "hetao::policy", "{warning}");
         }
         let audit = AuditLog::open(&config.audit)?;
-        let replay = ReplayGuard::new(RecordWindow::of(&config.limits), audit.decided_record_ids());
+        let replay = ReplayGuard::new(RecordWindow::of(&config.limits), audit.record_histories());
         let metrics = Metrics::new();
         let rate_limiter = RateLimiter::new(&config.rate_limit);
         let gateway = Gateway {
