@@ -103,12 +103,24 @@ fn unix_now() -> i64 {
     chrono::Utc::now().timestamp()
 }
 
+/// How long a decided record id must be remembered, in seconds: as long as `window` can bring
+/// it back.
+fn horizon_of(window: RecordWindow) -> i64 {
+    let span = window.max_age + window.max_future + MARGIN;
+    i64::try_from(span.as_secs()).unwrap_or(i64::MAX)
+}
+
+/// The oldest decision (Unix seconds) the replay memory needs now: what the audit log keeps of
+/// older ones at start is dropped at once ([`crate::audit::AuditLog::open_remembering`]).
+pub fn remembered_since(window: RecordWindow) -> i64 {
+    unix_now().saturating_sub(horizon_of(window))
+}
+
 impl ReplayGuard {
     /// A guard that remembers ids for as long as `window` can bring them back, starting with
     /// these histories (read from the audit log). Ids already past the horizon are not kept.
     pub fn new(window: RecordWindow, histories: Histories) -> Self {
-        let span = window.max_age + window.max_future + MARGIN;
-        let horizon = i64::try_from(span.as_secs()).unwrap_or(i64::MAX);
+        let horizon = horizon_of(window);
         let oldest = unix_now().saturating_sub(horizon);
         let mut known = histories;
         known.retain(|_, h| h.decided_at >= oldest);

@@ -179,7 +179,8 @@ pub fn digest_of_hex(hex_digest: Option<&str>) -> [u8; 32] {
     out
 }
 
-/// Folds one entry of the log, read in order at `place`, into `histories`.
+/// Folds one entry of the log, read in order at `place`, into `histories`; decisions made
+/// before `since` (Unix seconds) are left out.
 ///
 /// A decision by policy (an allow, or a deny with `policy_denied`) starts or continues a
 /// history; a refusal before the policies (an origin mismatch is a `deny` too) never reserved
@@ -187,7 +188,7 @@ pub fn digest_of_hex(hex_digest: Option<&str>) -> [u8; 32] {
 /// An allow stays unsettled until an outcome entry referring to it says `forwarded`; an
 /// `upstream_failed` outcome, or none at all (a crash between forwarding and the outcome),
 /// leaves it unsettled, so a retry forwards it again.
-pub(crate) fn note_entry(histories: &mut Histories, e: &AuditEntry, place: LinePlace) {
+pub(crate) fn note_entry(histories: &mut Histories, e: &AuditEntry, place: LinePlace, since: i64) {
     let Some(id) = &e.record_id else { return };
     let Ok(segment) = u32::try_from(place.segment) else {
         return;
@@ -210,6 +211,9 @@ pub(crate) fn note_entry(histories: &mut Histories, e: &AuditEntry, place: LineP
             let decided_at = chrono::DateTime::parse_from_rfc3339(&e.time)
                 .map(|t| t.timestamp())
                 .unwrap_or_else(|_| chrono::Utc::now().timestamp());
+            if decided_at < since {
+                return;
+            }
             let before = histories.get(&key).map_or(0, |h| h.attempts);
             let (attempts, standing) = if allowed {
                 let attempt = e.attempt.unwrap_or(1).max(before.saturating_add(1));
@@ -279,10 +283,11 @@ mod tests {
             &mut h,
             &entry(4, AuditEntryType::Decision, "allow"),
             at(100),
+            i64::MIN,
         );
         let mut out = entry(5, AuditEntryType::Outcome, "forwarded");
         out.refers_to = Some(4);
-        note_entry(&mut h, &out, at(900));
+        note_entry(&mut h, &out, at(900), i64::MIN);
         let r = h[&record_key(ID)];
         assert_eq!(r.standing, Standing::Delivered);
         assert_eq!((r.decision.seq, r.decision.offset), (4, 100));
@@ -294,7 +299,7 @@ mod tests {
         let mut h = Histories::new();
         let mut deny = entry(7, AuditEntryType::Decision, "deny");
         deny.error = Some("policy_denied".into());
-        note_entry(&mut h, &deny, at(0));
+        note_entry(&mut h, &deny, at(0), i64::MIN);
         assert_eq!(h[&record_key(ID)].standing, Standing::Denied);
         assert!(h[&record_key(ID)].is_answered());
     }
@@ -302,15 +307,20 @@ mod tests {
     #[test]
     fn an_allow_without_a_forwarded_outcome_stays_unsettled_and_counts_its_attempts() {
         let mut h = Histories::new();
-        note_entry(&mut h, &entry(1, AuditEntryType::Decision, "allow"), at(0));
+        note_entry(
+            &mut h,
+            &entry(1, AuditEntryType::Decision, "allow"),
+            at(0),
+            i64::MIN,
+        );
         let mut failed = entry(2, AuditEntryType::Outcome, "upstream_failed");
         failed.refers_to = Some(1);
-        note_entry(&mut h, &failed, at(10));
+        note_entry(&mut h, &failed, at(10), i64::MIN);
         assert_eq!(h[&record_key(ID)].standing, Standing::Unsettled);
         // The second attempt: a crash before its outcome entry.
         let mut second = entry(3, AuditEntryType::Decision, "allow");
         second.attempt = Some(2);
-        note_entry(&mut h, &second, at(20));
+        note_entry(&mut h, &second, at(20), i64::MIN);
         let r = h[&record_key(ID)];
         assert_eq!(
             (r.standing, r.attempts, r.decision.seq),
@@ -319,8 +329,22 @@ mod tests {
         // A late outcome of the first attempt does not settle the second.
         let mut late = entry(4, AuditEntryType::Outcome, "forwarded");
         late.refers_to = Some(1);
-        note_entry(&mut h, &late, at(30));
+        note_entry(&mut h, &late, at(30), i64::MIN);
         assert_eq!(h[&record_key(ID)].standing, Standing::Unsettled);
+    }
+
+    #[test]
+    fn decisions_before_the_horizon_are_left_out() {
+        let mut h = Histories::new();
+        let old = entry(1, AuditEntryType::Decision, "allow");
+        let since = chrono::DateTime::parse_from_rfc3339(&old.time)
+            .unwrap()
+            .timestamp()
+            + 1;
+        note_entry(&mut h, &old, at(0), since);
+        assert!(h.is_empty());
+        note_entry(&mut h, &old, at(0), since - 1);
+        assert_eq!(h.len(), 1);
     }
 
     #[test]
@@ -328,16 +352,18 @@ mod tests {
         let mut h = Histories::new();
         let mut squat = entry(1, AuditEntryType::Decision, "deny");
         squat.error = Some("origin_mismatch".into());
-        note_entry(&mut h, &squat, at(0));
+        note_entry(&mut h, &squat, at(0), i64::MIN);
         note_entry(
             &mut h,
             &entry(2, AuditEntryType::Decision, "invalid"),
             at(10),
+            i64::MIN,
         );
         note_entry(
             &mut h,
             &entry(3, AuditEntryType::Decision, "replay"),
             at(20),
+            i64::MIN,
         );
         assert!(h.is_empty());
     }

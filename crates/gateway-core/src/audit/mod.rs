@@ -355,7 +355,13 @@ pub fn crash_tail_bound(cfg: &AuditConfig) -> u64 {
 /// half of the signing key: the gateway never signs over what it did not write), refuses a bad
 /// complete line and an unsigned tail longer than a crash can leave, and sets only an
 /// unterminated (torn) last line aside.
-fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditError> {
+///
+/// Record histories are kept for decisions made at `remember_since` (Unix seconds) or later.
+fn recover(
+    cfg: &AuditConfig,
+    key: &AuditPublicKey,
+    remember_since: i64,
+) -> Result<Recovered, AuditError> {
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
@@ -403,7 +409,12 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
             let segment = number
                 .or(active_segment)
                 .unwrap_or_else(|| last_archive.map_or(1, |n| n + 1));
-            history::note_entry(&mut histories, &entry, LinePlace { segment, offset });
+            history::note_entry(
+                &mut histories,
+                &entry,
+                LinePlace { segment, offset },
+                remember_since,
+            );
             Ok(())
         })
         .map_err(|e| match (e, tree_error.take()) {
@@ -548,6 +559,13 @@ fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, Au
 impl AuditLog {
     /// Opens (or creates) the log, recovers a torn tail, and starts the writer.
     pub fn open(cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
+        Self::open_remembering(cfg, i64::MIN)
+    }
+
+    /// [`AuditLog::open`], keeping the histories of records decided at `since` (Unix seconds)
+    /// or later only ([`AuditLog::record_histories`]): the replay memory forgets older ones
+    /// anyway, and a log of months would otherwise hold them all in memory while it is read.
+    pub fn open_remembering(cfg: &AuditConfig, since: i64) -> Result<AuditLog, AuditError> {
         let signer = Arc::new(
             AuditSigner::from_pem_file(&cfg.signing_key)
                 .map_err(|e| open_error(&cfg.signing_key, OpenError::SigningKey(e)))?,
@@ -573,7 +591,7 @@ impl AuditLog {
             witnessing::Witnesses::load(&cfg.witnesses, cfg.witness_max_lag_entries, &cfg.log)
                 .map_err(|e| open_error(&cfg.log, OpenError::Witness(e)))?,
         );
-        let rec = recover(cfg, &signer.public_key())?;
+        let rec = recover(cfg, &signer.public_key(), since)?;
         let checkpoints = tokio::sync::watch::Sender::new(rec.last_checkpoint.clone());
         let file = OpenOptions::new()
             .create(true)
