@@ -25,8 +25,8 @@ use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
 use crate::audit::{
-    Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, RecordHistory, RuleRef,
-    Standing,
+    Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, ReadEntryError,
+    RecordHistory, RuleRef, Standing,
 };
 use crate::checkpoint::{RecordFacts, Verdict};
 use crate::envelope::{EnvelopeHead, Kind};
@@ -572,7 +572,7 @@ async fn answer_again(
     let rules: Vec<MatchedRule> = decision.rules.iter().map(matched_rule).collect();
     let policy_version = decision.policy_version.clone().unwrap_or_default();
     let (status, mut body, error) = match (history.standing, outcome) {
-        (Standing::Delivered, Some((outcome, line))) => {
+        (Standing::Delivered, Some((outcome, line))) if outcome.refers_to == Some(decision.seq) => {
             let delivery = gateway.audit.receipt_for(
                 crate::audit::tree::ReceiptFacts::of(&outcome),
                 history
@@ -594,7 +594,7 @@ async fn answer_again(
             });
             (StatusCode::OK, body, "none")
         }
-        _ => {
+        (Standing::Denied, _) => {
             let denial = Refusal::PolicyDenied {
                 rules,
                 policy_version,
@@ -606,6 +606,8 @@ async fn answer_again(
                 denial.code(),
             )
         }
+        // A delivered record's outcome entry that is not its own: not an answer to rebuild.
+        _ => return Err(unreadable("outcome", &"not the outcome of this decision")),
     };
     if let Some(obj) = body.as_object_mut() {
         obj.insert("replayed".into(), serde_json::Value::Bool(true));
@@ -630,25 +632,40 @@ async fn answer_again(
 /// An entry and its line as written.
 type ReadBack = (AuditEntry, String);
 
+/// Why a record's entries could not be read back.
+#[derive(Debug, thiserror::Error)]
+enum ReadBackFailed {
+    #[error("audit entry seq {seq}: {source}")]
+    Entry {
+        seq: u64,
+        #[source]
+        source: ReadEntryError,
+    },
+    #[error("the reading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
 /// Reads a record's decision entry and, for a delivered record, its outcome entry back from
 /// the log (blocking file reads, off the request's thread).
 async fn read_entries(
     gateway: &Gateway,
     history: RecordHistory,
-) -> Result<(ReadBack, Option<ReadBack>), String> {
+) -> Result<(ReadBack, Option<ReadBack>), ReadBackFailed> {
     let audit = gateway.audit.clone();
     tokio::task::spawn_blocking(move || {
-        let decision = audit
-            .read_entry(&history.decision)
-            .map_err(|e| e.to_string())?;
-        let outcome = match history.outcome() {
-            Some(at) => Some(audit.read_entry(&at).map_err(|e| e.to_string())?),
-            None => None,
+        let read = |at: &LoggedEntry| {
+            audit
+                .read_entry(at)
+                .map_err(|source| ReadBackFailed::Entry {
+                    seq: at.seq,
+                    source,
+                })
         };
+        let decision = read(&history.decision)?;
+        let outcome = history.outcome().as_ref().map(read).transpose()?;
         Ok((decision, outcome))
     })
-    .await
-    .map_err(|e| e.to_string())?
+    .await?
 }
 
 /// A rule reference of the log as the answer shows a matched rule.
