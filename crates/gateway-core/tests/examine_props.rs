@@ -407,6 +407,20 @@ proptest! {
         examine_is_classified(&bytes, &sender(park, kind, stranger), at_creation(record), window);
     }
 
+    /// The differential the `json_limits` fuzz target found: a number of many digits must be
+    /// read as the nearest double, as a correct parser downstream reads the same bytes, and
+    /// survive the gateway's own re-serialisation (obligations re-serialise the record).
+    #[test]
+    fn numbers_are_read_as_a_correct_parser_reads_them(
+        text in "-?[1-9][0-9]{0,30}(\\.[0-9]{1,25})?([eE]-?[0-9]{1,3})?",
+    ) {
+        let nearest: f64 = text.parse().unwrap();
+        prop_assume!(nearest.is_finite());
+        let parsed = parse_record(format!("[{text}]").as_bytes()).unwrap();
+        prop_assert_eq!(parsed[0].as_f64(), Some(nearest));
+        json_layer_is_consistent(format!("{{\"n\":{text}}}").as_bytes());
+    }
+
     #[test]
     fn a_key_written_twice_is_refused_naming_it(
         which in any::<prop::sample::Index>(),
