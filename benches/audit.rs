@@ -35,6 +35,7 @@ fn event(i: usize) -> AuditEvent {
             id: "D5".into(),
             effect: "allow".into(),
             reason: "research data without personal information".into(),
+            regulation: None,
         }],
         policy_version: Some("2024.05".into()),
         policy_hash: Some("11".repeat(32)),

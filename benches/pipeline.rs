@@ -29,6 +29,7 @@ use hetao_gateway_core::envelope::EnvelopeHead;
 use hetao_gateway_core::json_limits::nesting_depth;
 use hetao_gateway_core::pipeline::{self, ConnectionCtx};
 use hetao_gateway_core::policy::{Decision, DecisionInput, Effect};
+use hetao_gateway_core::replay::Admission;
 use hetao_gateway_core::state::Gateway;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use hetao_pki::{init_dev_pki, DevPkiOptions};
@@ -249,6 +250,7 @@ fn decision_event(
                 id: r.id.clone(),
                 effect: r.effect.as_str().to_string(),
                 reason: r.reason.clone(),
+                regulation: Some(r.regulation.clone()),
             })
             .collect(),
         policy_version: Some(rules.policies.version().to_string()),
@@ -370,12 +372,20 @@ fn bench_phases(c: &mut Criterion) {
         group.bench_function(BenchmarkId::new("2c policy decision", &name), |b| {
             b.iter(|| decide(&fx, black_box(&record), head))
         });
-        group.bench_function(BenchmarkId::new("3 replay reserve", &name), |b| {
+        group.bench_function(BenchmarkId::new("3 replay admit", &name), |b| {
+            let at = hetao_gateway_core::audit::LoggedEntry {
+                seq: 1,
+                offset: 0,
+                segment: 1,
+                receipt_extra: 0,
+            };
             b.iter(|| {
                 let n = COUNTER.fetch_add(1, Ordering::Relaxed);
                 let id = format!("c4e0c1a2-7d4f-4e6a-8c2b-{n:012x}");
-                let reservation = fx.gateway.replay.reserve(&id).expect("fresh id");
-                reservation.commit();
+                match fx.gateway.replay.admit(&id, &[7; 32]) {
+                    Admission::Decide(reservation) => reservation.denied(at),
+                    _ => panic!("fresh id"),
+                }
             })
         });
         group.bench_function(

@@ -74,6 +74,7 @@ async fn setup(segment_max_bytes: u64) -> Setup {
                     id: if deny { "D7" } else { "D5" }.into(),
                     effect: if deny { "deny" } else { "allow" }.into(),
                     reason: "why, with a comma".into(),
+                    regulation: None,
                 }],
                 ..Default::default()
             })

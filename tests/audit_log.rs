@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use hetao_gateway_core::audit::{
-    find_receipt_entry, generate_signing_key, query_logs, segment_paths, verify_logs,
+    find_receipt_entry, generate_signing_key, query_logs, record_key, segment_paths, verify_logs,
     verify_receipt, AuditEntryType, AuditError, AuditEvent, AuditLog, AuditPublicKey, EntryType,
-    QueryFilter, QueryStats, ReceiptError, RuleRef,
+    QueryFilter, QueryStats, ReceiptError, RuleRef, Standing,
 };
 use hetao_gateway_core::config::{AuditConfig, FsyncPolicy};
 use hetao_gateway_core::tls::identity::ClientIdentity;
@@ -68,6 +68,7 @@ fn decision(record_id: &str, decision: &str) -> AuditEvent {
             id: "D5".into(),
             effect: decision.into(),
             reason: "research data without personal information".into(),
+            regulation: None,
         }],
         policy_version: Some("2024.05".into()),
         policy_hash: Some("11".repeat(32)),
@@ -733,31 +734,57 @@ async fn rotated_segments_verify_as_one_chain() {
 }
 
 #[tokio::test]
-async fn decided_record_ids_allow_a_retry_after_upstream_failure() {
+async fn record_histories_say_which_records_a_retry_answers_again_and_which_it_forwards_again() {
     let f = fixture(10);
     let log = AuditLog::open(&f.cfg).unwrap();
     let a = log.append(decision("forwarded-1", "allow")).await.unwrap();
-    log.append(outcome("forwarded-1", a.seq, "forwarded"))
+    let a_out = log
+        .append(outcome("forwarded-1", a.seq, "forwarded"))
         .await
         .unwrap();
-    log.append(decision("denied-1", "deny")).await.unwrap();
+    let d = log.append(decision("denied-1", "deny")).await.unwrap();
     let b = log.append(decision("failed-1", "allow")).await.unwrap();
     log.append(outcome("failed-1", b.seq, "upstream_failed"))
         .await
         .unwrap();
+    // A crash between forwarding and the outcome entry leaves a decision without outcome.
+    let c = log.append(decision("crashed-1", "allow")).await.unwrap();
     log.append(decision("invalid-1", "invalid")).await.unwrap();
     // An origin mismatch is a deny by the gateway before any policy: it reserved nothing.
     let mut squat = decision("squat-1", "deny");
     squat.error = Some("origin_mismatch".into());
     log.append(squat).await.unwrap();
     log.close().await.unwrap();
+
     let reopened = AuditLog::open(&f.cfg).unwrap();
-    let ids = reopened.decided_record_ids();
-    assert!(ids.contains_key("forwarded-1"));
-    assert!(ids.contains_key("denied-1"));
-    assert!(!ids.contains_key("failed-1"));
-    assert!(!ids.contains_key("invalid-1"));
-    assert!(!ids.contains_key("squat-1"));
+    let histories = reopened.record_histories();
+    let of = |id: &str| histories.get(&record_key(id)).copied();
+    let delivered = of("forwarded-1").unwrap();
+    assert_eq!(delivered.standing, Standing::Delivered);
+    assert_eq!(delivered.body_sha256, [0xcd; 32]);
+    assert_eq!(delivered.decision.seq, a.seq);
+    assert_eq!(delivered.outcome().map(|o| o.seq), Some(a_out.seq));
+    assert_eq!(of("denied-1").unwrap().standing, Standing::Denied);
+    assert_eq!(of("denied-1").unwrap().decision.seq, d.seq);
+    for (id, seq) in [("failed-1", b.seq), ("crashed-1", c.seq)] {
+        let h = of(id).unwrap();
+        assert_eq!(
+            (h.standing, h.attempts, h.decision.seq),
+            (Standing::Unsettled, 1, seq)
+        );
+    }
+    assert!(of("invalid-1").is_none());
+    assert!(of("squat-1").is_none());
+
+    // Each entry is read back where the history says it is, as written.
+    let (entry, line) = reopened.read_entry(&delivered.decision).unwrap();
+    assert_eq!(entry.seq, a.seq);
+    assert_eq!(entry.record_id.as_deref(), Some("forwarded-1"));
+    assert_eq!(Some(line.as_str()), a.line.as_deref());
+    let (entry, _) = reopened.read_entry(&delivered.outcome().unwrap()).unwrap();
+    assert_eq!(entry.refers_to, Some(a.seq));
+    // The second call gets nothing: the map was handed over.
+    assert!(reopened.record_histories().is_empty());
     reopened.close().await.unwrap();
 }
 

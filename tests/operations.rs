@@ -13,6 +13,7 @@ use bytes::Bytes;
 use common::{example, public_key, Options, TestGateway};
 use hetao_devkit::endpoint::EndpointBehaviour;
 use hetao_gateway_core::audit::verify_logs;
+use hetao_gateway_core::replay::Admission;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -510,19 +511,31 @@ async fn one_organisation_cannot_hold_every_connection() {
     assert!(again.starts_with("HTTP/1.1 404"), "{again}");
 }
 
+/// The SHA-256 of a record as `TestGateway::send` sends it.
+fn body_digest(record: &serde_json::Value) -> [u8; 32] {
+    let digest = ring::digest::digest(&ring::digest::SHA256, &serde_json::to_vec(record).unwrap());
+    digest.as_ref().try_into().unwrap()
+}
+
 #[tokio::test]
 async fn a_decided_record_id_stays_decided_after_a_restart() {
     let mut gw = TestGateway::start().await;
     let record = example(ALLOWED);
     assert_eq!(gw.send(&gw.sz_client(), &record).await.status, 200);
     gw.stop().await;
-    // A new gateway on the same audit log refuses the same record id.
+    // A new gateway on the same audit log answers the same record again and refuses another
+    // record under its id.
     let config = hetao_gateway_core::config::Config::load(&gw.config_path).unwrap();
     let gateway = hetao_gateway_core::state::Gateway::build(config).unwrap();
-    assert!(gateway
-        .replay
-        .reserve(record["record_id"].as_str().unwrap())
-        .is_none());
+    let id = record["record_id"].as_str().unwrap();
+    assert!(matches!(
+        gateway.replay.admit(id, &body_digest(&record)),
+        Admission::Answered(_)
+    ));
+    assert!(matches!(
+        gateway.replay.admit(id, &[0; 32]),
+        Admission::Conflict(Some(_))
+    ));
     gateway.audit.close().await.unwrap();
 }
 
@@ -540,7 +553,10 @@ async fn a_park_cannot_squat_on_the_other_parks_record_ids_even_across_a_restart
     let config = hetao_gateway_core::config::Config::load(&gw.config_path).unwrap();
     let gateway = hetao_gateway_core::state::Gateway::build(config).unwrap();
     assert!(
-        gateway.replay.reserve(&id).is_some(),
+        matches!(
+            gateway.replay.admit(&id, &body_digest(&record)),
+            Admission::Decide(_)
+        ),
         "the refusal reserved {id}"
     );
     gateway.audit.close().await.unwrap();
@@ -654,10 +670,12 @@ async fn settled_after_the_client_left(gw: &TestGateway, record: &serde_json::Va
     assert!(entries
         .iter()
         .any(|e| e["record_id"] == id && e["type"] == "decision" && e["decision"] == "allow"));
-    // The reservation was committed: the same record id is not forwarded a second time.
+    // The reservation was settled: a retry gets the answer the client walked away from, and the
+    // record is not forwarded a second time.
     gw.hk_endpoint.set_behaviour(EndpointBehaviour::Accept);
     let again = gw.send(&gw.sz_client(), record).await;
-    assert_eq!(again.status, 409, "{:#}", again.json);
+    assert_eq!(again.status, 200, "{:#}", again.json);
+    assert_eq!(again.json["replayed"], true);
     assert_eq!(gw.hk_endpoint.received().len(), 1);
     let (_, metrics) = gw.admin_get("/metrics").await;
     assert!(

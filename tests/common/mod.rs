@@ -296,19 +296,13 @@ request_timeout_ms = 2000
             },
         );
         let config_path = write(d, "gateway.toml", &config_text);
-        let config = Config::load(&config_path).unwrap();
-        let listener = TcpListener::bind(config.server.listen).await.unwrap();
-        let admin_listener = TcpListener::bind(config.admin.listen).await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let admin_addr = admin_listener.local_addr().unwrap();
-        let gateway = Arc::new(Gateway::build(config).unwrap());
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(hetao_gateway_core::server::run(
-            gateway.clone(),
-            listener,
-            admin_listener,
-            stopped,
-        ));
+        let Running {
+            addr,
+            admin_addr,
+            gateway,
+            stop,
+            task,
+        } = Running::start(&config_path).await;
         TestGateway {
             dir,
             pki,
@@ -319,7 +313,7 @@ request_timeout_ms = 2000
             hk_endpoint,
             config_path,
             stop,
-            task: Some(task),
+            task,
         }
     }
 
@@ -439,6 +433,72 @@ request_timeout_ms = 2000
         text.lines()
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
+    }
+}
+
+/// A gateway serving on fresh loopback ports.
+struct Running {
+    addr: SocketAddr,
+    admin_addr: SocketAddr,
+    gateway: Arc<Gateway>,
+    stop: watch::Sender<bool>,
+    task: Option<JoinHandle<std::io::Result<()>>>,
+}
+
+impl Running {
+    async fn start(config_path: &Path) -> Running {
+        let config = Config::load(config_path).unwrap();
+        let listener = TcpListener::bind(config.server.listen).await.unwrap();
+        let admin_listener = TcpListener::bind(config.admin.listen).await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let admin_addr = admin_listener.local_addr().unwrap();
+        let gateway = Arc::new(Gateway::build(config).unwrap());
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(hetao_gateway_core::server::run(
+            gateway.clone(),
+            listener,
+            admin_listener,
+            stopped,
+        ));
+        Running {
+            addr,
+            admin_addr,
+            gateway,
+            stop,
+            task: Some(task),
+        }
+    }
+}
+
+impl TestGateway {
+    /// Stops the gateway as SIGTERM would and starts a new one on the same configuration, audit
+    /// log and park endpoints (on new ports: `url()` follows).
+    pub async fn restart(&mut self) {
+        self.stop().await;
+        let running = Running::start(&self.config_path).await;
+        self.addr = running.addr;
+        self.admin_addr = running.admin_addr;
+        self.gateway = running.gateway;
+        self.stop = running.stop;
+        self.task = running.task;
+    }
+
+    /// `hetao-gateway audit verify` on the log with the public key, as an auditor runs it:
+    /// whether it exits 0, and what it printed. Stop the gateway first (its final checkpoint).
+    pub fn audit_verify(&self) -> (bool, String) {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+            .args(["audit", "verify"])
+            .arg(self.audit_log())
+            .arg("--public-key")
+            .arg(self.path("audit-signing.pub"))
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        (out.status.success(), text)
     }
 }
 

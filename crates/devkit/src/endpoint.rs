@@ -2,8 +2,14 @@
 //! benchmarks. An mTLS server that requires a client certificate from one CA (the gateway CA),
 //! accepts `POST /v1/records`, answers `200 {"accepted": true, "reference": ...}` — exactly the
 //! acknowledgement `schemas/ack.json` declares, with a reference derived from the record id
-//! ([`reference_for`], so a record delivered again gets its first answer) — and keeps what it
-//! received — body, headers, and who sent it — for tests to read.
+//! ([`reference_for`]) — and keeps what it received — body, headers, and who sent it — for tests
+//! to read.
+//!
+//! It keeps the endpoint contract of `docs/endpoints.md`: delivery is at-least-once, keyed by
+//! record id. A record id it has already accepted (answered with a 2xx) is answered with that
+//! first answer again and not acted on a second time ([`ReceivedRecord::duplicate`],
+//! [`RunningEndpoint::accepted_ids`]), whatever `x-hetao-attempt` says. It remembers the last
+//! [`REMEMBERED_RECORDS`] record ids it accepted.
 //!
 //! For the gateway's failure paths it can be told to answer with another status, to answer late
 //! (the gateway's 504), to close the connection without answering (the gateway's 502), or to
@@ -33,6 +39,10 @@ use tokio::task::JoinSet;
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 const MAX_RECORD_BYTES: usize = 16 * 1024 * 1024;
 
+/// How many accepted record ids the endpoint remembers (the oldest are forgotten first): about
+/// 30 MiB at most, far more than any retry needs to reach back.
+pub const REMEMBERED_RECORDS: usize = 200_000;
+
 /// How the endpoint answers.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum EndpointBehaviour {
@@ -41,7 +51,8 @@ pub enum EndpointBehaviour {
     Accept,
     /// Answer with this status (and `{"accepted": false, ...}` unless it is 2xx).
     Status(u16),
-    /// Wait this long, then accept.
+    /// Accept the record, then wait this long before answering (an endpoint that took the
+    /// record but whose answer comes too late for the gateway: its 504).
     Delay(Duration),
     /// Close the connection without answering.
     CloseConnection,
@@ -124,6 +135,9 @@ pub struct ReceivedRecord {
     pub client_subject: String,
     pub http_version: http::Version,
     pub received_at: chrono::DateTime<chrono::Utc>,
+    /// The record id had been accepted before: this delivery was answered with the first answer
+    /// and not acted on.
+    pub duplicate: bool,
 }
 
 impl ReceivedRecord {
@@ -135,6 +149,11 @@ impl ReceivedRecord {
     /// A header's value as text.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// The gateway's `x-hetao-attempt`, when it sent one that is a number.
+    pub fn attempt(&self) -> Option<u32> {
+        self.header("x-hetao-attempt").and_then(|v| v.parse().ok())
     }
 }
 
@@ -164,6 +183,9 @@ pub struct ParkEndpoint;
 /// State shared by the accept loop, every connection and the test's handle.
 struct Shared {
     received: Arc<Mutex<Vec<ReceivedRecord>>>,
+    /// Record ids accepted, with the status of their first answer (whose body follows from the
+    /// id: [`reference_for`]).
+    accepted: Mutex<Accepted>,
     behaviour: Mutex<EndpointBehaviour>,
     log: Option<Mutex<std::fs::File>>,
     handshake_failures: AtomicU64,
@@ -212,6 +234,7 @@ impl ParkEndpoint {
             })?;
         let shared = Arc::new(Shared {
             received: Arc::new(Mutex::new(Vec::new())),
+            accepted: Mutex::new(Accepted::default()),
             behaviour: Mutex::new(options.behaviour),
             log,
             handshake_failures: AtomicU64::new(0),
@@ -391,13 +414,14 @@ async fn handle(
             ))
         }
     };
-    let record = ReceivedRecord {
+    let mut record = ReceivedRecord {
         body,
         headers: parts.headers,
         client_fingerprint_sha256: peer.0.clone(),
         client_subject: peer.1.clone(),
         http_version: parts.version,
         received_at: chrono::Utc::now(),
+        duplicate: false,
     };
     let json = record.json();
     let record_id = json
@@ -405,18 +429,39 @@ async fn handle(
         .and_then(|j| j.get("record_id"))
         .and_then(|v| v.as_str())
         .map(str::to_owned);
+
+    let behaviour = lock(&shared.behaviour).clone();
+    // The status the record is taken with, if this behaviour takes it.
+    let takes = match (&behaviour, &json) {
+        (_, None) => None,
+        (EndpointBehaviour::Accept | EndpointBehaviour::Delay(_), _) => Some(200),
+        (EndpointBehaviour::Status(s), _) if (200..300).contains(s) => Some(*s),
+        _ => None,
+    };
+    // At-least-once, keyed by record id: a record id already accepted gets its first answer,
+    // and nothing is done with it again (a canned answer is what an endpoint that keeps no
+    // such contract sends). Looked up and taken in one step, so two deliveries at once are
+    // taken once.
+    let first = match (&behaviour, &record_id) {
+        (EndpointBehaviour::Answer(_), _) | (_, None) => None,
+        (_, Some(id)) => lock(&shared.accepted).take(id, takes),
+    };
+    if let (Some(status), Some(id)) = (first, &record_id) {
+        record.duplicate = true;
+        shared.write_log(&record, json.as_ref());
+        lock(&shared.received).push(record);
+        return Ok(answer(status, acknowledgement(Some(id))));
+    }
     shared.write_log(&record, json.as_ref());
     lock(&shared.received).push(record);
 
-    let behaviour = lock(&shared.behaviour).clone();
-    match behaviour {
+    let delay = match behaviour {
         EndpointBehaviour::Answer(canned) => return Ok(canned_answer(canned)),
         EndpointBehaviour::CloseConnection => {
             close.notify_one();
             // Never answers: the connection task drops this request with the connection.
             return std::future::pending().await;
         }
-        EndpointBehaviour::Delay(d) => tokio::time::sleep(d).await,
         EndpointBehaviour::Status(status) if !(200..300).contains(&status) => {
             return Ok(answer(
                 status,
@@ -424,24 +469,54 @@ async fn handle(
                     "error": "refused_by_park_endpoint"}),
             ))
         }
-        EndpointBehaviour::Status(_) | EndpointBehaviour::Accept => {}
-    }
+        EndpointBehaviour::Delay(d) => Some(d),
+        EndpointBehaviour::Status(_) | EndpointBehaviour::Accept => None,
+    };
     if json.is_none() {
         return Ok(answer(
             400,
             serde_json::json!({"accepted": false, "error": "not_json"}),
         ));
     }
-    let status = match behaviour {
-        EndpointBehaviour::Status(s) => s,
-        _ => 200,
-    };
-    // Only what the acknowledgement schema declares: the gateway would drop anything else.
-    let acknowledgement = match record_id {
-        Some(id) => serde_json::json!({"accepted": true, "reference": reference_for(&id)}),
+    let status = takes.unwrap_or(200);
+    if let Some(d) = delay {
+        tokio::time::sleep(d).await;
+    }
+    Ok(answer(status, acknowledgement(record_id.as_deref())))
+}
+
+/// Only what the acknowledgement schema declares: the gateway would drop anything else.
+fn acknowledgement(record_id: Option<&str>) -> serde_json::Value {
+    match record_id {
+        Some(id) => serde_json::json!({"accepted": true, "reference": reference_for(id)}),
         None => serde_json::json!({"accepted": true}),
-    };
-    Ok(answer(status, acknowledgement))
+    }
+}
+
+/// The record ids the endpoint accepted, oldest first, bounded by [`REMEMBERED_RECORDS`].
+#[derive(Default)]
+struct Accepted {
+    status: std::collections::HashMap<String, u16>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl Accepted {
+    /// The status of the first answer when `id` was accepted before; otherwise `None`, and `id`
+    /// is taken now with status `takes`, if given (from then on it is answered with it).
+    fn take(&mut self, id: &str, takes: Option<u16>) -> Option<u16> {
+        if let Some(first) = self.status.get(id) {
+            return Some(*first);
+        }
+        let status = takes?;
+        self.status.insert(id.to_string(), status);
+        self.order.push_back(id.to_string());
+        while self.order.len() > REMEMBERED_RECORDS {
+            if let Some(old) = self.order.pop_front() {
+                self.status.remove(&old);
+            }
+        }
+        None
+    }
 }
 
 fn answer(status: u16, body: serde_json::Value) -> http::Response<AnswerBody> {
@@ -538,6 +613,8 @@ impl Shared {
             "client_subject": record.client_subject,
             "client_fingerprint_sha256": record.client_fingerprint_sha256,
             "audit_seq": record.header("x-hetao-audit-seq"),
+            "attempt": record.attempt(),
+            "duplicate": record.duplicate,
             "bytes": record.body.len(),
             "body_sha256": hex::encode(ring::digest::digest(&ring::digest::SHA256, &record.body)),
             "record": json,
@@ -564,6 +641,12 @@ impl RunningEndpoint {
     /// A copy of every record received so far, in arrival order.
     pub fn received(&self) -> Vec<ReceivedRecord> {
         lock(&self.shared.received).clone()
+    }
+
+    /// The record ids accepted (acted on), once each, in the order they were first accepted
+    /// (the last [`REMEMBERED_RECORDS`]).
+    pub fn accepted_ids(&self) -> Vec<String> {
+        lock(&self.shared.accepted).order.iter().cloned().collect()
     }
 
     /// The shared list itself, for callers that want to watch it.

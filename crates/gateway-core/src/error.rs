@@ -44,6 +44,9 @@ pub enum Refusal {
         certificate_park: String,
     },
     Replay,
+    /// A copy of this record is still being decided by another request, longer than a copy
+    /// waits for it.
+    ReplayInFlight,
     RateLimited {
         retry_after_secs: u64,
     },
@@ -101,7 +104,7 @@ impl Refusal {
             | Refusal::SamePark(_) => StatusCode::BAD_REQUEST,
             Refusal::SchemaViolation(_) => StatusCode::UNPROCESSABLE_ENTITY,
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
-            Refusal::Replay => StatusCode::CONFLICT,
+            Refusal::Replay | Refusal::ReplayInFlight => StatusCode::CONFLICT,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Refusal::AuditUnavailable(_) | Refusal::AuditBusy | Refusal::Busy => {
                 StatusCode::SERVICE_UNAVAILABLE
@@ -130,7 +133,7 @@ impl Refusal {
             Refusal::SamePark(_) => "same_park",
             Refusal::SchemaViolation(_) => "schema_violation",
             Refusal::OriginMismatch { .. } => "origin_mismatch",
-            Refusal::Replay => "replay",
+            Refusal::Replay | Refusal::ReplayInFlight => "replay",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PolicyDenied { .. } => "policy_denied",
             Refusal::AuditUnavailable(_) => "audit_unavailable",
@@ -148,7 +151,7 @@ impl Refusal {
     pub fn audit_decision(&self) -> &'static str {
         match self {
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => "deny",
-            Refusal::Replay => "replay",
+            Refusal::Replay | Refusal::ReplayInFlight => "replay",
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PayloadTooLarge { .. } => "too_large",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
@@ -197,7 +200,12 @@ impl Refusal {
                 claimed,
                 certificate_park,
             } => origin_mismatch_rule(claimed, certificate_park).reason,
-            Refusal::Replay => "this record_id has already been decided".into(),
+            Refusal::Replay => {
+                "this record_id has already been decided for another record: a retry must send the same bytes".into()
+            }
+            Refusal::ReplayInFlight => {
+                "a record with this record_id is still being decided; send it again later for its answer".into()
+            }
             Refusal::RateLimited { retry_after_secs } => {
                 format!("too many records from this organisation; retry after {retry_after_secs} s")
             }

@@ -208,6 +208,29 @@ mod tests {
         }
     }
 
+    /// Found by the `json_limits` fuzz target: serde_json's default float parser is best effort
+    /// (off by one unit in the last place for some numbers of many digits), so the gateway
+    /// could decide on another number than a correct parser downstream reads from the same
+    /// bytes. With `float_roundtrip` every number is the nearest double, as Rust's own parser
+    /// (and any correct one) reads it.
+    #[test]
+    fn numbers_are_read_as_the_nearest_double_as_a_correct_parser_reads_them() {
+        for text in [
+            "222222222222222222222222",
+            "1000.0000000000000001",
+            "0.30000000000000004441",
+            "9007199254740993.0",
+            "2.2250738585072011e-308",
+            "1.7976931348623157e308",
+        ] {
+            let parsed = parse_record(format!("[{text}]").as_bytes()).unwrap();
+            let nearest: f64 = text.parse().unwrap();
+            assert_eq!(parsed[0].as_f64(), Some(nearest), "{text}");
+            let again = parse_record(&serde_json::to_vec(&parsed).unwrap()).unwrap();
+            assert_eq!(again, parsed, "{text} does not survive a round trip");
+        }
+    }
+
     #[test]
     fn a_key_written_twice_is_refused_naming_its_pointer() {
         let text = r#"{"body":{"data_grade":"core","data_grade":"general"}}"#;

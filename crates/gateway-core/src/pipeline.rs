@@ -2,7 +2,8 @@
 //!
 //! rate limit → read body (limited) → examine ([`Checkpoint::examine`](crate::checkpoint::Checkpoint::examine):
 //! parse, schemas, route and origin, policy, obligations — the one pure decision function) →
-//! admit (replay memory) → audit decision (durable) → forward → acknowledgement (only what
+//! admit (replay memory: a retry of a record answered for good gets its first answer again,
+//! rebuilt from the audit log) → audit decision (durable) → forward → acknowledgement (only what
 //! `schemas/ack.json` declares of the endpoint's answer goes back) → audit outcome (durable
 //! before a 200, for its delivery receipt) → answer.
 //!
@@ -23,13 +24,17 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
 use serde_json::json;
 
-use crate::audit::{Appended, AuditError, AuditEvent, EntryType, RuleRef};
+use crate::audit::{
+    Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, ReadEntryError,
+    RecordHistory, RuleRef, Standing,
+};
 use crate::checkpoint::{RecordFacts, Verdict};
 use crate::envelope::{EnvelopeHead, Kind};
 use crate::error::{json_response, Refusal};
 use crate::json_limits::{self, JsonError};
 use crate::policy::{Effect, MatchedRule};
 use crate::printable::escape_controls;
+use crate::replay::Admission;
 use crate::replay::Reservation;
 use crate::state::{kib, Gateway, RuleSet};
 use crate::tls::identity::ClientIdentity;
@@ -82,6 +87,8 @@ struct RequestCtx {
     started: Instant,
     identity: Arc<ClientIdentity>,
     body_sha256: Option<String>,
+    /// The same SHA-256, as bytes (what the replay memory compares).
+    body_digest: Option<[u8; 32]>,
     /// What is known of the record, also when it is refused.
     facts: RecordFacts,
     /// One rule set for the whole request, even if a reload lands meanwhile.
@@ -97,6 +104,8 @@ struct RequestCtx {
     audited: bool,
     /// The decision, for the access log and metrics.
     decision: &'static str,
+    /// A replay's entry: the decision entry of the record it repeats.
+    replay_of: Option<u64>,
 }
 
 impl RequestCtx {
@@ -105,6 +114,7 @@ impl RequestCtx {
             started: Instant::now(),
             identity,
             body_sha256: None,
+            body_digest: None,
             facts: RecordFacts::default(),
             rules: None,
             reservation: None,
@@ -112,6 +122,7 @@ impl RequestCtx {
             body_permit: None,
             audited: false,
             decision: "invalid",
+            replay_of: None,
         }
     }
 
@@ -134,7 +145,8 @@ impl RequestCtx {
             policy_hash: rules.map(|r| r.policies.hash().to_string()),
             schema_hash: rules.map(|r| r.schemas.hash().to_string()),
             obligations: Vec::new(),
-            refers_to: None,
+            attempt: None,
+            refers_to: self.replay_of,
             answer_sha256: None,
             answer_bytes: None,
             acknowledgement: None,
@@ -143,9 +155,11 @@ impl RequestCtx {
     }
 }
 
-/// The answer to an accepted and forwarded record.
-struct Forwarded {
+/// The answer to a record forwarded and taken, or to a retry of a record answered for good.
+struct Answered {
     response: Response<Full<Bytes>>,
+    /// The `error` label of the answer's metrics (`none` for a 200).
+    error: &'static str,
 }
 
 /// Entry point for every request on an inbound connection.
@@ -240,10 +254,10 @@ async fn conclude(
     gateway: &Gateway,
     mut ctx: RequestCtx,
     conn: &ConnectionCtx,
-    result: Result<Forwarded, Refusal>,
+    result: Result<Answered, Refusal>,
 ) -> Response<Full<Bytes>> {
     let (response, error) = match result {
-        Ok(forwarded) => (forwarded.response, "none"),
+        Ok(answered) => (answered.response, answered.error),
         Err(refusal) => refuse(gateway, &mut ctx, refusal).await,
     };
     finish(gateway, &ctx, conn, response.status(), error);
@@ -288,33 +302,63 @@ where
         limits.body_read_timeout,
     )
     .await?;
-    ctx.body_sha256 = Some(sha256_hex(&body));
+    let digest = ring::digest::digest(&ring::digest::SHA256, &body);
+    let mut bytes = [0u8; 32];
+    bytes.copy_from_slice(digest.as_ref());
+    ctx.body_sha256 = Some(hex::encode(bytes));
+    ctx.body_digest = Some(bytes);
     Ok(body)
 }
 
-/// The record is in memory: decide it, make the decision durable, forward what is allowed.
+/// The record is in memory: decide it, make the decision durable, forward what is allowed; or,
+/// for a retry of a record answered for good, answer it again.
 async fn decide_and_forward(
     gateway: &Gateway,
     ctx: &mut RequestCtx,
     body: Bytes,
-) -> Result<Forwarded, Refusal> {
+) -> Result<Answered, Refusal> {
     let rules = gateway.rules.load_full();
     let examination = gateway
         .checkpoint(&rules)
         .examine(&body, &ctx.identity, Utc::now());
     ctx.rules = Some(rules);
     ctx.facts = examination.facts;
-    let verdict = examination.outcome?;
+    let verdict = match examination.outcome {
+        Ok(verdict) => verdict,
+        Err(refusal) => {
+            // A retry of a record answered for good gets its first answer, even where the rules
+            // in force now refuse it (a schema reloaded since, a created_at aged past the
+            // window). Anything else, someone else's record among it, gets the refusal.
+            let Some(history) = answered_before(gateway, ctx) else {
+                return Err(refusal);
+            };
+            return match answer_again(gateway, ctx, history).await {
+                Ok(answer) => Ok(answer),
+                Err(NotAnsweredAgain::Audit(unavailable)) => Err(unavailable),
+                Err(_) => Err(refusal),
+            };
+        }
+    };
 
-    admit(gateway, ctx, &verdict.head.record_id)?;
+    if let Some(history) = admit(gateway, ctx, &verdict.head.record_id).await? {
+        return answer_again(gateway, ctx, history)
+            .await
+            .map_err(|e| match e {
+                NotAnsweredAgain::Audit(unavailable) => unavailable,
+                // Someone else's record, or one whose answer cannot be rebuilt: decided, all
+                // the same.
+                NotAnsweredAgain::OtherSender | NotAnsweredAgain::Unreadable => Refusal::Replay,
+            });
+    }
     record_decision(gateway, ctx, &verdict).await?;
     match verdict.forward.clone() {
         Some(bytes) if verdict.decision.effect == Effect::Allow => {
             forward(gateway, ctx, verdict, bytes).await
         }
         _ => {
-            if let Some(reservation) = ctx.reservation.take() {
-                reservation.commit();
+            let decision = ctx.decision_entry.as_ref().and_then(LoggedEntry::of);
+            if let (Some(reservation), Some(decision)) = (ctx.reservation.take(), decision) {
+                reservation.denied(decision);
             }
             Err(denial(gateway, ctx, verdict))
         }
@@ -430,10 +474,212 @@ fn reserve_body_memory(
 
 /// Replay memory: the record id is held from here until the outcome is known. A refused record
 /// (invalid, wrong park) never gets this far, so it reserves no record id.
-fn admit(gateway: &Gateway, ctx: &mut RequestCtx, record_id: &str) -> Result<(), Refusal> {
-    let reservation = gateway.replay.reserve(record_id).ok_or(Refusal::Replay)?;
-    ctx.reservation = Some(reservation);
-    Ok(())
+///
+/// `Some(history)` for a retry of a record answered for good (the caller answers it again). A
+/// copy of a record another request is deciding waits until that one settles, then is handled
+/// as if it had just arrived: it gets the same answer, or is the next attempt of a record the
+/// endpoint did not take. It waits at most the upstream request timeout and 10 s more (a
+/// request in flight ends well within that), then gets `409 replay`.
+async fn admit(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    record_id: &str,
+) -> Result<Option<RecordHistory>, Refusal> {
+    let Some(digest) = ctx.body_digest else {
+        // receive() sets it before the body is examined: not reached.
+        return Err(Refusal::Internal);
+    };
+    let deadline = tokio::time::Instant::now()
+        + gateway.config.upstream.request_timeout
+        + std::time::Duration::from_secs(10);
+    loop {
+        match gateway.replay.admit(record_id, &digest) {
+            Admission::Decide(reservation) => {
+                ctx.reservation = Some(reservation);
+                return Ok(None);
+            }
+            Admission::Answered(history) => return Ok(Some(history)),
+            Admission::Conflict(seq) => {
+                ctx.replay_of = seq;
+                return Err(Refusal::Replay);
+            }
+            Admission::Wait(settling) => {
+                if tokio::time::timeout_at(deadline, settling.settled())
+                    .await
+                    .is_err()
+                {
+                    return Err(Refusal::ReplayInFlight);
+                }
+            }
+        }
+    }
+}
+
+/// The history of a record this sender's body was answered for good before, if any.
+fn answered_before(gateway: &Gateway, ctx: &RequestCtx) -> Option<RecordHistory> {
+    let id = ctx.facts.record_id.as_deref()?;
+    gateway.replay.answered(id, ctx.body_digest.as_ref()?)
+}
+
+/// Why a retry could not be answered with its first answer.
+#[derive(Debug)]
+enum NotAnsweredAgain {
+    /// The record was sent by another organisation: not this sender's to retry.
+    OtherSender,
+    /// Its entries could not be read back (the operator's log says why).
+    Unreadable,
+    /// The audit log did not take the retry's own entry: this refusal answers it.
+    Audit(Refusal),
+}
+
+/// The first answer of a record answered for good, rebuilt from its audit entries (the same
+/// status, decision, rules, `audit_seq`, receipts and acknowledgement), marked
+/// `"replayed": true`. The retry gets an entry of its own (`decision` `replay`, `refers_to` the
+/// decision entry); nothing is forwarded.
+async fn answer_again(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    history: RecordHistory,
+) -> Result<Answered, NotAnsweredAgain> {
+    let unreadable = |what: &str, e: &dyn std::fmt::Display| {
+        tracing::error!(target: "hetao::audit",
+            record_id = %escape_controls(ctx.facts.record_id.as_deref().unwrap_or("-")),
+            audit_seq = history.decision.seq, error = %e,
+            "cannot read back the {what} entry to answer a retry");
+        NotAnsweredAgain::Unreadable
+    };
+    let (decision, outcome) = read_entries(gateway, history)
+        .await
+        .map_err(|e| unreadable("decision or outcome", &e))?;
+    let (decision, _) = decision;
+    let sender = decision.sender.as_ref();
+    let same_sender = sender.is_some_and(|s| {
+        s.park == ctx.identity.park && s.organisation == ctx.identity.organisation
+    });
+    let same_record =
+        decision.record_id == ctx.facts.record_id && decision.body_sha256 == ctx.body_sha256;
+    if !same_sender || !same_record {
+        ctx.replay_of = Some(history.decision.seq);
+        return Err(NotAnsweredAgain::OtherSender);
+    }
+    let record_id = decision.record_id.clone().unwrap_or_default();
+    let receipt = gateway.audit.receipt_for(
+        crate::audit::tree::ReceiptFacts::of(&decision),
+        history.decision.receipt_tree_size(),
+        None,
+    );
+    let receipt = receipt.map_err(|e| unreadable("decision", &e))?;
+    let rules: Vec<MatchedRule> = decision.rules.iter().map(matched_rule).collect();
+    let policy_version = decision.policy_version.clone().unwrap_or_default();
+    let (status, mut body, error) = match (history.standing, outcome) {
+        (Standing::Delivered, Some((outcome, line))) if outcome.refers_to == Some(decision.seq) => {
+            let delivery = gateway.audit.receipt_for(
+                crate::audit::tree::ReceiptFacts::of(&outcome),
+                history
+                    .outcome()
+                    .map_or(outcome.seq + 1, |o| o.receipt_tree_size()),
+                Some(line),
+            );
+            let delivery = delivery.map_err(|e| unreadable("outcome", &e))?;
+            let body = delivered_answer(Delivered {
+                record_id: &record_id,
+                audit_seq: decision.seq,
+                receipt: serde_json::to_value(receipt).unwrap_or(serde_json::Value::Null),
+                upstream_status: outcome.status.unwrap_or(0),
+                acknowledgement: outcome.acknowledgement,
+                delivery_receipt: serde_json::to_value(delivery).unwrap_or(serde_json::Value::Null),
+                rules: &rules,
+                obligations: &decision.obligations,
+                policy_version: &policy_version,
+            });
+            (StatusCode::OK, body, "none")
+        }
+        (Standing::Denied, _) => {
+            let denial = Refusal::PolicyDenied {
+                rules,
+                policy_version,
+                receipt: Box::new(receipt),
+            };
+            (
+                denial.status(),
+                denial.body(Some(&record_id)),
+                denial.code(),
+            )
+        }
+        // A delivered record's outcome entry that is not its own: not an answer to rebuild.
+        _ => return Err(unreadable("outcome", &"not the outcome of this decision")),
+    };
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("replayed".into(), serde_json::Value::Bool(true));
+    }
+
+    ctx.replay_of = Some(history.decision.seq);
+    ctx.audited = true;
+    ctx.decision = "replay";
+    let mut entry = ctx.event(EntryType::Decision, "replay");
+    entry.status = status.as_u16();
+    if let Err(e) = gateway.audit.append(entry).await {
+        let refusal = audit_refusal(e);
+        ctx.decision = refusal.audit_decision();
+        return Err(NotAnsweredAgain::Audit(refusal));
+    }
+    Ok(Answered {
+        response: json_response(status, &body),
+        error,
+    })
+}
+
+/// An entry and its line as written.
+type ReadBack = (AuditEntry, String);
+
+/// Why a record's entries could not be read back.
+#[derive(Debug, thiserror::Error)]
+enum ReadBackFailed {
+    #[error("audit entry seq {seq}: {source}")]
+    Entry {
+        seq: u64,
+        #[source]
+        source: ReadEntryError,
+    },
+    #[error("the reading task failed: {0}")]
+    Task(#[from] tokio::task::JoinError),
+}
+
+/// Reads a record's decision entry and, for a delivered record, its outcome entry back from
+/// the log (blocking file reads, off the request's thread).
+async fn read_entries(
+    gateway: &Gateway,
+    history: RecordHistory,
+) -> Result<(ReadBack, Option<ReadBack>), ReadBackFailed> {
+    let audit = gateway.audit.clone();
+    tokio::task::spawn_blocking(move || {
+        let read = |at: &LoggedEntry| {
+            audit
+                .read_entry(at)
+                .map_err(|source| ReadBackFailed::Entry {
+                    seq: at.seq,
+                    source,
+                })
+        };
+        let decision = read(&history.decision)?;
+        let outcome = history.outcome().as_ref().map(read).transpose()?;
+        Ok((decision, outcome))
+    })
+    .await?
+}
+
+/// A rule reference of the log as the answer shows a matched rule.
+fn matched_rule(r: &RuleRef) -> MatchedRule {
+    MatchedRule {
+        id: r.id.clone(),
+        effect: if r.effect == "allow" {
+            Effect::Allow
+        } else {
+            Effect::Deny
+        },
+        reason: r.reason.clone(),
+        regulation: r.regulation.clone().unwrap_or_default(),
+    }
 }
 
 /// Writes the decision entry and waits until it is durable: nothing leaves before.
@@ -455,12 +701,25 @@ async fn record_decision(
     event.rules = rule_refs(&decision.matched);
     event.obligations = verdict.applied.clone();
     event.status = if allowed { 200 } else { 403 };
+    let attempt = ctx.reservation.as_ref().map_or(1, |r| r.attempt());
+    if allowed && attempt > 1 {
+        event.attempt = Some(attempt);
+    }
     if !allowed {
         event.error = Some("policy_denied".into());
     }
     ctx.audited = true;
     ctx.decision = decision.effect.as_str();
     let appended = gateway.audit.append(event).await.map_err(audit_refusal)?;
+    if allowed {
+        // From here on the record may leave: whatever happens to this request, the id stays
+        // decided, and a retry is the next attempt.
+        if let (Some(reservation), Some(at)) =
+            (ctx.reservation.as_mut(), LoggedEntry::of(&appended))
+        {
+            reservation.forwarding(at);
+        }
+    }
     ctx.decision_entry = Some(appended);
     Ok(())
 }
@@ -497,7 +756,7 @@ async fn forward(
     ctx: &mut RequestCtx,
     verdict: Verdict,
     bytes: Bytes,
-) -> Result<Forwarded, Refusal> {
+) -> Result<Answered, Refusal> {
     let Some(appended) = ctx.decision_entry.clone() else {
         // record_decision() sets the entry or fails: not reached.
         return Err(Refusal::AuditUnavailable(
@@ -511,6 +770,7 @@ async fn forward(
         source_park: &ctx.identity.park,
         source_org: &ctx.identity.organisation,
         policy_version: &verdict.decision.policy_version,
+        attempt: ctx.reservation.as_ref().map_or(1, |r| r.attempt()),
     };
     let upstreams = gateway.upstreams.load_full();
     let result = upstreams.forward(&head.to, bytes, &meta).await;
@@ -588,18 +848,27 @@ async fn forward(
                 "could not write the outcome entry");
         }
         ctx.decision = "upstream_failed";
-        // Dropping the reservation lets the sender retry a record the endpoint did not take.
+        // The endpoint may or may not have the record: the id stays decided for this body, and
+        // a retry forwards it again as the next attempt (the reservation was marked forwarding).
         drop(ctx.reservation.take());
         return Err(refusal);
-    }
-    if let Some(reservation) = ctx.reservation.take() {
-        reservation.commit();
     }
     let upstream_status = outcome.status;
     let acknowledgement = outcome.acknowledgement.clone();
     // Proof of delivery: the outcome entry, with the acknowledgement as relayed, is durable
     // before the answer, so the answer can carry its receipt (docs/audit.md).
     let delivered = record_outcome(gateway, &head.record_id, outcome).await;
+    // Answered for good: a retry gets this answer again, rebuilt from the two entries. Should
+    // the outcome entry's place not be known (the log refused to wait for it), the record stays
+    // one not known delivered: a retry forwards it again, and the endpoint answers it with its
+    // first answer.
+    if let (Some(reservation), Some(decision), Some(outcome)) = (
+        ctx.reservation.take(),
+        LoggedEntry::of(&appended),
+        delivered.as_ref().and_then(LoggedEntry::of),
+    ) {
+        reservation.delivered(decision, outcome);
+    }
     // The record has left under its durable decision entry; a receipt that cannot be made (the
     // tree unreadable, the outcome entry not written) is reported in the answer as null rather
     // than failing a delivered record.
@@ -620,21 +889,50 @@ async fn forward(
         }
         None => serde_json::Value::Null,
     };
-    let body = json!({
-        "record_id": head.record_id,
+    let body = delivered_answer(Delivered {
+        record_id: &head.record_id,
+        audit_seq: appended.seq,
+        receipt,
+        upstream_status,
+        acknowledgement,
+        delivery_receipt,
+        rules: &verdict.decision.matched,
+        obligations: &verdict.applied,
+        policy_version: &verdict.decision.policy_version,
+    });
+    Ok(Answered {
+        response: json_response(StatusCode::OK, &body),
+        error: "none",
+    })
+}
+
+/// What the 200 of a delivered record says.
+struct Delivered<'a> {
+    record_id: &'a str,
+    audit_seq: u64,
+    receipt: serde_json::Value,
+    upstream_status: u16,
+    acknowledgement: Option<serde_json::Value>,
+    delivery_receipt: serde_json::Value,
+    rules: &'a [MatchedRule],
+    obligations: &'a [String],
+    policy_version: &'a str,
+}
+
+/// The 200 of a delivered record: built here only, for its first answer and for retries.
+fn delivered_answer(d: Delivered<'_>) -> serde_json::Value {
+    json!({
+        "record_id": d.record_id,
         "decision": "allow",
         "status": "forwarded",
-        "audit_seq": appended.seq,
-        "receipt": receipt,
-        "upstream_status": upstream_status,
-        "acknowledgement": acknowledgement,
-        "delivery_receipt": delivery_receipt,
-        "rules": verdict.decision.matched,
-        "obligations": verdict.applied,
-        "policy_version": verdict.decision.policy_version,
-    });
-    Ok(Forwarded {
-        response: json_response(StatusCode::OK, &body),
+        "audit_seq": d.audit_seq,
+        "receipt": d.receipt,
+        "upstream_status": d.upstream_status,
+        "acknowledgement": d.acknowledgement,
+        "delivery_receipt": d.delivery_receipt,
+        "rules": d.rules,
+        "obligations": d.obligations,
+        "policy_version": d.policy_version,
     })
 }
 
@@ -889,10 +1187,7 @@ fn rule_refs(rules: &[MatchedRule]) -> Vec<RuleRef> {
             id: r.id.clone(),
             effect: r.effect.as_str().to_string(),
             reason: r.reason.clone(),
+            regulation: Some(r.regulation.clone()),
         })
         .collect()
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    hex::encode(ring::digest::digest(&ring::digest::SHA256, bytes).as_ref())
 }

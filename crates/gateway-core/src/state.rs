@@ -16,7 +16,7 @@ use crate::metrics::Metrics;
 use crate::policy::{KeyFiles, PolicyEngine, PolicyLoadError};
 use crate::rate_limit::RateLimiter;
 use crate::registry::{Registry, RegistryError};
-use crate::replay::ReplayGuard;
+use crate::replay::{self, ReplayGuard};
 use crate::schema::{SchemaLoadError, SchemaSet};
 use crate::tls::{InboundTls, TlsError};
 use crate::upstream::Upstreams;
@@ -137,8 +137,9 @@ impl Gateway {
         for warning in loaded.rules.policies.warnings() {
             tracing::warn!(target: "hetao::policy", "{warning}");
         }
-        let audit = AuditLog::open(&config.audit)?;
-        let replay = ReplayGuard::new(RecordWindow::of(&config.limits), audit.decided_record_ids());
+        let window = RecordWindow::of(&config.limits);
+        let audit = AuditLog::open_remembering(&config.audit, replay::remembered_since(window))?;
+        let replay = ReplayGuard::new(window, audit.record_histories());
         let metrics = Metrics::new();
         let rate_limiter = RateLimiter::new(&config.rate_limit);
         let gateway = Gateway {

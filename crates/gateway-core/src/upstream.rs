@@ -34,6 +34,10 @@ pub mod headers {
     /// Percent-encoded UTF-8: organisation names may be Chinese.
     pub const SOURCE_ORG: &str = "x-hetao-source-org";
     pub const POLICY_VERSION: &str = "x-hetao-policy-version";
+    /// 1 for a record's first forward; 2, 3, ... when it is forwarded again after an outcome the
+    /// gateway could not know (a timeout, a failure, a crash before the outcome entry). The
+    /// endpoint answers a record id it already took with its first answer (docs/endpoints.md).
+    pub const ATTEMPT: &str = "x-hetao-attempt";
 }
 
 /// What the gateway tells the endpoint besides the record.
@@ -43,6 +47,8 @@ pub struct ForwardMeta<'a> {
     pub source_park: &'a str,
     pub source_org: &'a str,
     pub policy_version: &'a str,
+    /// Which forward of this record id this is (1 the first).
+    pub attempt: u32,
 }
 
 /// The endpoint's answer. Nothing of it is relayed as it is: the pipeline takes the declared
@@ -168,6 +174,7 @@ impl Upstreams {
             .header(headers::SOURCE_PARK, meta.source_park)
             .header(headers::SOURCE_ORG, percent_encode(meta.source_org))
             .header(headers::POLICY_VERSION, meta.policy_version)
+            .header(headers::ATTEMPT, meta.attempt.to_string())
             .body(Full::new(record))
             .map_err(|e| UpstreamError::Failed {
                 park: park.to_string(),

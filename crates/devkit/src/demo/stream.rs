@@ -1,6 +1,7 @@
 //! The demo's stream of records: the repository's example records (all allowed), variations of
-//! them that a rule denies, invalid records, and the attacks the gateway must refuse (a replay, a
-//! sender claiming the other park), each with the answer it must get.
+//! them that a rule denies, invalid records, the attacks the gateway must refuse (a replay: another
+//! record under a decided id; a sender claiming the other park), and retries of records already
+//! answered, each with the answer it must get.
 
 use std::path::{Path, PathBuf};
 
@@ -26,8 +27,10 @@ pub enum Expect {
     NotJson,
     /// `403 origin_mismatch`: the certificate's park is not the record's `from`.
     OriginMismatch,
-    /// `409 replay`: the record id was decided before.
+    /// `409 replay`: the record id was decided before, for another body.
     Replay,
+    /// The first answer again (`200`, `"replayed": true`): the same bytes sent again, a retry.
+    Retried,
 }
 
 impl Expect {
@@ -52,6 +55,10 @@ impl Expect {
             Expect::NotJson => status == 415,
             Expect::OriginMismatch => status == 403 && error == Some("origin_mismatch"),
             Expect::Replay => status == 409 && error == Some("replay"),
+            Expect::Retried => {
+                Expect::Allow.holds(status, answer)
+                    && answer.and_then(|a| a.get("replayed")) == Some(&Value::Bool(true))
+            }
         }
     }
 
@@ -65,6 +72,7 @@ impl Expect {
             Expect::NotJson => "415 unsupported_media_type".into(),
             Expect::OriginMismatch => "403 origin_mismatch".into(),
             Expect::Replay => "409 replay".into(),
+            Expect::Retried => "200 allow, replayed".into(),
         }
     }
 }
@@ -380,7 +388,8 @@ impl Sources {
 }
 
 /// The stream of `n` records (`n` ≥ 5) sent concurrently, and the replays sent after it (which
-/// must come after their originals were decided). Every kind of case appears once before any
+/// must come after their originals were decided): alternately another record under an allowed
+/// record's id (a `409 replay`) and a retry of an allowed record's bytes (its first answer). Every kind of case appears once before any
 /// repeats: allowed examples, denials, invalid records, and the odd ones (wrong park, not JSON,
 /// malformed JSON); then allowed and denied records again, with fresh ids, up to `n`.
 pub fn build(
@@ -511,7 +520,8 @@ pub fn build(
         k += 1;
     }
 
-    // Replays: exactly the bytes of an allowed record already in the stream.
+    // Replays of allowed records already in the stream: another body under the same id (created
+    // a minute earlier), then exactly the same bytes (a retry).
     let originals: Vec<&Shot> = shots.iter().filter(|s| s.expect == Expect::Allow).collect();
     let mut replay_shots = Vec::new();
     for r in 0..replays {
@@ -519,12 +529,24 @@ pub fn build(
             Some(o) => (*o).clone(),
             None => allowed(r),
         };
-        replay_shots.push(Shot {
-            label: format!("again: {}", original.label),
-            expect: Expect::Replay,
-            to: None,
-            ..original
-        });
+        if r % 2 == 0 {
+            let mut record: Value = serde_json::from_slice(&original.body)?;
+            let earlier = now - Duration::minutes(1);
+            record["created_at"] = json!(earlier.to_rfc3339_opts(SecondsFormat::Secs, true));
+            replay_shots.push(Shot {
+                label: format!("same id, other body: {}", original.label),
+                body: Bytes::from(serde_json::to_vec(&record)?),
+                expect: Expect::Replay,
+                to: None,
+                ..original
+            });
+        } else {
+            replay_shots.push(Shot {
+                label: format!("retry: {}", original.label),
+                expect: Expect::Retried,
+                ..original
+            });
+        }
     }
     Ok((shots, replay_shots))
 }
@@ -548,6 +570,8 @@ mod tests {
         assert!(!Expect::Deny { rule: "D3.x" }.holds(403, Some(&denied)));
         assert!(!deny.holds(200, Some(&json!({"decision": "allow"}))));
         assert!(!Expect::Replay.holds(200, Some(&json!({"decision": "allow"}))));
+        assert!(!Expect::Retried.holds(200, Some(&json!({"decision": "allow"}))));
+        assert!(Expect::Retried.holds(200, Some(&json!({"decision": "allow", "replayed": true}))));
         assert!(!Expect::OriginMismatch.holds(403, Some(&denied)));
         assert!(Expect::Invalid.holds(422, None) && Expect::Invalid.holds(400, None));
         assert!(!Expect::Allow.holds(502, Some(&json!({"decision": "allow"}))));
@@ -595,13 +619,20 @@ mod tests {
     }
 
     #[test]
-    fn replays_repeat_an_allowed_record_byte_for_byte() {
+    fn replays_repeat_an_allowed_records_id_with_another_body_or_its_very_bytes() {
         let (shots, replays) = build(&sources(), 60, Utc::now()).unwrap();
         assert_eq!(shots.len() + replays.len(), 60);
+        assert_eq!(replays.len(), 2);
         for r in &replays {
-            assert!(shots
+            let original = shots
                 .iter()
-                .any(|s| s.expect == Expect::Allow && s.body == r.body));
+                .find(|s| s.expect == Expect::Allow && s.record_id == r.record_id)
+                .unwrap();
+            match r.expect {
+                Expect::Replay => assert_ne!(original.body, r.body),
+                Expect::Retried => assert_eq!(original.body, r.body),
+                _ => panic!("{r:?}"),
+            }
         }
     }
 }

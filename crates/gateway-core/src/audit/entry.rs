@@ -85,6 +85,11 @@ pub struct AuditEntry {
     pub schema_hash: Option<String>,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub obligations: Vec<String>,
+    /// Allow decisions of a record forwarded again (a retry after an unknown or failed
+    /// outcome): the attempt number sent to the endpoint in `x-hetao-attempt`. Absent for the
+    /// first attempt (and in older entries, whose hashes stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers_to: Option<u64>,
     // --- outcome: the endpoint's answer (absent in older entries, whose hashes stay as they
@@ -161,6 +166,7 @@ impl AuditEntry {
             policy_hash: None,
             schema_hash: None,
             obligations: Vec::new(),
+            attempt: None,
             refers_to: None,
             answer_sha256: None,
             answer_bytes: None,

@@ -6,10 +6,10 @@
 //! - [`chain`]: segment files, scanning, link checks, [`verify_logs`].
 //! - [`writer`]: the writer thread (group commit, checkpoints, rotation, fail closed).
 //! - [`query`]: an auditor's filters and statistics.
+//! - [`history`]: what the log says about each record id, for retries.
 //!
 //! The format and the guarantees are described in `docs/audit.md`.
 
-use std::collections::HashMap;
 use std::fs::OpenOptions;
 use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
@@ -25,6 +25,7 @@ use crate::tls::identity::ClientIdentity;
 pub mod chain;
 pub mod entry;
 pub mod evidence;
+pub mod history;
 pub mod keys;
 pub mod note;
 pub mod query;
@@ -34,6 +35,9 @@ pub mod writer;
 
 pub use chain::{segment_paths, verify_logs, LinkError, LinkProblem, VerifyProblem, VerifyReport};
 pub use entry::{AuditEntry, AuditEntryType, ZERO_HASH};
+pub use history::{
+    record_key, Histories, LinePlace, LoggedEntry, RecordHistory, RecordKey, Standing,
+};
 pub use keys::{
     generate_signing_key, public_key_pem_from_signing_key_file, AuditPublicKey, AuditSigner,
     KeyError,
@@ -60,6 +64,10 @@ pub struct RuleRef {
     pub id: String,
     pub effect: String,
     pub reason: String,
+    /// The regulation the rule comes from, as the answer showed it: a retry's answer is rebuilt
+    /// from the log (absent in older entries).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regulation: Option<String>,
 }
 
 /// What the pipeline hands to the log. No personal data from the record: only ids, hashes,
@@ -88,7 +96,10 @@ pub struct AuditEvent {
     pub schema_hash: Option<String>,
     /// Obligations applied (action and pointer only).
     pub obligations: Vec<String>,
-    /// Sequence of the decision entry an outcome entry belongs to.
+    /// Allow decisions of a record forwarded again: the attempt number (2, 3, ...).
+    pub attempt: Option<u32>,
+    /// Sequence of the decision entry an outcome entry belongs to (replay entries: the decision
+    /// entry of the record they repeat).
     pub refers_to: Option<u64>,
     /// Outcome entries: SHA-256 (hex) of the endpoint's whole answer body as received (absent
     /// when the gateway stopped reading it, or got none).
@@ -118,6 +129,9 @@ pub struct Appended {
     /// binds (the delivery receipt does, for the acknowledgement).
     #[serde(skip)]
     pub line: Option<Arc<str>>,
+    /// Where the writer put the line (its segment and offset): a retry reads it back there.
+    #[serde(skip)]
+    pub place: Option<LinePlace>,
 }
 
 /// The tree after one committed batch and its checkpoint note, signed once for the batch.
@@ -299,7 +313,7 @@ struct Inner {
     queued: Arc<AtomicUsize>,
     max_queue: usize,
     /// Handed over once to the replay guard (kept here it would double the memory).
-    decided: Mutex<DecidedIds>,
+    histories: Mutex<Histories>,
     closed: AtomicBool,
 }
 
@@ -311,7 +325,7 @@ struct Recovered {
     active_segment: Option<u64>,
     last_archive: Option<u64>,
     active_len: u64,
-    decided: DecidedIds,
+    histories: Histories,
     /// `(bytes, side file)` of a torn tail set aside.
     torn: Option<(u64, PathBuf)>,
     /// The log's tree, rebuilt from the entries read (and checked against every checkpoint).
@@ -341,14 +355,20 @@ pub fn crash_tail_bound(cfg: &AuditConfig) -> u64 {
 /// half of the signing key: the gateway never signs over what it did not write), refuses a bad
 /// complete line and an unsigned tail longer than a crash can leave, and sets only an
 /// unterminated (torn) last line aside.
-fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditError> {
+///
+/// Record histories are kept for decisions made at `remember_since` (Unix seconds) or later.
+fn recover(
+    cfg: &AuditConfig,
+    key: &AuditPublicKey,
+    remember_since: i64,
+) -> Result<Recovered, AuditError> {
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
     let mut checker = ChainChecker::default();
     let tree_path = tree::HashStore::path_for(&cfg.log);
     let mut tree_error = None;
     let mut last_checkpoint = None;
-    let mut decided = DecidedIds::new();
+    let mut histories = Histories::new();
     let mut active_segment = None;
     let mut last_archive = None;
     let mut active_len = 0;
@@ -359,7 +379,7 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
         }
         let is_active = number.is_none();
         let mut first = true;
-        let end = scan_file(path, |entry, _line, _offset| {
+        let end = scan_file(path, |entry, _line, offset| {
             if let (AuditEntryType::Checkpoint, Some(size), Some(note)) =
                 (entry.entry_type, entry.tree_size, &entry.note)
             {
@@ -384,7 +404,17 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
                 active_segment = entry.segment;
             }
             first = false;
-            note_decision(&mut decided, &entry);
+            // The active segment's number is in its segment_start, its first entry; a segment
+            // without one is the next after the archives (as the writer numbers it).
+            let segment = number
+                .or(active_segment)
+                .unwrap_or_else(|| last_archive.map_or(1, |n| n + 1));
+            history::note_entry(
+                &mut histories,
+                &entry,
+                LinePlace { segment, offset },
+                remember_since,
+            );
             Ok(())
         })
         .map_err(|e| match (e, tree_error.take()) {
@@ -480,39 +510,9 @@ fn recover(cfg: &AuditConfig, key: &AuditPublicKey) -> Result<Recovered, AuditEr
         active_segment,
         last_archive,
         active_len,
-        decided,
+        histories,
         torn,
     })
-}
-
-/// Decided record ids and when their decision entry was written (Unix seconds).
-pub type DecidedIds = HashMap<String, i64>;
-
-/// Record ids a replay must be refused for: decided by policy (allow, or deny with
-/// `policy_denied`), unless the latest outcome says the upstream failed (then the sender may
-/// retry). A refusal before the policy (an origin mismatch is a `deny` too) never reserved the id,
-/// so it does not after a restart either: a park cannot squat on another park's ids.
-fn note_decision(decided: &mut DecidedIds, e: &AuditEntry) {
-    let Some(id) = &e.record_id else { return };
-    let by_policy = match e.decision.as_deref() {
-        Some("allow") => true,
-        Some("deny") => e.error.as_deref() == Some("policy_denied"),
-        _ => false,
-    };
-    match (e.entry_type, e.decision.as_deref()) {
-        (AuditEntryType::Decision, Some(_)) if by_policy => {
-            // An entry whose time does not parse is kept as decided just now: never forgotten
-            // early.
-            let at = chrono::DateTime::parse_from_rfc3339(&e.time)
-                .map(|t| t.timestamp())
-                .unwrap_or_else(|_| chrono::Utc::now().timestamp());
-            decided.insert(id.clone(), at);
-        }
-        (AuditEntryType::Outcome, Some("upstream_failed")) => {
-            decided.remove(id);
-        }
-        _ => {}
-    }
 }
 
 /// Moves bytes `[offset, len)` of the active segment to `<log>.torn-<UTC time>` and truncates.
@@ -559,6 +559,13 @@ fn set_aside_torn_tail(path: &Path, offset: u64, len: u64) -> Result<PathBuf, Au
 impl AuditLog {
     /// Opens (or creates) the log, recovers a torn tail, and starts the writer.
     pub fn open(cfg: &AuditConfig) -> Result<AuditLog, AuditError> {
+        Self::open_remembering(cfg, i64::MIN)
+    }
+
+    /// [`AuditLog::open`], keeping the histories of records decided at `since` (Unix seconds)
+    /// or later only ([`AuditLog::record_histories`]): the replay memory forgets older ones
+    /// anyway, and a log of months would otherwise hold them all in memory while it is read.
+    pub fn open_remembering(cfg: &AuditConfig, since: i64) -> Result<AuditLog, AuditError> {
         let signer = Arc::new(
             AuditSigner::from_pem_file(&cfg.signing_key)
                 .map_err(|e| open_error(&cfg.signing_key, OpenError::SigningKey(e)))?,
@@ -584,7 +591,7 @@ impl AuditLog {
             witnessing::Witnesses::load(&cfg.witnesses, cfg.witness_max_lag_entries, &cfg.log)
                 .map_err(|e| open_error(&cfg.log, OpenError::Witness(e)))?,
         );
-        let rec = recover(cfg, &signer.public_key())?;
+        let rec = recover(cfg, &signer.public_key(), since)?;
         let checkpoints = tokio::sync::watch::Sender::new(rec.last_checkpoint.clone());
         let file = OpenOptions::new()
             .create(true)
@@ -660,14 +667,14 @@ impl AuditLog {
                 sync_dir(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::SyncFolder(e)))?;
             }
         }
-        let decided = rec.decided.len();
-        let log = Self::start(writer, rec.decided, witnesses, checkpoints)
+        let records = rec.histories.len();
+        let log = Self::start(writer, rec.histories, witnesses, checkpoints)
             .map_err(|e| open_error(&cfg.log, OpenError::WriterThread(e)))?;
         tracing::info!(
             log = %cfg.log.display(),
             next_seq,
             key_id = signer.key_id(),
-            decided,
+            records,
             "audit log open"
         );
         Ok(log)
@@ -676,7 +683,7 @@ impl AuditLog {
     /// Starts the writer thread and returns the handle that talks to it.
     fn start(
         writer: Writer,
-        decided: DecidedIds,
+        histories: Histories,
         witnesses: Arc<witnessing::Witnesses>,
         checkpoints: tokio::sync::watch::Sender<Option<witnessing::LoggedCheckpoint>>,
     ) -> io::Result<AuditLog> {
@@ -692,7 +699,7 @@ impl AuditLog {
             stats: writer.stats.clone(),
             queued: writer.queued.clone(),
             max_queue: writer.max_queue,
-            decided: Mutex::new(decided),
+            histories: Mutex::new(histories),
             closed: AtomicBool::new(false),
         };
         std::thread::Builder::new()
@@ -787,17 +794,72 @@ impl AuditLog {
         Ok(receipt)
     }
 
-    /// Record ids that already have a policy decision in the log, read at open, each with the
-    /// time of its decision entry (Unix seconds): the replay guard keeps those still within the
-    /// records' `created_at` window.
+    /// What the log said at open about each record id decided by policy (its body hash, where
+    /// its decision and outcome entries are, whether it was delivered): the replay memory keeps
+    /// those still within the records' `created_at` window.
     ///
     /// Handed over, not copied: the map can be large, so the first call takes it and later calls
     /// get an empty one.
-    pub fn decided_record_ids(&self) -> DecidedIds {
-        match self.inner.decided.lock() {
-            Ok(mut ids) => std::mem::take(&mut *ids),
+    pub fn record_histories(&self) -> Histories {
+        match self.inner.histories.lock() {
+            Ok(mut h) => std::mem::take(&mut *h),
             Err(poisoned) => std::mem::take(&mut *poisoned.into_inner()),
         }
+    }
+
+    /// Reads back the entry `at` names (its line exactly as written, without its newline),
+    /// checking its hash and that it is the entry of that sequence. Blocking file I/O: one
+    /// positioned read of the line.
+    ///
+    /// The entry is looked for in its archived segment first (archives do not change), then in
+    /// the active one, then in the archive again (the active segment may have been archived
+    /// meanwhile).
+    pub fn read_entry(&self, at: &LoggedEntry) -> Result<(AuditEntry, String), ReadEntryError> {
+        let archive = chain::archive_path(&self.inner.log, u64::from(at.segment));
+        let mut last = None;
+        for path in [&archive, &self.inner.log, &archive] {
+            match read_line_at(path, at.offset) {
+                Ok(line) => match entry::open_line(&line) {
+                    Ok(e) if e.seq == at.seq => {
+                        let text = String::from_utf8(line).map_err(|_| ReadEntryError::NotUtf8)?;
+                        return Ok((e, text));
+                    }
+                    Ok(e) => last = Some(ReadEntryError::OtherEntry { found: e.seq }),
+                    Err((e, _)) => last = Some(ReadEntryError::Line(e)),
+                },
+                Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                Err(e) => last = Some(ReadEntryError::Io(e)),
+            }
+        }
+        Err(last.unwrap_or(ReadEntryError::Missing {
+            segment: u64::from(at.segment),
+        }))
+    }
+
+    /// A receipt for the entry with these facts, proving its inclusion in the log's tree of
+    /// `tree_size` entries under a checkpoint note signed now. Ed25519 signatures are
+    /// deterministic, so for the tree size of the first receipt this is that receipt again, byte
+    /// for byte. `line` is the entry's line, for a receipt that carries it.
+    pub fn receipt_for(
+        &self,
+        facts: tree::ReceiptFacts,
+        tree_size: u64,
+        line: Option<String>,
+    ) -> Result<Receipt, AuditError> {
+        let tree = &self.inner.tree;
+        let size = tree_size.min(tree.leaves());
+        let root = tree.root(size).map_err(tree_failure)?;
+        let proof = tree
+            .inclusion_proof(size, facts.audit_seq)
+            .map_err(tree_failure)?;
+        Ok(Receipt {
+            facts,
+            tree_size: size,
+            inclusion: proof.iter().map(tree::hash_to_b64).collect(),
+            checkpoint: note::sign_checkpoint(&self.inner.signer, size, root),
+            key_id: self.inner.signer.key_id().to_string(),
+            entry: line,
+        })
     }
 
     /// `Err(reason)` once the log has failed; the gateway then refuses to forward.
@@ -919,6 +981,42 @@ impl AuditLog {
                 .unwrap_or(true),
         }
     }
+}
+
+/// Why an entry could not be read back.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadEntryError {
+    #[error("segment {segment} is not beside the log")]
+    Missing { segment: u64 },
+    #[error("cannot read the entry: {0}")]
+    Io(#[source] io::Error),
+    #[error("the line there is not a valid entry: {0}")]
+    Line(#[source] LineError),
+    #[error("the line there is entry seq {found}, not the one wanted")]
+    OtherEntry { found: u64 },
+    #[error("the line is not UTF-8")]
+    NotUtf8,
+}
+
+/// The line starting at byte `offset` of `path`, without its newline, up to the longest line a
+/// log may have.
+fn read_line_at(path: &Path, offset: u64) -> io::Result<Vec<u8>> {
+    use std::io::BufRead;
+    let mut file = std::fs::File::open(path)?;
+    file.seek(SeekFrom::Start(offset))?;
+    let mut reader = io::BufReader::with_capacity(8 * 1024, file);
+    let mut line = Vec::with_capacity(2 * 1024);
+    reader
+        .by_ref()
+        .take(chain::MAX_LINE_BYTES as u64 + 1)
+        .read_until(b'\n', &mut line)?;
+    if line.pop() != Some(b'\n') {
+        return Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "no complete line at that offset",
+        ));
+    }
+    Ok(line)
 }
 
 fn tree_failure(e: tree::TreeError) -> AuditError {
@@ -1067,7 +1165,7 @@ mod tests {
             Arc::new(witnessing::Witnesses::load(&[], None, Path::new("/dev/full")).unwrap());
         AuditLog::start(
             writer,
-            DecidedIds::new(),
+            Histories::new(),
             witnesses,
             tokio::sync::watch::Sender::new(None),
         )

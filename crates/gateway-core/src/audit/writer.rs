@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use super::chain::archive_path;
 use super::entry::{seal, AuditEntry, AuditEntryType};
+use super::history::LinePlace;
 use super::keys::AuditSigner;
 use super::note::sign_checkpoint;
 use super::tree::{hash_to_b64, HashStore, ReceiptFacts, TreeError};
@@ -250,6 +251,11 @@ impl Writer {
             }
         };
         let facts = ReceiptFacts::of(&entry);
+        // `buf` is written at the end of the segment by the next commit.
+        let place = LinePlace {
+            segment: self.head.segment,
+            offset: self.head.segment_bytes + buf.len() as u64,
+        };
         if let Err(e) = self.tree.append(facts.leaf_hash()) {
             self.head.head_hash = entry.prev_hash;
             return Err(WriteError::Tree(e));
@@ -278,6 +284,7 @@ impl Writer {
             facts,
             head: None,
             line: text.map(Arc::from),
+            place: Some(place),
         })
     }
 
@@ -478,6 +485,7 @@ impl Writer {
         e.policy_hash = event.policy_hash;
         e.schema_hash = event.schema_hash;
         e.obligations = event.obligations;
+        e.attempt = event.attempt;
         e.refers_to = event.refers_to;
         e.answer_sha256 = event.answer_sha256;
         e.answer_bytes = event.answer_bytes;
