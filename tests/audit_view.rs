@@ -558,3 +558,96 @@ fn a_network_listener_without_client_certificates_is_refused() {
     );
     assert!(stderr.contains("--client-ca"), "{stderr}");
 }
+
+/// A client of the view over TLS: trusting `ca`, presenting `client` (cert, key) if given.
+async fn tls_get(
+    addr: SocketAddr,
+    ca: &Path,
+    client: Option<(&Path, &Path)>,
+    path: &str,
+) -> std::io::Result<String> {
+    use rustls_pki_types::pem::PemObject;
+    use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for c in CertificateDer::pem_file_iter(ca).unwrap() {
+        roots.add(c.unwrap()).unwrap();
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_root_certificates(roots);
+    let config = match client {
+        Some((cert, key)) => builder
+            .with_client_auth_cert(
+                CertificateDer::pem_file_iter(cert)
+                    .unwrap()
+                    .map(|c| c.unwrap())
+                    .collect(),
+                PrivateKeyDer::from_pem_file(key).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await?;
+    let head = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
+    tls.write_all(head.as_bytes()).await?;
+    let mut raw = Vec::new();
+    tls.read_to_end(&mut raw).await?;
+    Ok(String::from_utf8_lossy(&raw).into_owned())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn over_tls_only_auditors_with_a_client_certificate_are_served() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("demo");
+    assert_eq!(demo(demo_args(&dir)).await.unwrap(), ExitCode::SUCCESS);
+    // The demo's PKI: the gateway's server certificate for the view, the Shenzhen park's CA as
+    // the auditors' CA (an organisation's certificate stands in for an auditor's).
+    let files = hetao_auditview::TlsFiles {
+        cert: dir.join("gateway.pem"),
+        key: dir.join("gateway.key"),
+        client_ca: dir.join("sz-ca.pem"),
+    };
+    let acceptor =
+        hetao_auditview::acceptor_for("0.0.0.0:0".parse().unwrap(), Some(&files)).unwrap();
+    let key = AuditPublicKey::from_pem_file(&dir.join("audit-signing.pub")).unwrap();
+    let view = AuditView::open(vec![dir.join("audit/audit.jsonl")], key, Vec::new()).unwrap();
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(hetao_auditview::run(listener, view, acceptor, async move {
+        let _ = stopped.await;
+    }));
+    let ca = dir.join("gateway-ca.pem");
+    let auditor = (
+        dir.join("orgs/sz-shenzhen-bay-genomics-institute.pem"),
+        dir.join("orgs/sz-shenzhen-bay-genomics-institute.key"),
+    );
+    let served = tls_get(addr, &ca, Some((&auditor.0, &auditor.1)), "/api/status")
+        .await
+        .unwrap();
+    assert!(served.starts_with("HTTP/1.1 200"), "{served}");
+    assert!(served.contains("\"intact\": true"));
+    // Without a certificate: refused in the handshake (seen on the first read in TLS 1.3).
+    let refused = tls_get(addr, &ca, None, "/api/status").await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.is_empty()),
+        "{refused:?}"
+    );
+    // A certificate from another CA (the Hong Kong park's) is refused too.
+    let other = (
+        dir.join("orgs/hk-hkstp-biomedical-ltd.pem"),
+        dir.join("orgs/hk-hkstp-biomedical-ltd.key"),
+    );
+    let refused = tls_get(addr, &ca, Some((&other.0, &other.1)), "/api/status").await;
+    assert!(
+        refused.as_ref().map_or(true, |r| r.is_empty()),
+        "{refused:?}"
+    );
+    let _ = stop.send(());
+}
