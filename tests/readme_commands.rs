@@ -18,8 +18,9 @@ use hetao_gateway::cli::Cli;
 use hetao_gateway_core::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetao-gateway");
-const DOCS: [&str; 6] = [
+const DOCS: [&str; 7] = [
     "README.md",
+    "docs/audit-view.md",
     "docs/deploy.md",
     "docs/configuration.md",
     "docs/audit.md",
@@ -126,6 +127,10 @@ fn gateway_args(words: &[String]) -> Option<Vec<String>> {
         return Some(words[i + 1..].to_vec());
     }
     if program == "cargo" && words.get(i + 1).map(String::as_str) == Some("run") {
+        // `cargo run --example NAME -- ...` runs an example, not the gateway.
+        if words.iter().any(|w| w == "--example") {
+            return None;
+        }
         let dashdash = words.iter().position(|w| w == "--")?;
         return Some(words[dashdash + 1..].to_vec());
     }

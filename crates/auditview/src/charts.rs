@@ -170,3 +170,29 @@ impl Charts {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_charts_escape_what_they_label() {
+        let charts = Charts {
+            start_us: 0,
+            bucket_us: 1,
+            by_kind: [("<k>".to_string(), vec![1; BUCKETS])].into(),
+            decisions: BUCKETS as u64,
+            top_deny_rules: vec![("<script>x</script>".into(), 3)],
+        };
+        let rules = charts.rules_svg().into_string();
+        assert!(rules.contains("&lt;script&gt;x&lt;/script&gt;"));
+        assert!(!rules.contains("<script>"));
+        let decisions = charts.decisions_svg().into_string();
+        assert!(decisions.contains("&lt;k&gt;: 1"));
+        assert_eq!(
+            decisions.matches("<rect").count(),
+            BUCKETS + 1,
+            "a bar each, and the legend"
+        );
+    }
+}

@@ -319,3 +319,125 @@ pub fn read_entry_at(path: &Path, offset: u64) -> Result<(AuditEntry, String), S
     let entry = open_line(line).map_err(|(e, _)| e.to_string())?;
     Ok((entry, String::from_utf8_lossy(line).into_owned()))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::filter::ViewFilter;
+    use hetao_gateway_core::audit::entry::seal;
+    use hetao_gateway_core::audit::{RuleRef, ZERO_HASH};
+
+    /// Lines of a chain: a segment start, then decisions (odd seqs) each followed by its outcome.
+    fn lines(n: u64) -> Vec<Vec<u8>> {
+        let mut prev = ZERO_HASH.to_string();
+        (0..n)
+            .map(|seq| {
+                let ty = match seq {
+                    0 => AuditEntryType::SegmentStart,
+                    s if s % 2 == 1 => AuditEntryType::Decision,
+                    _ => AuditEntryType::Outcome,
+                };
+                let mut e = AuditEntry::new(
+                    seq,
+                    format!("2026-12-01T10:00:{:02}Z", seq % 60),
+                    ty,
+                    prev.clone(),
+                );
+                if ty == AuditEntryType::Decision {
+                    e.record_id = Some(format!("id-{seq}"));
+                    e.kind = Some(if seq % 3 == 0 { "data" } else { "talent" }.into());
+                    e.decision = Some(if seq % 4 == 1 { "deny" } else { "allow" }.into());
+                    e.rules = vec![RuleRef {
+                        id: "R1".into(),
+                        effect: e.decision.clone().unwrap_or_default(),
+                        reason: "because".into(),
+                    }];
+                }
+                if ty == AuditEntryType::Outcome {
+                    e.record_id = Some(format!("id-{}", seq - 1));
+                    e.refers_to = Some(seq - 1);
+                    e.decision = Some("forwarded".into());
+                }
+                let line = seal(&mut e).unwrap();
+                prev = e.hash.clone();
+                line
+            })
+            .collect()
+    }
+
+    #[test]
+    fn every_line_is_indexed_with_its_rules_and_its_records_other_entry() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        std::fs::write(&log, lines(9).concat()).unwrap();
+        let index = LogIndex::build(&[log]).unwrap();
+        assert_eq!(index.rows().len(), 9);
+        let decision = index.row(1).unwrap();
+        assert_eq!(decision.related, 2, "a decision knows its outcome");
+        assert_eq!(index.row(2).unwrap().related, 1);
+        let rules: Vec<_> = index.rules(decision).collect();
+        assert_eq!(rules, vec![(index.names.lookup("R1").unwrap(), true)]);
+        let (entry, line) = index.read_entry(index.row(5).unwrap()).unwrap();
+        assert_eq!(entry.record_id.as_deref(), Some("id-5"));
+        assert!(line.ends_with(&format!("\"hash\":\"{}\"}}", entry.hash)));
+        // Filters on the rows; a record id is confirmed by its line.
+        let deny = ViewFilter {
+            decision: Some("deny".into()),
+            ..ViewFilter::default()
+        };
+        let seqs: Vec<u64> = deny
+            .select(&index)
+            .iter()
+            .map(|&i| index.rows()[i].seq)
+            .collect();
+        assert_eq!(seqs, vec![1, 5]);
+        let by_id = ViewFilter {
+            record_id: Some("id-5".into()),
+            ..ViewFilter::default()
+        };
+        let seqs: Vec<u64> = by_id
+            .select(&index)
+            .iter()
+            .map(|&i| index.rows()[i].seq)
+            .collect();
+        assert_eq!(seqs, vec![5, 6]);
+    }
+
+    #[test]
+    fn a_line_still_being_written_waits_for_its_newline_and_appends_are_read_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        let all = lines(8);
+        let mut content = all[..5].concat();
+        let torn = &all[5][..all[5].len() / 2];
+        content.extend_from_slice(torn);
+        std::fs::write(&log, &content).unwrap();
+        let logs = vec![log.clone()];
+        let mut index = LogIndex::build(&logs).unwrap();
+        assert_eq!(index.rows().len(), 5);
+        assert!(index.stopped_at.is_none());
+        assert!(!index.refresh(&logs).unwrap(), "nothing new");
+        // The rest of the line, and two more.
+        let mut file = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+        std::io::Write::write_all(&mut file, &all[5][all[5].len() / 2..]).unwrap();
+        std::io::Write::write_all(&mut file, &all[6..].concat()).unwrap();
+        assert!(index.refresh(&logs).unwrap());
+        assert_eq!(
+            index.rows().iter().map(|r| r.seq).collect::<Vec<_>>(),
+            (0..8).collect::<Vec<_>>()
+        );
+        assert_eq!(index.row(5).unwrap().related, 6);
+    }
+
+    #[test]
+    fn a_log_changed_other_than_by_appending_is_read_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("audit.jsonl");
+        std::fs::write(&log, lines(9).concat()).unwrap();
+        let logs = vec![log.clone()];
+        let mut index = LogIndex::build(&logs).unwrap();
+        std::fs::write(&log, lines(4).concat()).unwrap();
+        assert!(index.refresh(&logs).unwrap());
+        assert_eq!(index.rows().len(), 4);
+    }
+}
