@@ -26,7 +26,7 @@ pub struct Charts {
     /// Start of the first bucket and bucket width, microseconds since the epoch.
     pub start_us: i64,
     pub bucket_us: i64,
-    /// Per kind (`-` for entries without one), the decisions in each bucket.
+    /// Per kind (`(none)` for entries without one), the decisions in each bucket.
     pub by_kind: BTreeMap<String, Vec<u64>>,
     pub decisions: u64,
     /// Deny rules by how often they matched, most first.
@@ -56,7 +56,7 @@ impl Charts {
             let r = &rows[p];
             let bucket = (((r.time_us - first) / charts.bucket_us) as usize).min(BUCKETS - 1);
             let kind = match index.names.name(r.kind) {
-                "" => "-".to_string(),
+                "" => "(none)".to_string(),
                 k => k.to_string(),
             };
             charts
@@ -88,7 +88,7 @@ impl Charts {
 
     /// Stacked bars: decisions per time bucket, one colour per kind.
     pub fn decisions_svg(&self) -> Markup {
-        let (w, h, left, bottom, top) = (720.0, 220.0, 40.0, 36.0, 10.0);
+        let (w, h, left, bottom, top) = (540.0, 200.0, 40.0, 36.0, 10.0);
         let plot_h = h - bottom - top;
         let bar_w = (w - left - 10.0) / BUCKETS as f64;
         let totals: Vec<u64> = (0..BUCKETS)
@@ -130,9 +130,9 @@ impl Charts {
                     (self.time_label(self.start_us + self.bucket_us * BUCKETS as i64))
                 }
                 @for (i, kind) in self.by_kind.keys().enumerate() {
-                    rect x=(left + i as f64 * 140.0) y=(h + 4.0) width="12" height="12"
+                    rect x=(left + i as f64 * 120.0) y=(h + 4.0) width="12" height="12"
                         fill=(PALETTE[i % PALETTE.len()]) {}
-                    text x=(left + i as f64 * 140.0 + 16.0) y=(h + 14.0) font-size="12" { (kind) }
+                    text x=(left + i as f64 * 120.0 + 16.0) y=(h + 14.0) font-size="12" { (kind) }
                 }
             }
         }
@@ -140,8 +140,8 @@ impl Charts {
 
     /// Horizontal bars: how often each deny rule matched.
     pub fn rules_svg(&self) -> Markup {
-        let row_h = 22.0;
-        let (w, label_w) = (720.0, 300.0);
+        let row_h = 21.0;
+        let (w, label_w) = (540.0, 250.0);
         let h = row_h * self.top_deny_rules.len().max(1) as f64 + 8.0;
         let max = self
             .top_deny_rules

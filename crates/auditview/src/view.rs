@@ -255,7 +255,7 @@ impl AuditView {
 
     fn export(&self, query: &str, csv: bool) -> Result<Answer, Failure> {
         let q = Self::query(query, Some(AuditEntryType::Decision))?;
-        if query.contains("page=") {
+        if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "page") {
             return Err(Failure::BadRequest(
                 "an export holds every matching entry: leave out `page`".into(),
             ));
