@@ -273,7 +273,7 @@ async fn a_real_gateway_log_is_shown_filtered_paged_and_proven_without_being_cha
 
     // One entry: its rules with reasons, its outcome, its evidence, which verifies offline.
     let forwarded = query_logs(
-        &[log.clone()],
+        std::slice::from_ref(&log),
         &QueryFilter {
             entry_type: Some(AuditEntryType::Outcome),
             ..QueryFilter::default()

@@ -110,7 +110,7 @@ async fn chromium_shows_a_filtered_view_and_an_entry_with_its_reasons() {
 
     // A filter: the deny decisions only, as the form submits it.
     let denies = query_logs(
-        &[log.clone()],
+        std::slice::from_ref(&log),
         &QueryFilter {
             entry_type: Some(AuditEntryType::Decision),
             decision: Some("deny".into()),
