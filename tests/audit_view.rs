@@ -311,7 +311,18 @@ async fn a_real_gateway_log_is_shown_filtered_paged_and_proven_without_being_cha
     let newest = &cps["checkpoints"][0];
     assert_eq!(newest["final"], true, "{cps}");
     assert_eq!(newest["cosigned_by"].as_array().unwrap().len(), 2, "{cps}");
-    assert_eq!(get(addr, "/checkpoints").await.status, 200);
+    let page = get(addr, "/checkpoints").await;
+    assert_eq!(page.status, 200);
+    let verified = page
+        .body
+        .matches("<span class=\"allow\">verified</span>")
+        .count();
+    let rows = cps["checkpoints"].as_array().unwrap().len();
+    assert_eq!(
+        verified,
+        2 * rows,
+        "both witnesses, verified, on every checkpoint"
+    );
 
     // Exports of the filtered view: every matching entry.
     let csv = get(addr, "/api/export.csv?decision=deny&per_page=20").await;

@@ -375,7 +375,7 @@ pub fn checkpoints_page(
 ) -> Markup {
     let body = html! {
         h2 { "Checkpoints" }
-        p { (total) " signed checkpoints, newest first; " (cosigned.len()) " tree sizes cosigned by witnesses (kept in the cosignatures file beside the log; the status above says which cosignatures verify with the witness keys given). "
+        p { (total) " signed checkpoints, newest first; " (cosigned.len()) " tree sizes cosigned by witnesses (kept in the cosignatures file beside the log). A witness is marked verified when every cosignature it made verifies with the --witness-key given for it and names a tree this log holds. "
             a href=(format!("/api/checkpoints?page={page}")) { "as JSON" } }
         table id="checkpoints" {
             thead { tr { th { "seq" } th { "time (UTC)" } th { "tree size" } th { "tree root" } th { "key" } th { "final" } th { "cosigned by" } } }
@@ -387,7 +387,15 @@ pub fn checkpoints_page(
                     td.mono { (c.tree_root.as_deref().unwrap_or("")) }
                     td.mono { (c.key_id.as_deref().unwrap_or("")) }
                     td { @if c.final_checkpoint { "yes" } }
-                    td { (c.cosigned_by.join(", ")) }
+                    td { @for (i, w) in c.cosigned_by.iter().enumerate() {
+                        @if i > 0 { ", " }
+                        span.mono { (w) } " "
+                        @match status.report.witnesses.iter().find(|x| &x.witness == w) {
+                            Some(x) if x.problem.is_none() => { span.allow { "verified" } }
+                            Some(_) => { span.deny { "FAILED" } }
+                            None => { "(not checked: no --witness-key for it)" }
+                        }
+                    } }
                 }
             } }
         }
