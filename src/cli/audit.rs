@@ -742,6 +742,13 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
 /// `audit serve`: checks the listener is safe, indexes and verifies the log, then serves until
 /// Ctrl-C or SIGTERM.
 async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Warnings only (a log that cannot be read again, a failed page), on stderr; RUST_LOG
+    // overrides.
+    let _log_guard =
+        hetao_gateway_core::telemetry::init(&hetao_gateway_core::config::LoggingConfig {
+            level: "warn".into(),
+            format: hetao_gateway_core::config::LogFormat::Auto,
+        });
     let tls = match (a.cert, a.key, a.client_ca) {
         (Some(cert), Some(key), Some(client_ca)) => Some(hetao_auditview::TlsFiles {
             cert,
