@@ -20,6 +20,7 @@ use hetao_gateway_core::config::Config;
 const BIN: &str = env!("CARGO_BIN_EXE_hetao-gateway");
 const DOCS: [&str; 7] = [
     "README.md",
+    "docs/audit-view.md",
     "docs/deploy.md",
     "docs/configuration.md",
     "docs/audit.md",
@@ -127,6 +128,10 @@ fn gateway_args(words: &[String]) -> Option<Vec<String>> {
         return Some(words[i + 1..].to_vec());
     }
     if program == "cargo" && words.get(i + 1).map(String::as_str) == Some("run") {
+        // `cargo run --example NAME -- ...` runs an example, not the gateway.
+        if words.iter().any(|w| w == "--example") {
+            return None;
+        }
         let dashdash = words.iter().position(|w| w == "--")?;
         return Some(words[dashdash + 1..].to_vec());
     }
@@ -498,6 +503,10 @@ async fn readme_curl_send_and_audit_examples_work() {
                 }
             })
             .collect();
+        if audit.get(2).map(String::as_str) == Some("serve") {
+            serves_an_intact_log(&args);
+            continue;
+        }
         let out = Command::new(BIN)
             .args(&args)
             .current_dir(repo())
@@ -511,6 +520,48 @@ async fn readme_curl_send_and_audit_examples_work() {
             String::from_utf8_lossy(&out.stderr)
         );
     }
+}
+
+/// `audit serve ...` runs until stopped: start it on a free port, check the log it serves is
+/// intact, stop it.
+fn serves_an_intact_log(args: &[String]) {
+    use std::io::{BufRead, Read, Write};
+    let mut args = args.to_vec();
+    if let Some(i) = args.iter().position(|a| a == "--listen") {
+        args[i + 1] = "127.0.0.1:0".into();
+    }
+    let mut child = Command::new(BIN)
+        .args(&args)
+        .current_dir(repo())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut ready = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut ready)
+        .unwrap();
+    let addr = ready
+        .trim()
+        .rsplit_once("http://")
+        .map(|(_, a)| a.trim_end_matches('/').to_string());
+    let status = addr.as_ref().map(|addr| {
+        let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_read_timeout(Some(std::time::Duration::from_secs(30)))
+            .unwrap();
+        write!(
+            tcp,
+            "GET /api/status HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        let mut answer = String::new();
+        let _ = tcp.read_to_string(&mut answer);
+        answer
+    });
+    let _ = child.kill();
+    let _ = child.wait();
+    let status = status.unwrap_or_else(|| panic!("{}: no ready line: {ready}", args.join(" ")));
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    assert!(status.contains("\"intact\": true"), "{status}");
 }
 
 #[test]

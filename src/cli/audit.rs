@@ -6,22 +6,23 @@
 //! ([`escape_controls`]), and CSV cells a spreadsheet would run as formulas are neutralised
 //! ([`csv_field`]). JSON output is escaped by JSON itself.
 
-use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::Context;
 use chrono::{DateTime, Utc};
 
-use hetao_gateway_core::audit::chain::verify_logs_with_tree;
+use hetao_gateway_core::audit::chain::{self, verify_logs_with_tree};
 use hetao_gateway_core::audit::entry::open_line;
+use hetao_gateway_core::audit::query::{entries_csv, entry_row, COLUMNS};
 use hetao_gateway_core::audit::tree::ReceiptFacts;
 use hetao_gateway_core::audit::{
-    evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, segment_paths,
-    verify_receipt, witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
-    QueryStats, Receipt, VerifyReport,
+    evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, verify_receipt,
+    witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter, QueryStats, Receipt,
+    VerifyReport,
 };
 use hetao_gateway_core::causes::chain_text;
+pub use hetao_gateway_core::printable::csv_field;
 use hetao_gateway_core::printable::escape_controls;
 
 #[derive(clap::Subcommand, Debug)]
@@ -48,6 +49,10 @@ pub enum AuditCommand {
         #[arg(long, value_name = "FILE")]
         out: Option<PathBuf>,
     },
+    /// A read-only web view of the log for auditors: verification status, decisions with
+    /// filters, one entry with its rules and evidence, checkpoints and cosignatures, charts, CSV
+    /// and JSON exports (HTML at `/`, JSON under `/api/`). Never writes to the log.
+    Serve(Box<ServeArgs>),
     /// Print the public key (PEM) of a signing key: what auditors and senders need.
     PublicKey {
         /// The audit signing key (PEM PKCS#8).
@@ -80,6 +85,32 @@ pub struct VerifyArgs {
     /// Print the report as JSON.
     #[arg(long)]
     pub json: bool,
+}
+
+#[derive(clap::Args, Debug)]
+pub struct ServeArgs {
+    /// Log segment files (the active log brings its archived segments along).
+    #[arg(required = true, value_name = "LOG")]
+    pub logs: Vec<PathBuf>,
+    /// The gateway's audit public key (PEM, `audit-signing.pub`).
+    #[arg(long, value_name = "FILE")]
+    pub public_key: PathBuf,
+    /// A witness's public key; repeat for each park's witness. Their cosignatures (kept beside
+    /// the log) are checked and shown.
+    #[arg(long = "witness-key", value_name = "FILE")]
+    pub witness_keys: Vec<PathBuf>,
+    /// Address to listen on. Anything but loopback needs --cert, --key and --client-ca.
+    #[arg(long, value_name = "ADDR")]
+    pub listen: std::net::SocketAddr,
+    /// TLS certificate chain (PEM) of the view.
+    #[arg(long, value_name = "FILE", requires_all = ["key", "client_ca"])]
+    pub cert: Option<PathBuf>,
+    /// TLS private key (PEM).
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "client_ca"])]
+    pub key: Option<PathBuf>,
+    /// CA (PEM) that issues the auditors' client certificates.
+    #[arg(long, value_name = "FILE", requires_all = ["cert", "key"])]
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -166,6 +197,12 @@ fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    if let AuditCommand::Serve(a) = cmd {
+        return serve(*a).await.map_err(|e| {
+            let e: &(dyn std::error::Error + 'static) = e.as_ref();
+            anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
+        });
+    }
     // An error can quote a log line (a JSON parse error names the unknown value it met): it is
     // rendered here, escaped, rather than by `main` as it is.
     run_command(cmd).map_err(|e| {
@@ -188,6 +225,7 @@ fn run_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
             logs,
             out,
         } => prove(&record_id, &logs, out.as_deref()),
+        AuditCommand::Serve(_) => Err(anyhow::anyhow!("`audit serve` runs on the async runtime")),
         AuditCommand::PublicKey { signing_key } => {
             print!("{}", public_key_pem_from_signing_key_file(&signing_key)?);
             Ok(ExitCode::SUCCESS)
@@ -197,48 +235,7 @@ fn run_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
 
 /// The active log brings its archived segments; explicit paths are kept; duplicates dropped.
 pub fn expand_segments(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for path in paths {
-        let name = path.file_name().unwrap_or_default().to_string_lossy();
-        let is_archive = name
-            .rsplit_once('.')
-            .is_some_and(|(_, n)| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()));
-        let group = if is_archive || name.contains(".torn-") {
-            vec![path.clone()]
-        } else {
-            let mut g: Vec<PathBuf> = segment_paths(path)
-                .with_context(|| format!("cannot list the segments of {}", path.display()))?
-                .into_iter()
-                .map(|(_, p)| p)
-                .collect();
-            if g.is_empty() {
-                g.push(path.clone());
-            }
-            g
-        };
-        for p in group {
-            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
-            if seen.insert(key) {
-                out.push(p);
-            }
-        }
-    }
-    Ok(out)
-}
-
-/// The active log among the paths given (the one that is not an archived segment).
-fn active_log(logs: &[PathBuf]) -> PathBuf {
-    logs.iter()
-        .find(|p| {
-            let name = p.file_name().unwrap_or_default().to_string_lossy();
-            !name
-                .rsplit_once('.')
-                .is_some_and(|(_, n)| n.len() >= 6 && n.bytes().all(|b| b.is_ascii_digit()))
-        })
-        .or(logs.first())
-        .cloned()
-        .unwrap_or_default()
+    Ok(chain::expand_segments(paths)?)
 }
 
 fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
@@ -257,7 +254,7 @@ fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
             .collect::<Result<Vec<_>, _>>()?;
         let cosignatures = match &a.cosignatures {
             Some(p) => p.clone(),
-            None => witnessing::cosignatures_path(&active_log(&a.logs)),
+            None => witnessing::cosignatures_path(&chain::active_log(&a.logs)),
         };
         report.witnesses = witnessing::check_witnessed(
             tree.as_deref(),
@@ -377,73 +374,6 @@ fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-const COLUMNS: [&str; 14] = [
-    "seq",
-    "time",
-    "type",
-    "record_id",
-    "kind",
-    "from",
-    "to",
-    "organisation",
-    "decision",
-    "status",
-    "error",
-    "rules",
-    "acknowledgement",
-    "hash",
-];
-
-fn row(e: &AuditEntry) -> [String; 14] {
-    let s = |o: &Option<String>| o.clone().unwrap_or_default();
-    [
-        e.seq.to_string(),
-        e.time.clone(),
-        e.entry_type.as_str().to_string(),
-        s(&e.record_id),
-        s(&e.kind),
-        s(&e.from),
-        s(&e.to),
-        e.sender
-            .as_ref()
-            .map(|x| x.organisation.clone())
-            .unwrap_or_default(),
-        s(&e.decision),
-        e.status.map(|x| x.to_string()).unwrap_or_default(),
-        s(&e.error),
-        e.rules
-            .iter()
-            .map(|r| r.id.as_str())
-            .collect::<Vec<_>>()
-            .join(";"),
-        // Outcome entries: what the destination's answer relayed to the sender, as compact JSON
-        // (its text came from a park endpoint: escaped and neutralised like every other cell).
-        e.acknowledgement
-            .as_ref()
-            .map(|a| a.to_string())
-            .unwrap_or_default(),
-        e.hash.clone(),
-    ]
-}
-
-/// The columns that hold numbers (`seq`, `status`): written as numbers in CSV, never neutralised
-/// (a spreadsheet must still read them as numbers; both are unsigned, so none starts with `-`).
-const NUMERIC_COLUMNS: [usize; 2] = [0, 9];
-
-/// One CSV cell of text. Separators, quotes and line breaks are quoted (RFC 4180). A cell that
-/// begins with `=`, `+`, `-`, `@`, a tab or a carriage return would be read by a spreadsheet as a
-/// formula (`=HYPERLINK(...)`, `@SUM(...)`, `+cmd|...`): it is prefixed with `'` and quoted, the
-/// OWASP rule against CSV injection, so it shows as the text it is and runs nothing.
-pub fn csv_field(s: &str) -> String {
-    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
-        format!("\"'{}\"", s.replace('"', "\"\""))
-    } else if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\""))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Entries as a table, a JSON array (with hashes) or CSV.
 pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::Result<String> {
     Ok(match format {
@@ -451,32 +381,14 @@ pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::R
             let v: Vec<_> = entries.iter().map(AuditEntry::to_json_with_hash).collect();
             format!("{}\n", serde_json::to_string_pretty(&v)?)
         }
-        OutputFormat::Csv => {
-            let mut out = COLUMNS.join(",") + "\n";
-            for e in entries {
-                let cells: Vec<String> = row(e)
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, cell)| {
-                        if NUMERIC_COLUMNS.contains(&i) {
-                            cell
-                        } else {
-                            csv_field(&cell)
-                        }
-                    })
-                    .collect();
-                out += &cells.join(",");
-                out.push('\n');
-            }
-            out
-        }
+        OutputFormat::Csv => entries_csv(entries),
         OutputFormat::Table => {
             // The hash is long and in the json/csv output; the table stays readable.
             let shown = COLUMNS.len() - 1;
             let rows: Vec<Vec<String>> = entries
                 .iter()
                 .map(|e| {
-                    row(e)
+                    entry_row(e)
                         .iter()
                         .map(|cell| escape_controls(cell).into_owned())
                         .collect()
@@ -824,5 +736,71 @@ fn receipt_verify(path: &Path, public_key: &Path, logs: &[PathBuf]) -> anyhow::R
             say!("the log holds the entry, and the tree the receipt was shown");
         }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `audit serve`: checks the listener is safe, indexes and verifies the log, then serves until
+/// Ctrl-C or SIGTERM.
+async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
+    // Warnings only (a log that cannot be read again, a failed page), on stderr; RUST_LOG
+    // overrides.
+    let _log_guard =
+        hetao_gateway_core::telemetry::init(&hetao_gateway_core::config::LoggingConfig {
+            level: "warn".into(),
+            format: hetao_gateway_core::config::LogFormat::Auto,
+        });
+    let tls = match (a.cert, a.key, a.client_ca) {
+        (Some(cert), Some(key), Some(client_ca)) => Some(hetao_auditview::TlsFiles {
+            cert,
+            key,
+            client_ca,
+        }),
+        _ => None,
+    };
+    // Refused before anything is read: a network listener without client certificates.
+    let acceptor = hetao_auditview::acceptor_for(a.listen, tls.as_ref())?;
+    let key = AuditPublicKey::from_pem_file(&a.public_key)?;
+    let witness_keys = a
+        .witness_keys
+        .iter()
+        .map(|p| AuditPublicKey::from_pem_file(p))
+        .collect::<Result<Vec<_>, _>>()?;
+    let started = std::time::Instant::now();
+    let logs = a.logs.clone();
+    let view = tokio::task::spawn_blocking(move || {
+        hetao_auditview::AuditView::open(logs, key, witness_keys)
+    })
+    .await
+    .context("indexing the log stopped")??;
+    let listener = tokio::net::TcpListener::bind(a.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", a.listen))?;
+    let status = view.status();
+    let scheme = if acceptor.is_some() { "https" } else { "http" };
+    say!(
+        "audit view of {} entries ({}) ready in {} ms at {scheme}://{}/",
+        view.entries(),
+        if status.intact {
+            "the log verifies"
+        } else {
+            "THE LOG DOES NOT VERIFY: see the page"
+        },
+        started.elapsed().as_millis(),
+        listener.local_addr().unwrap_or(a.listen)
+    );
+    let shutdown = async {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async {
+                match term.as_mut() {
+                    Some(t) => { t.recv().await; }
+                    None => std::future::pending::<()>().await,
+                }
+            } => {}
+        }
+    };
+    hetao_auditview::run(listener, view, acceptor, shutdown).await;
     Ok(ExitCode::SUCCESS)
 }

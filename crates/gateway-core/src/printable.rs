@@ -44,6 +44,20 @@ fn needs_escape(c: char) -> bool {
         )
 }
 
+/// One CSV cell of text. Separators, quotes and line breaks are quoted (RFC 4180). A cell that
+/// begins with `=`, `+`, `-`, `@`, a tab or a carriage return would be read by a spreadsheet as a
+/// formula (`=HYPERLINK(...)`, `@SUM(...)`, `+cmd|...`): it is prefixed with `'` and quoted, the
+/// OWASP rule against CSV injection, so it shows as the text it is and runs nothing.
+pub fn csv_field(s: &str) -> String {
+    if s.starts_with(['=', '+', '-', '@', '\t', '\r']) {
+        format!("\"'{}\"", s.replace('"', "\"\""))
+    } else if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\""))
+    } else {
+        s.to_string()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -114,6 +114,59 @@ pub fn segment_paths(log: &Path) -> std::io::Result<Vec<(Option<u64>, PathBuf)>>
     Ok(archives)
 }
 
+/// Is `path` an archived segment (`audit.jsonl.000001`) rather than an active log?
+fn is_archive_name(path: &Path) -> bool {
+    let name = path.file_name().unwrap_or_default().to_string_lossy();
+    name.rsplit_once('.')
+        .is_some_and(|(_, n)| n.len() >= SEGMENT_DIGITS && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// The files of the logs named on a command line: an active log brings its archived segments,
+/// an archive or a set-aside (`.torn-`) file is kept as it is; duplicates are dropped. The error
+/// names the log whose folder could not be listed.
+pub fn expand_segments(paths: &[PathBuf]) -> std::io::Result<Vec<PathBuf>> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for path in paths {
+        let name = path.file_name().unwrap_or_default().to_string_lossy();
+        let group = if is_archive_name(path) || name.contains(".torn-") {
+            vec![path.clone()]
+        } else {
+            let mut g: Vec<PathBuf> = segment_paths(path)
+                .map_err(|e| {
+                    std::io::Error::new(
+                        e.kind(),
+                        format!("cannot list the segments of {}: {e}", path.display()),
+                    )
+                })?
+                .into_iter()
+                .map(|(_, p)| p)
+                .collect();
+            if g.is_empty() {
+                g.push(path.clone());
+            }
+            g
+        };
+        for p in group {
+            let key = std::fs::canonicalize(&p).unwrap_or_else(|_| p.clone());
+            if seen.insert(key) {
+                out.push(p);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The active log among the paths given (the one that is not an archived segment): where its
+/// cosignatures are kept beside it.
+pub fn active_log(logs: &[PathBuf]) -> PathBuf {
+    logs.iter()
+        .find(|p| !is_archive_name(p))
+        .or(logs.first())
+        .cloned()
+        .unwrap_or_default()
+}
+
 /// A line that could not be used.
 #[derive(Debug, Clone)]
 pub struct BadLine {

@@ -8,6 +8,7 @@ use serde::Serialize;
 
 use super::chain::{order_by_first_seq, scan_file, ScanEnd};
 use super::entry::{AuditEntry, AuditEntryType};
+use crate::printable::csv_field;
 
 /// Every set field must match (AND). Text fields match exactly.
 #[derive(Debug, Clone, Default)]
@@ -105,6 +106,83 @@ pub fn query_logs(paths: &[PathBuf], filter: &QueryFilter) -> Result<Vec<AuditEn
         }
     }
     Ok(out)
+}
+
+/// The columns of `audit query --format csv` (and of the auditors' view's CSV export).
+pub const COLUMNS: [&str; 14] = [
+    "seq",
+    "time",
+    "type",
+    "record_id",
+    "kind",
+    "from",
+    "to",
+    "organisation",
+    "decision",
+    "status",
+    "error",
+    "rules",
+    "acknowledgement",
+    "hash",
+];
+
+/// One entry's cells, in [`COLUMNS`] order, unescaped.
+pub fn entry_row(e: &AuditEntry) -> [String; 14] {
+    let s = |o: &Option<String>| o.clone().unwrap_or_default();
+    [
+        e.seq.to_string(),
+        e.time.clone(),
+        e.entry_type.as_str().to_string(),
+        s(&e.record_id),
+        s(&e.kind),
+        s(&e.from),
+        s(&e.to),
+        e.sender
+            .as_ref()
+            .map(|x| x.organisation.clone())
+            .unwrap_or_default(),
+        s(&e.decision),
+        e.status.map(|x| x.to_string()).unwrap_or_default(),
+        s(&e.error),
+        e.rules
+            .iter()
+            .map(|r| r.id.as_str())
+            .collect::<Vec<_>>()
+            .join(";"),
+        // Outcome entries: what the destination's answer relayed to the sender, as compact JSON
+        // (its text came from a park endpoint: escaped and neutralised like every other cell).
+        e.acknowledgement
+            .as_ref()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        e.hash.clone(),
+    ]
+}
+
+/// The columns that hold numbers (`seq`, `status`): written as numbers in CSV, never neutralised
+/// (a spreadsheet must still read them as numbers; both are unsigned, so none starts with `-`).
+const NUMERIC_COLUMNS: [usize; 2] = [0, 9];
+
+/// Entries as CSV: a header of [`COLUMNS`], then a row per entry, every text cell through
+/// [`csv_field`] (quoted where needed, spreadsheet formulas neutralised).
+pub fn entries_csv(entries: &[AuditEntry]) -> String {
+    let mut out = COLUMNS.join(",") + "\n";
+    for e in entries {
+        let cells: Vec<String> = entry_row(e)
+            .into_iter()
+            .enumerate()
+            .map(|(i, cell)| {
+                if NUMERIC_COLUMNS.contains(&i) {
+                    cell
+                } else {
+                    csv_field(&cell)
+                }
+            })
+            .collect();
+        out += &cells.join(",");
+        out.push('\n');
+    }
+    out
 }
 
 /// Counts for `audit query --stats`.
