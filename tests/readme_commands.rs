@@ -18,7 +18,7 @@ use hetao_gateway::cli::Cli;
 use hetao_gateway_core::config::Config;
 
 const BIN: &str = env!("CARGO_BIN_EXE_hetao-gateway");
-const DOCS: [&str; 7] = [
+const DOCS: [&str; 8] = [
     "README.md",
     "docs/audit-view.md",
     "docs/deploy.md",
