@@ -391,6 +391,7 @@ fn hostile_event(i: u64) -> AuditEvent {
             id: "X1.<b>rule</b>".into(),
             effect: "deny".into(),
             reason: REASON.into(),
+            regulation: Some("<i>Regulation</i> =1+1".into()),
         }],
         policy_version: Some("test".into()),
         latency_us: 10,
