@@ -351,6 +351,7 @@ mod tests {
                         id: "R1".into(),
                         effect: e.decision.clone().unwrap_or_default(),
                         reason: "because".into(),
+                        regulation: None,
                     }];
                 }
                 if ty == AuditEntryType::Outcome {
