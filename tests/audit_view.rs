@@ -403,7 +403,11 @@ fn hostile_event(i: u64) -> AuditEvent {
 async fn hostile_log(dir: &Path, n: u64) -> AuditLog {
     std::fs::create_dir_all(dir).unwrap();
     let (private_pem, public_pem) = generate_signing_key().unwrap();
-    std::fs::write(dir.join("audit-signing.key"), private_pem).unwrap();
+    hetao_gateway_core::key_file::write_private(
+        &dir.join("audit-signing.key"),
+        private_pem.as_bytes(),
+    )
+    .unwrap();
     std::fs::write(dir.join("audit-signing.pub"), public_pem).unwrap();
     let log = AuditLog::open(&audit_config(dir)).unwrap();
     for i in 0..n {

@@ -687,11 +687,13 @@ pub(crate) fn write_file_with(
     }
     // O_CREAT | O_EXCL: fails on any existing entry, a symbolic link included (dangling or not),
     // so nothing is ever written through a link.
+    // Secrets 0600; everything else 0644, whatever the umask (a permissive one must not leave
+    // the registry or the config writable by others: the gateway refuses those).
     let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    if secret {
-        options.mode(0o600);
-    }
+    options
+        .write(true)
+        .create_new(true)
+        .mode(if secret { 0o600 } else { 0o644 });
     let mut file = options.open(path).map_err(|source| {
         if source.kind() == std::io::ErrorKind::AlreadyExists {
             exists(path)
