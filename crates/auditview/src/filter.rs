@@ -15,21 +15,8 @@ pub const MAX_PER_PAGE: usize = 500;
 /// The longest value of a parameter taken in (record ids are at most 128 bytes in the log).
 const MAX_VALUE: usize = 256;
 
-/// Every set field must match (AND); text fields match exactly.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct ViewFilter {
-    pub since: Option<DateTime<Utc>>,
-    pub until: Option<DateTime<Utc>>,
-    /// `None`: every type. The pages default to decisions (see [`ViewQuery::parse`]).
-    pub entry_type: Option<AuditEntryType>,
-    pub kind: Option<String>,
-    pub from: Option<String>,
-    pub to: Option<String>,
-    pub org: Option<String>,
-    pub decision: Option<String>,
-    pub rule: Option<String>,
-    pub record_id: Option<String>,
-}
+/// The filter of `audit query`, so a view and the CLI mean the same thing by each parameter.
+pub use hetao_gateway_core::audit::QueryFilter as ViewFilter;
 
 /// A filter and a page.
 #[derive(Debug, Clone, PartialEq, Serialize)]
@@ -192,8 +179,15 @@ pub struct Compiled {
     record: Option<(u64, String)>,
 }
 
-impl ViewFilter {
-    pub fn compile(&self, index: &LogIndex) -> Option<Compiled> {
+/// A filter run against the view's index (interned names, times in microseconds).
+pub trait Selection {
+    fn compile(&self, index: &LogIndex) -> Option<Compiled>;
+    /// The positions (in chain order) of the rows that match.
+    fn select(&self, index: &LogIndex) -> Vec<usize>;
+}
+
+impl Selection for ViewFilter {
+    fn compile(&self, index: &LogIndex) -> Option<Compiled> {
         let sym = |v: &Option<String>| -> Result<Option<Sym>, ()> {
             match v {
                 None => Ok(None),
@@ -214,8 +208,7 @@ impl ViewFilter {
         })
     }
 
-    /// The positions (in chain order) of the rows that match.
-    pub fn select(&self, index: &LogIndex) -> Vec<usize> {
+    fn select(&self, index: &LogIndex) -> Vec<usize> {
         let Some(c) = self.compile(index) else {
             return Vec::new();
         };

@@ -323,7 +323,7 @@ pub fn read_entry_at(path: &Path, offset: u64) -> Result<(AuditEntry, String), S
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::filter::ViewFilter;
+    use crate::filter::{Selection as _, ViewFilter};
     use hetao_gateway_core::audit::entry::seal;
     use hetao_gateway_core::audit::{RuleRef, ZERO_HASH};
 

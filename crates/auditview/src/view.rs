@@ -15,6 +15,7 @@ use hetao_gateway_core::audit::query::entries_csv;
 use hetao_gateway_core::audit::{AuditEntry, AuditEntryType, AuditPublicKey};
 
 use crate::charts::Charts;
+use crate::filter::Selection as _;
 use crate::filter::ViewQuery;
 use crate::html::{self, CheckpointView, Facets};
 use crate::index::{IndexError, LogIndex, NONE};

@@ -77,7 +77,9 @@ impl Entry {
 /// the file so decisions can say which registry they were made under.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Registry {
-    entries: BTreeMap<(String, String), Entry>,
+    /// Park → name → entry: looked up by `&str` on every decision that reads the registry, so
+    /// without building a key.
+    entries: BTreeMap<String, BTreeMap<String, Entry>>,
     /// Name → parks holding an entry of that name (for look-ups by a name in a record).
     by_name: BTreeMap<String, Vec<String>>,
     digest: String,
@@ -100,7 +102,7 @@ impl Registry {
     /// Parses registry text (see [`Registry::load`]).
     pub fn parse(text: &str, parks: Option<&BTreeSet<String>>) -> Result<Registry, String> {
         let raw: RawFile = toml::from_str(text).map_err(|e| e.to_string())?;
-        let mut entries = BTreeMap::new();
+        let mut entries: BTreeMap<String, BTreeMap<String, Entry>> = BTreeMap::new();
         let mut by_name: BTreeMap<String, Vec<String>> = BTreeMap::new();
         for (i, e) in raw.organisation.into_iter().enumerate() {
             let at = format!("organisation #{}", i + 1);
@@ -143,8 +145,8 @@ impl Registry {
                     attributes.insert(attr, Value::Bool(b));
                 }
             }
-            let key = (e.park.clone(), name.clone());
-            if entries.contains_key(&key) {
+            let of_park = entries.entry(e.park.clone()).or_default();
+            if of_park.contains_key(&name) {
                 return Err(format!(
                     "{at}: `{name}` appears twice in park `{}`; give each organisation one entry",
                     e.park
@@ -154,8 +156,8 @@ impl Registry {
                 .entry(name.clone())
                 .or_default()
                 .push(e.park.clone());
-            entries.insert(
-                key,
+            of_park.insert(
+                name.clone(),
                 Entry {
                     park: e.park,
                     name,
@@ -173,7 +175,7 @@ impl Registry {
 
     /// The entry of the organisation `name` of `park` (a sender: certificate park and Subject O).
     pub fn get(&self, park: &str, name: &str) -> Option<&Entry> {
-        self.entries.get(&(park.to_string(), name.to_string()))
+        self.entries.get(park)?.get(name)
     }
 
     /// The entry of an organisation a record names: found by name in any park; a name two parks
@@ -192,16 +194,16 @@ impl Registry {
 
     /// How many organisations it holds.
     pub fn len(&self) -> usize {
-        self.entries.len()
+        self.entries.values().map(BTreeMap::len).sum()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries.is_empty()
+        self.entries.values().all(BTreeMap::is_empty)
     }
 
     /// Every entry, by park then name.
     pub fn entries(&self) -> impl Iterator<Item = &Entry> {
-        self.entries.values()
+        self.entries.values().flat_map(BTreeMap::values)
     }
 }
 

@@ -10,8 +10,9 @@ use super::chain::{order_by_first_seq, scan_file, ScanEnd};
 use super::entry::{AuditEntry, AuditEntryType};
 use crate::printable::csv_field;
 
-/// Every set field must match (AND). Text fields match exactly.
-#[derive(Debug, Clone, Default)]
+/// Every set field must match (AND). Text fields match exactly. `audit query` matches it against
+/// entries, the auditors' view against its index of them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
 pub struct QueryFilter {
     /// Entries at or after this time.
     pub since: Option<DateTime<Utc>>,
