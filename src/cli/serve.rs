@@ -36,7 +36,7 @@ pub async fn run(args: ServeArgs) -> anyhow::Result<ExitCode> {
     if let Some(tls) = &config.admin.tls {
         hetao_gateway_core::admin::admin_tls(tls)?;
     }
-    let gateway = Arc::new(Gateway::build(config)?);
+    let gateway = Arc::new(Gateway::start(config).await?);
     let (stop, stopped) = tokio::sync::watch::channel(false);
     spawn_signal_handlers(gateway.clone(), stop)?;
     hetao_gateway_core::server::run(gateway, listener, admin_listener, stopped).await?;
@@ -60,6 +60,14 @@ fn check(config: &Config) -> anyhow::Result<ExitCode> {
             )
         },
     )?;
+    if let Some(cluster) = &config.cluster {
+        // The connection string and CA are checked; the database itself is reached at start.
+        hetao_gateway_core::cluster::link::Target::new(&cluster.database, cluster.ca.as_deref())?;
+        println!(
+            "cluster: instance `{}` (the database is not contacted by --check; `serve` refuses to start without it)",
+            cluster.instance
+        );
+    }
     for warning in rules.policies.warnings() {
         println!("warning: {warning}");
     }

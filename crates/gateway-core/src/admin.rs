@@ -181,6 +181,9 @@ async fn route(
             text.push_str(&crate::metrics::render_witnesses(
                 &gateway.audit.witness_status(),
             ));
+            if let Some(cluster) = &gateway.cluster {
+                text.push_str(&cluster.render_metrics());
+            }
             let mut r = Response::new(Full::new(Bytes::from(text)));
             r.headers_mut().insert(
                 header::CONTENT_TYPE,
@@ -218,6 +221,11 @@ fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
     if let Err(reason) = gateway.audit.health() {
         problems.push(format!("audit log: {reason}"));
     }
+    if let Some(cluster) = &gateway.cluster {
+        if let Err(reason) = cluster.health() {
+            problems.push(format!("cluster database: {reason}"));
+        }
+    }
     if gateway.is_shutting_down() {
         problems.push("shutting down".to_string());
     }
@@ -231,7 +239,8 @@ fn readiness(gateway: &Gateway) -> Response<Full<Bytes>> {
             StatusCode::OK,
             &json!({"ready": true, "policy_version": report.policy_version,
                     "schema_hash": report.schema_hash, "upstream_parks": parks,
-                    "witnesses": witnesses}),
+                    "witnesses": witnesses,
+                    "instance": gateway.cluster.as_ref().map(|c| c.instance.as_str())}),
         )
     } else {
         json_response(

@@ -61,6 +61,8 @@ pub struct Config {
     pub upstream: UpstreamConfig,
     pub logging: LoggingConfig,
     pub rate_limit: RateLimitConfig,
+    /// `[cluster]`: several instances sharing one PostgreSQL (docs/scaling.md), if any.
+    pub cluster: Option<ClusterConfig>,
 }
 
 #[derive(Debug, Clone)]
@@ -168,6 +170,40 @@ impl Default for PoliciesConfig {
             previous_until_text: None,
             settings: BTreeMap::new(),
         }
+    }
+}
+
+/// `[cluster]`: the PostgreSQL database the instances share (their decision registry and their
+/// shipped audit logs) and this instance's name among them.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// A libpq connection string or `postgresql://` URL. It may hold a password: never logged.
+    pub database: String,
+    /// Unique among the instances: names this instance's rows, its log in the database and the
+    /// `instance` of its decisions.
+    pub instance: String,
+    /// PEM CA certificate(s) of the database server: the connection then uses TLS (rustls) and
+    /// verifies the server against them. Without it, the connection is plain TCP, for a
+    /// database on loopback or a private network only.
+    #[serde(default)]
+    pub ca: Option<PathBuf>,
+    /// How long an instance's claim on a record id holds without being settled before another
+    /// instance may take the record over (an instance that died mid-request). Default: the
+    /// upstream request timeout and 30 s more.
+    #[serde(default)]
+    pub claim_lease_secs: Option<u64>,
+}
+
+impl std::fmt::Debug for ClusterConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // The connection string may carry a password.
+        f.debug_struct("ClusterConfig")
+            .field("database", &"<redacted>")
+            .field("instance", &self.instance)
+            .field("ca", &self.ca)
+            .field("claim_lease_secs", &self.claim_lease_secs)
+            .finish()
     }
 }
 
@@ -430,6 +466,8 @@ struct ConfigFile {
     logging: LoggingConfig,
     #[serde(default)]
     rate_limit: RateLimitConfig,
+    #[serde(default)]
+    cluster: Option<ClusterConfig>,
 }
 
 /// `[server]`: `listen` is parsed by hand so that a bad address is reported with its key.
@@ -734,6 +772,38 @@ impl Config {
         let registry = file.registry.map(|r| RegistryConfig {
             file: resolve(&r.file),
         });
+        let cluster = match file.cluster {
+            None => None,
+            Some(mut c) => {
+                let name_ok = !c.instance.is_empty()
+                    && c.instance.len() <= 64
+                    && c.instance.bytes().all(|b| {
+                        b.is_ascii_lowercase() || b.is_ascii_digit() || b"-_.".contains(&b)
+                    });
+                if !name_ok {
+                    return Err(invalid(
+                        "cluster.instance",
+                        "an instance name is 1-64 lowercase letters, digits, `-`, `_` or `.`"
+                            .into(),
+                    ));
+                }
+                if let Err(e) = c.database.parse::<tokio_postgres::Config>() {
+                    // The parser's message never repeats the string (it may hold a password).
+                    return Err(invalid(
+                        "cluster.database",
+                        format!("not a PostgreSQL connection string: {e}"),
+                    ));
+                }
+                if c.claim_lease_secs == Some(0) {
+                    return Err(invalid(
+                        "cluster.claim_lease_secs",
+                        "must be at least 1".into(),
+                    ));
+                }
+                c.ca = c.ca.as_deref().map(&resolve);
+                Some(c)
+            }
+        };
 
         let mut audit = file.audit;
         at_least_1(
@@ -826,6 +896,7 @@ impl Config {
             upstream: file.upstream,
             logging: file.logging,
             rate_limit,
+            cluster,
         })
     }
 

@@ -58,6 +58,10 @@ pub enum Refusal {
     /// The audit log cannot take the entry; the detail (an I/O error, a path) goes to the log,
     /// never into the answer.
     AuditUnavailable(String),
+    /// The decision registry shared by the instances (`[cluster]`) cannot be reached: a replay
+    /// cannot be told from a new record, so nothing is decided (fail closed). The detail goes to
+    /// the log.
+    ClusterUnavailable(String),
     /// Back-pressure from the audit log: too many entries wait for the disk. Nothing was decided.
     AuditBusy,
     /// The memory budget for request bodies is taken by other requests; nothing was read.
@@ -106,9 +110,10 @@ impl Refusal {
             Refusal::OriginMismatch { .. } | Refusal::PolicyDenied { .. } => StatusCode::FORBIDDEN,
             Refusal::Replay | Refusal::ReplayInFlight => StatusCode::CONFLICT,
             Refusal::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
-            Refusal::AuditUnavailable(_) | Refusal::AuditBusy | Refusal::Busy => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
+            Refusal::AuditUnavailable(_)
+            | Refusal::ClusterUnavailable(_)
+            | Refusal::AuditBusy
+            | Refusal::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Refusal::UpstreamFailed { .. } => StatusCode::BAD_GATEWAY,
             Refusal::UpstreamTimeout { .. } => StatusCode::GATEWAY_TIMEOUT,
             Refusal::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -137,6 +142,7 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PolicyDenied { .. } => "policy_denied",
             Refusal::AuditUnavailable(_) => "audit_unavailable",
+            Refusal::ClusterUnavailable(_) => "cluster_unavailable",
             Refusal::AuditBusy => "audit_busy",
             Refusal::Busy => "busy",
             Refusal::UpstreamFailed { .. } => "upstream_failed",
@@ -155,7 +161,10 @@ impl Refusal {
             Refusal::RateLimited { .. } => "rate_limited",
             Refusal::PayloadTooLarge { .. } => "too_large",
             Refusal::UnsupportedMediaType { .. } => "unsupported_media_type",
-            Refusal::AuditUnavailable(_) | Refusal::AuditBusy | Refusal::Busy => "unavailable",
+            Refusal::AuditUnavailable(_)
+            | Refusal::ClusterUnavailable(_)
+            | Refusal::AuditBusy
+            | Refusal::Busy => "unavailable",
             Refusal::UpstreamFailed { .. } | Refusal::UpstreamTimeout { .. } => "upstream_failed",
             Refusal::CertificateRefused => "certificate_refused",
             _ => "invalid",
@@ -220,6 +229,10 @@ impl Refusal {
             Refusal::AuditUnavailable(_) => {
                 "the audit log cannot record decisions right now; nothing was forwarded".into()
             }
+            Refusal::ClusterUnavailable(_) => {
+                "the gateway cannot reach the decision registry its instances share; nothing was decided or forwarded: retry after the Retry-After delay"
+                    .into()
+            }
             Refusal::Busy => {
                 "the gateway holds as many record bodies as it may right now; nothing was read: retry after the Retry-After delay"
                     .into()
@@ -263,7 +276,9 @@ impl Refusal {
     /// errors): logged under the request's record id and audit sequence, never answered.
     pub fn detail(&self) -> Option<&str> {
         match self {
-            Refusal::BodyRead(detail) | Refusal::AuditUnavailable(detail) => Some(detail),
+            Refusal::BodyRead(detail)
+            | Refusal::AuditUnavailable(detail)
+            | Refusal::ClusterUnavailable(detail) => Some(detail),
             Refusal::UpstreamFailed { detail, .. } => detail.as_deref(),
             _ => None,
         }
@@ -367,7 +382,7 @@ impl Refusal {
                     response.headers_mut().insert(header::RETRY_AFTER, v);
                 }
             }
-            Refusal::AuditBusy | Refusal::Busy => {
+            Refusal::AuditBusy | Refusal::Busy | Refusal::ClusterUnavailable(_) => {
                 response
                     .headers_mut()
                     .insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
@@ -398,7 +413,12 @@ pub fn origin_mismatch_rule(claimed: &str, certificate_park: &str) -> MatchedRul
 /// A JSON answer with the given status.
 pub fn json_response(status: StatusCode, body: &Value) -> Response<Full<Bytes>> {
     let bytes = serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec());
-    let mut response = Response::new(Full::new(Bytes::from(bytes)));
+    json_bytes_response(status, Bytes::from(bytes))
+}
+
+/// A JSON answer from its serialised bytes.
+pub fn json_bytes_response(status: StatusCode, bytes: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(bytes));
     *response.status_mut() = status;
     response.headers_mut().insert(
         header::CONTENT_TYPE,

@@ -11,6 +11,7 @@ pub mod admin;
 pub mod audit;
 pub mod causes;
 pub mod checkpoint;
+pub mod cluster;
 pub mod config;
 pub mod connection_activity;
 pub mod envelope;

@@ -29,8 +29,9 @@ use crate::audit::{
     RecordHistory, RuleRef, Standing,
 };
 use crate::checkpoint::{RecordFacts, Verdict};
+use crate::cluster::{registry_key, Claim, ClaimHold, ClaimRequest, Settle, StoredAnswer};
 use crate::envelope::{EnvelopeHead, Kind};
-use crate::error::{json_response, Refusal};
+use crate::error::Refusal;
 use crate::json_limits::{self, JsonError};
 use crate::policy::{Effect, MatchedRule};
 use crate::printable::escape_controls;
@@ -95,8 +96,13 @@ struct RequestCtx {
     rules: Option<Arc<RuleSet>>,
     /// The record id held against replays until the outcome is known.
     reservation: Option<Reservation>,
+    /// With `[cluster]`: the same hold in the decision registry the instances share.
+    claim: Option<ClaimHold>,
     /// The durable decision entry.
     decision_entry: Option<Appended>,
+    /// A delivered record's durable outcome entry (its sequence): the answer is then one for
+    /// good.
+    delivered_outcome: Option<u64>,
     /// This request's share of the memory budget for bodies, released when the request ends.
     body_permit: Option<OwnedSemaphorePermit>,
     /// Set once the request's decision entry has been written (or attempted): the final phase
@@ -118,7 +124,9 @@ impl RequestCtx {
             facts: RecordFacts::default(),
             rules: None,
             reservation: None,
+            claim: None,
             decision_entry: None,
+            delivered_outcome: None,
             body_permit: None,
             audited: false,
             decision: "invalid",
@@ -147,6 +155,7 @@ impl RequestCtx {
             obligations: Vec::new(),
             attempt: None,
             refers_to: self.replay_of,
+            decided_elsewhere: None,
             answer_sha256: None,
             answer_bytes: None,
             acknowledgement: None,
@@ -160,6 +169,23 @@ struct Answered {
     response: Response<Full<Bytes>>,
     /// The `error` label of the answer's metrics (`none` for a 200).
     error: &'static str,
+    /// The answer's JSON body as sent (kept for the cluster's registry).
+    body: Bytes,
+}
+
+impl Answered {
+    fn json(status: StatusCode, body: &serde_json::Value, error: &'static str) -> Answered {
+        let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()));
+        Answered {
+            response: crate::error::json_bytes_response(status, bytes.clone()),
+            error,
+            body: bytes,
+        }
+    }
+
+    fn status(&self) -> StatusCode {
+        self.response.status()
+    }
 }
 
 /// Entry point for every request on an inbound connection.
@@ -340,29 +366,36 @@ async fn decide_and_forward(
         }
     };
 
-    if let Some(history) = admit(gateway, ctx, &verdict.head.record_id).await? {
-        return answer_again(gateway, ctx, history)
-            .await
-            .map_err(|e| match e {
-                NotAnsweredAgain::Audit(unavailable) => unavailable,
-                // Someone else's record, or one whose answer cannot be rebuilt: decided, all
-                // the same.
-                NotAnsweredAgain::OtherSender | NotAnsweredAgain::Unreadable => Refusal::Replay,
-            });
-    }
-    record_decision(gateway, ctx, &verdict).await?;
-    match verdict.forward.clone() {
-        Some(bytes) if verdict.decision.effect == Effect::Allow => {
-            forward(gateway, ctx, verdict, bytes).await
+    match admit(gateway, ctx, &verdict.head.record_id).await? {
+        Prior::None => {}
+        Prior::Here(history) => {
+            return answer_again(gateway, ctx, history)
+                .await
+                .map_err(|e| match e {
+                    NotAnsweredAgain::Audit(unavailable) => unavailable,
+                    // Someone else's record, or one whose answer cannot be rebuilt: decided,
+                    // all the same.
+                    NotAnsweredAgain::OtherSender | NotAnsweredAgain::Unreadable => Refusal::Replay,
+                });
         }
-        _ => {
-            let decision = ctx.decision_entry.as_ref().and_then(LoggedEntry::of);
-            if let (Some(reservation), Some(decision)) = (ctx.reservation.take(), decision) {
-                reservation.denied(decision);
+        Prior::Elsewhere(stored) => return answer_from_registry(gateway, ctx, stored).await,
+    }
+    let result = match record_decision(gateway, ctx, &verdict).await {
+        Err(refusal) => Err(refusal),
+        Ok(()) => match verdict.forward.clone() {
+            Some(bytes) if verdict.decision.effect == Effect::Allow => {
+                forward(gateway, ctx, verdict, bytes).await
             }
-            Err(denial(gateway, ctx, verdict))
-        }
-    }
+            _ => {
+                let decision = ctx.decision_entry.as_ref().and_then(LoggedEntry::of);
+                if let (Some(reservation), Some(decision)) = (ctx.reservation.take(), decision) {
+                    reservation.denied(decision);
+                }
+                Err(denial(gateway, ctx, verdict))
+            }
+        },
+    };
+    settle_claim(gateway, ctx, result).await
 }
 
 fn check_content_type<B>(req: &Request<B>) -> Result<(), Refusal> {
@@ -472,19 +505,26 @@ fn reserve_body_memory(
         .map_err(|_| Refusal::Busy)
 }
 
+/// What admission found of a record id decided before.
+enum Prior {
+    /// Nothing answered for good: this request decides the record.
+    None,
+    /// Answered for good by this instance: rebuilt from its log.
+    Here(RecordHistory),
+    /// Answered for good by another instance of the cluster: as the registry holds it.
+    Elsewhere(StoredAnswer),
+}
+
 /// Replay memory: the record id is held from here until the outcome is known. A refused record
-/// (invalid, wrong park) never gets this far, so it reserves no record id.
+/// (invalid, wrong park) never gets this far, so it reserves no record id. With `[cluster]`, a
+/// record id this instance may decide is then claimed in the registry the instances share.
 ///
 /// `Some(history)` for a retry of a record answered for good (the caller answers it again). A
 /// copy of a record another request is deciding waits until that one settles, then is handled
 /// as if it had just arrived: it gets the same answer, or is the next attempt of a record the
 /// endpoint did not take. It waits at most the upstream request timeout and 10 s more (a
 /// request in flight ends well within that), then gets `409 replay`.
-async fn admit(
-    gateway: &Gateway,
-    ctx: &mut RequestCtx,
-    record_id: &str,
-) -> Result<Option<RecordHistory>, Refusal> {
+async fn admit(gateway: &Gateway, ctx: &mut RequestCtx, record_id: &str) -> Result<Prior, Refusal> {
     let Some(digest) = ctx.body_digest else {
         // receive() sets it before the body is examined: not reached.
         return Err(Refusal::Internal);
@@ -494,11 +534,21 @@ async fn admit(
         + std::time::Duration::from_secs(10);
     loop {
         match gateway.replay.admit(record_id, &digest) {
-            Admission::Decide(reservation) => {
+            Admission::Decide(mut reservation) => {
+                if gateway.cluster.is_some() {
+                    match claim(gateway, ctx, record_id, digest, deadline).await? {
+                        Claimed::Here(attempt, hold) => {
+                            reservation.set_attempt(attempt);
+                            ctx.claim = Some(hold);
+                        }
+                        // The local reservation is dropped: nothing was decided here.
+                        Claimed::Elsewhere(stored) => return Ok(Prior::Elsewhere(stored)),
+                    }
+                }
                 ctx.reservation = Some(reservation);
-                return Ok(None);
+                return Ok(Prior::None);
             }
-            Admission::Answered(history) => return Ok(Some(history)),
+            Admission::Answered(history) => return Ok(Prior::Here(history)),
             Admission::Conflict(seq) => {
                 ctx.replay_of = seq;
                 return Err(Refusal::Replay);
@@ -512,6 +562,148 @@ async fn admit(
                 }
             }
         }
+    }
+}
+
+/// What the registry said to a claim this request may act on.
+enum Claimed {
+    /// This instance decides the record: the attempt it makes, and the claim to settle.
+    Here(u32, ClaimHold),
+    /// Answered for good by another instance, for this sender and body.
+    Elsewhere(StoredAnswer),
+}
+
+/// Claims the record id in the cluster's registry. A record another instance is deciding is
+/// waited for (asking again every 50 ms) until the same deadline as a local copy in flight.
+async fn claim(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    record_id: &str,
+    digest: [u8; 32],
+    deadline: tokio::time::Instant,
+) -> Result<Claimed, Refusal> {
+    let Some(cluster) = &gateway.cluster else {
+        return Err(Refusal::Internal);
+    };
+    loop {
+        let request = ClaimRequest {
+            key: registry_key(record_id),
+            record_id: record_id.to_string(),
+            body_sha256: digest,
+            sender_park: ctx.identity.park.clone(),
+            sender_org: ctx.identity.organisation.clone(),
+        };
+        let (claim, hold) = cluster
+            .decisions
+            .hold(request)
+            .await
+            .map_err(|e| Refusal::ClusterUnavailable(e.to_string()))?;
+        match (claim, hold) {
+            (Claim::Claimed { attempt }, Some(hold)) => return Ok(Claimed::Here(attempt, hold)),
+            (Claim::Answered(stored), _) => {
+                let same_sender = stored.sender_park == ctx.identity.park
+                    && stored.sender_org == ctx.identity.organisation;
+                if !same_sender {
+                    // Someone else's record: decided, all the same.
+                    ctx.replay_of = None;
+                    return Err(Refusal::Replay);
+                }
+                return Ok(Claimed::Elsewhere(stored));
+            }
+            (Claim::Conflict { .. }, _) => return Err(Refusal::Replay),
+            (Claim::InFlightElsewhere { .. } | Claim::Claimed { .. }, _) => {
+                if tokio::time::Instant::now() >= deadline {
+                    return Err(Refusal::ReplayInFlight);
+                }
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// A record answered for good by another instance: its first answer as the registry holds it,
+/// marked `"replayed": true`, under a replay entry of this instance's log that names where it
+/// was decided. Nothing is forwarded.
+async fn answer_from_registry(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    stored: StoredAnswer,
+) -> Result<Answered, Refusal> {
+    let mut body: serde_json::Value = serde_json::from_str(&stored.body).map_err(|e| {
+        tracing::error!(target: "hetao::cluster", instance = %stored.instance, error = %e,
+            "an answer in the decision registry is not JSON");
+        Refusal::Replay
+    })?;
+    if let Some(obj) = body.as_object_mut() {
+        obj.insert("replayed".into(), serde_json::Value::Bool(true));
+    }
+    let status = StatusCode::from_u16(stored.status).unwrap_or(StatusCode::OK);
+    ctx.audited = true;
+    ctx.decision = "replay";
+    let mut entry = ctx.event(EntryType::Decision, "replay");
+    entry.status = status.as_u16();
+    entry.decided_elsewhere = Some(crate::audit::entry::Elsewhere {
+        instance: stored.instance,
+        seq: stored.decision_seq,
+    });
+    if let Err(e) = gateway.audit.append(entry).await {
+        let refusal = audit_refusal(e);
+        ctx.decision = refusal.audit_decision();
+        return Err(refusal);
+    }
+    let error = if status == StatusCode::OK {
+        "none"
+    } else {
+        "policy_denied"
+    };
+    Ok(Answered::json(status, &body, error))
+}
+
+/// Settles the request's claim in the cluster's registry before its answer leaves: an answer for
+/// good (denied, or delivered with a durable outcome entry) is stored for retries on any
+/// instance; a record that may have left without a known delivery stays open for the next
+/// attempt; anything else releases the id. An answer for good the registry could not take is
+/// not given: the sender gets `503 cluster_unavailable` and its retry the first answer.
+async fn settle_claim(
+    gateway: &Gateway,
+    ctx: &mut RequestCtx,
+    result: Result<Answered, Refusal>,
+) -> Result<Answered, Refusal> {
+    let (Some(hold), Some(cluster)) = (ctx.claim.take(), gateway.cluster.as_ref()) else {
+        return result;
+    };
+    let decision_seq = ctx.decision_entry.as_ref().map(|a| a.seq);
+    let answered_for_good = match (&result, decision_seq) {
+        (Ok(answered), Some(seq)) if ctx.delivered_outcome.is_some() => {
+            Some((false, answered.status(), seq, ctx.delivered_outcome))
+        }
+        (Err(refusal @ Refusal::PolicyDenied { .. }), Some(seq)) => {
+            Some((true, refusal.status(), seq, None))
+        }
+        _ => None,
+    };
+    let Some((denied, status, seq, outcome_seq)) = answered_for_good else {
+        let settle = hold.unanswered();
+        if let Err(e) = hold.settle(settle, cluster.lease).await {
+            tracing::warn!(target: "hetao::cluster", error = %e,
+                "could not settle a claim; retrying in the background");
+        }
+        return result;
+    };
+    let body = match &result {
+        Ok(answered) => String::from_utf8_lossy(&answered.body).into_owned(),
+        Err(refusal) => refusal.body(ctx.facts.record_id.as_deref()).to_string(),
+    };
+    let settle = Settle::Answered {
+        denied,
+        status: status.as_u16(),
+        body,
+        decision_seq: seq,
+        outcome_seq,
+    };
+    match hold.settle(settle, cluster.lease).await {
+        Ok(_) => result,
+        Err(e) => Err(Refusal::ClusterUnavailable(e.to_string())),
     }
 }
 
@@ -623,10 +815,7 @@ async fn answer_again(
         ctx.decision = refusal.audit_decision();
         return Err(NotAnsweredAgain::Audit(refusal));
     }
-    Ok(Answered {
-        response: json_response(status, &body),
-        error,
-    })
+    Ok(Answered::json(status, &body, error))
 }
 
 /// An entry and its line as written.
@@ -718,6 +907,9 @@ async fn record_decision(
             (ctx.reservation.as_mut(), LoggedEntry::of(&appended))
         {
             reservation.forwarding(at);
+        }
+        if let Some(hold) = ctx.claim.as_mut() {
+            hold.forwarding(appended.seq);
         }
     }
     ctx.decision_entry = Some(appended);
@@ -858,6 +1050,7 @@ async fn forward(
     // Proof of delivery: the outcome entry, with the acknowledgement as relayed, is durable
     // before the answer, so the answer can carry its receipt (docs/audit.md).
     let delivered = record_outcome(gateway, &head.record_id, outcome).await;
+    ctx.delivered_outcome = delivered.as_ref().map(|d| d.seq);
     // Answered for good: a retry gets this answer again, rebuilt from the two entries. Should
     // the outcome entry's place not be known (the log refused to wait for it), the record stays
     // one not known delivered: a retry forwards it again, and the endpoint answers it with its
@@ -900,10 +1093,7 @@ async fn forward(
         obligations: &verdict.applied,
         policy_version: &verdict.decision.policy_version,
     });
-    Ok(Answered {
-        response: json_response(StatusCode::OK, &body),
-        error: "none",
-    })
+    Ok(Answered::json(StatusCode::OK, &body, "none"))
 }
 
 /// What the 200 of a delivered record says.

@@ -218,6 +218,12 @@ impl Reservation {
         self.attempt
     }
 
+    /// The attempt as the cluster's registry counts it (it knows the attempts of every
+    /// instance).
+    pub fn set_attempt(&mut self, attempt: u32) {
+        self.attempt = attempt.max(1);
+    }
+
     /// The allow decision is durable and the record is about to leave: from here on the
     /// endpoint may have it, so the id stays decided whatever happens to this request (a retry
     /// is the next attempt).

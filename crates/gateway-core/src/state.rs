@@ -11,6 +11,7 @@ use arc_swap::ArcSwap;
 
 use crate::audit::{AuditError, AuditLog};
 use crate::checkpoint::{Checkpoint, RecordWindow};
+use crate::cluster::{Cluster, ClusterError};
 use crate::config::{Config, ConfigError};
 use crate::metrics::Metrics;
 use crate::policy::{KeyFiles, PolicyEngine, PolicyLoadError};
@@ -39,6 +40,8 @@ pub enum LoadError {
     Custody(String),
     #[error(transparent)]
     Audit(#[from] AuditError),
+    #[error("[cluster]: {0}")]
+    Cluster(#[from] ClusterError),
     #[error("{path}: the set of parks changed (running: {running}; in the file: {in_file}); parks are added or removed by a restart, not a reload; their CAs, CRLs and endpoints do reload")]
     ParksChanged {
         path: PathBuf,
@@ -113,6 +116,8 @@ pub struct Gateway {
     pub upstreams: ArcSwap<Upstreams>,
     pub audit: AuditLog,
     pub replay: ReplayGuard,
+    /// `[cluster]`: the decision registry shared with the other instances, if configured.
+    pub cluster: Option<Cluster>,
     pub metrics: Metrics,
     pub rate_limiter: RateLimiter,
     /// Request-body bytes held in memory across all connections, in KiB permits
@@ -131,8 +136,46 @@ pub struct ReloadReport {
 }
 
 impl Gateway {
-    /// Loads everything the configuration names and opens the audit log.
+    /// Loads everything the configuration names, opens the audit log and, with `[cluster]`,
+    /// connects to the cluster database (applying its migrations). An instance of a cluster does
+    /// not start without its database: it could not tell a replay from a new record.
+    pub async fn start(config: Config) -> Result<Gateway, LoadError> {
+        let cluster_config = config.cluster.clone();
+        let lease = match cluster_config.as_ref().and_then(|c| c.claim_lease_secs) {
+            Some(secs) => std::time::Duration::from_secs(secs),
+            None => config.upstream.request_timeout + std::time::Duration::from_secs(30),
+        };
+        let window = RecordWindow::of(&config.limits);
+        let horizon = window.max_age + window.max_future + std::time::Duration::from_secs(60);
+        let config_for_build = config;
+        let mut gateway =
+            tokio::task::spawn_blocking(move || Gateway::build_local(config_for_build))
+                .await
+                .map_err(|e| {
+                    LoadError::Cluster(ClusterError::Config(format!("start-up task failed: {e}")))
+                })??;
+        if let Some(c) = &cluster_config {
+            let cluster = Cluster::start(c, lease, horizon).await?;
+            tracing::info!(target: "hetao::cluster", instance = %c.instance,
+                lease_secs = lease.as_secs(), "decision registry connected");
+            gateway.cluster = Some(cluster);
+        }
+        Ok(gateway)
+    }
+
+    /// [`Gateway::start`] for a configuration without `[cluster]` (no database to connect to):
+    /// loads everything and opens the audit log.
     pub fn build(config: Config) -> Result<Gateway, LoadError> {
+        if config.cluster.is_some() {
+            return Err(LoadError::Cluster(ClusterError::Config(
+                "an instance of a cluster starts with Gateway::start (it connects to the database)"
+                    .into(),
+            )));
+        }
+        Gateway::build_local(config)
+    }
+
+    fn build_local(config: Config) -> Result<Gateway, LoadError> {
         let loaded = load_reloadable(&config)?;
         for warning in loaded.rules.policies.warnings() {
             tracing::warn!(target: "hetao::policy", "{warning}");
@@ -149,6 +192,7 @@ impl Gateway {
             upstreams: ArcSwap::from_pointee(loaded.upstreams),
             audit,
             replay,
+            cluster: None,
             metrics,
             rate_limiter,
             body_budget: Arc::new(tokio::sync::Semaphore::new(kib(config

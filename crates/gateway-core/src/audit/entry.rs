@@ -92,6 +92,10 @@ pub struct AuditEntry {
     pub attempt: Option<u32>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub refers_to: Option<u64>,
+    /// Replay entries of a record decided on another instance of a cluster (absent otherwise,
+    /// and in older entries, whose hashes stay as they were).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decided_elsewhere: Option<Elsewhere>,
     // --- outcome: the endpoint's answer (absent in older entries, whose hashes stay as they
     // were) ---
     /// SHA-256 (hex) of the endpoint's whole answer body as received.
@@ -141,6 +145,15 @@ pub struct AuditEntry {
     pub hash: String,
 }
 
+/// Where a record was decided, when not in this log: another instance of the cluster.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Elsewhere {
+    pub instance: String,
+    /// That instance's decision entry, when the registry knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seq: Option<u64>,
+}
+
 fn is_false(b: &bool) -> bool {
     !*b
 }
@@ -168,6 +181,7 @@ impl AuditEntry {
             obligations: Vec::new(),
             attempt: None,
             refers_to: None,
+            decided_elsewhere: None,
             answer_sha256: None,
             answer_bytes: None,
             acknowledgement: None,

@@ -101,6 +101,9 @@ pub struct AuditEvent {
     /// Sequence of the decision entry an outcome entry belongs to (replay entries: the decision
     /// entry of the record they repeat).
     pub refers_to: Option<u64>,
+    /// Replay entries of a record decided on another instance of a cluster: that instance and
+    /// its decision entry's sequence (`refers_to` names entries of this log only).
+    pub decided_elsewhere: Option<entry::Elsewhere>,
     /// Outcome entries: SHA-256 (hex) of the endpoint's whole answer body as received (absent
     /// when the gateway stopped reading it, or got none).
     pub answer_sha256: Option<String>,

@@ -487,6 +487,7 @@ impl Writer {
         e.obligations = event.obligations;
         e.attempt = event.attempt;
         e.refers_to = event.refers_to;
+        e.decided_elsewhere = event.decided_elsewhere;
         e.answer_sha256 = event.answer_sha256;
         e.answer_bytes = event.answer_bytes;
         e.acknowledgement = event.acknowledgement;
