@@ -118,7 +118,7 @@ fn many_rules(checkpoint: &Checkpoint<'_>, now: DateTime<Utc>) -> (String, Vec<u
             // Most rules first; of equals, the one with the most array members to fill
             // (materials: items and permits), so the rules have the most to look at.
             let matched = (verdict.decision.matched.len(), arrays(&record));
-            if best.as_ref().map_or(true, |(n, _, _)| matched > *n) {
+            if best.as_ref().is_none_or(|(n, _, _)| matched > *n) {
                 let name = path.file_name().unwrap_or_default().to_string_lossy();
                 best = Some((matched, name.into_owned(), record));
             }

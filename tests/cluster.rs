@@ -564,7 +564,7 @@ async fn killing_an_instance_behind_haproxy_under_load_loses_no_acknowledged_dec
             .unwrap();
     }
 
-    let sent = sent.lock().unwrap();
+    let sent: Vec<Sent> = std::mem::take(&mut *sent.lock().unwrap());
     let deliveries = world.deliveries();
     let (mut acknowledged, mut redelivered) = (0, 0);
     for s in sent.iter() {

@@ -233,10 +233,10 @@ impl Selection for ViewFilter {
 
 impl Compiled {
     pub fn matches(&self, index: &LogIndex, r: &Row) -> bool {
-        let eq = |want: Option<Sym>, have: Sym| want.map_or(true, |w| w == have);
-        self.since.map_or(true, |s| r.time_us >= s)
-            && self.until.map_or(true, |u| r.time_us < u)
-            && self.entry_type.map_or(true, |t| t == r.entry_type)
+        let eq = |want: Option<Sym>, have: Sym| want.is_none_or(|w| w == have);
+        self.since.is_none_or(|s| r.time_us >= s)
+            && self.until.is_none_or(|u| r.time_us < u)
+            && self.entry_type.is_none_or(|t| t == r.entry_type)
             && eq(self.kind, r.kind)
             && eq(self.from, r.from)
             && eq(self.to, r.to)
@@ -245,10 +245,10 @@ impl Compiled {
             && self
                 .record
                 .as_ref()
-                .map_or(true, |(h, _)| *h == r.record_hash)
+                .is_none_or(|(h, _)| *h == r.record_hash)
             && self
                 .rule
-                .map_or(true, |want| index.rules(r).any(|(id, _)| id == want))
+                .is_none_or(|want| index.rules(r).any(|(id, _)| id == want))
     }
 }
 

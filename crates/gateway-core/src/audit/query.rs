@@ -48,7 +48,7 @@ impl QueryFilter {
                 return false;
             }
         }
-        self.entry_type.map_or(true, |ty| ty == e.entry_type)
+        self.entry_type.is_none_or(|ty| ty == e.entry_type)
             && eq(&self.kind, e.kind.as_deref())
             && eq(&self.from, e.from.as_deref())
             && eq(&self.to, e.to.as_deref())
@@ -61,7 +61,7 @@ impl QueryFilter {
             && self
                 .rule
                 .as_ref()
-                .map_or(true, |r| e.rules.iter().any(|x| &x.id == r))
+                .is_none_or(|r| e.rules.iter().any(|x| &x.id == r))
     }
 }
 

@@ -57,7 +57,7 @@ impl ClusterError {
 const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_decision_registry.sql"))];
 
 /// The advisory lock the migrations run under (an arbitrary constant: "hetao" in ASCII).
-const MIGRATION_LOCK: i64 = 0x6865_7461_6f;
+const MIGRATION_LOCK: i64 = 0x0068_6574_616f;
 
 /// The statements' time limit: a database that stops answering fails requests closed instead
 /// of holding them.

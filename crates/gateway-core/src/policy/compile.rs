@@ -161,7 +161,7 @@ pub fn load_texts(
     let mut by_kind: [Vec<usize>; 3] = Default::default();
     for (i, r) in rules.iter().enumerate() {
         for k in Kind::ALL {
-            if r.kinds.as_ref().map_or(true, |ks| ks.contains(&k)) {
+            if r.kinds.as_ref().is_none_or(|ks| ks.contains(&k)) {
                 by_kind[kind_slot(k)].push(i);
             }
         }
@@ -628,7 +628,7 @@ fn compile_obligation(
     let nodes = field_nodes(&pointer, &ptr_key, ctx)?;
     let types_ok = |allowed: &[&str]| {
         !ctx.schema.checking
-            || nodes.as_ref().map_or(true, |ns| {
+            || nodes.as_ref().is_none_or(|ns| {
                 ns.iter()
                     .any(|(_, n)| schema_walk::may_be_one_of(n, allowed))
             })

@@ -139,7 +139,7 @@ fn sum<'a>(
             item,
             parent: scope,
         };
-        if filter.map_or(true, |f| eval_in(f, cx, Some(&s))) {
+        if filter.is_none_or(|f| eval_in(f, cx, Some(&s))) {
             if let Some(n) = resolve(item, of).and_then(Value::as_f64) {
                 total += n;
             }
@@ -289,7 +289,7 @@ use chrono::Offset as _;
 
 fn route_matches(r: &Rule, input: &DecisionInput<'_>) -> bool {
     let has = |list: &Option<Vec<String>>, v: &str| {
-        list.as_ref().map_or(true, |l| l.iter().any(|x| x == v))
+        list.as_ref().is_none_or(|l| l.iter().any(|x| x == v))
     };
     has(&r.from, input.from)
         && has(&r.to, input.to)
@@ -418,7 +418,7 @@ fn cited(cites: &[Cite], cx: &Ctx<'_>) -> Option<String> {
             (value, filter, Some(items)) => {
                 for item in items {
                     let s = Scope { item, parent: None };
-                    if filter.as_ref().map_or(true, |f| eval_in(f, cx, Some(&s))) {
+                    if filter.as_ref().is_none_or(|f| eval_in(f, cx, Some(&s))) {
                         let v = match value {
                             Some(p) => resolve(item, p),
                             None => Some(item),
