@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys::{pseudonymisation_key_hex, AuditSigningKey};
+use super::p12::client_pkcs12;
 use super::{default_gateway_sans, park_display_name, GatewayCa, ParkCa, PkiError, Validity};
 
 /// Leaf certificates of the development PKI live a year; CRLs thirty days.
@@ -149,6 +150,10 @@ pub struct OrgFiles {
     pub common_name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The same identity as a PKCS#12 bundle (certificate, park CA, key; mode 0600)...
+    pub p12: PathBuf,
+    /// ...and the password that opens it, on one line (mode 0600).
+    pub p12_password: PathBuf,
     /// Serial number, hex (to revoke it in a CRL).
     pub serial_hex: String,
 }
@@ -204,7 +209,7 @@ impl DevPkiFiles {
             ]);
         }
         for o in &self.orgs {
-            v.extend([o.cert.as_path(), &o.key]);
+            v.extend([o.cert.as_path(), &o.key, &o.p12, &o.p12_password]);
         }
         v.extend([
             self.audit_signing_key.as_path(),
@@ -284,6 +289,8 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
                 common_name: format!("{organisation} records system"),
                 cert: orgs_dir.join(format!("{stem}.pem")),
                 key: orgs_dir.join(format!("{stem}.key")),
+                p12: orgs_dir.join(format!("{stem}.p12")),
+                p12_password: orgs_dir.join(format!("{stem}.p12.pass")),
                 serial_hex: String::new(),
             }
         })
@@ -402,6 +409,16 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         for org in files.orgs.iter_mut().filter(|o| o.park == park.park) {
             let cert = ca.issue_client(&org.organisation, &org.common_name, validity)?;
             write_pair(&org.cert, &cert.cert_pem, &org.key, &cert.key_pem, force)?;
+            // The key again, encrypted: secret like the key itself, and so is its password.
+            let alias = format!("{}-{}", org.park, org_slug(&org.organisation));
+            let bundle = client_pkcs12(&alias, &cert.cert_pem, &cert.key_pem, ca.cert_pem())?;
+            write_file(&org.p12, &bundle.der, true, force)?;
+            write_file(
+                &org.p12_password,
+                bundle.password_file_text().as_bytes(),
+                true,
+                force,
+            )?;
             org.serial_hex = hex::encode(&cert.serial);
         }
     }
