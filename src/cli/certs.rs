@@ -15,7 +15,8 @@ pub enum CertsCommand {
     ///
     /// One CA per park, the gateway CA with the gateway's server and upstream-client
     /// certificates, a server certificate per park endpoint, a client certificate per sample
-    /// organisation, empty CRLs, the audit signing key and the pseudonymisation key, in
+    /// organisation (PEM, and a PKCS#12 bundle with its password in a file beside it), empty
+    /// CRLs, the audit signing key and the pseudonymisation key, in
     /// certs/dev/ unless --out says otherwise. FOR DEVELOPMENT AND TESTS ONLY.
     Init(InitArgs),
     /// Issue one more client certificate from a park CA written by `certs init`.
@@ -207,6 +208,12 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
             show(&o.key),
             o.organisation
         );
+        println!(
+            "  {:<18} {}  (password in {})",
+            "",
+            show(&o.p12),
+            show(&o.p12_password)
+        );
     }
     println!(
         "  audit signing key  {}  (public: {}, key id {})",
@@ -217,7 +224,10 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     println!("  pseudonymisation   {}", show(&files.pseudonymisation_key));
     println!("  configuration      {}", show(&files.config));
     println!();
-    println!("Private keys are readable by you only (mode 0600).");
+    println!(
+        "Private keys, PKCS#12 bundles and their passwords are readable by you only (mode 0600)."
+    );
+    println!("Clients in any language: examples/clients/ and docs/clients.md.");
     for (what, dir) in [
         ("schemas", &files.schemas_dir),
         ("policies", &files.policies_dir),
