@@ -447,85 +447,125 @@ async fn node_https_with_the_pem_pair_is_accepted() {
     assert_eq!(sent.json["decision"], "allow");
 }
 
-// === The PKCS#12 bundles `certs init` writes, opened by OpenSSL's and Java's own tools ===
+// === The PKCS#12 bundles the certs commands write, opened by other implementations ===
 
+/// `certs init` (one bundle per sample organisation) and `certs issue-client` (one more) write
+/// a PKCS#12 bundle beside each PEM pair, with its password in a file; both 0600; OpenSSL 3,
+/// Java's keytool and Python's `cryptography` open it with that password and find the PEM
+/// certificate, its park CA and the key.
 #[tokio::test]
-async fn certs_init_writes_a_pkcs12_bundle_per_organisation_that_openssl_and_keytool_open() {
-    use std::os::unix::fs::PermissionsExt;
+async fn certs_init_and_issue_client_write_pkcs12_bundles_that_openssl_keytool_and_python_open() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("pki");
-    let init = tokio::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-        .args(["certs", "init", "--out"])
-        .arg(&out)
-        .kill_on_drop(true)
-        .output()
-        .await
-        .unwrap();
-    assert!(
-        init.status.success(),
-        "{}",
-        String::from_utf8_lossy(&init.stderr)
-    );
-    let stdout = String::from_utf8_lossy(&init.stdout);
-    let mut bundles = 0;
-    for entry in std::fs::read_dir(out.join("orgs")).unwrap() {
-        let pem = entry.unwrap().path();
-        if pem.extension().is_none_or(|e| e != "pem") {
-            continue;
-        }
-        bundles += 1;
+    let init = hetao(&["certs", "init", "--out", &out.display().to_string()]).await;
+    let extra = out.join("extra").join("sz-lab-3");
+    let issue = hetao(&[
+        "certs",
+        "issue-client",
+        "--park",
+        "sz",
+        "--dir",
+        &out.display().to_string(),
+        "--org",
+        "Futian Quantum Devices Co.",
+        "--cn",
+        "Lab 3 LIMS",
+        "--out",
+        &extra.display().to_string(),
+    ])
+    .await;
+    let mut pems: Vec<PathBuf> = std::fs::read_dir(out.join("orgs"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "pem"))
+        .collect();
+    assert_eq!(pems.len(), 4, "one identity per sample organisation");
+    pems.push(extra.with_extension("pem"));
+    let openssl = probe("openssl", &["version"]).await.is_ok();
+    let keytool = probe("keytool", &["-help"]).await.is_ok();
+    let python = probe(
+        "python3",
+        &[
+            "-c",
+            "from cryptography.hazmat.primitives.serialization import pkcs12",
+        ],
+    )
+    .await
+    .is_ok();
+    for pem in &pems {
         let p12 = pem.with_extension("p12");
         let pass = pem.with_extension("p12.pass");
         for secret in [&p12, &pass] {
+            use std::os::unix::fs::PermissionsExt;
             let mode = std::fs::metadata(secret).unwrap().permissions().mode() & 0o777;
             assert_eq!(mode, 0o600, "{}", secret.display());
         }
         let name = p12.file_name().unwrap().to_string_lossy().to_string();
         assert!(
-            stdout.contains(&name),
-            "certs init does not show {name}:\n{stdout}"
+            init.contains(&name) || issue.contains(&name),
+            "{name} is not shown:\n{init}\n{issue}"
         );
-        if probe("openssl", &["version"]).await.is_ok() {
-            // OpenSSL 3 opens it without its legacy provider (no RC2 or 3DES inside), and the
-            // certificate in it is the PEM one.
-            let info = tokio::process::Command::new("openssl")
-                .args(["pkcs12", "-nokeys", "-clcerts", "-in"])
-                .arg(&p12)
-                .arg("-passin")
-                .arg(format!("file:{}", pass.display()))
-                .kill_on_drop(true)
-                .output()
-                .await
-                .unwrap();
-            assert!(
-                info.status.success(),
-                "{}",
-                String::from_utf8_lossy(&info.stderr)
-            );
-            let in_bundle = String::from_utf8_lossy(&info.stdout).to_string();
-            let pem_text = std::fs::read_to_string(&pem).unwrap();
-            assert!(in_bundle.contains(pem_text.trim()), "{in_bundle}");
+        let cert_pem = std::fs::read_to_string(pem).unwrap();
+        if openssl {
+            // OpenSSL 3 opens it without its legacy provider (no RC2 or 3DES inside).
+            let certs = run(
+                "openssl",
+                &["pkcs12", "-nokeys", "-clcerts", "-in"],
+                &[&p12],
+                &["-passin", &format!("file:{}", pass.display())],
+            )
+            .await;
+            assert!(certs.contains(cert_pem.trim()), "{certs}");
         }
-        if probe("keytool", &["-help"]).await.is_ok() {
-            let list = tokio::process::Command::new("keytool")
-                .args(["-list", "-storetype", "PKCS12", "-keystore"])
-                .arg(&p12)
-                .arg("-storepass:file")
-                .arg(&pass)
-                .kill_on_drop(true)
-                .output()
-                .await
-                .unwrap();
-            let text = String::from_utf8_lossy(&list.stdout);
-            assert!(
-                list.status.success(),
-                "{text}{}",
-                String::from_utf8_lossy(&list.stderr)
-            );
-            assert!(text.contains("PrivateKeyEntry"), "{text}");
+        if keytool {
+            let list = run(
+                "keytool",
+                &["-list", "-storetype", "PKCS12", "-keystore"],
+                &[&p12],
+                &["-storepass:file", &pass.display().to_string()],
+            )
+            .await;
+            assert!(list.contains("PrivateKeyEntry"), "{list}");
+        }
+        if python {
+            let script = "import sys\n\
+                from cryptography.hazmat.primitives.serialization import pkcs12, Encoding\n\
+                password = open(sys.argv[2]).read().strip().encode()\n\
+                key, cert, cas = pkcs12.load_key_and_certificates(open(sys.argv[1], 'rb').read(), password)\n\
+                assert key is not None and len(cas) == 1\n\
+                print(cert.public_bytes(Encoding.PEM).decode())\n";
+            let printed = run("python3", &["-c", script], &[&p12, &pass], &[]).await;
+            assert_eq!(printed.trim(), cert_pem.trim());
         }
     }
-    assert_eq!(bundles, 4, "one bundle per sample organisation");
+}
+
+/// Runs the gateway's binary; what it printed, after checking it succeeded.
+async fn hetao(args: &[&str]) -> String {
+    run(env!("CARGO_BIN_EXE_hetao-gateway"), args, &[], &[]).await
+}
+
+/// Runs `program` with `args`, then `paths`, then `more`; its standard output, after checking
+/// it succeeded within the time limit.
+async fn run(program: &str, args: &[&str], paths: &[&Path], more: &[&str]) -> String {
+    let out = tokio::process::Command::new(program)
+        .args(args)
+        .args(paths)
+        .args(more)
+        .stdin(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .output();
+    let out = tokio::time::timeout(CHILD_TIMEOUT, out)
+        .await
+        .unwrap_or_else(|_| panic!("{program}: no exit within {CHILD_TIMEOUT:?}"))
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{program} {args:?}: {stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
 }
 
 // === A TLS scanner: sslyze against Mozilla's "modern" configuration ===
