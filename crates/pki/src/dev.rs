@@ -18,6 +18,10 @@ use super::{default_gateway_sans, park_display_name, GatewayCa, ParkCa, PkiError
 
 /// Leaf certificates of the development PKI live a year; CRLs thirty days.
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// ...except the gateway's server certificate, the one partners and scanners see: 90 days, the
+/// most Mozilla's "modern" TLS configuration allows (sslyze --mozilla_config modern reports a
+/// longer one as not compliant). `certs init --force` issues a new one.
+const GATEWAY_SERVER_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 const CRL_LIFETIME_DAYS: i64 = 30;
 const EXISTS_HINT: &str = "pass --force to overwrite the development PKI in that folder";
 
@@ -370,7 +374,8 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         gateway_ca.key_pem(),
         force,
     )?;
-    let server = gateway_ca.issue_server(&opts.gateway_sans, validity)?;
+    let server =
+        gateway_ca.issue_server(&opts.gateway_sans, Validity::For(GATEWAY_SERVER_LIFETIME))?;
     write_pair(
         &files.gateway_cert,
         &server.cert_pem,
