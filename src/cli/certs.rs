@@ -15,10 +15,12 @@ pub enum CertsCommand {
     ///
     /// One CA per park, the gateway CA with the gateway's server and upstream-client
     /// certificates, a server certificate per park endpoint, a client certificate per sample
-    /// organisation, empty CRLs, the audit signing key and the pseudonymisation key, in
+    /// organisation (PEM, and a PKCS#12 bundle with its password in a file beside it), empty
+    /// CRLs, the audit signing key and the pseudonymisation key, in
     /// certs/dev/ unless --out says otherwise. FOR DEVELOPMENT AND TESTS ONLY.
     Init(InitArgs),
-    /// Issue one more client certificate from a park CA written by `certs init`.
+    /// Issue one more client certificate from a park CA written by `certs init` (PEM, and a
+    /// PKCS#12 bundle with its password in a file beside it).
     IssueClient(IssueClientArgs),
     /// Make the gateway's private keys and certificate signing requests for a park CA to sign.
     ///
@@ -80,7 +82,8 @@ pub struct IssueClientArgs {
     /// Days of validity; 0 issues an already expired certificate (for tests).
     #[arg(long, default_value_t = 365)]
     pub days: u64,
-    /// Output path stem: writes STEM.pem and STEM.key (default: DIR/orgs/PARK-<org-slug>-<cn-slug>).
+    /// Output path stem: writes STEM.pem and STEM.key, and STEM.p12 with its password in
+    /// STEM.p12.pass (default: DIR/orgs/PARK-<org-slug>-<cn-slug>).
     #[arg(long, value_name = "STEM")]
     pub out: Option<PathBuf>,
 }
@@ -207,6 +210,12 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
             show(&o.key),
             o.organisation
         );
+        println!(
+            "  {:<18} {}  (password in {})",
+            "",
+            show(&o.p12),
+            show(&o.p12_password)
+        );
     }
     println!(
         "  audit signing key  {}  (public: {}, key id {})",
@@ -217,7 +226,10 @@ fn init(args: InitArgs) -> anyhow::Result<ExitCode> {
     println!("  pseudonymisation   {}", show(&files.pseudonymisation_key));
     println!("  configuration      {}", show(&files.config));
     println!();
-    println!("Private keys are readable by you only (mode 0600).");
+    println!(
+        "Private keys, PKCS#12 bundles and their passwords are readable by you only (mode 0600)."
+    );
+    println!("Clients in any language: examples/clients/ and docs/clients.md.");
     for (what, dir) in [
         ("schemas", &files.schemas_dir),
         ("policies", &files.policies_dir),
@@ -266,18 +278,29 @@ fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
     };
     let cert_path = stem.with_extension("pem");
     let key_path = stem.with_extension("key");
+    let p12_path = stem.with_extension("p12");
+    let pass_path = stem.with_extension("p12.pass");
     if let Some(parent) = cert_path.parent().filter(|p| !p.as_os_str().is_empty()) {
         std::fs::create_dir_all(parent)
             .with_context(|| format!("cannot create {}", parent.display()))?;
     }
-    for p in [&cert_path, &key_path] {
+    for p in [&cert_path, &key_path, &p12_path, &pass_path] {
         // symlink_metadata: a dangling symbolic link counts as something in the way.
         if std::fs::symlink_metadata(p).is_ok() {
             anyhow::bail!("{} already exists; choose another --out", p.display());
         }
     }
+    // The same identity as `certs init` writes it for the sample organisations: PEM, and a
+    // PKCS#12 bundle (with the park CA) whose password is in a file beside it.
+    let alias = stem
+        .file_name()
+        .map_or_else(|| "client".into(), |n| n.to_string_lossy().into_owned());
+    let bundle =
+        hetao_pki::client_pkcs12(&alias, &issued.cert_pem, &issued.key_pem, ca.cert_pem())?;
     write_new(&cert_path, issued.cert_pem.as_bytes(), 0o644)?;
     write_new(&key_path, issued.key_pem.as_bytes(), 0o600)?;
+    write_new(&p12_path, &bundle.der, 0o600)?;
+    write_new(&pass_path, bundle.password_file_text().as_bytes(), 0o600)?;
     println!(
         "Issued a development client certificate of park {} for O={}, CN={} (serial {}):",
         args.park,
@@ -286,6 +309,11 @@ fn issue_client(args: IssueClientArgs) -> anyhow::Result<ExitCode> {
         hex::encode(&issued.serial)
     );
     println!("  {}\n  {}", cert_path.display(), key_path.display());
+    println!(
+        "  {}  (PKCS#12; password in {})",
+        p12_path.display(),
+        pass_path.display()
+    );
     Ok(ExitCode::SUCCESS)
 }
 

@@ -13,10 +13,15 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use super::keys::{pseudonymisation_key_hex, AuditSigningKey};
+use super::p12::client_pkcs12;
 use super::{default_gateway_sans, park_display_name, GatewayCa, ParkCa, PkiError, Validity};
 
 /// Leaf certificates of the development PKI live a year; CRLs thirty days.
 const LEAF_LIFETIME: Duration = Duration::from_secs(365 * 24 * 3600);
+/// ...except the gateway's server certificate, the one partners and scanners see: 90 days, the
+/// most Mozilla's "modern" TLS configuration allows (sslyze --mozilla_config modern reports a
+/// longer one as not compliant). `certs init --force` issues a new one.
+const GATEWAY_SERVER_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 const CRL_LIFETIME_DAYS: i64 = 30;
 const EXISTS_HINT: &str = "pass --force to overwrite the development PKI in that folder";
 
@@ -149,6 +154,10 @@ pub struct OrgFiles {
     pub common_name: String,
     pub cert: PathBuf,
     pub key: PathBuf,
+    /// The same identity as a PKCS#12 bundle (certificate, park CA, key; mode 0600)...
+    pub p12: PathBuf,
+    /// ...and the password that opens it, on one line (mode 0600).
+    pub p12_password: PathBuf,
     /// Serial number, hex (to revoke it in a CRL).
     pub serial_hex: String,
 }
@@ -204,7 +213,7 @@ impl DevPkiFiles {
             ]);
         }
         for o in &self.orgs {
-            v.extend([o.cert.as_path(), &o.key]);
+            v.extend([o.cert.as_path(), &o.key, &o.p12, &o.p12_password]);
         }
         v.extend([
             self.audit_signing_key.as_path(),
@@ -284,6 +293,8 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
                 common_name: format!("{organisation} records system"),
                 cert: orgs_dir.join(format!("{stem}.pem")),
                 key: orgs_dir.join(format!("{stem}.key")),
+                p12: orgs_dir.join(format!("{stem}.p12")),
+                p12_password: orgs_dir.join(format!("{stem}.p12.pass")),
                 serial_hex: String::new(),
             }
         })
@@ -363,7 +374,8 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         gateway_ca.key_pem(),
         force,
     )?;
-    let server = gateway_ca.issue_server(&opts.gateway_sans, validity)?;
+    let server =
+        gateway_ca.issue_server(&opts.gateway_sans, Validity::For(GATEWAY_SERVER_LIFETIME))?;
     write_pair(
         &files.gateway_cert,
         &server.cert_pem,
@@ -402,6 +414,16 @@ pub fn init_dev_pki(out: &Path, opts: &DevPkiOptions) -> Result<DevPkiFiles, Pki
         for org in files.orgs.iter_mut().filter(|o| o.park == park.park) {
             let cert = ca.issue_client(&org.organisation, &org.common_name, validity)?;
             write_pair(&org.cert, &cert.cert_pem, &org.key, &cert.key_pem, force)?;
+            // The key again, encrypted: secret like the key itself, and so is its password.
+            let alias = format!("{}-{}", org.park, org_slug(&org.organisation));
+            let bundle = client_pkcs12(&alias, &cert.cert_pem, &cert.key_pem, ca.cert_pem())?;
+            write_file(&org.p12, &bundle.der, true, force)?;
+            write_file(
+                &org.p12_password,
+                bundle.password_file_text().as_bytes(),
+                true,
+                force,
+            )?;
             org.serial_hex = hex::encode(&cert.serial);
         }
     }

@@ -16,6 +16,7 @@
 mod csr;
 mod dev;
 mod keys;
+mod p12;
 
 use std::path::Path;
 use std::time::{Duration, SystemTime};
@@ -32,6 +33,7 @@ pub use dev::{
     sample_sender, DevPkiFiles, DevPkiOptions, OrgFiles, ParkFiles,
 };
 pub use keys::{pseudonymisation_key_hex, AuditSigningKey};
+pub use p12::{client_pkcs12, Pkcs12Bundle};
 
 /// Why a PKI operation failed. Names the file or the certificate where there is one.
 #[derive(Debug, thiserror::Error)]
