@@ -441,7 +441,7 @@ pub fn build(
         Ok(match i % 4 {
             0 | 2 => {
                 // An organisation of one park sends a record that claims to come from the other.
-                let name = if i % 4 == 0 {
+                let name = if i.is_multiple_of(4) {
                     "data-hk-sz-clinical-study"
                 } else {
                     "materials-sz-hk-quantum-equipment"
