@@ -370,7 +370,11 @@ const FORMULA_ORG: &str = "=HYPERLINK(\"http://evil.example\",\"click\")";
 const REASON: &str = "field /body/name is \"<img src=x onerror=alert(2)>\"";
 
 fn hostile_event(i: u64) -> AuditEvent {
-    let org = if i.is_multiple_of(2) { SCRIPT_ORG } else { FORMULA_ORG };
+    let org = if i.is_multiple_of(2) {
+        SCRIPT_ORG
+    } else {
+        FORMULA_ORG
+    };
     AuditEvent {
         entry_type: Some(EntryType::Decision),
         record_id: Some(format!("@SUM(1+1)-{i}")),

@@ -632,3 +632,155 @@ async fn killing_an_instance_behind_haproxy_under_load_loses_no_acknowledged_dec
         "too little load to mean anything: {acknowledged}"
     );
 }
+
+/// Runs the binary; exit success and what it printed.
+fn run_cli(args: &[&str]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .args(args)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn auditors_verify_and_query_every_instance_from_the_database() {
+    let Some(world) = World::new(&["gw-a", "gw-b"]).await else {
+        return;
+    };
+    let _a = world.start("gw-a").await;
+    let _b = world.start("gw-b").await;
+    let (a, b) = (world.instance("gw-a").addr, world.instance("gw-b").addr);
+    let sz = world.client("sz");
+    let body = bytes(&record("materials-sz-hk-quantum-equipment.json"));
+    let first = send(&sz, a, &body).await;
+    assert_eq!(first.status, 200, "{:?}", first.json);
+    assert_eq!(send(&sz, b, &body).await.status, 200);
+    let id = json(&first)["record_id"].as_str().unwrap().to_string();
+
+    // Each instance ships its durable lines; wait until the database holds every local line.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for inst in &world.instances {
+        loop {
+            let local = std::fs::read_to_string(&inst.audit_log)
+                .unwrap()
+                .lines()
+                .count();
+            let shipped: usize = world
+                .pg
+                .psql(&format!(
+                    "SELECT count(*) FROM hetao_audit_lines WHERE instance = '{}'",
+                    inst.name
+                ))
+                .trim()
+                .parse()
+                .unwrap();
+            if shipped == local {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{}: {shipped} of {local} lines shipped",
+                inst.name
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    // The database's copy is line for line the instance's file.
+    let shipped = world
+        .pg
+        .psql("SELECT line FROM hetao_audit_lines WHERE instance = 'gw-a' ORDER BY seq");
+    let local = std::fs::read_to_string(&world.instance("gw-a").audit_log).unwrap();
+    assert_eq!(shipped, local);
+
+    let url = world.pg.url();
+    let public_key = world.files.audit_public_key.display().to_string();
+    let (ok, text) = run_cli(&[
+        "audit",
+        "verify",
+        "--database",
+        &url,
+        "--public-key",
+        &public_key,
+        "--allow-unsigned-tail",
+    ]);
+    assert!(ok, "{text}");
+    assert!(
+        text.contains("instance gw-a") && text.contains("instance gw-b"),
+        "{text}"
+    );
+
+    // One record's story across both instances: A decided and delivered it, B answered a retry.
+    let (ok, text) = run_cli(&[
+        "audit",
+        "query",
+        "--database",
+        &url,
+        "--record-id",
+        &id,
+        "--format",
+        "json",
+    ]);
+    assert!(ok, "{text}");
+    let entries: Vec<Value> = serde_json::from_str(&text).unwrap();
+    let seen: Vec<(String, String)> = entries
+        .iter()
+        .map(|e| {
+            (
+                e["instance"].as_str().unwrap().to_string(),
+                e["decision"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        seen,
+        vec![
+            ("gw-a".into(), "allow".into()),
+            ("gw-a".into(), "forwarded".into()),
+            ("gw-b".into(), "replay".into()),
+        ],
+        "{text}"
+    );
+    let (ok, csv) = run_cli(&[
+        "audit",
+        "query",
+        "--database",
+        &url,
+        "--instance",
+        "gw-b",
+        "--record-id",
+        &id,
+        "--format",
+        "csv",
+    ]);
+    assert!(ok, "{csv}");
+    assert!(csv.starts_with("instance,seq,"), "{csv}");
+    assert_eq!(
+        csv.lines().filter(|l| l.starts_with("gw-b,")).count(),
+        1,
+        "{csv}"
+    );
+
+    // A line altered in the database is found, and named with its instance.
+    world.pg.psql(
+        "UPDATE hetao_audit_lines SET line = replace(line, '\"allow\"', '\"deny\"') \
+         WHERE instance = 'gw-a' AND line LIKE '%\"decision\":\"allow\"%'",
+    );
+    let (ok, text) = run_cli(&[
+        "audit",
+        "verify",
+        "--database",
+        &url,
+        "--public-key",
+        &public_key,
+        "--allow-unsigned-tail",
+    ]);
+    assert!(!ok, "an altered copy verified: {text}");
+    assert!(text.contains("FAILED"), "{text}");
+}

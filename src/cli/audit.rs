@@ -65,8 +65,10 @@ pub enum AuditCommand {
 pub struct VerifyArgs {
     /// Log segment files. The active log (`audit.jsonl`) brings its archived segments
     /// (`audit.jsonl.000001`, ...) along; files may be given in any order.
-    #[arg(required = true, value_name = "LOG")]
+    #[arg(required_unless_present = "database", value_name = "LOG")]
     pub logs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub cluster: DatabaseArgs,
     /// The gateway's audit public key (PEM); without it signatures are not checked.
     #[arg(long, value_name = "FILE")]
     pub public_key: Option<PathBuf>,
@@ -120,11 +122,27 @@ pub enum OutputFormat {
     Csv,
 }
 
+/// Reading the logs every instance of a cluster shipped to its database, instead of files.
+#[derive(clap::Args, Debug, Clone)]
+pub struct DatabaseArgs {
+    /// The cluster's PostgreSQL (`[cluster] database`): every instance's shipped log.
+    #[arg(long, value_name = "URL", conflicts_with = "logs")]
+    pub database: Option<String>,
+    /// With --database: the database server's CA (PEM); the connection then uses TLS.
+    #[arg(long, value_name = "FILE", requires = "database")]
+    pub database_ca: Option<PathBuf>,
+    /// With --database: this instance's log only.
+    #[arg(long, value_name = "NAME", requires = "database")]
+    pub instance: Option<String>,
+}
+
 #[derive(clap::Args, Debug)]
 pub struct QueryArgs {
     /// Log segment files (the active log brings its archived segments along).
-    #[arg(required = true, value_name = "LOG")]
+    #[arg(required_unless_present = "database", value_name = "LOG")]
     pub logs: Vec<PathBuf>,
+    #[command(flatten)]
+    pub cluster: DatabaseArgs,
     /// Entries at or after this time (RFC 3339, e.g. 2024-05-01T00:00:00Z).
     #[arg(long, value_parser = parse_time)]
     pub since: Option<DateTime<Utc>>,
@@ -197,6 +215,19 @@ fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
 }
 
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    let escaped = |e: anyhow::Error| {
+        let e: &(dyn std::error::Error + 'static) = e.as_ref();
+        anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
+    };
+    match cmd {
+        AuditCommand::Verify(a) if a.cluster.database.is_some() => {
+            return super::audit_database::verify(*a).await.map_err(escaped)
+        }
+        AuditCommand::Query(a) if a.cluster.database.is_some() => {
+            return super::audit_database::query(*a).await.map_err(escaped)
+        }
+        _ => {}
+    }
     if let AuditCommand::Serve(a) = cmd {
         return serve(*a).await.map_err(|e| {
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
@@ -238,7 +269,7 @@ pub fn expand_segments(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
     Ok(chain::expand_segments(paths)?)
 }
 
-fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+pub fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     let key = a
         .public_key
         .as_deref()
@@ -350,20 +381,27 @@ fn print_verify(r: &VerifyReport, key: Option<&AuditPublicKey>, allow_unsigned_t
     say!("OK: the log is intact");
 }
 
+impl QueryArgs {
+    /// The filters given.
+    pub fn filter(&self) -> QueryFilter {
+        QueryFilter {
+            since: self.since,
+            until: self.until,
+            entry_type: self.entry_type,
+            kind: self.kind.clone(),
+            from: self.from.clone(),
+            to: self.to.clone(),
+            org: self.org.clone(),
+            decision: self.decision.clone(),
+            rule: self.rule.clone(),
+            record_id: self.record_id.clone(),
+        }
+    }
+}
+
 fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     let files = expand_segments(&a.logs)?;
-    let filter = QueryFilter {
-        since: a.since,
-        until: a.until,
-        entry_type: a.entry_type,
-        kind: a.kind,
-        from: a.from,
-        to: a.to,
-        org: a.org,
-        decision: a.decision,
-        rule: a.rule,
-        record_id: a.record_id,
-    };
+    let filter = a.filter();
     let entries = query_logs(&files, &filter)?;
     let out = if a.stats {
         render_stats(&QueryStats::of(&entries), a.format)?
@@ -421,7 +459,7 @@ pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::R
     })
 }
 
-fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> {
+pub fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> {
     let groups = [
         ("type", &s.by_type),
         ("kind", &s.by_kind),

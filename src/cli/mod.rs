@@ -6,6 +6,7 @@ use clap::{Parser, Subcommand};
 use hetao_gateway_core::causes::chain_text;
 
 pub mod audit;
+mod audit_database;
 pub mod certs;
 pub mod check;
 pub use hetao_devkit::demo;

@@ -156,6 +156,7 @@ impl Gateway {
                 })??;
         if let Some(c) = &cluster_config {
             let cluster = Cluster::start(c, lease, horizon).await?;
+            cluster.start_shipping(&gateway.audit);
             tracing::info!(target: "hetao::cluster", instance = %c.instance,
                 lease_secs = lease.as_secs(), "decision registry connected");
             gateway.cluster = Some(cluster);

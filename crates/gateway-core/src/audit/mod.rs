@@ -318,6 +318,8 @@ struct Inner {
     /// Handed over once to the replay guard (kept here it would double the memory).
     histories: Mutex<Histories>,
     closed: AtomicBool,
+    /// Every entry below this sequence is durable under the fsync policy.
+    durable: tokio::sync::watch::Receiver<u64>,
 }
 
 /// What recovery found in the existing segments.
@@ -613,6 +615,8 @@ impl AuditLog {
         };
         let failure = Arc::new(Mutex::new(None));
         let stats = Arc::new(StatsCells::default());
+        // What recovery read is on disk.
+        let durable = tokio::sync::watch::Sender::new(next_seq);
         let mut writer = Writer::new(
             cfg,
             file,
@@ -627,6 +631,7 @@ impl AuditLog {
             writer::Sealing {
                 tree: rec.tree.clone(),
                 announce: checkpoints.clone(),
+                durable: durable.clone(),
             },
             failure.clone(),
             stats.clone(),
@@ -704,6 +709,7 @@ impl AuditLog {
             max_queue: writer.max_queue,
             histories: Mutex::new(histories),
             closed: AtomicBool::new(false),
+            durable: writer.durable(),
         };
         std::thread::Builder::new()
             .name("audit-writer".into())
@@ -711,6 +717,11 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(inner),
         })
+    }
+
+    /// The sequence below which every entry is durable (changes as batches are committed).
+    pub fn durable_seq(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.inner.durable.clone()
     }
 
     /// Appends one entry; resolves once it is durable under the configured fsync policy.
@@ -1160,6 +1171,7 @@ mod tests {
             writer::Sealing {
                 tree: Arc::new(tree::HashStore::in_memory()),
                 announce: tokio::sync::watch::Sender::new(None),
+                durable: tokio::sync::watch::Sender::new(0),
             },
             Arc::new(Mutex::new(None)),
             Arc::new(StatsCells::default()),

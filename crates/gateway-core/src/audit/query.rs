@@ -169,21 +169,41 @@ const NUMERIC_COLUMNS: [usize; 2] = [0, 9];
 pub fn entries_csv(entries: &[AuditEntry]) -> String {
     let mut out = COLUMNS.join(",") + "\n";
     for e in entries {
-        let cells: Vec<String> = entry_row(e)
-            .into_iter()
-            .enumerate()
-            .map(|(i, cell)| {
-                if NUMERIC_COLUMNS.contains(&i) {
-                    cell
-                } else {
-                    csv_field(&cell)
-                }
-            })
-            .collect();
-        out += &cells.join(",");
+        out += &csv_row(e);
         out.push('\n');
     }
     out
+}
+
+/// The entries of several logs (the instances of a cluster) as CSV, with an `instance` column
+/// first.
+pub fn instances_csv(groups: &[(String, Vec<AuditEntry>)]) -> String {
+    let mut out = format!("instance,{}\n", COLUMNS.join(","));
+    for (instance, entries) in groups {
+        for e in entries {
+            out += &csv_field(instance);
+            out.push(',');
+            out += &csv_row(e);
+            out.push('\n');
+        }
+    }
+    out
+}
+
+/// One entry's CSV cells, joined.
+fn csv_row(e: &AuditEntry) -> String {
+    let cells: Vec<String> = entry_row(e)
+        .into_iter()
+        .enumerate()
+        .map(|(i, cell)| {
+            if NUMERIC_COLUMNS.contains(&i) {
+                cell
+            } else {
+                csv_field(&cell)
+            }
+        })
+        .collect();
+    cells.join(",")
 }
 
 /// Counts for `audit query --stats`.

@@ -158,6 +158,9 @@ pub(crate) struct ChainHead {
 pub(crate) struct Sealing {
     pub tree: Arc<HashStore>,
     pub announce: tokio::sync::watch::Sender<Option<LoggedCheckpoint>>,
+    /// The sequence below which every entry is durable under the fsync policy (what may be
+    /// copied elsewhere: the cluster's shipping).
+    pub durable: tokio::sync::watch::Sender<u64>,
 }
 
 pub(crate) struct Writer {
@@ -171,6 +174,7 @@ pub(crate) struct Writer {
     announce: tokio::sync::watch::Sender<Option<LoggedCheckpoint>>,
     /// A checkpoint pushed and not yet committed.
     unannounced: Option<LoggedCheckpoint>,
+    durable: tokio::sync::watch::Sender<u64>,
     pub fsync: FsyncPolicy,
     /// Longest a written entry waits for its fsync under `FsyncPolicy::Interval`.
     pub fsync_interval: Duration,
@@ -203,6 +207,11 @@ pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
 }
 
 impl Writer {
+    /// Where the durable sequence is published.
+    pub fn durable(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.durable.subscribe()
+    }
+
     pub fn new(
         cfg: &AuditConfig,
         file: File,
@@ -220,6 +229,7 @@ impl Writer {
             tree: sealing.tree,
             announce: sealing.announce,
             unannounced: None,
+            durable: sealing.durable,
             fsync: cfg.fsync,
             fsync_interval: cfg.fsync_interval,
             checkpoint_every: cfg.checkpoint_every_entries.max(1),
@@ -354,6 +364,9 @@ impl Writer {
             self.sync().inspect_err(|_| self.undo_partial(before))?;
         } else if self.fsync == FsyncPolicy::Interval && self.dirty_since.is_none() {
             self.dirty_since = Some(Instant::now());
+        } else if self.fsync == FsyncPolicy::Never {
+            // Durable as far as this policy ever makes anything.
+            self.durable.send_replace(self.head.next_seq);
         }
         if let Some(cp) = self.unannounced.take() {
             // Witnesses are asked only about checkpoints that are in the file.
@@ -371,6 +384,8 @@ impl Writer {
         })?;
         self.stats.observe_fsync(t.elapsed());
         self.dirty_since = None;
+        // Everything pushed so far is in the file (pushes are committed before the next sync).
+        self.durable.send_replace(self.head.next_seq);
         Ok(())
     }
 

@@ -41,6 +41,11 @@ impl Target {
         Ok(Target { config, tls })
     }
 
+    /// One connection, for a command that runs once (`audit ... --database`).
+    pub async fn connect_once(&self) -> Result<Client, ClusterError> {
+        self.connect().await
+    }
+
     async fn connect(&self) -> Result<Client, ClusterError> {
         let connecting = async {
             match &self.tls {

@@ -5,6 +5,9 @@
 //!   decided and settled with its answer before the answer leaves, so a record id decided on any
 //!   instance is an idempotent retry (the first answer again) or a `409 replay` on all, and a
 //!   record is forwarded by one instance at a time.
+//! - [`shipping`]: each instance keeps its own local audit chain and ships its durable lines to
+//!   the database, so `audit query --database` and `audit verify --database` cover every
+//!   instance.
 //! - [`link`]: the connections, made again after they break.
 //!
 //! The database is on the request path of every record: when it cannot be reached, records are
@@ -12,7 +15,9 @@
 //! `[cluster]` nothing here runs and the gateway uses local files only.
 
 pub mod decisions;
+pub mod export;
 pub mod link;
+pub mod shipping;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -54,7 +59,10 @@ impl ClusterError {
 
 /// The schema, one migration per version, applied in order at start under an advisory lock (so
 /// instances starting together apply each once). Never edit a shipped migration: add one.
-const MIGRATIONS: &[(i32, &str)] = &[(1, include_str!("migrations/0001_decision_registry.sql"))];
+const MIGRATIONS: &[(i32, &str)] = &[
+    (1, include_str!("migrations/0001_decision_registry.sql")),
+    (2, include_str!("migrations/0002_shipped_logs.sql")),
+];
 
 /// The advisory lock the migrations run under (an arbitrary constant: "hetao" in ASCII).
 const MIGRATION_LOCK: i64 = 0x0068_6574_616f;
@@ -70,6 +78,8 @@ pub struct Cluster {
     pub lease: Duration,
     pub decisions: Decisions,
     health: Arc<Health>,
+    target: Arc<Target>,
+    shipping: Arc<shipping::ShippingCounts>,
 }
 
 /// Whether the database answered lately, for `/readyz` and `/metrics`.
@@ -133,7 +143,21 @@ impl Cluster {
             lease,
             decisions,
             health,
+            target,
+            shipping: Arc::new(shipping::ShippingCounts::default()),
         })
+    }
+
+    /// Ships the audit log's durable lines to the database, in the background, for as long as
+    /// the process runs.
+    pub fn start_shipping(&self, audit: &crate::audit::AuditLog) {
+        shipping::start(
+            Link::new(self.target.clone()),
+            self.instance.clone(),
+            audit,
+            self.health.clone(),
+            self.shipping.clone(),
+        );
     }
 
     /// `Err(reason)` while the database cannot be reached (`/readyz`).
@@ -168,6 +192,7 @@ impl Cluster {
             h.failures.load(Ordering::Relaxed)
         );
         out.push_str(&self.decisions.render_metrics());
+        out.push_str(&self.shipping.render());
         out
     }
 }
