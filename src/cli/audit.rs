@@ -214,20 +214,8 @@ fn parse_entry_type(s: &str) -> Result<AuditEntryType, String> {
     })
 }
 
+/// `--database` runs are dispatched by the caller (`cli::audit_database`); everything else here.
 pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
-    let escaped = |e: anyhow::Error| {
-        let e: &(dyn std::error::Error + 'static) = e.as_ref();
-        anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
-    };
-    match cmd {
-        AuditCommand::Verify(a) if a.cluster.database.is_some() => {
-            return super::audit_database::verify(*a).await.map_err(escaped)
-        }
-        AuditCommand::Query(a) if a.cluster.database.is_some() => {
-            return super::audit_database::query(*a).await.map_err(escaped)
-        }
-        _ => {}
-    }
     if let AuditCommand::Serve(a) = cmd {
         return serve(*a).await.map_err(|e| {
             let e: &(dyn std::error::Error + 'static) = e.as_ref();
@@ -240,6 +228,12 @@ pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
         let e: &(dyn std::error::Error + 'static) = e.as_ref();
         anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
     })
+}
+
+/// An error as printed: its chain, control characters escaped (it can quote a log line).
+pub fn escaped(e: anyhow::Error) -> anyhow::Error {
+    let e: &(dyn std::error::Error + 'static) = e.as_ref();
+    anyhow::Error::msg(escape_controls(&chain_text(e)).into_owned())
 }
 
 fn run_command(cmd: AuditCommand) -> anyhow::Result<ExitCode> {

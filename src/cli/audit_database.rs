@@ -14,9 +14,20 @@ use hetao_gateway_core::printable::escape_controls;
 use hetao_gateway_core::audit::query::instances_csv;
 
 use super::audit::{
-    expand_segments, render_entries, render_stats, DatabaseArgs, OutputFormat, QueryArgs,
-    VerifyArgs,
+    escaped, expand_segments, render_entries, render_stats, AuditCommand, DatabaseArgs,
+    OutputFormat, QueryArgs, VerifyArgs,
 };
+
+/// Runs an audit command: `verify` and `query` with `--database` here, the rest as usual.
+pub async fn run(cmd: AuditCommand) -> anyhow::Result<ExitCode> {
+    match cmd {
+        AuditCommand::Verify(a) if a.cluster.database.is_some() => {
+            verify(*a).await.map_err(escaped)
+        }
+        AuditCommand::Query(a) if a.cluster.database.is_some() => query(*a).await.map_err(escaped),
+        other => super::audit::run(other).await,
+    }
+}
 
 async fn export(args: &DatabaseArgs, dir: &std::path::Path) -> anyhow::Result<Vec<ExportedLog>> {
     let database = args.database.as_deref().unwrap_or_default();
@@ -41,7 +52,7 @@ async fn export(args: &DatabaseArgs, dir: &std::path::Path) -> anyhow::Result<Ve
 }
 
 /// Verifies each instance's log; exits 1 when any is not intact.
-pub async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
+async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
     if !a.witness_keys.is_empty() || a.cosignatures.is_some() {
         anyhow::bail!(
             "witness cosignatures are kept beside each instance's log files, not in the database: verify them there (audit verify LOG --witness-key ...)"
@@ -79,7 +90,7 @@ pub async fn verify(a: VerifyArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// Queries every instance's log: each entry with its instance.
-pub async fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
+async fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("a temporary folder for the exported logs")?;
     let logs = export(&a.cluster, dir.path()).await?;
     let filter = a.filter();

@@ -58,7 +58,7 @@ pub async fn run(cli: Cli) -> ExitCode {
         Command::Send(a) => send::run(a).await,
         Command::Check(a) => check::run(a).await,
         Command::Policy(c) => policy::run(c).await,
-        Command::Audit(c) => audit::run(c).await,
+        Command::Audit(c) => audit_database::run(c).await,
         Command::Witness(c) => witness::run(c).await,
     };
     match result {
