@@ -39,7 +39,12 @@ struct Instance {
     audit_log: PathBuf,
 }
 
+/// One cluster world at a time: each runs a PostgreSQL, two gateways and a load; side by side on
+/// a 2-core machine they would only measure each other.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 struct World {
+    _one_at_a_time: tokio::sync::MutexGuard<'static, ()>,
     _tmp: tempfile::TempDir,
     dir: PathBuf,
     files: DevPkiFiles,
@@ -68,6 +73,7 @@ impl World {
     /// A PKI, two park endpoints, a PostgreSQL and the configurations of `names` instances
     /// (each its own listeners and audit log, one database). `None` without PostgreSQL.
     async fn new(names: &[&str]) -> Option<World> {
+        let one_at_a_time = ONE_AT_A_TIME.lock().await;
         let pg = TestPostgres::start()?;
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().to_path_buf();
@@ -111,6 +117,7 @@ impl World {
             });
         }
         Some(World {
+            _one_at_a_time: one_at_a_time,
             _tmp: tmp,
             dir,
             files,

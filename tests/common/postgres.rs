@@ -99,6 +99,13 @@ impl TestPostgres {
             "initdb failed: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // The port was free when picked; another test may have taken it since: try others.
+        for _ in 0..3 {
+            if pg.try_start_server().is_ok() {
+                return Some(pg);
+            }
+            pg.port = free_port();
+        }
         pg.start_server();
         Some(pg)
     }
@@ -117,6 +124,12 @@ impl TestPostgres {
 
     /// (Re)starts the server on its port; waits until it accepts connections.
     pub fn start_server(&mut self) {
+        if let Err(e) = self.try_start_server() {
+            panic!("{e}");
+        }
+    }
+
+    fn try_start_server(&mut self) -> Result<(), String> {
         let options = format!(
             "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories='' -c max_connections=100",
             self.port
@@ -131,13 +144,15 @@ impl TestPostgres {
             .stdout(Stdio::null())
             .output()
             .unwrap();
-        assert!(
-            out.status.success(),
-            "pg_ctl start failed: {}{}",
-            String::from_utf8_lossy(&out.stderr),
-            std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
-        );
+        if !out.status.success() {
+            return Err(format!(
+                "pg_ctl start failed: {}{}",
+                String::from_utf8_lossy(&out.stderr),
+                std::fs::read_to_string(self.data.join("server.log")).unwrap_or_default()
+            ));
+        }
         self.running = true;
+        Ok(())
     }
 
     /// Stops the server at once (as a crash would, for the clients: connections drop).

@@ -24,6 +24,9 @@ use crate::audit::{segment_paths, AuditLog};
 
 /// Lines per statement.
 const BATCH: usize = 1000;
+/// Lines read ahead of what the database has taken: while it cannot be reached, the copy waits
+/// with this many in memory at most and reads the rest from the files later.
+const READ_AHEAD: usize = 20_000;
 
 /// Figures for `/metrics`.
 #[derive(Default)]
@@ -82,37 +85,42 @@ struct Tail {
     from: u64,
 }
 
-impl Tail {
-    /// Positioned at the segment holding `from` (the last whose first line is not after it).
-    fn open(log: &Path, from: u64) -> std::io::Result<Tail> {
-        let mut start: Option<PathBuf> = None;
-        for (_, path) in segment_paths(log)? {
-            let mut first = Vec::new();
-            let mut f = match File::open(&path) {
-                Ok(f) => f,
-                Err(_) => continue,
-            };
-            let mut buf = [0u8; 64];
-            let n = f.read(&mut buf)?;
-            first.extend_from_slice(&buf[..n]);
-            match line_seq(&first) {
-                Some(seq) if seq <= from => start = Some(path),
-                Some(_) => {
-                    if start.is_none() {
-                        start = Some(path);
-                    }
-                    break;
+/// The segment holding `from`: the last whose first line is not after it (or the first).
+fn locate(log: &Path, from: u64) -> std::io::Result<Option<PathBuf>> {
+    let mut start: Option<PathBuf> = None;
+    for (_, path) in segment_paths(log)? {
+        let mut first = Vec::new();
+        let mut f = match File::open(&path) {
+            Ok(f) => f,
+            Err(_) => continue,
+        };
+        let mut buf = [0u8; 64];
+        let n = f.read(&mut buf)?;
+        first.extend_from_slice(&buf[..n]);
+        match line_seq(&first) {
+            Some(seq) if seq <= from => start = Some(path),
+            Some(_) => {
+                if start.is_none() {
+                    start = Some(path);
                 }
-                None => {}
+                break;
             }
+            None => {}
         }
+    }
+    Ok(start)
+}
+
+impl Tail {
+    /// Positioned at the segment holding `from`.
+    fn open(log: &Path, from: u64) -> std::io::Result<Tail> {
         let mut tail = Tail {
             log: log.to_path_buf(),
             file: None,
             partial: Vec::new(),
             from,
         };
-        if let Some(path) = start {
+        if let Some(path) = locate(log, from)? {
             let f = File::open(&path)?;
             let inode = f.metadata()?.ino();
             tail.file = Some((f, inode));
@@ -123,9 +131,14 @@ impl Tail {
     /// The complete lines written since the last call (from `from` on).
     fn read_available(&mut self) -> std::io::Result<Vec<(u64, String)>> {
         let mut out = Vec::new();
-        for _ in 0..2 {
+        // Each rotation passed moves on by one segment: the next in chain order, however many
+        // were archived since the last call (a lagging copy).
+        loop {
             if self.file.is_none() {
-                match File::open(&self.log) {
+                let Some(path) = locate(&self.log, self.from)? else {
+                    return Ok(out);
+                };
+                match File::open(&path) {
                     Ok(f) => {
                         let inode = f.metadata()?.ino();
                         self.file = Some((f, inode));
@@ -152,17 +165,16 @@ impl Tail {
                 }
             }
             self.partial = bytes[start..].to_vec();
-            // Rotated: the file held is now an archive, read to its end above; go on with the
-            // new active file.
+            // Rotated: the file held is an archive now, read to its end above; go on with the
+            // segment after it.
             let current = std::fs::metadata(&self.log).map(|m| m.ino()).ok();
-            if current.is_some_and(|c| c != *inode) {
+            if current.is_some_and(|c| c != *inode) && out.len() < READ_AHEAD {
                 self.file = None;
                 self.partial.clear();
                 continue;
             }
-            break;
+            return Ok(out);
         }
-        Ok(out)
     }
 }
 
@@ -229,22 +241,24 @@ async fn ship(
         }
         let mut pending: VecDeque<(u64, String)> = VecDeque::new();
         loop {
-            let read = tokio::task::spawn_blocking(move || {
-                let lines = tail.read_available();
-                (tail, lines)
-            })
-            .await;
-            let lines = match read {
-                Ok((t, lines)) => {
-                    tail = t;
-                    lines
-                }
-                Err(_) => return,
-            };
-            match lines {
-                Ok(lines) => pending.extend(lines),
-                Err(e) => {
-                    tracing::error!(target: "hetao::cluster", error = %e, "cannot read the audit log to ship it");
+            if pending.len() < READ_AHEAD {
+                let read = tokio::task::spawn_blocking(move || {
+                    let lines = tail.read_available();
+                    (tail, lines)
+                })
+                .await;
+                let lines = match read {
+                    Ok((t, lines)) => {
+                        tail = t;
+                        lines
+                    }
+                    Err(_) => return,
+                };
+                match lines {
+                    Ok(lines) => pending.extend(lines),
+                    Err(e) => {
+                        tracing::error!(target: "hetao::cluster", error = %e, "cannot read the audit log to ship it");
+                    }
                 }
             }
             let durable_now = *durable.borrow();
@@ -395,9 +409,20 @@ mod tests {
         std::fs::write(&log, "{\"seq\":3}\n").unwrap();
         let got = tail.read_available().unwrap();
         assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![2, 3]);
-        // A new tail positioned at seq 3 starts in the active file.
+        // Two rotations between reads: the segment in between is not skipped.
+        std::fs::rename(&log, crate::audit::chain::archive_path(&log, 2)).unwrap();
+        std::fs::write(crate::audit::chain::archive_path(&log, 3), "{\"seq\":4}\n").unwrap();
+        std::fs::write(&log, "{\"seq\":5}\n").unwrap();
+        let got = tail.read_available().unwrap();
+        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![4, 5]);
+        std::fs::rename(&log, crate::audit::chain::archive_path(&log, 4)).unwrap();
+        std::fs::write(&log, "{\"seq\":6}\n").unwrap();
+        // A new tail positioned at seq 3 starts in the segment holding it.
         let mut again = Tail::open(&log, 3).unwrap();
         let got = again.read_available().unwrap();
-        assert_eq!(got.iter().map(|(s, _)| *s).collect::<Vec<_>>(), vec![3]);
+        assert_eq!(
+            got.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            vec![3, 4, 5, 6]
+        );
     }
 }
