@@ -210,7 +210,7 @@ run() { # target round
            registry_batches_per_record: (if $n > 0 then (($st / $n) * 1000 | floor) / 1000 else null end),
            wal_bytes_per_record: (if $n > 0 then ($wal / $n | floor) else null end)}' <<<"$line")
     echo "$line" >>"$RESULTS"
-    jq -c '{label, round, ok_rps, latency_ms, gateway_cpu_us_per_record, postgres_cpu_us_per_record,
+    jq -c '{"label": .label, round, ok_rps, latency_ms, gateway_cpu_us_per_record, postgres_cpu_us_per_record,
             registry_batches_per_record, wal_bytes_per_record, status, errors}' <<<"$line" >&2
 }
 for round in $(seq "$ROUNDS"); do

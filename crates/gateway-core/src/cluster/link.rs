@@ -41,6 +41,21 @@ impl Target {
         Ok(Target { config, tls })
     }
 
+    /// The same database, with commits that do not wait for the WAL flush: for the shipped
+    /// copy of the log, which is not the log (the local files are, durable before any answer).
+    pub fn with_async_commit(&self) -> Target {
+        let mut config = self.config.clone();
+        let options = match config.get_options() {
+            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=off"),
+            _ => "-c synchronous_commit=off".to_string(),
+        };
+        config.options(&options);
+        Target {
+            config,
+            tls: self.tls.clone(),
+        }
+    }
+
     /// One connection, for a command that runs once (`audit ... --database`).
     pub async fn connect_once(&self) -> Result<Client, ClusterError> {
         self.connect().await

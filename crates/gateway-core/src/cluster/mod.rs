@@ -152,7 +152,7 @@ impl Cluster {
     /// the process runs.
     pub fn start_shipping(&self, audit: &crate::audit::AuditLog) {
         shipping::start(
-            Link::new(self.target.clone()),
+            Link::new(Arc::new(self.target.with_async_commit())),
             self.instance.clone(),
             audit,
             self.health.clone(),

@@ -24,6 +24,9 @@ use crate::audit::{segment_paths, AuditLog};
 
 /// Lines per statement.
 const BATCH: usize = 1000;
+/// How long shipping waits after the log grew before reading it: the lines of several group
+/// commits go in one statement.
+const COALESCE: Duration = Duration::from_millis(50);
 /// Lines read ahead of what the database has taken: while it cannot be reached, the copy waits
 /// with this many in memory at most and reads the rest from the files later.
 const READ_AHEAD: usize = 20_000;
@@ -289,7 +292,10 @@ async fn ship(
                         }
                         health.failed(&e);
                         tokio::time::sleep(Duration::from_secs(1)).await;
-                        continue;
+                        // Start over from what the database holds: lines it took without a
+                        // flush (the shipping connection commits asynchronously) and then lost
+                        // in a crash are read from the files again.
+                        break;
                     }
                 }
             }
@@ -298,6 +304,9 @@ async fn ship(
                     if changed.is_err() {
                         // The log is closed: ship what is left, then stop.
                         tokio::time::sleep(Duration::from_millis(200)).await;
+                    } else {
+                        // A moment for more batches to commit: fewer, larger statements.
+                        tokio::time::sleep(COALESCE).await;
                     }
                 }
                 _ = tokio::time::sleep(Duration::from_millis(500)) => {}
