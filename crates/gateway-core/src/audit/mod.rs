@@ -42,7 +42,7 @@ pub use keys::{
     generate_signing_key, public_key_pem_from_signing_key_file, AuditPublicKey, AuditSigner,
     KeyError,
 };
-pub use query::{query_logs, QueryFilter, QueryStats};
+pub use query::{for_each_entry, query_logs, QueryFilter, QueryStats};
 pub use writer::WriteError;
 
 use chain::{scan_file, ChainChecker, ScanEnd, ScanError};
