@@ -221,9 +221,14 @@ fn now_rfc3339() -> String {
 
 /// Makes a created or renamed file's directory entry durable.
 pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    open_folder(path)?.sync_all()
+}
+
+/// The folder `path` is in, opened (to fsync it).
+fn open_folder(path: &Path) -> std::io::Result<File> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir),
+        _ => File::open("."),
     }
 }
 
@@ -432,10 +437,10 @@ impl Writer {
 
     /// Archives the active segment (sealed by a checkpoint) and starts the next one.
     ///
-    /// The one step that needs a new file descriptor or room in the folder, creating the next
-    /// segment, comes before anything is renamed: when it fails (out of file descriptors, a
-    /// name in the way, a read-only folder) the active segment is left as it was and stays
-    /// writable, and [`Writer::run`] tries again later. Entries are never at risk in a
+    /// The steps that need a file descriptor or room in the folder (opening the folder, creating
+    /// the next segment) come before anything is renamed: when one fails (out of file
+    /// descriptors, a name in the way, a read-only folder) the active segment is left as it was
+    /// and stays writable, and [`Writer::run`] tries again later. Entries are never at risk in a
     /// rotation, only the segment's size, so a failed one is not a reason to refuse records.
     fn rotate(&mut self) -> Result<(), RotateError> {
         if self.head.unsigned > 0 {
@@ -453,6 +458,13 @@ impl Writer {
                 archive,
             }));
         }
+        // Both file descriptors the rotation needs are opened before anything is renamed.
+        let folder = open_folder(&self.log).map_err(|source| {
+            RotateError::Deferred(WriteError::SyncDir {
+                path: self.log.clone(),
+                source,
+            })
+        })?;
         let next = next_segment_path(&self.log);
         // What a crash between the renames below leaves: not a segment, never read. Anything
         // else in the way (a folder) stays, and create_new below reports it.
@@ -492,7 +504,7 @@ impl Writer {
                 source,
             }));
         }
-        sync_dir(&self.log).map_err(|source| {
+        folder.sync_all().map_err(|source| {
             RotateError::Log(WriteError::SyncDir {
                 path: self.log.clone(),
                 source,
