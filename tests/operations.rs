@@ -851,3 +851,32 @@ async fn a_silent_admin_connection_is_closed() {
         "still open: {closed:?}"
     );
 }
+
+/// The review: 20,000 silent admin connections used up the process's file descriptors. The admin
+/// listener holds at most 64 connections: one more is closed at once, and each of the 64 within
+/// its lifetime (10 s), after which operators get their answers again.
+#[tokio::test]
+async fn the_admin_listener_holds_a_bounded_number_of_silent_connections() {
+    let gw = TestGateway::start().await;
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
+    }
+    // Let the listener take them all before the next one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap();
+    assert!(
+        common::ends_within(&mut over, Duration::from_secs(2)).await,
+        "a connection over the cap was kept"
+    );
+    let started = tokio::time::Instant::now();
+    for conn in &mut held {
+        assert!(
+            common::ends_within(conn, Duration::from_secs(15)).await,
+            "a silent admin connection outlived its lifetime"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let (status, _) = gw.admin_get("/healthz").await;
+    assert_eq!(status, 200);
+}
