@@ -618,6 +618,84 @@ fn verify_and_query_of_dev_zero_end_with_an_error_not_out_of_memory() {
     );
 }
 
+/// Peak resident memory (VmHWM, KiB) of `hetao-gateway args` and the bytes it printed. A thread
+/// samples the process's high-water mark until it exits while its output is read to the end (a
+/// process that builds its output in memory reaches its peak before it can finish writing).
+#[cfg(target_os = "linux")]
+fn peak_memory_kib(args: &[&str]) -> (u64, u64) {
+    let mut child = bin()
+        .args(args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status = format!("/proc/{}/status", child.id());
+    let sampler = std::thread::spawn(move || {
+        let mut peak = 0u64;
+        // Gone, or a zombie without memory: the peak is known.
+        while let Some(kib) = std::fs::read_to_string(&status).ok().and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("VmHWM:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        }) {
+            peak = peak.max(kib);
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        peak
+    });
+    let mut out = child.stdout.take().unwrap();
+    let printed = std::io::copy(&mut out, &mut std::io::sink()).unwrap();
+    let exit = child.wait().unwrap();
+    assert!(exit.success(), "hetao-gateway {args:?}: {exit}");
+    (sampler.join().unwrap(), printed)
+}
+
+/// The review: `audit query --format json` on one 250 MiB segment peaked at 2.65 GB. Every
+/// format now holds one entry at a time: on a 32 MiB log, none needs a quarter of the log's size
+/// more than on a log of twelve records.
+#[cfg(target_os = "linux")]
+#[tokio::test]
+async fn query_streams_every_format_in_memory_that_does_not_grow_with_the_log() {
+    let s = setup(256 * 1024 * 1024).await;
+    let text = std::fs::read_to_string(&s.log).unwrap();
+    let decisions: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("\"type\":\"decision\""))
+        .collect();
+    assert!(!decisions.is_empty());
+    let big = s.dir.path().join("big.jsonl");
+    let mut bytes = Vec::with_capacity(33 << 20);
+    while bytes.len() < 32 << 20 {
+        for line in &decisions {
+            bytes.extend_from_slice(line.as_bytes());
+            bytes.push(b'\n');
+        }
+    }
+    let entries = bytes.iter().filter(|b| **b == b'\n').count() as u64;
+    std::fs::write(&big, &bytes).unwrap();
+    let big = big.to_str().unwrap();
+    let log_kib = bytes.len() as u64 / 1024;
+    drop(bytes);
+
+    // What the program needs on a log of twelve records: its code and libraries, mostly.
+    let (idle, _) = peak_memory_kib(&["audit", "query", &s.log, "--format", "json"]);
+    let bound = idle + log_kib / 4;
+    for format in ["json", "csv", "table"] {
+        let (peak, printed) = peak_memory_kib(&["audit", "query", big, "--format", format]);
+        assert!(printed > log_kib * 256, "{format}: printed {printed} bytes");
+        assert!(
+            peak < bound,
+            "{format}: peak {peak} KiB ({idle} KiB on a small log) on a log of {log_kib} KiB \
+             ({entries} entries)"
+        );
+    }
+    let (peak, _) = peak_memory_kib(&["audit", "query", big, "--stats", "--format", "json"]);
+    assert!(
+        peak < bound,
+        "--stats: peak {peak} KiB ({idle} KiB on a small log)"
+    );
+}
+
 /// The way back in the auditor's tools: an outcome entry's acknowledgement is shown in every
 /// format, as data (its text came from a park endpoint: a log may hold anything).
 #[tokio::test]

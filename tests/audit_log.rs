@@ -644,8 +644,18 @@ async fn receipts_verify_and_fail_when_altered() {
     );
 }
 
+/// Appends `id`, then waits (up to 10 s) for `archive` to appear: the writer rotates after
+/// answering a batch, so a rotation shows only afterwards.
+async fn append_until_archived(log: &AuditLog, id: &str, archive: &Path) {
+    log.append(decision(id, "allow")).await.unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while !archive.is_file() && std::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 #[tokio::test]
-async fn io_error_makes_the_log_fail_closed() {
+async fn a_rotation_over_a_taken_archive_name_is_put_off_and_the_log_stays_writable() {
     let mut f = fixture(1000);
     f.cfg.segment_max_bytes = 1; // rotate after every batch
     let log = AuditLog::open(&f.cfg).unwrap();
@@ -654,28 +664,82 @@ async fn io_error_makes_the_log_fail_closed() {
     std::fs::create_dir(&archive).unwrap();
     std::fs::write(archive.join("occupied"), b"x").unwrap();
 
-    let first = log.append(decision("rec-1", "allow")).await;
-    assert!(first.is_ok(), "the entry itself was written and fsynced");
-    let second = log.append(decision("rec-2", "allow")).await;
-    let Err(AuditError::Unavailable(reason)) = second else {
-        panic!("expected Unavailable, got {second:?}");
-    };
-    assert!(reason.to_string().contains("rotate"), "{reason}");
-    // The writer refuses to rotate over an existing archive before any I/O call fails, so there
-    // is no operating-system reason to report (a full disk is tested in the audit module).
-    assert_eq!(reason.io_kind(), None);
-    assert_eq!(
-        log.health().map_err(|e| e.to_string()),
-        Err(reason.to_string())
-    );
-    assert!(log.stats().failed);
-    // Sticky: later appends fail too, and nothing more is written.
-    let len = std::fs::metadata(&f.cfg.log).unwrap().len();
-    assert!(log.append(decision("rec-3", "allow")).await.is_err());
-    assert_eq!(std::fs::metadata(&f.cfg.log).unwrap().len(), len);
-    assert!(!std::fs::read_to_string(&f.cfg.log)
+    log.append(decision("rec-1", "allow")).await.unwrap();
+    // The writer tried to rotate after rec-1 (before it took rec-2) and failed; records go on
+    // into the active segment.
+    log.append(decision("rec-2", "allow")).await.unwrap();
+    assert!(log.health().is_ok(), "{:?}", log.health().err());
+    let stats = log.stats();
+    assert!(!stats.failed);
+    assert!(stats.rotation_failures >= 1, "{stats:?}");
+    assert_eq!(stats.rotations, 0);
+    let active = std::fs::read_to_string(&f.cfg.log).unwrap();
+    assert!(active.contains("rec-1") && active.contains("rec-2"));
+    assert!(archive.join("occupied").exists(), "nothing of it touched");
+
+    // Once the name is free, the next rotation (after a pause of a second) takes it.
+    std::fs::remove_dir_all(&archive).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    append_until_archived(&log, "rec-3", &archive).await;
+    assert!(archive.is_file(), "segment 1 archived");
+    log.append(decision("rec-4", "allow")).await.unwrap();
+    log.close().await.unwrap();
+    let files = paths(&f.cfg.log);
+    assert!(verify_logs(&files, Some(&f.public)).is_intact(false));
+    let ids: Vec<_> = query_logs(&files, &QueryFilter::default())
         .unwrap()
-        .contains("rec-3"));
+        .into_iter()
+        .filter_map(|e| e.record_id)
+        .collect();
+    assert_eq!(ids, ["rec-1", "rec-2", "rec-3", "rec-4"]);
+}
+
+#[tokio::test]
+async fn a_failed_segment_create_leaves_the_log_writable_and_rotation_recovers_once_the_cause_is_gone(
+) {
+    let mut f = fixture(1000);
+    f.cfg.segment_max_bytes = 1;
+    let log = AuditLog::open(&f.cfg).unwrap();
+    // The next segment is created under this name before anything is renamed: a folder there
+    // makes the create fail, as running out of file descriptors or a read-only folder would.
+    let next = f.cfg.log.with_file_name("audit.jsonl.next");
+    std::fs::create_dir(&next).unwrap();
+    let archive = f.cfg.log.with_file_name("audit.jsonl.000001");
+
+    log.append(decision("rec-1", "allow")).await.unwrap();
+    // The writer tried to rotate after rec-1, before it took rec-2.
+    let answered = log.append(decision("rec-2", "allow")).await;
+    assert!(answered.is_ok(), "the log stays writable: {answered:?}");
+    assert!(log.health().is_ok(), "{:?}", log.health().err());
+    assert!(log.stats().rotation_failures >= 1);
+    assert!(!archive.exists(), "nothing renamed");
+    assert!(std::fs::read_to_string(&f.cfg.log)
+        .unwrap()
+        .contains("rec-2"));
+
+    // The cause goes away: the writer rotates on its own at its next try.
+    std::fs::remove_dir(&next).unwrap();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    append_until_archived(&log, "rec-3", &archive).await;
+    assert!(archive.is_file());
+    assert!(!next.exists(), "the new segment took the log's name");
+    assert_eq!(log.stats().rotations, 1);
+    log.append(decision("rec-4", "allow")).await.unwrap();
+    log.close().await.unwrap();
+    let files = paths(&f.cfg.log);
+    let report = verify_logs(&files, Some(&f.public));
+    assert!(report.is_intact(false), "{:?}", report.problem);
+    let ids: Vec<_> = query_logs(&files, &QueryFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter_map(|e| e.record_id)
+        .collect();
+    assert_eq!(ids, ["rec-1", "rec-2", "rec-3", "rec-4"]);
+    // A restart continues in the new segment.
+    let log = AuditLog::open(&f.cfg).unwrap();
+    log.append(decision("rec-5", "allow")).await.unwrap();
+    log.close().await.unwrap();
+    assert!(verify_logs(&paths(&f.cfg.log), Some(&f.public)).is_intact(false));
 }
 
 #[tokio::test]

@@ -519,3 +519,111 @@ async fn what_a_sender_writes_cannot_forge_a_line_of_the_human_format_log() {
         "{text}"
     );
 }
+
+/// A TLS ClientHello (TLS 1.3 only) whose server name is `name`, as a stranger can send it before
+/// any certificate is looked at.
+fn client_hello_naming(name: &[u8]) -> Vec<u8> {
+    let u16b = |n: usize| (n as u16).to_be_bytes();
+    let mut sni = Vec::new();
+    sni.extend(u16b(name.len() + 3)); // server_name_list
+    sni.push(0); // host_name
+    sni.extend(u16b(name.len()));
+    sni.extend(name);
+    let mut extensions = Vec::new();
+    extensions.extend([0, 0]); // server_name
+    extensions.extend(u16b(sni.len()));
+    extensions.extend(sni);
+    extensions.extend([0x00, 0x2b, 0x00, 0x03, 0x02, 0x03, 0x04]); // supported_versions: 1.3
+    let mut hello = vec![0x03, 0x03];
+    hello.extend([7u8; 32]); // random
+    hello.push(0); // session id
+    hello.extend([0x00, 0x02, 0x13, 0x01]); // TLS_AES_128_GCM_SHA256
+    hello.extend([0x01, 0x00]); // no compression
+    hello.extend(u16b(extensions.len()));
+    hello.extend(extensions);
+    let mut handshake = vec![0x01, 0];
+    handshake.extend(u16b(hello.len()));
+    handshake.extend(hello);
+    let mut record = vec![0x16, 0x03, 0x01];
+    record.extend(u16b(handshake.len()));
+    record.extend(handshake);
+    record
+}
+
+/// The review: every connection with an illegal SNI logged a WARN line with the sender's text,
+/// before any certificate was checked. Now each is counted in /metrics and the log gets a sample
+/// (one line a second, saying how many it held back), with the text escaped.
+#[tokio::test]
+async fn handshakes_nobody_authenticated_are_counted_each_and_logged_as_a_sample() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut gw = TestGateway::start().await;
+    let log = gw.dir.path().join("gateway.log");
+    let (mut child, _, _) = spawn_binary_logging(&mut gw, Some(&log)).await;
+    let forged = b"evil\x1b]0;PWNED\x07\n2026-12-02T01:34:00Z ERROR hetao::audit: tampered";
+    // And bytes that are not TLS at all.
+    let hellos = [
+        client_hello_naming(forged),
+        b"GET / HTTP/1.1\r\n\r\n".to_vec(),
+    ];
+    let attempt = |hello: Vec<u8>| {
+        let addr = gw.addr;
+        async move {
+            let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+            s.write_all(&hello).await.unwrap();
+            // The gateway answers with an alert and closes.
+            let mut buf = Vec::new();
+            let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut buf)).await;
+        }
+    };
+    let started = std::time::Instant::now();
+    let burst = 200;
+    for i in 0..burst {
+        attempt(hellos[i % 2].clone()).await;
+    }
+    // A second later, the next refusal is logged again, with the count of those held back.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    attempt(hellos[0].clone()).await;
+    let attempts = burst + 1;
+    let elapsed = started.elapsed();
+    let (_, metrics) = gw.admin_get("/metrics").await;
+    let counted: f64 = metrics
+        .lines()
+        .filter(|l| l.starts_with("hetao_tls_handshake_failures_total{"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum();
+    assert_eq!(counted, attempts as f64, "{metrics}");
+    signal(&child, "TERM");
+    let _ = tokio::task::spawn_blocking(move || child.wait()).await;
+    let text = std::fs::read_to_string(&log).unwrap();
+    let lines: Vec<&str> = text
+        .lines()
+        .filter(|l| l.contains("handshake refused"))
+        .collect();
+    let most = elapsed.as_secs() as usize + 1;
+    assert!(
+        lines.len() >= 2 && lines.len() <= most,
+        "{} lines for {attempts} refusals in {elapsed:?}:\n{text}",
+        lines.len()
+    );
+    // Every refusal is in the log: as a line, or in the count of a later line.
+    let held_back: usize = lines
+        .iter()
+        .filter_map(|l| {
+            l.split("suppressed=")
+                .nth(1)?
+                .split(' ')
+                .next()?
+                .parse::<usize>()
+                .ok()
+        })
+        .sum();
+    assert_eq!(lines.len() + held_back, attempts, "{text}");
+    assert!(
+        !text.contains('\x1b'),
+        "a raw escape reached the log:\n{text}"
+    );
+    assert!(
+        !text.lines().any(|l| l.starts_with("2026-12-02T01:34:00Z")),
+        "{text}"
+    );
+}

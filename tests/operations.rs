@@ -239,26 +239,35 @@ async fn the_audit_log_written_under_concurrent_requests_verifies() {
 
 #[tokio::test]
 async fn when_the_audit_log_fails_nothing_is_forwarded_and_readiness_says_why() {
-    // A folder where the next segment must go makes rotation fail: a real I/O error.
-    let gw = TestGateway::start_with(Options {
-        audit_toml: Some(
-            "[audit]\nlog = \"audit/audit.jsonl\"\nsigning_key = \"audit-signing.key\"\nsegment_max_bytes = 4096\n"
-                .into(),
-        ),
-        ..Options::default()
-    })
-    .await;
-    std::fs::create_dir_all(gw.path("audit/audit.jsonl.000001/blocker")).unwrap();
+    let gw = TestGateway::start().await;
     let client = gw.sz_client();
+    assert_eq!(gw.send(&client, &example(ALLOWED)).await.status, 200);
+    // A real write error: the active segment grown (sparse) to the largest size its filesystem
+    // allows, so the writer's next append fails with EFBIG. (A failed rotation no longer makes
+    // the log fail: it is put off and tried again.)
+    let log = std::fs::OpenOptions::new()
+        .write(true)
+        .open(gw.audit_log())
+        .unwrap();
+    let (mut fits, mut too_large) = (log.metadata().unwrap().len(), i64::MAX as u64);
+    while too_large - fits > 1 {
+        let mid = fits + (too_large - fits) / 2;
+        if log.set_len(mid).is_ok() {
+            fits = mid;
+        } else {
+            too_large = mid;
+        }
+    }
+    log.set_len(fits).unwrap();
     let mut last = None;
-    for _ in 0..20 {
+    for _ in 0..3 {
         let answer = gw.send(&client, &example(ALLOWED)).await;
         if answer.status != 200 {
             last = Some(answer);
             break;
         }
     }
-    let answer = last.expect("the log fails once the segment is full");
+    let answer = last.expect("the log fails at the next append");
     assert_eq!(answer.status, 503, "{:#}", answer.json);
     assert_eq!(answer.error(), "audit_unavailable");
     // The I/O error and the file path go to the log; the sender learns only what happened.
@@ -841,4 +850,33 @@ async fn a_silent_admin_connection_is_closed() {
         matches!(closed, Ok(Ok(0)) | Ok(Err(_))),
         "still open: {closed:?}"
     );
+}
+
+/// The review: 20,000 silent admin connections used up the process's file descriptors. The admin
+/// listener holds at most 64 connections: one more is closed at once, and each of the 64 within
+/// its lifetime (10 s), after which operators get their answers again.
+#[tokio::test]
+async fn the_admin_listener_holds_a_bounded_number_of_silent_connections() {
+    let gw = TestGateway::start().await;
+    let mut held = Vec::new();
+    for _ in 0..64 {
+        held.push(tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap());
+    }
+    // Let the listener take them all before the next one.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut over = tokio::net::TcpStream::connect(gw.admin_addr).await.unwrap();
+    assert!(
+        common::ends_within(&mut over, Duration::from_secs(2)).await,
+        "a connection over the cap was kept"
+    );
+    let started = tokio::time::Instant::now();
+    for conn in &mut held {
+        assert!(
+            common::ends_within(conn, Duration::from_secs(15)).await,
+            "a silent admin connection outlived its lifetime"
+        );
+    }
+    assert!(started.elapsed() < Duration::from_secs(15));
+    let (status, _) = gw.admin_get("/healthz").await;
+    assert_eq!(status, 200);
 }

@@ -6,6 +6,7 @@
 //! ([`escape_controls`]), and CSV cells a spreadsheet would run as formulas are neutralised
 //! ([`csv_field`]). JSON output is escaped by JSON itself.
 
+use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -14,12 +15,12 @@ use chrono::{DateTime, Utc};
 
 use hetao_gateway_core::audit::chain::{self, verify_logs_with_tree};
 use hetao_gateway_core::audit::entry::open_line;
-use hetao_gateway_core::audit::query::{entries_csv, entry_row, COLUMNS};
+use hetao_gateway_core::audit::query::{csv_row, entry_row, COLUMNS};
 use hetao_gateway_core::audit::tree::ReceiptFacts;
 use hetao_gateway_core::audit::{
-    evidence, find_receipt_entry, public_key_pem_from_signing_key_file, query_logs, verify_receipt,
-    witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter, QueryStats, Receipt,
-    VerifyReport,
+    evidence, find_receipt_entry, for_each_entry, public_key_pem_from_signing_key_file,
+    verify_receipt, witnessing, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
+    QueryStats, Receipt, VerifyReport,
 };
 use hetao_gateway_core::causes::chain_text;
 pub use hetao_gateway_core::printable::csv_field;
@@ -393,64 +394,111 @@ impl QueryArgs {
     }
 }
 
+/// `audit query`: every format streams (one entry in memory at a time, whatever the log's size;
+/// the table reads the log twice, once to size its columns); `--stats` keeps only the counts.
 fn query(a: QueryArgs) -> anyhow::Result<ExitCode> {
     let files = expand_segments(&a.logs)?;
     let filter = a.filter();
-    let entries = query_logs(&files, &filter)?;
-    let out = if a.stats {
-        render_stats(&QueryStats::of(&entries), a.format)?
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    if a.stats {
+        let mut stats = QueryStats::default();
+        for_each_entry(&files, &filter, |e| {
+            stats.add(&e);
+            Ok(())
+        })?;
+        out.write_all(render_stats(&stats, a.format)?.as_bytes())?;
     } else {
-        render_entries(&entries, a.format)?
-    };
-    print!("{out}");
+        write_entries(&mut out, a.format, &mut |each| {
+            for_each_entry(&files, &filter, |e| each(&e)).map_err(anyhow::Error::from)
+        })?;
+    }
+    out.flush()?;
     Ok(ExitCode::SUCCESS)
 }
 
 /// Entries as a table, a JSON array (with hashes) or CSV.
 pub fn render_entries(entries: &[AuditEntry], format: OutputFormat) -> anyhow::Result<String> {
-    Ok(match format {
-        OutputFormat::Json => {
-            let v: Vec<_> = entries.iter().map(AuditEntry::to_json_with_hash).collect();
-            format!("{}\n", serde_json::to_string_pretty(&v)?)
+    let mut out = Vec::new();
+    write_entries(&mut out, format, &mut |each| {
+        for e in entries {
+            each(e)?;
         }
-        OutputFormat::Csv => entries_csv(entries),
+        Ok(())
+    })?;
+    Ok(String::from_utf8(out)?)
+}
+
+/// Hands every entry of a query, in order, to the function it is given; called once per pass.
+type EntrySource<'a> =
+    dyn FnMut(&mut dyn FnMut(&AuditEntry) -> std::io::Result<()>) -> anyhow::Result<()> + 'a;
+
+/// Writes entries as they come: a table (two passes over `source`: column widths, then rows), a
+/// JSON array (with hashes; the same text as one pretty-printed array) or CSV.
+fn write_entries(
+    out: &mut dyn Write,
+    format: OutputFormat,
+    source: &mut EntrySource<'_>,
+) -> anyhow::Result<()> {
+    match format {
+        OutputFormat::Json => {
+            let mut written = 0u64;
+            source(&mut |e| {
+                out.write_all(if written == 0 { b"[\n" } else { b",\n" })?;
+                let text = serde_json::to_string_pretty(&e.to_json_with_hash())?;
+                // An element of a pretty-printed array: each of its lines indented by two.
+                for (i, line) in text.split('\n').enumerate() {
+                    if i > 0 {
+                        out.write_all(b"\n")?;
+                    }
+                    out.write_all(b"  ")?;
+                    out.write_all(line.as_bytes())?;
+                }
+                written += 1;
+                Ok(())
+            })?;
+            out.write_all(if written == 0 { b"[]\n" } else { b"\n]\n" })?;
+        }
+        OutputFormat::Csv => {
+            writeln!(out, "{}", COLUMNS.join(","))?;
+            source(&mut |e| writeln!(out, "{}", csv_row(e)))?;
+        }
         OutputFormat::Table => {
             // The hash is long and in the json/csv output; the table stays readable.
             let shown = COLUMNS.len() - 1;
-            let rows: Vec<Vec<String>> = entries
-                .iter()
-                .map(|e| {
-                    entry_row(e)
-                        .iter()
-                        .map(|cell| escape_controls(cell).into_owned())
-                        .collect()
-                })
-                .collect();
+            let cells = |e: &AuditEntry| -> Vec<String> {
+                entry_row(e)[..shown]
+                    .iter()
+                    .map(|cell| escape_controls(cell).into_owned())
+                    .collect()
+            };
             let mut widths: Vec<usize> = COLUMNS[..shown].iter().map(|c| c.len()).collect();
-            for r in &rows {
-                for (w, f) in widths.iter_mut().zip(r.iter()) {
-                    *w = (*w).max(f.chars().count());
+            source(&mut |e| {
+                for (w, cell) in widths.iter_mut().zip(cells(e)) {
+                    *w = (*w).max(cell.chars().count());
                 }
-            }
-            let line = |cells: Vec<&str>| {
-                cells
+                Ok(())
+            })?;
+            let line = |out: &mut dyn Write, cells: &[&str]| {
+                let text = cells
                     .iter()
                     .zip(&widths)
                     .map(|(c, w)| format!("{c:<w$}"))
                     .collect::<Vec<_>>()
-                    .join("  ")
-                    .trim_end()
-                    .to_string()
-                    + "\n"
+                    .join("  ");
+                writeln!(out, "{}", text.trim_end())
             };
-            let mut out = line(COLUMNS[..shown].to_vec());
-            for r in &rows {
-                out += &line(r[..shown].iter().map(String::as_str).collect());
-            }
-            out += &format!("({} entries)\n", rows.len());
-            out
+            line(out, &COLUMNS[..shown])?;
+            let mut rows = 0u64;
+            source(&mut |e| {
+                let row = cells(e);
+                rows += 1;
+                line(out, &row.iter().map(String::as_str).collect::<Vec<_>>())
+            })?;
+            writeln!(out, "({rows} entries)")?;
         }
-    })
+    }
+    Ok(())
 }
 
 pub fn render_stats(s: &QueryStats, format: OutputFormat) -> anyhow::Result<String> {

@@ -278,6 +278,19 @@ pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
         "hetao_audit_segment_rotations_total {}",
         stats.rotations
     );
+    let _ = writeln!(
+        out,
+        "# HELP hetao_audit_segment_rotation_failures_total Segment rotations that failed and were put off (the active segment goes on)."
+    );
+    let _ = writeln!(
+        out,
+        "# TYPE hetao_audit_segment_rotation_failures_total counter"
+    );
+    let _ = writeln!(
+        out,
+        "hetao_audit_segment_rotation_failures_total {}",
+        stats.rotation_failures
+    );
     let _ = writeln!(out, "# HELP hetao_audit_failed 1 once the audit log has failed and the gateway refuses to forward.");
     let _ = writeln!(out, "# TYPE hetao_audit_failed gauge");
     let _ = writeln!(out, "hetao_audit_failed {}", u8::from(stats.failed));

@@ -28,7 +28,7 @@ use crate::audit::{
     Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, ReadEntryError,
     RecordHistory, RuleRef, Standing,
 };
-use crate::checkpoint::{RecordFacts, Verdict};
+use crate::checkpoint::{Examination, RecordFacts, Verdict};
 use crate::cluster::{registry_key, Claim, ClaimHold, ClaimRequest, Settle, StoredAnswer};
 use crate::envelope::{EnvelopeHead, Kind};
 use crate::error::Refusal;
@@ -339,14 +339,12 @@ where
 /// The record is in memory: decide it, make the decision durable, forward what is allowed; or,
 /// for a retry of a record answered for good, answer it again.
 async fn decide_and_forward(
-    gateway: &Gateway,
+    gateway: &Arc<Gateway>,
     ctx: &mut RequestCtx,
     body: Bytes,
 ) -> Result<Answered, Refusal> {
     let rules = gateway.rules.load_full();
-    let examination = gateway
-        .checkpoint(&rules)
-        .examine(&body, &ctx.identity, Utc::now());
+    let examination = examine(gateway, &rules, &body, &ctx.identity).await;
     ctx.rules = Some(rules);
     ctx.facts = examination.facts;
     let verdict = match examination.outcome {
@@ -396,6 +394,43 @@ async fn decide_and_forward(
         },
     };
     settle_claim(gateway, ctx, result).await
+}
+
+/// Records up to this size are examined on the async worker that read them: the whole decision
+/// costs at most a few times parsing the bytes (docs/benchmarks.md, "Worst records"), well under a
+/// millisecond here, less than handing the work to another thread would.
+const EXAMINE_IN_PLACE_BYTES: usize = 16 * 1024;
+
+/// The decision sequence ([`crate::checkpoint::Checkpoint::examine`]) for one record. A larger
+/// record can cost tens of milliseconds of CPU (a release build on the 1 MiB worst records), so it
+/// runs on the blocking pool, at most [`Gateway::examinations`] at once: however many such
+/// records arrive, the async workers stay free for handshakes, the admin listener and ordinary
+/// records, and the queue for the rest waits without holding a thread.
+async fn examine(
+    gateway: &Arc<Gateway>,
+    rules: &Arc<RuleSet>,
+    body: &Bytes,
+    sender: &ClientIdentity,
+) -> Examination {
+    let now = Utc::now();
+    if body.len() <= EXAMINE_IN_PLACE_BYTES {
+        return gateway.checkpoint(rules).examine(body, sender, now);
+    }
+    // The semaphore is never closed.
+    let permit = gateway.examinations.clone().acquire_owned().await.ok();
+    let (gw, rules, body, sender) = (gateway.clone(), rules.clone(), body.clone(), sender.clone());
+    tokio::task::spawn_blocking(move || {
+        let _permit = permit;
+        gw.checkpoint(&rules).examine(&body, &sender, now)
+    })
+    .await
+    .unwrap_or_else(|e| {
+        tracing::error!(target: "hetao::pipeline", error = %e, "examining a record failed");
+        Examination {
+            facts: RecordFacts::default(),
+            outcome: Err(Refusal::Internal),
+        }
+    })
 }
 
 fn check_content_type<B>(req: &Request<B>) -> Result<(), Refusal> {

@@ -145,7 +145,12 @@ pub async fn serve_records(
                 // An unauthenticated socket only takes a handshake permit: sockets that never
                 // finish TLS cannot lock authenticated partners out of the connection cap.
                 let Ok(handshake) = budgets.handshakes.clone().try_acquire_owned() else {
-                    refuse_connection(&gateway, remote, "max_handshakes", limits.max_handshakes);
+                    // Anyone can open sockets: counted each, logged as a sample.
+                    gateway.metrics.connections_refused.with_label_values(&["max_handshakes"]).inc();
+                    if let Some(suppressed) = budgets.unauthenticated_log.admit() {
+                        tracing::warn!(target: "hetao::server", %remote, reason = "max_handshakes",
+                            max = limits.max_handshakes, suppressed, "connection refused: cap reached");
+                    }
                     drop(tcp);
                     continue;
                 };

@@ -123,6 +123,10 @@ pub struct Gateway {
     /// Request-body bytes held in memory across all connections, in KiB permits
     /// (`limits.max_body_bytes_in_flight`).
     pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// Records examined at once off the async workers (records over 16 KiB; see
+    /// `pipeline::examine`): half the cores, at least one, so the other half always serve
+    /// handshakes, the admin listener and small records.
+    pub examinations: Arc<tokio::sync::Semaphore>,
     shutting_down: AtomicBool,
     reload_lock: tokio::sync::Mutex<()>,
 }
@@ -199,6 +203,9 @@ impl Gateway {
             body_budget: Arc::new(tokio::sync::Semaphore::new(kib(config
                 .limits
                 .max_body_bytes_in_flight))),
+            examinations: Arc::new(tokio::sync::Semaphore::new(
+                std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            )),
             config,
             shutting_down: AtomicBool::new(false),
             reload_lock: tokio::sync::Mutex::new(()),

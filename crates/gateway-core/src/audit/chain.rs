@@ -298,6 +298,9 @@ pub struct LinkError {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum LinkProblem {
+    /// Not a problem of the log: whoever read it asked to stop (a query's output went away).
+    #[error("reading stopped by the reader")]
+    Stopped,
     #[error("the first entry must have the all-zero prev_hash")]
     FirstPrevHashNotZero,
     #[error("the log starts in the middle of a segment: earlier entries are missing")]

@@ -42,7 +42,7 @@ pub use keys::{
     generate_signing_key, public_key_pem_from_signing_key_file, AuditPublicKey, AuditSigner,
     KeyError,
 };
-pub use query::{query_logs, QueryFilter, QueryStats};
+pub use query::{for_each_entry, query_logs, QueryFilter, QueryStats};
 pub use writer::WriteError;
 
 use chain::{scan_file, ChainChecker, ScanEnd, ScanError};
@@ -292,6 +292,8 @@ pub struct AuditStats {
     pub fsync_seconds_sum: f64,
     pub fsync_seconds_buckets: Vec<(f64, u64)>,
     pub rotations: u64,
+    /// Rotations that failed and were put off (the active segment went on growing).
+    pub rotation_failures: u64,
     /// The log has failed (sticky) and refuses appends.
     pub failed: bool,
 }
@@ -987,6 +989,7 @@ impl AuditLog {
             fsync_seconds_sum: s.fsync_nanos_sum.load(Ordering::Relaxed) as f64 / 1e9,
             fsync_seconds_buckets: cumulative(&FSYNC_BUCKETS, &s.fsync_buckets),
             rotations: s.rotations.load(Ordering::Relaxed),
+            rotation_failures: s.rotation_failures.load(Ordering::Relaxed),
             failed: self
                 .inner
                 .failure

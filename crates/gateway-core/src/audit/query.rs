@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use chrono::{DateTime, Utc};
 use serde::Serialize;
 
-use super::chain::{order_by_first_seq, scan_file, ScanEnd};
+use super::chain::{order_by_first_seq, scan_file, LinkProblem, ScanEnd};
 use super::entry::{AuditEntry, AuditEntryType};
 use crate::printable::csv_field;
 
@@ -69,6 +69,8 @@ impl QueryFilter {
 pub enum QueryError {
     #[error("{0}")]
     Read(String),
+    #[error("cannot write the output: {0}")]
+    Output(#[source] std::io::Error),
     #[error("{path} line {line}: {message} (run `hetao-gateway audit verify`)")]
     BadLine {
         path: PathBuf,
@@ -81,17 +83,40 @@ pub enum QueryError {
 /// torn last line of the last file (a live log mid-write) is skipped; any other bad line is an
 /// error. Queries do not check links or signatures: that is `audit verify`'s job.
 pub fn query_logs(paths: &[PathBuf], filter: &QueryFilter) -> Result<Vec<AuditEntry>, QueryError> {
-    let ordered = order_by_first_seq(paths).map_err(|p| QueryError::Read(p.to_string()))?;
     let mut out = Vec::new();
+    for_each_entry(paths, filter, |e| {
+        out.push(e);
+        Ok(())
+    })?;
+    Ok(out)
+}
+
+/// [`query_logs`] one entry at a time: `each` gets every matching entry in chain order as it is
+/// read, so a query holds one line in memory, not the log. An error from `each` (its output went
+/// away) stops the reading and is returned as [`QueryError::Output`].
+pub fn for_each_entry(
+    paths: &[PathBuf],
+    filter: &QueryFilter,
+    mut each: impl FnMut(AuditEntry) -> std::io::Result<()>,
+) -> Result<(), QueryError> {
+    let ordered = order_by_first_seq(paths).map_err(|p| QueryError::Read(p.to_string()))?;
     let n = ordered.len();
+    let mut output_failed = None;
     for (i, path) in ordered.iter().enumerate() {
-        let end = scan_file(path, |e, _, _| {
+        let scanned = scan_file(path, |e, _, _| {
             if filter.matches(&e) {
-                out.push(e);
+                let seq = e.seq;
+                if let Err(err) = each(e) {
+                    output_failed = Some(err);
+                    return Err(LinkProblem::Stopped.at(seq));
+                }
             }
             Ok(())
-        })
-        .map_err(|e| QueryError::Read(e.to_string()))?;
+        });
+        if let Some(err) = output_failed {
+            return Err(QueryError::Output(err));
+        }
+        let end = scanned.map_err(|e| QueryError::Read(e.to_string()))?;
         if let ScanEnd {
             bad: Some((bad, is_last)),
             ..
@@ -106,7 +131,7 @@ pub fn query_logs(paths: &[PathBuf], filter: &QueryFilter) -> Result<Vec<AuditEn
             }
         }
     }
-    Ok(out)
+    Ok(())
 }
 
 /// The columns of `audit query --format csv` (and of the auditors' view's CSV export).
@@ -190,8 +215,8 @@ pub fn instances_csv(groups: &[(String, Vec<AuditEntry>)]) -> String {
     out
 }
 
-/// One entry's CSV cells, joined.
-fn csv_row(e: &AuditEntry) -> String {
+/// One entry's CSV cells, joined (a line of [`entries_csv`] without its newline).
+pub fn csv_row(e: &AuditEntry) -> String {
     let cells: Vec<String> = entry_row(e)
         .into_iter()
         .enumerate()
@@ -223,31 +248,37 @@ impl QueryStats {
     pub fn of(entries: &[AuditEntry]) -> Self {
         let mut s = QueryStats::default();
         for e in entries {
-            s.entries += 1;
-            *s.by_type.entry(e.entry_type.as_str().into()).or_default() += 1;
-            if let Some(k) = &e.kind {
-                *s.by_kind.entry(k.clone()).or_default() += 1;
-            }
-            if e.from.is_some() || e.to.is_some() {
-                let route = format!(
-                    "{}->{}",
-                    e.from.as_deref().unwrap_or("?"),
-                    e.to.as_deref().unwrap_or("?")
-                );
-                *s.by_route.entry(route).or_default() += 1;
-            }
-            if let Some(d) = &e.decision {
-                *s.by_decision.entry(d.clone()).or_default() += 1;
-            }
-            for r in &e.rules {
-                *s.by_rule.entry(r.id.clone()).or_default() += 1;
-            }
-            if let Some(sender) = &e.sender {
-                *s.by_organisation
-                    .entry(sender.organisation.clone())
-                    .or_default() += 1;
-            }
+            s.add(e);
         }
         s
+    }
+
+    /// Counts one more entry (a streamed query counts as it reads).
+    pub fn add(&mut self, e: &AuditEntry) {
+        let s = self;
+        s.entries += 1;
+        *s.by_type.entry(e.entry_type.as_str().into()).or_default() += 1;
+        if let Some(k) = &e.kind {
+            *s.by_kind.entry(k.clone()).or_default() += 1;
+        }
+        if e.from.is_some() || e.to.is_some() {
+            let route = format!(
+                "{}->{}",
+                e.from.as_deref().unwrap_or("?"),
+                e.to.as_deref().unwrap_or("?")
+            );
+            *s.by_route.entry(route).or_default() += 1;
+        }
+        if let Some(d) = &e.decision {
+            *s.by_decision.entry(d.clone()).or_default() += 1;
+        }
+        for r in &e.rules {
+            *s.by_rule.entry(r.id.clone()).or_default() += 1;
+        }
+        if let Some(sender) = &e.sender {
+            *s.by_organisation
+                .entry(sender.organisation.clone())
+                .or_default() += 1;
+        }
     }
 }

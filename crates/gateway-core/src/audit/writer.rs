@@ -120,6 +120,7 @@ pub(crate) struct StatsCells {
     pub fsync_nanos_sum: AtomicU64,
     pub fsync_buckets: [AtomicU64; FSYNC_BUCKETS.len()],
     pub rotations: AtomicU64,
+    pub rotation_failures: AtomicU64,
 }
 
 impl StatsCells {
@@ -192,6 +193,26 @@ pub(crate) struct Writer {
     last_checkpoint: Instant,
     /// Written but not yet fsynced (fsync = interval).
     dirty_since: Option<Instant>,
+    /// After a failed rotation: not tried again before this.
+    rotate_after: Option<Instant>,
+}
+
+/// How long a failed rotation is waited out before the next try.
+const ROTATION_RETRY: Duration = Duration::from_secs(1);
+
+/// Why a rotation did not happen.
+enum RotateError {
+    /// Nothing was changed (or it was put back): the active segment stays the one written to.
+    Deferred(WriteError),
+    /// Writing to the log itself failed: the log fails as any failed write does.
+    Log(WriteError),
+}
+
+/// Where the next segment is created before it takes the log's name.
+fn next_segment_path(log: &Path) -> PathBuf {
+    let mut name = log.file_name().unwrap_or_default().to_os_string();
+    name.push(".next");
+    log.with_file_name(name)
 }
 
 fn now_rfc3339() -> String {
@@ -200,9 +221,14 @@ fn now_rfc3339() -> String {
 
 /// Makes a created or renamed file's directory entry durable.
 pub(crate) fn sync_dir(path: &Path) -> std::io::Result<()> {
+    open_folder(path)?.sync_all()
+}
+
+/// The folder `path` is in, opened (to fsync it).
+fn open_folder(path: &Path) -> std::io::Result<File> {
     match path.parent() {
-        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir)?.sync_all(),
-        _ => File::open(".")?.sync_all(),
+        Some(dir) if !dir.as_os_str().is_empty() => File::open(dir),
+        _ => File::open("."),
     }
 }
 
@@ -242,6 +268,7 @@ impl Writer {
             queued: Arc::new(AtomicUsize::new(0)),
             last_checkpoint: Instant::now(),
             dirty_since: None,
+            rotate_after: None,
         }
     }
 
@@ -409,46 +436,110 @@ impl Writer {
     }
 
     /// Archives the active segment (sealed by a checkpoint) and starts the next one.
-    fn rotate(&mut self) -> Result<(), WriteError> {
-        let mut buf = Vec::new();
-        let cp = self.checkpoint_entry(false)?;
-        self.push(cp, &mut buf)?;
-        self.commit(&buf, true)?;
+    ///
+    /// The steps that need a file descriptor or room in the folder (opening the folder, creating
+    /// the next segment) come before anything is renamed: when one fails (out of file
+    /// descriptors, a name in the way, a read-only folder) the active segment is left as it was
+    /// and stays writable, and [`Writer::run`] tries again later. Entries are never at risk in a
+    /// rotation, only the segment's size, so a failed one is not a reason to refuse records.
+    fn rotate(&mut self) -> Result<(), RotateError> {
+        if self.head.unsigned > 0 {
+            // Seal the segment. A retry after a failed rotation finds it sealed already, unless
+            // entries came since: it never piles up checkpoints.
+            let mut buf = Vec::new();
+            let cp = self.checkpoint_entry(false).map_err(RotateError::Log)?;
+            self.push(cp, &mut buf).map_err(RotateError::Log)?;
+            self.commit(&buf, true).map_err(RotateError::Log)?;
+        }
         let archive = archive_path(&self.log, self.head.segment);
         if archive.exists() {
-            return Err(WriteError::ArchiveExists {
+            return Err(RotateError::Deferred(WriteError::ArchiveExists {
                 log: self.log.clone(),
                 archive,
-            });
+            }));
         }
-        std::fs::rename(&self.log, &archive).map_err(|source| WriteError::Rotate {
-            log: self.log.clone(),
-            archive: archive.clone(),
-            source,
+        // Both file descriptors the rotation needs are opened before anything is renamed.
+        let folder = open_folder(&self.log).map_err(|source| {
+            RotateError::Deferred(WriteError::SyncDir {
+                path: self.log.clone(),
+                source,
+            })
         })?;
+        let next = next_segment_path(&self.log);
+        // What a crash between the renames below leaves: not a segment, never read. Anything
+        // else in the way (a folder) stays, and create_new below reports it.
+        let _ = std::fs::remove_file(&next);
         let file = OpenOptions::new()
             .create_new(true)
             .append(true)
             .mode(0o600)
-            .open(&self.log)
-            .map_err(|source| WriteError::Create {
+            .open(&next)
+            .map_err(|source| {
+                RotateError::Deferred(WriteError::Create {
+                    path: next.clone(),
+                    source,
+                })
+            })?;
+        if let Err(source) = std::fs::rename(&self.log, &archive) {
+            let _ = std::fs::remove_file(&next);
+            return Err(RotateError::Deferred(WriteError::Rotate {
+                log: self.log.clone(),
+                archive,
+                source,
+            }));
+        }
+        if let Err(source) = std::fs::rename(&next, &self.log) {
+            // Put the active segment back under its name; the open file is the same either way.
+            if std::fs::rename(&archive, &self.log).is_ok() {
+                let _ = std::fs::remove_file(&next);
+                return Err(RotateError::Deferred(WriteError::Create {
+                    path: self.log.clone(),
+                    source,
+                }));
+            }
+            // The log's name is gone and cannot be given back: a start would find the archive
+            // and begin a new segment, but this writer cannot go on.
+            return Err(RotateError::Log(WriteError::Create {
                 path: self.log.clone(),
                 source,
-            })?;
-        sync_dir(&self.log).map_err(|source| WriteError::SyncDir {
-            path: self.log.clone(),
-            source,
+            }));
+        }
+        folder.sync_all().map_err(|source| {
+            RotateError::Log(WriteError::SyncDir {
+                path: self.log.clone(),
+                source,
+            })
         })?;
         self.file = file;
         self.head.segment += 1;
         self.head.segment_bytes = 0;
         let mut buf = Vec::new();
         let start = self.segment_start_entry(self.head.segment);
-        self.push(start, &mut buf)?;
-        self.commit(&buf, true)?;
+        self.push(start, &mut buf).map_err(RotateError::Log)?;
+        self.commit(&buf, true).map_err(RotateError::Log)?;
         self.stats.rotations.fetch_add(1, Ordering::Relaxed);
         tracing::info!(archive = %archive.display(), segment = self.head.segment, "audit segment rotated");
         Ok(())
+    }
+
+    /// Rotates when the active segment is full and a failed rotation is not being waited out;
+    /// only a failure that touched the log itself makes it fail.
+    fn rotate_if_full(&mut self) {
+        if self.head.segment_bytes < self.segment_max_bytes
+            || self.rotate_after.is_some_and(|t| Instant::now() < t)
+        {
+            return;
+        }
+        match self.rotate() {
+            Ok(()) => self.rotate_after = None,
+            Err(RotateError::Deferred(reason)) => {
+                self.stats.rotation_failures.fetch_add(1, Ordering::Relaxed);
+                self.rotate_after = Some(Instant::now() + ROTATION_RETRY);
+                tracing::error!(log = %self.log.display(), %reason, retry_in = ?ROTATION_RETRY,
+                    "audit segment not rotated; entries go on into the active segment");
+            }
+            Err(RotateError::Log(reason)) => self.fail(&Arc::new(reason)),
+        }
     }
 
     fn next_wakeup(&self) -> Duration {
@@ -656,10 +747,8 @@ impl Writer {
                     .send(r.map_err(|reason| AuditError::Unavailable(Unavailable::Failed(reason))));
                 return;
             }
-            if result.is_ok() && self.head.segment_bytes >= self.segment_max_bytes {
-                if let Err(reason) = self.rotate() {
-                    self.fail(&Arc::new(reason));
-                }
+            if result.is_ok() {
+                self.rotate_if_full();
             }
         }
     }

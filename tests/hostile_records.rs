@@ -1,0 +1,113 @@
+//! Records built to cost the gateway the most (issue 22), through a real gateway on loopback:
+//! deciding them must not stall anything else the gateway does.
+
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
+mod common;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use common::{example, TestGateway};
+
+const SHIPMENT: &str = "materials-sz-hk-quantum-equipment.json";
+
+/// The review's record: the shipment with `body.items` holding empty objects up to about
+/// 1,047,047 bytes written compactly (1.74 million schema violations before validation was
+/// bounded), under the 1 MiB body limit.
+fn empty_items() -> Bytes {
+    let mut r = example(SHIPMENT);
+    r["body"]["items"] = Value::Array(vec![json!({}); 348_391]);
+    let bytes = serde_json::to_vec(&r).unwrap();
+    assert!(bytes.len() <= 1024 * 1024, "{} bytes", bytes.len());
+    Bytes::from(bytes)
+}
+
+/// `GET /healthz` on the admin listener with blocking I/O (from a thread of its own, so it does
+/// not wait for the runtime it probes); how long the answer took.
+fn healthz(admin: SocketAddr) -> Duration {
+    let started = Instant::now();
+    let mut s = TcpStream::connect(admin).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /healthz HTTP/1.1\r\nhost: 127.0.0.1\r\nconnection: close\r\n\r\n")
+        .unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    started.elapsed()
+}
+
+/// The gateway shares one async thread with the test here, so any work done on that thread
+/// shows as a stall of everything else on it: the admin listener, handshakes, other records.
+/// Two of the costliest records are decided off it: meanwhile `/healthz` and valid records are
+/// answered in a fraction of the time the costly ones take (measured in the same run, so the
+/// test holds on a slow or busy machine).
+#[tokio::test(flavor = "current_thread")]
+async fn the_costliest_records_are_decided_without_stalling_admin_or_other_senders() {
+    let gw = TestGateway::start().await;
+    let client = gw.sz_client();
+    let (first, second) = (empty_items(), empty_items());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let admin_probe = std::thread::spawn({
+        let stop = stop.clone();
+        let admin = gw.admin_addr;
+        move || {
+            let mut slowest = Duration::ZERO;
+            let mut probes = 0u32;
+            while !stop.load(Ordering::Relaxed) {
+                slowest = slowest.max(healthz(admin));
+                probes += 1;
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            (slowest, probes)
+        }
+    });
+    let started = Instant::now();
+    let costly = async {
+        let answers = tokio::join!(
+            gw.send_bytes(&client, first),
+            gw.send_bytes(&client, second)
+        );
+        stop.store(true, Ordering::Relaxed);
+        (answers, started.elapsed())
+    };
+    // Valid records, one after another, for as long as the costly ones are in flight.
+    let valid = async {
+        let mut slowest = Duration::ZERO;
+        let mut sent = 0u32;
+        while !stop.load(Ordering::Relaxed) {
+            let t = Instant::now();
+            let answer = gw.send(&client, &example(SHIPMENT)).await;
+            assert_eq!(answer.status, 200, "{:#}", answer.json);
+            slowest = slowest.max(t.elapsed());
+            sent += 1;
+        }
+        (slowest, sent)
+    };
+    let (((a, b), costly_took), (slowest_valid, valid_sent)) = tokio::join!(costly, valid);
+    let (slowest_healthz, probes) = admin_probe.join().unwrap();
+
+    for answer in [&a, &b] {
+        assert_eq!(answer.status, 422, "{:#}", answer.json);
+        assert_eq!(answer.error(), "schema_violation");
+    }
+    let report = format!(
+        "two costly records answered in {costly_took:?}; {probes} /healthz, slowest \
+         {slowest_healthz:?}; {valid_sent} valid records, slowest {slowest_valid:?}"
+    );
+    eprintln!("{report}");
+    assert!(probes >= 2 && valid_sent >= 2, "{report}");
+    // Decided on this thread, each costly record held everything else for as long as it took
+    // (a /healthz 0.73 s of 0.82 s, one valid record the whole time, on a debug build). A valid
+    // record still shares the thread with reading the costly bodies (slow in a debug build).
+    assert!(slowest_healthz < costly_took / 4, "{report}");
+    assert!(slowest_valid < costly_took / 2, "{report}");
+}
