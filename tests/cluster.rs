@@ -371,6 +371,26 @@ async fn a_record_decided_on_one_instance_is_a_retry_or_a_conflict_on_the_other(
         .pg
         .psql("SELECT instance || ':' || state FROM hetao_decisions ORDER BY instance, state");
     assert_eq!(rows.trim(), "gw-a:delivered\ngw-b:denied", "{rows}");
+
+    // The operator sees the registry at work in /metrics.
+    let (status, metrics) = admin_get(world.instance("gw-a").admin, "/metrics")
+        .await
+        .unwrap();
+    assert_eq!(status, 200);
+    let value = |name: &str| -> f64 {
+        metrics
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{name} ")))
+            .unwrap_or_else(|| panic!("{name} missing:\n{metrics}"))
+            .trim()
+            .parse()
+            .unwrap()
+    };
+    assert_eq!(value("hetao_cluster_database_up"), 1.0);
+    assert!(value("hetao_cluster_claims_total") >= 2.0);
+    assert!(value("hetao_cluster_settles_total") >= 1.0);
+    assert!(value("hetao_cluster_claim_batches_total") >= 1.0);
+    assert!(metrics.contains("# TYPE hetao_cluster_shipping_lag_entries gauge"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -19,7 +19,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 
 use super::link::Link;
-use super::{ClusterError, Health, STATEMENT_TIMEOUT};
+use super::{timed, write_metric, ClusterError, Health};
 
 /// The most requests written with one statement.
 const MAX_BATCH: usize = 512;
@@ -245,50 +245,24 @@ impl Decisions {
     }
 
     pub(super) fn render_metrics(&self) -> String {
-        use std::fmt::Write;
         let c = &self.counts;
         let mut out = String::new();
-        let _ = writeln!(out, "# HELP hetao_cluster_claims_total Record ids claimed in (or answered by) the decision registry.");
-        let _ = writeln!(out, "# TYPE hetao_cluster_claims_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_claims_total {}",
-            c.claims.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# HELP hetao_cluster_claim_batches_total Statements that wrote claims (group commit: many claims each).");
-        let _ = writeln!(out, "# TYPE hetao_cluster_claim_batches_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_claim_batches_total {}",
-            c.claim_batches.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hetao_cluster_settles_total Claims settled with their answer."
-        );
-        let _ = writeln!(out, "# TYPE hetao_cluster_settles_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_settles_total {}",
-            c.settles.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(
-            out,
-            "# HELP hetao_cluster_settle_batches_total Statements that wrote settles."
-        );
-        let _ = writeln!(out, "# TYPE hetao_cluster_settle_batches_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_settle_batches_total {}",
-            c.settle_batches.load(Ordering::Relaxed)
-        );
-        let _ = writeln!(out, "# HELP hetao_cluster_lost_claims_total Settles that found the claim taken over by another instance (its lease ran out first).");
-        let _ = writeln!(out, "# TYPE hetao_cluster_lost_claims_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_lost_claims_total {}",
-            c.lost_claims.load(Ordering::Relaxed)
-        );
+        let counters = [
+            ("hetao_cluster_claims_total", "Record ids claimed in (or answered by) the decision registry.", &c.claims),
+            ("hetao_cluster_claim_batches_total", "Statements that wrote claims (group commit: many claims each).", &c.claim_batches),
+            ("hetao_cluster_settles_total", "Claims settled with their answer.", &c.settles),
+            ("hetao_cluster_settle_batches_total", "Statements that wrote settles.", &c.settle_batches),
+            ("hetao_cluster_lost_claims_total", "Settles that found the claim taken over by another instance (its lease ran out first).", &c.lost_claims),
+        ];
+        for (name, help, value) in counters {
+            write_metric(
+                &mut out,
+                name,
+                "counter",
+                help,
+                value.load(Ordering::Relaxed),
+            );
+        }
         out
     }
 }
@@ -335,19 +309,6 @@ impl Drop for ClaimHold {
             self.decisions
                 .settle_in_background(self.key.clone(), self.unanswered());
         }
-    }
-}
-
-/// Runs a statement under the time limit.
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(STATEMENT_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ClusterError::from_db(&e)),
-        Err(_) => Err(ClusterError::Unreachable(
-            "the database did not answer in time".into(),
-        )),
     }
 }
 

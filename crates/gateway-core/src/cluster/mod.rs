@@ -71,6 +71,28 @@ const MIGRATION_LOCK: i64 = 0x0068_6574_616f;
 /// of holding them.
 pub const STATEMENT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// Runs a statement under [`STATEMENT_TIMEOUT`]: a database that stops answering fails the
+/// caller instead of holding it.
+pub(crate) async fn timed<T>(
+    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
+) -> Result<T, ClusterError> {
+    match tokio::time::timeout(STATEMENT_TIMEOUT, f).await {
+        Ok(Ok(v)) => Ok(v),
+        Ok(Err(e)) => Err(ClusterError::from_db(&e)),
+        Err(_) => Err(ClusterError::Unreachable(
+            "the database did not answer in time".into(),
+        )),
+    }
+}
+
+/// One unlabelled metric in the Prometheus text format: help, type, value.
+pub(crate) fn write_metric(out: &mut String, name: &str, kind: &str, help: &str, value: u64) {
+    use std::fmt::Write;
+    let _ = writeln!(out, "# HELP {name} {help}");
+    let _ = writeln!(out, "# TYPE {name} {kind}");
+    let _ = writeln!(out, "{name} {value}");
+}
+
 /// This instance's handle on the cluster database.
 pub struct Cluster {
     pub instance: String,
@@ -167,29 +189,28 @@ impl Cluster {
 
     /// The cluster's lines of `/metrics`.
     pub fn render_metrics(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let h = &self.health;
-        let _ = writeln!(out, "# HELP hetao_cluster_database_up 1 when the last statement to the cluster database succeeded.");
-        let _ = writeln!(out, "# TYPE hetao_cluster_database_up gauge");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_database_up {}",
-            u8::from(h.reachable.load(Ordering::Relaxed))
+        write_metric(
+            &mut out,
+            "hetao_cluster_database_up",
+            "gauge",
+            "1 when the last statement to the cluster database succeeded.",
+            u64::from(h.reachable.load(Ordering::Relaxed)),
         );
-        let _ = writeln!(out, "# HELP hetao_cluster_round_trips_total Batches of statements the cluster database answered.");
-        let _ = writeln!(out, "# TYPE hetao_cluster_round_trips_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_round_trips_total {}",
-            h.round_trips.load(Ordering::Relaxed)
+        write_metric(
+            &mut out,
+            "hetao_cluster_round_trips_total",
+            "counter",
+            "Batches of statements the cluster database answered.",
+            h.round_trips.load(Ordering::Relaxed),
         );
-        let _ = writeln!(out, "# HELP hetao_cluster_failures_total Batches of statements that failed (database unreachable or refusing).");
-        let _ = writeln!(out, "# TYPE hetao_cluster_failures_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_failures_total {}",
-            h.failures.load(Ordering::Relaxed)
+        write_metric(
+            &mut out,
+            "hetao_cluster_failures_total",
+            "counter",
+            "Batches of statements that failed (database unreachable or refusing).",
+            h.failures.load(Ordering::Relaxed),
         );
         out.push_str(&self.decisions.render_metrics());
         out.push_str(&self.shipping.render());
@@ -270,13 +291,7 @@ async fn probe(link: Link, health: Arc<Health>, horizon: Duration) {
                     client.simple_query("SELECT 1").await.map(|_| ())
                 }
             };
-            match tokio::time::timeout(STATEMENT_TIMEOUT, statement).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(ClusterError::from_db(&e)),
-                Err(_) => Err(ClusterError::Unreachable(
-                    "the database did not answer in time".into(),
-                )),
-            }
+            timed(statement).await
         }
         .await;
         match result {

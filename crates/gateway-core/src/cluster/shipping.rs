@@ -19,7 +19,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use super::link::Link;
-use super::{ClusterError, Health, STATEMENT_TIMEOUT};
+use super::{timed, write_metric, ClusterError, Health};
 use crate::audit::{segment_paths, AuditLog};
 
 /// Lines per statement.
@@ -45,28 +45,31 @@ pub struct ShippingCounts {
 
 impl ShippingCounts {
     pub fn render(&self) -> String {
-        use std::fmt::Write;
         let mut out = String::new();
         let lag = self
             .durable
             .load(Ordering::Relaxed)
             .saturating_sub(self.next_seq.load(Ordering::Relaxed));
-        let _ = writeln!(out, "# HELP hetao_cluster_shipping_lag_entries Durable audit entries of this instance not yet in the cluster database.");
-        let _ = writeln!(out, "# TYPE hetao_cluster_shipping_lag_entries gauge");
-        let _ = writeln!(out, "hetao_cluster_shipping_lag_entries {lag}");
-        let _ = writeln!(out, "# HELP hetao_cluster_shipped_entries_total Audit entries shipped to the cluster database since start.");
-        let _ = writeln!(out, "# TYPE hetao_cluster_shipped_entries_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_shipped_entries_total {}",
-            self.shipped.load(Ordering::Relaxed)
+        write_metric(
+            &mut out,
+            "hetao_cluster_shipping_lag_entries",
+            "gauge",
+            "Durable audit entries of this instance not yet in the cluster database.",
+            lag,
         );
-        let _ = writeln!(out, "# HELP hetao_cluster_shipping_diverged_total Lines the cluster database holds with other bytes than this instance's log (never overwritten).");
-        let _ = writeln!(out, "# TYPE hetao_cluster_shipping_diverged_total counter");
-        let _ = writeln!(
-            out,
-            "hetao_cluster_shipping_diverged_total {}",
-            self.diverged.load(Ordering::Relaxed)
+        write_metric(
+            &mut out,
+            "hetao_cluster_shipped_entries_total",
+            "counter",
+            "Audit entries shipped to the cluster database since start.",
+            self.shipped.load(Ordering::Relaxed),
+        );
+        write_metric(
+            &mut out,
+            "hetao_cluster_shipping_diverged_total",
+            "counter",
+            "Lines the cluster database holds with other bytes than this instance's log (never overwritten).",
+            self.diverged.load(Ordering::Relaxed),
         );
         out
     }
@@ -375,18 +378,6 @@ async fn insert(link: &Link, instance: &str, batch: &[(u64, String)]) -> Result<
             "the cluster database holds other bytes for lines of this instance's log; they are left as they are: audit verify --database shows where");
     }
     Ok(u64::try_from(diverged).unwrap_or(0))
-}
-
-async fn timed<T>(
-    f: impl std::future::Future<Output = Result<T, tokio_postgres::Error>>,
-) -> Result<T, ClusterError> {
-    match tokio::time::timeout(STATEMENT_TIMEOUT, f).await {
-        Ok(Ok(v)) => Ok(v),
-        Ok(Err(e)) => Err(ClusterError::from_db(&e)),
-        Err(_) => Err(ClusterError::Unreachable(
-            "the database did not answer in time".into(),
-        )),
-    }
 }
 
 #[cfg(test)]
