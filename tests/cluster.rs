@@ -9,8 +9,6 @@
 #![allow(clippy::unwrap_used)]
 
 mod common;
-#[path = "common/postgres.rs"]
-mod postgres;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -20,12 +18,12 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::postgres::TestPostgres;
+use common::processes::{admin_get, free_port, start_dev_endpoint, GatewayProcess};
 use hetao_client::{ClientOptions, RecordClient, SendAnswer};
-use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
+use hetao_devkit::endpoint::RunningEndpoint;
 use hetao_pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
-use postgres::{free_port, TestPostgres};
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A claim's lease in these tests: an instance killed mid-request is taken over this long after.
@@ -54,21 +52,6 @@ struct World {
     instances: Vec<Instance>,
 }
 
-async fn start_endpoint(files: &DevPkiFiles, park: &str) -> RunningEndpoint {
-    let p = files.park(park).unwrap();
-    let read = |p: &std::path::Path| std::fs::read_to_string(p).unwrap();
-    ParkEndpoint::start(EndpointOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cert_pem: read(&p.endpoint_cert),
-        key_pem: read(&p.endpoint_key),
-        client_ca_pem: read(&files.gateway_ca_cert),
-        behaviour: EndpointBehaviour::Accept,
-        log_file: None,
-    })
-    .await
-    .unwrap()
-}
-
 impl World {
     /// A PKI, two park endpoints, a PostgreSQL and the configurations of `names` instances
     /// (each its own listeners and audit log, one database). `None` without PostgreSQL.
@@ -79,8 +62,8 @@ impl World {
         let dir = tmp.path().to_path_buf();
         let files = init_dev_pki(&dir.join("pki"), &DevPkiOptions::default()).unwrap();
         std::fs::write(&files.registry, common::test_registry()).unwrap();
-        let sz = start_endpoint(&files, "sz").await;
-        let hk = start_endpoint(&files, "hk").await;
+        let sz = start_dev_endpoint(&files, "sz").await;
+        let hk = start_dev_endpoint(&files, "hk").await;
         let urls = BTreeMap::from([("sz".to_string(), sz.url()), ("hk".to_string(), hk.url())]);
         let mut instances = Vec::new();
         for name in names {
@@ -219,52 +202,6 @@ impl World {
 
 fn url(addr: SocketAddr) -> String {
     format!("https://localhost:{}/v1/records", addr.port())
-}
-
-/// The gateway binary, killed (SIGKILL) when dropped, so a failing test leaves nothing running.
-struct GatewayProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL, by this process's own id, then reap it.
-    fn sigkill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// A plain HTTP GET on an admin listener: status and body, `None` when it does not answer.
-async fn admin_get(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).into_owned();
-        let status = text.split(' ').nth(1)?.parse().ok()?;
-        let body = text.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
-        Some((status, body))
-    };
-    tokio::time::timeout(Duration::from_secs(5), exchange)
-        .await
-        .ok()
-        .flatten()
 }
 
 /// An example record made current, with a fresh record id.

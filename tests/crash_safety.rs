@@ -25,23 +25,21 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use common::processes::{admin_get, free_port, start_dev_endpoint, GatewayProcess};
 use hetao_client::{ClientOptions, RecordClient};
-use hetao_devkit::endpoint::{
-    EndpointBehaviour, EndpointOptions, ParkEndpoint, ReceivedRecord, RunningEndpoint,
-};
+use hetao_devkit::endpoint::{ReceivedRecord, RunningEndpoint};
 use hetao_gateway_core::audit::chain::{scan_file, ScanEnd};
 use hetao_gateway_core::audit::{
     query_logs, segment_paths, verify_logs, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
 };
 use hetao_pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
 use serde_json::{json, Value};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const DEFAULT_CYCLES: usize = 20;
 /// Concurrent clients: half of them Shenzhen-park organisations, half Hong Kong-park ones.
@@ -176,30 +174,6 @@ struct World {
     admin: SocketAddr,
 }
 
-/// A free loopback port (bound and released; the gateway binds it with SO_REUSEADDR).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
-
-async fn start_endpoint(files: &DevPkiFiles, park: &str) -> RunningEndpoint {
-    let p = files.park(park).unwrap();
-    let read = |p: &Path| std::fs::read_to_string(p).unwrap();
-    ParkEndpoint::start(EndpointOptions {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        cert_pem: read(&p.endpoint_cert),
-        key_pem: read(&p.endpoint_key),
-        client_ca_pem: read(&files.gateway_ca_cert),
-        behaviour: EndpointBehaviour::Accept,
-        log_file: None,
-    })
-    .await
-    .unwrap()
-}
-
 impl World {
     async fn new() -> World {
         let (tmp, dir) = match std::env::var_os("HETAO_CRASH_DIR") {
@@ -220,8 +194,8 @@ impl World {
             }
         };
         let files = init_dev_pki(&dir.join("pki"), &DevPkiOptions::default()).unwrap();
-        let sz = start_endpoint(&files, "sz").await;
-        let hk = start_endpoint(&files, "hk").await;
+        let sz = start_dev_endpoint(&files, "sz").await;
+        let hk = start_dev_endpoint(&files, "hk").await;
         let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let urls = BTreeMap::from([("sz".to_string(), sz.url()), ("hk".to_string(), hk.url())]);
@@ -300,7 +274,7 @@ impl World {
                     gw.log_text()
                 );
             }
-            if admin_status(self.admin, "/readyz").await == Some(200) {
+            if admin_get(self.admin, "/readyz").await.map(|r| r.0) == Some(200) {
                 return gw;
             }
             assert!(
@@ -311,72 +285,6 @@ impl World {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
     }
-}
-
-/// The gateway binary, killed (SIGKILL) when dropped, so a failing test leaves nothing running.
-struct GatewayProcess {
-    child: Child,
-    log: PathBuf,
-}
-
-impl GatewayProcess {
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    /// SIGKILL (what `Child::kill` sends on Unix), by this process's own id, then reap it.
-    fn sigkill(mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-
-    /// SIGTERM: drain and final checkpoint; waits for the exit.
-    async fn terminate(mut self) -> std::process::ExitStatus {
-        let ok = Command::new("kill")
-            .arg("-TERM")
-            .arg(self.child.id().to_string())
-            .status()
-            .unwrap()
-            .success();
-        assert!(ok, "kill -TERM failed");
-        let deadline = Instant::now() + SHUTDOWN_TIMEOUT;
-        loop {
-            if let Some(status) = self.child.try_wait().unwrap() {
-                return status;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "the gateway did not stop within {SHUTDOWN_TIMEOUT:?} of SIGTERM"
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-}
-
-impl Drop for GatewayProcess {
-    fn drop(&mut self) {
-        if let Ok(None) = self.child.try_wait() {
-            let _ = self.child.kill();
-            let _ = self.child.wait();
-        }
-    }
-}
-
-/// Status of a plain HTTP GET on the admin listener, `None` when it does not answer (yet).
-async fn admin_status(addr: SocketAddr, path: &str) -> Option<u16> {
-    let exchange = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
-        let req = format!("GET {path} HTTP/1.1\r\nhost: localhost\r\nconnection: close\r\n\r\n");
-        s.write_all(req.as_bytes()).await.ok()?;
-        let mut buf = Vec::new();
-        s.read_to_end(&mut buf).await.ok()?;
-        let text = String::from_utf8_lossy(&buf).to_string();
-        text.split_whitespace().nth(1)?.parse().ok()
-    };
-    tokio::time::timeout(Duration::from_secs(2), exchange)
-        .await
-        .ok()
-        .flatten()
 }
 
 // === load ===
@@ -870,7 +778,7 @@ async fn sigkill_under_load_loses_no_decision_and_forwards_nothing_twice() {
 
     // A clean stop at the end: the log is then sealed by the final checkpoint, and the CLI an
     // auditor runs agrees.
-    let status = gateway.terminate().await;
+    let status = gateway.terminate(SHUTDOWN_TIMEOUT).await;
     assert!(
         status.success(),
         "the gateway exited with {status} on SIGTERM"

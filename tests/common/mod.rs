@@ -5,6 +5,9 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod postgres;
+pub mod processes;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

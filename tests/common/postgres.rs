@@ -5,6 +5,8 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 
+use super::processes::free_port;
+
 pub struct TestPostgres {
     _dir: tempfile::TempDir,
     data: PathBuf,
@@ -206,13 +208,4 @@ impl Drop for TestPostgres {
                 .status();
         }
     }
-}
-
-/// A free loopback port (bound and released).
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
