@@ -6,12 +6,18 @@
 //! one decision function `Checkpoint::examine` (depth limit, duplicate-key parse, envelope and
 //! body schema, route, policy, obligations) against the shipped schemas and policies.
 //!
-//! The records, each at most the 1 MiB body limit and within the 32-level depth limit:
-//! - `valid`: the quantum-equipment shipment as shipped (allowed);
-//! - `empty-items`: the same shipment with `body.items` holding 348,525 empty objects, written
-//!   compactly (1,047,047 bytes, 1.74 million schema violations: the record of the review);
+//! The records, each at most the 1 MiB body limit, within the 32-level depth limit and, but for
+//! the first, within the 20,000-value limit (`limits.max_json_values`):
+//! - `valid`: the quantum-equipment shipment as shipped;
+//! - `empty-items-1mib`: the same shipment with `body.items` holding 348,391 empty objects,
+//!   written compactly (1,047,047 bytes: the record of the review, 1.74 million schema
+//!   violations); now refused by the value count before anything is parsed;
+//! - `empty-items`: the shipment with as many empty objects as the value limit leaves room for;
+//! - `one-member-items`: the same with `{"x":0}` items, the most memory per value a tree costs
+//!   (a map with one member: its growth, its index, the key);
 //! - `long-strings`: a data transfer whose `pi_categories` holds 1,000 strings of 1,000 letters;
-//! - `deep-objects`: the shipment with its items replaced by objects nested to the depth limit;
+//! - `deep-objects`: the shipment with its items replaced by objects nested to the depth limit,
+//!   as many as the value limit allows;
 //! - `many-rules`: of the shipped example and policy test records, the one that matches the most
 //!   rules, its array members repeated to their schema's `maxItems`.
 
@@ -26,15 +32,18 @@ use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Through
 use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
 use hetao_gateway_core::config::LimitsConfig;
 use hetao_gateway_core::envelope::Kind;
+use hetao_gateway_core::json_limits::{json_shape, DEFAULT_MAX_VALUES};
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::PolicyEngine;
 use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::{json, Value};
 
-/// The gateway's default `limits.max_body_bytes` and `limits.max_json_depth`.
+/// The gateway's default `limits.max_body_bytes`, `limits.max_json_depth` and
+/// `limits.max_json_values`.
 const MAX_BODY_BYTES: usize = 1024 * 1024;
 const MAX_DEPTH: usize = 32;
+const MAX_VALUES: usize = DEFAULT_MAX_VALUES;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -55,10 +64,26 @@ fn compact(record: &Value) -> Vec<u8> {
 
 /// The review's record: empty items up to its 1,047,047 bytes (348,525 items then; the example has
 /// since gained fields).
-fn empty_items() -> Vec<u8> {
+fn empty_items_1mib() -> Vec<u8> {
     let mut r = example("materials-sz-hk-quantum-equipment.json");
     r["body"]["items"] = Value::Array(vec![json!({}); 348_391]);
     compact(&r)
+}
+
+fn values(bytes: &[u8]) -> usize {
+    json_shape(bytes, MAX_DEPTH, usize::MAX).values
+}
+
+/// The shipment with `items` holding as many copies of `item` as the value limit leaves room for.
+fn items_up_to_the_value_limit(item: Value) -> Vec<u8> {
+    let mut r = example("materials-sz-hk-quantum-equipment.json");
+    r["body"]["items"] = json!([]);
+    let rest = values(&compact(&r));
+    let per_item = values(&compact(&item));
+    r["body"]["items"] = Value::Array(vec![item; (MAX_VALUES - rest) / per_item]);
+    let bytes = compact(&r);
+    assert!(values(&bytes) <= MAX_VALUES && values(&bytes) + per_item > MAX_VALUES);
+    bytes
 }
 
 /// 1,000 strings of 1,000 letters where the schema wants at most 64 short codes.
@@ -71,19 +96,14 @@ fn long_strings() -> Vec<u8> {
     compact(&r)
 }
 
-/// As many items as fit in the body limit, each an object nested to the depth limit.
+/// As many items as the value limit allows, each an object nested to the depth limit.
 fn deep_objects() -> Vec<u8> {
-    let mut r = example("materials-sz-hk-quantum-equipment.json");
     // The record is level 1, `body` 2, `items` 3, each item 4: 28 more levels below an item.
     let mut deep = json!({"end": true});
     for _ in 0..(MAX_DEPTH - 5) {
         deep = json!({ "a": deep });
     }
-    let item = json!({ "description": deep });
-    let one = compact(&item).len() + 1;
-    let room = MAX_BODY_BYTES - compact(&r).len() - 1024;
-    r["body"]["items"] = Value::Array(vec![item; room / one]);
-    compact(&r)
+    items_up_to_the_value_limit(json!({ "description": deep }))
 }
 
 /// Of the shipped example and policy test records, the one that matches the most rules (with the
@@ -173,6 +193,7 @@ fn bench_worst_records(c: &mut Criterion) {
         policies: &policies,
         parks: None,
         max_json_depth: MAX_DEPTH,
+        max_json_values: MAX_VALUES,
         // As the gateway runs it: the records were written for 2026-11-25.
         record_window: Some(RecordWindow::of(&LimitsConfig::default())),
     };
@@ -185,7 +206,15 @@ fn bench_worst_records(c: &mut Criterion) {
             .expect("example record");
     let mut records = vec![
         ("valid".to_string(), valid),
-        ("empty-items".to_string(), empty_items()),
+        ("empty-items-1mib".to_string(), empty_items_1mib()),
+        (
+            "empty-items".to_string(),
+            items_up_to_the_value_limit(json!({})),
+        ),
+        (
+            "one-member-items".to_string(),
+            items_up_to_the_value_limit(json!({"x": 0})),
+        ),
         ("long-strings".to_string(), long_strings()),
         ("deep-objects".to_string(), deep_objects()),
     ];
@@ -211,7 +240,11 @@ fn bench_worst_records(c: &mut Criterion) {
             Ok(verdict) => format!("{:?}", verdict.decision.effect),
             Err(refusal) => format!("{refusal:?}").chars().take(60).collect(),
         };
-        eprintln!("{name}: {} bytes, {answer}", body.len());
+        eprintln!(
+            "{name}: {} bytes, {} values, {answer}",
+            body.len(),
+            values(&body),
+        );
         let label = format!("{name} ({} B)", body.len());
         group.throughput(Throughput::Bytes(body.len() as u64));
         group.bench_with_input(BenchmarkId::new("parse", &label), &body, |b, body| {

@@ -15,13 +15,13 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{json, Value};
 
-use common::{example, TestGateway};
+use common::{example, Options, TestGateway};
 
 const SHIPMENT: &str = "materials-sz-hk-quantum-equipment.json";
 
 /// The review's record: the shipment with `body.items` holding empty objects up to about
 /// 1,047,047 bytes written compactly (1.74 million schema violations before validation was
-/// bounded), under the 1 MiB body limit.
+/// bounded), under the 1 MiB body limit; 348,449 JSON values, over `limits.max_json_values`.
 fn empty_items() -> Bytes {
     let mut r = example(SHIPMENT);
     r["body"]["items"] = Value::Array(vec![json!({}); 348_391]);
@@ -48,10 +48,15 @@ fn healthz(admin: SocketAddr) -> Duration {
 /// shows as a stall of everything else on it: the admin listener, handshakes, other records.
 /// Two of the costliest records are decided off it: meanwhile `/healthz` and valid records are
 /// answered in a fraction of the time the costly ones take (measured in the same run, so the
-/// test holds on a slow or busy machine).
+/// test holds on a slow or busy machine). The value limit is raised so that the review's record
+/// is parsed and validated, the most work an operator's limits can let a record cost.
 #[tokio::test(flavor = "current_thread")]
 async fn the_costliest_records_are_decided_without_stalling_admin_or_other_senders() {
-    let gw = TestGateway::start().await;
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_json_values = 1000000\n".into(),
+        ..Options::default()
+    })
+    .await;
     let client = gw.sz_client();
     let (first, second) = (empty_items(), empty_items());
 
@@ -110,4 +115,76 @@ async fn the_costliest_records_are_decided_without_stalling_admin_or_other_sende
     // record still shares the thread with reading the costly bodies (slow in a debug build).
     assert!(slowest_healthz < costly_took / 4, "{report}");
     assert!(slowest_valid < costly_took / 2, "{report}");
+}
+
+/// With the default limits the review's record is refused on its raw bytes, before any of its
+/// 348,449 values is built: 400 `json_too_many_values`, audited like every refusal, nothing
+/// forwarded; and it counts against the sender's rate limit like everything else.
+#[tokio::test]
+async fn a_record_holding_more_values_than_the_limit_is_400_audited_and_rate_limited() {
+    let mut gw = TestGateway::start_with(Options {
+        extra_toml: "[rate_limit]\nper_org_per_second = 0.01\nburst = 2\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let client = gw.sz_client();
+    let record = empty_items();
+    let mut answers = Vec::new();
+    for _ in 0..3 {
+        answers.push(gw.send_bytes(&client, record.clone()).await);
+    }
+    for answer in &answers[..2] {
+        assert_eq!(answer.status, 400, "{:#}", answer.json);
+        assert_eq!(answer.error(), "json_too_many_values");
+        let message = answer.json["message"].as_str().unwrap_or_default();
+        assert!(message.contains("20000"), "{message}");
+    }
+    assert_eq!(answers[2].status, 429, "{:#}", answers[2].json);
+    assert!(gw.hk_endpoint.received().is_empty());
+
+    let entries = gw.audit_entries();
+    let refused: Vec<&Value> = entries
+        .iter()
+        .filter(|e| e["error"] == "json_too_many_values")
+        .collect();
+    assert_eq!(refused.len(), 2, "{entries:#?}");
+    for entry in refused {
+        assert_eq!(entry["decision"], "invalid");
+        assert_eq!(entry["status"], 400);
+        // Nothing of the record was read, but what arrived is on record.
+        assert!(entry["body_sha256"].is_string(), "{entry:#}");
+        assert!(entry["record_id"].is_null(), "{entry:#}");
+    }
+    assert!(entries.iter().any(|e| e["decision"] == "rate_limited"));
+    gw.stop().await;
+    let (intact, report) = gw.audit_verify();
+    assert!(intact, "{report}");
+}
+
+/// Within the limit the same kind of record is parsed and decided as before (422: its empty
+/// items break the schema), so the limit refuses only what holds more values.
+#[tokio::test]
+async fn a_record_at_the_value_limit_is_decided() {
+    let gw = TestGateway::start_with(Options {
+        extra_toml: "[limits]\nmax_json_values = 1000\n".into(),
+        ..Options::default()
+    })
+    .await;
+    let client = gw.sz_client();
+    let mut r = example(SHIPMENT);
+    r["body"]["items"] = json!([]);
+    let rest = hetao_gateway_core::json_limits::json_shape(
+        &serde_json::to_vec(&r).unwrap(),
+        32,
+        usize::MAX,
+    )
+    .values;
+    r["body"]["items"] = Value::Array(vec![json!({}); 1000 - rest]);
+    let answer = gw.send(&client, &r).await;
+    assert_eq!(answer.status, 422, "{:#}", answer.json);
+    assert_eq!(answer.error(), "schema_violation");
+    r["body"]["items"] = Value::Array(vec![json!({}); 1001 - rest]);
+    let answer = gw.send(&client, &r).await;
+    assert_eq!(answer.status, 400, "{:#}", answer.json);
+    assert_eq!(answer.error(), "json_too_many_values");
 }

@@ -117,6 +117,32 @@ fn check_with_a_config_refuses_a_park_the_gateway_does_not_serve() {
     assert_eq!(out.status.code(), Some(1), "{out:?}");
 }
 
+/// `check` refuses a record over `limits.max_json_values` as the gateway does, without
+/// parsing it (issue 22: it once took 12 s and 1.1 GB on this record).
+#[test]
+fn check_refuses_a_record_holding_too_many_values_as_the_gateway_does() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("empty-items.json");
+    let mut record: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(root().join("examples/records/materials-sz-hk-quantum-equipment.json"))
+            .unwrap(),
+    )
+    .unwrap();
+    record["body"]["items"] = serde_json::Value::Array(vec![serde_json::json!({}); 348_391]);
+    std::fs::write(&path, serde_json::to_vec(&record).unwrap()).unwrap();
+    let out = gateway(&[
+        "check",
+        "--at",
+        AT,
+        "--format",
+        "json",
+        path.to_str().unwrap(),
+    ]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"], "json_too_many_values", "{v:#}");
+}
+
 #[test]
 fn check_invalid_record_exits_2_naming_the_pointer() {
     let dir = tempfile::tempdir().unwrap();

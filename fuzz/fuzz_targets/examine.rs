@@ -17,7 +17,7 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
 use hetao_gateway_core::config::ParkConfig;
-use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
+use hetao_gateway_core::json_limits::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES};
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{Effect, PolicyEngine};
 use hetao_gateway_core::registry::Registry;
@@ -76,10 +76,11 @@ const SENDERS: [(&str, &str); 5] = [
     ("sz", "Nobody In The Registry Ltd."),
 ];
 
-const REFUSALS: [(&str, u16); 9] = [
+const REFUSALS: [(&str, u16); 10] = [
     ("malformed_json", 400),
     ("duplicate_key", 400),
     ("json_too_deep", 400),
+    ("json_too_many_values", 400),
     ("invalid_envelope", 400),
     ("unknown_park", 400),
     ("same_park", 400),
@@ -107,6 +108,7 @@ fuzz_target!(|data: &[u8]| {
             policies: &r.policies,
             parks: Some(&r.parks),
             max_json_depth: DEFAULT_MAX_DEPTH,
+            max_json_values: DEFAULT_MAX_VALUES,
             record_window: (i % 2 == 0).then_some(RecordWindow {
                 max_age: std::time::Duration::from_secs(7 * 24 * 3600),
                 max_future: std::time::Duration::from_secs(300),

@@ -20,7 +20,7 @@ use hetao_gateway_core::config::{
 };
 use hetao_gateway_core::envelope::Kind;
 use hetao_gateway_core::error::Refusal;
-use hetao_gateway_core::json_limits::DEFAULT_MAX_DEPTH;
+use hetao_gateway_core::json_limits::{JsonLimits, DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES};
 use hetao_gateway_core::policy::{Decision, Effect, KeyFiles, PolicyEngine};
 use hetao_gateway_core::registry::Registry;
 use hetao_gateway_core::schema::SchemaSet;
@@ -90,6 +90,7 @@ pub struct ResolvedRules {
     /// The configured parks (only with --config): records to or from another park are invalid.
     pub parks: Option<BTreeMap<ParkId, ParkConfig>>,
     pub max_json_depth: usize,
+    pub max_json_values: usize,
     pub record_window: RecordWindow,
     /// Most schema violations listed (`limits.max_violations`).
     pub max_violations: usize,
@@ -110,6 +111,7 @@ impl RuleSource {
                     registry: c.registry.map(|r| r.file),
                     parks: Some(c.parks),
                     max_json_depth: c.limits.max_json_depth,
+                    max_json_values: c.limits.max_json_values,
                     record_window: RecordWindow::of(&c.limits),
                     max_violations: c.limits.max_violations,
                 }
@@ -122,6 +124,7 @@ impl RuleSource {
                 registry: self.registry.clone(),
                 parks: None,
                 max_json_depth: DEFAULT_MAX_DEPTH,
+                max_json_values: DEFAULT_MAX_VALUES,
                 record_window: RecordWindow::of(&LimitsConfig::default()),
                 max_violations: DEFAULT_MAX_VIOLATIONS,
             },
@@ -146,6 +149,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         registry,
         parks,
         max_json_depth,
+        max_json_values,
         record_window,
         max_violations,
     } = args.rules.resolve()?;
@@ -173,10 +177,13 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
     // Without --as-park the sender is taken to be of the record's own park.
     let park = match &args.as_park {
         Some(p) => p.clone(),
-        None => serde_json::from_slice::<Value>(&body)
-            .ok()
-            .and_then(|r| r.get("from").and_then(Value::as_str).map(str::to_string))
-            .unwrap_or_default(),
+        None => record_from(
+            &body,
+            JsonLimits {
+                max_depth: max_json_depth,
+                max_values: max_json_values,
+            },
+        ),
     };
     let identity = ClientIdentity {
         park,
@@ -189,6 +196,7 @@ pub async fn run(args: CheckArgs) -> anyhow::Result<ExitCode> {
         policies: &engine,
         parks: parks.as_ref(),
         max_json_depth,
+        max_json_values,
         record_window: Some(record_window),
     };
     let examination = checkpoint.examine(&body, &identity, now);
@@ -330,4 +338,16 @@ pub fn decision_table(record_id: &str, d: &Decision, shown: &Shown<'_>) -> Strin
         let _ = writeln!(out, "obligation: {line} (rule {})", o.rule());
     }
     out
+}
+
+/// The record's `from`. A record over the JSON limits is not parsed here (the checkpoint
+/// refuses it without parsing it either), so a hostile record costs no memory before that.
+fn record_from(body: &[u8], limits: JsonLimits) -> String {
+    if limits.check(body).is_err() {
+        return String::new();
+    }
+    serde_json::from_slice::<Value>(body)
+        .ok()
+        .and_then(|r| r.get("from").and_then(Value::as_str).map(str::to_string))
+        .unwrap_or_default()
 }

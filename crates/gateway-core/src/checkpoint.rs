@@ -3,7 +3,7 @@
 //! no shared state. The pipeline (`serve`), `check`, `policy test` and the benches all call
 //! [`Checkpoint::examine`], so a record is decided the same way wherever it is decided.
 //!
-//! The sequence: JSON depth limit → parse (a key written twice is refused) → envelope schema →
+//! The sequence: JSON depth and value-count limits (one pass over the bytes) → parse (a key written twice is refused) → envelope schema →
 //! `created_at` within the window around the decision time → route (configured parks, crossing
 //! the boundary, `from` is the certificate's park) → body schema → policy → obligations.
 //! What is stateful (replay memory, rate limits, the audit log, forwarding) stays in the pipeline.
@@ -18,7 +18,7 @@ use crate::config::{LimitsConfig, ParkConfig, ParkId};
 use crate::envelope::{record_id_hint, EnvelopeHead, Kind};
 use crate::error::Refusal;
 pub use crate::error::{origin_mismatch_rule, ORIGIN_MISMATCH_RULE};
-use crate::json_limits::{nesting_depth, parse_record, JsonError};
+use crate::json_limits::{parse_record, JsonError, JsonLimits, LimitExceeded};
 use crate::policy::{Decision, DecisionInput, Effect, MatchedRule, PolicyEngine};
 use crate::schema::{SchemaFailure, SchemaSet, SchemaViolation};
 use crate::tls::identity::ClientIdentity;
@@ -36,6 +36,9 @@ pub struct Checkpoint<'a> {
     pub parks: Option<&'a BTreeMap<ParkId, ParkConfig>>,
     /// Deepest JSON nesting accepted (`limits.max_json_depth`).
     pub max_json_depth: usize,
+    /// Most JSON values a record may hold (`limits.max_json_values`): what its tree costs in
+    /// memory while it is decided.
+    pub max_json_values: usize,
     /// How far `created_at` may lie from the decision time. `None` only for policy test cases,
     /// which judge the policies on records written for a fixed date.
     pub record_window: Option<RecordWindow>,
@@ -137,10 +140,22 @@ impl Checkpoint<'_> {
         now: DateTime<Utc>,
         facts: &mut RecordFacts,
     ) -> Result<Verdict, Refusal> {
-        if nesting_depth(body, self.max_json_depth) > self.max_json_depth {
-            return Err(Refusal::TooDeep {
-                limit: self.max_json_depth,
-            });
+        let limits = JsonLimits {
+            max_depth: self.max_json_depth,
+            max_values: self.max_json_values,
+        };
+        match limits.check(body) {
+            Ok(_) => {}
+            Err(LimitExceeded::Depth) => {
+                return Err(Refusal::TooDeep {
+                    limit: self.max_json_depth,
+                })
+            }
+            Err(LimitExceeded::Values) => {
+                return Err(Refusal::TooManyValues {
+                    limit: self.max_json_values,
+                })
+            }
         }
         let record = parse_record(body).map_err(|e| match e {
             JsonError::DuplicateKey { pointer } => Refusal::DuplicateKey { pointer },
@@ -337,6 +352,7 @@ mod tests {
                 policies: &self.policies,
                 parks: None,
                 max_json_depth: crate::json_limits::DEFAULT_MAX_DEPTH,
+                max_json_values: crate::json_limits::DEFAULT_MAX_VALUES,
                 record_window: None,
             }
         }
@@ -475,6 +491,28 @@ mod tests {
             .checkpoint()
             .examine(&Bytes::from(deep), &sender("sz"), at());
         assert_eq!(exam.outcome.unwrap_err().code(), "json_too_deep");
+        assert_eq!(exam.facts, RecordFacts::default());
+    }
+
+    #[test]
+    fn a_record_holding_more_values_than_the_limit_is_refused_before_it_is_parsed() {
+        let s = shipped();
+        let mut r = record("materials-sz-hk-quantum-equipment.json");
+        let mut cp = s.checkpoint();
+        cp.max_json_values = 1000;
+        // Within the limit: decided as before (the items break the schema).
+        r["body"]["items"] = json!(vec![json!({}); 900]);
+        let body = Bytes::from(serde_json::to_vec(&r).unwrap());
+        let exam = cp.examine(&body, &sender("sz"), at());
+        assert_eq!(exam.outcome.unwrap_err().code(), "schema_violation");
+        r["body"]["items"] = json!(vec![json!({}); 1000]);
+        let body = Bytes::from(serde_json::to_vec(&r).unwrap());
+        let exam = cp.examine(&body, &sender("sz"), at());
+        let refusal = exam.outcome.unwrap_err();
+        assert_eq!(refusal.code(), "json_too_many_values");
+        assert_eq!(refusal.status(), http::StatusCode::BAD_REQUEST);
+        assert!(refusal.message().contains("1000"), "{}", refusal.message());
+        // Nothing was parsed, so nothing of the envelope is known.
         assert_eq!(exam.facts, RecordFacts::default());
     }
 

@@ -29,6 +29,12 @@ pub enum ConfigError {
     },
 }
 
+/// The range of `limits.max_json_values`: below 100 not even a small record fits (an envelope
+/// alone holds about 15 values); above a million a single record could cost hundreds of MiB as
+/// a tree, which is what the limit is there to prevent.
+pub const MIN_MAX_JSON_VALUES: usize = 100;
+pub const MAX_MAX_JSON_VALUES: usize = 1_000_000;
+
 /// `limits.max_violations` when the file does not set it.
 pub const DEFAULT_MAX_VIOLATIONS: usize = 100;
 /// The largest `limits.max_violations` accepted: an answer listing more helps nobody, and each
@@ -286,6 +292,10 @@ pub enum FsyncPolicy {
 pub struct LimitsConfig {
     pub max_body_bytes: usize,
     pub max_json_depth: usize,
+    /// Most JSON values (objects, arrays, strings, numbers, literals) one record may hold, counted
+    /// on the raw bytes before anything is parsed: a record's memory while it is decided grows
+    /// with its values (1 MiB of empty objects is ~50 MiB as a tree), not only with its bytes.
+    pub max_json_values: usize,
     pub max_header_bytes: usize,
     #[serde(rename = "header_read_timeout_ms", deserialize_with = "millis")]
     pub header_read_timeout: Duration,
@@ -332,6 +342,7 @@ impl Default for LimitsConfig {
         LimitsConfig {
             max_body_bytes: 1024 * 1024,
             max_json_depth: crate::json_limits::DEFAULT_MAX_DEPTH,
+            max_json_values: crate::json_limits::DEFAULT_MAX_VALUES,
             max_header_bytes: 16 * 1024,
             header_read_timeout: Duration::from_millis(10_000),
             handshake_timeout: Duration::from_millis(10_000),
@@ -838,6 +849,14 @@ impl Config {
         let mut limits = file.limits;
         at_least_1("limits.max_body_bytes", limits.max_body_bytes as u64)?;
         at_least_1("limits.max_json_depth", limits.max_json_depth as u64)?;
+        if !(MIN_MAX_JSON_VALUES..=MAX_MAX_JSON_VALUES).contains(&limits.max_json_values) {
+            return Err(invalid(
+                "limits.max_json_values",
+                format!(
+                    "must be {MIN_MAX_JSON_VALUES} to {MAX_MAX_JSON_VALUES} (an envelope alone holds about 15 values; each value can cost a few hundred bytes of memory while its record is decided)"
+                ),
+            ));
+        }
         at_least_1("limits.max_header_bytes", limits.max_header_bytes as u64)?;
         at_least_1("limits.max_connections", limits.max_connections as u64)?;
         at_least_1("limits.max_handshakes", limits.max_handshakes as u64)?;
@@ -1017,6 +1036,23 @@ signing_key = "audit-signing.key"
         assert_eq!(c.limits.shutdown_grace, Duration::ZERO);
         // The rest of the table keeps its defaults.
         assert_eq!(c.limits.max_body_bytes, 1024 * 1024);
+    }
+
+    #[test]
+    fn max_json_values_defaults_to_20000_and_is_refused_outside_its_range() {
+        assert_eq!(parse("").unwrap().limits.max_json_values, 20_000);
+        let c = parse("[limits]\nmax_json_values = 50000").unwrap();
+        assert_eq!(c.limits.max_json_values, 50_000);
+        for bad in ["0", "99", "1000001"] {
+            let err = parse(&format!("[limits]\nmax_json_values = {bad}"))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains("limits.max_json_values"), "{bad}: {err}");
+        }
+        let err = parse("[limits]\nmax_json_values = 10")
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("must be 100 to 1000000"), "{err}");
     }
 
     #[test]

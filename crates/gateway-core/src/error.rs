@@ -32,6 +32,10 @@ pub enum Refusal {
     TooDeep {
         limit: usize,
     },
+    /// More JSON values than `limits.max_json_values`: refused before any of them is built.
+    TooManyValues {
+        limit: usize,
+    },
     InvalidEnvelope(Vec<SchemaViolation>),
     UnknownPark {
         pointer: &'static str,
@@ -103,6 +107,7 @@ impl Refusal {
             | Refusal::DuplicateKey { .. }
             | Refusal::StaleRecord { .. }
             | Refusal::TooDeep { .. }
+            | Refusal::TooManyValues { .. }
             | Refusal::InvalidEnvelope(_)
             | Refusal::UnknownPark { .. }
             | Refusal::SamePark(_) => StatusCode::BAD_REQUEST,
@@ -133,6 +138,7 @@ impl Refusal {
             Refusal::MalformedJson(_) => "malformed_json",
             Refusal::DuplicateKey { .. } => "duplicate_key",
             Refusal::TooDeep { .. } => "json_too_deep",
+            Refusal::TooManyValues { .. } => "json_too_many_values",
             Refusal::InvalidEnvelope(_) => "invalid_envelope",
             Refusal::UnknownPark { .. } => "unknown_park",
             Refusal::SamePark(_) => "same_park",
@@ -194,6 +200,9 @@ impl Refusal {
             Refusal::TooDeep { limit } => {
                 format!("the JSON nests deeper than the gateway's limit of {limit} levels")
             }
+            Refusal::TooManyValues { limit } => format!(
+                "the JSON holds more values (objects, arrays, strings, numbers, literals) than the gateway's limit of {limit}"
+            ),
             Refusal::InvalidEnvelope(_) => "the record envelope is invalid; see violations".into(),
             Refusal::UnknownPark { pointer, park } => {
                 format!("`{park}` at {pointer} is not a park this gateway serves")

@@ -1,9 +1,14 @@
-//! Raw JSON as a hostile sender may write it: the nesting limit applied before parsing, and the
-//! one parser of records, which refuses an object key written twice.
+//! Raw JSON as a hostile sender may write it: the nesting and size limits applied before
+//! parsing, and the one parser of records, which refuses an object key written twice.
 //!
 //! serde_json's own recursion guard stops at 128 levels with a generic message; a record never
 //! needs more than a handful, so the gateway refuses deep nesting earlier, with a clear error, and
 //! without building the tree first.
+//!
+//! A value costs far more memory as a tree than as bytes: 1 MiB of empty objects (`{},` three
+//! bytes each) becomes ~50 MiB of maps. The same pass therefore counts the values a record holds
+//! and the gateway refuses one holding more than `limits.max_json_values`, so that memory per
+//! record in flight is bounded by the record's values, not only its bytes.
 //!
 //! serde_json keeps the last of two equal keys; other parsers keep the first. A record with both
 //! `"data_grade":"core"` and `"data_grade":"general"` would be decided on one value and read
@@ -18,13 +23,42 @@ use serde_json::{Map, Value};
 /// `limits.max_json_depth` when the configuration does not set it.
 pub const DEFAULT_MAX_DEPTH: usize = 32;
 
-/// Returns the deepest nesting of arrays and objects in `bytes`, stopping early (with `limit + 1`)
-/// once `limit` is exceeded. Brackets inside strings do not count.
-pub fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
+/// `limits.max_json_values` when the configuration does not set it. The largest record the
+/// shipped schemas accept holds about 7,400 values (a shipment with 200 items, each with 20
+/// permit references, and 50 permits); the largest shipped example or policy test record holds
+/// 101. Decided as a `serde_json::Value` tree, a value costs up to ~350 bytes of memory (a
+/// member of an object: its key, its slot in the map, the map's growth), so 20,000 keep the tree
+/// of the worst record under ~7 MiB where 1 MiB of empty objects cost ~50 MiB.
+pub const DEFAULT_MAX_VALUES: usize = 20_000;
+
+/// What one pass over raw JSON found: how deep it nests and how many values it holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonShape {
+    /// The deepest nesting of arrays and objects (0 for a scalar).
+    pub depth: usize,
+    /// Values: every object, array, string, number, `true`, `false` and `null`, at any depth.
+    /// An object's keys are not values; each belongs to the member value it names.
+    pub values: usize,
+}
+
+/// Measures `bytes` in one pass without building anything, stopping early once the depth
+/// exceeds `max_depth` or the values exceed `max_values` (the figure that exceeds is then one
+/// past its limit, the other as far as the pass got). Brackets, commas and escaped quotes inside
+/// strings do not count.
+///
+/// Values are counted without a stack: every value but the first is either the first element
+/// or member of a non-empty container or follows a comma, so a document holds
+/// 1 + commas + non-empty containers values. For a prefix of a document (malformed JSON is
+/// refused by the parser where it breaks) the count is that of the values the parser has begun.
+pub fn json_shape(bytes: &[u8], max_depth: usize, max_values: usize) -> JsonShape {
     let mut depth = 0usize;
     let mut max = 0usize;
+    // The root value, once there is one.
+    let mut values = 0usize;
     let mut in_string = false;
     let mut escaped = false;
+    // Just after `{` or `[`: the next significant byte says whether the container is empty.
+    let mut opened = false;
     for &b in bytes {
         if in_string {
             if escaped {
@@ -37,21 +71,85 @@ pub fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
             continue;
         }
         match b {
+            b' ' | b'\t' | b'\n' | b'\r' => continue,
+            b'}' | b']' => {
+                depth = depth.saturating_sub(1);
+                opened = false;
+                continue;
+            }
+            _ => {}
+        }
+        // A significant byte that is not a closing bracket: a container just opened holds
+        // something, and the first significant byte of the document begins the root value.
+        if opened || values == 0 {
+            values += 1;
+            opened = false;
+        }
+        match b {
             b'"' => in_string = true,
+            b',' => values += 1,
             b'{' | b'[' => {
+                opened = true;
                 depth += 1;
                 if depth > max {
                     max = depth;
-                    if max > limit {
-                        return max;
+                    if max > max_depth {
+                        return JsonShape { depth: max, values };
                     }
                 }
             }
-            b'}' | b']' => depth = depth.saturating_sub(1),
             _ => {}
         }
+        if values > max_values {
+            return JsonShape { depth: max, values };
+        }
     }
-    max
+    JsonShape { depth: max, values }
+}
+
+/// Returns the deepest nesting of arrays and objects in `bytes`, stopping early (with `limit + 1`)
+/// once `limit` is exceeded. Brackets inside strings do not count.
+pub fn nesting_depth(bytes: &[u8], limit: usize) -> usize {
+    json_shape(bytes, limit, usize::MAX).depth
+}
+
+/// Which limit of [`JsonLimits`] raw JSON exceeds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitExceeded {
+    Depth,
+    Values,
+}
+
+/// The limits on raw JSON checked before any of it is parsed (`limits.max_json_depth`,
+/// `limits.max_json_values`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct JsonLimits {
+    pub max_depth: usize,
+    pub max_values: usize,
+}
+
+impl Default for JsonLimits {
+    fn default() -> Self {
+        JsonLimits {
+            max_depth: DEFAULT_MAX_DEPTH,
+            max_values: DEFAULT_MAX_VALUES,
+        }
+    }
+}
+
+impl JsonLimits {
+    /// One pass over `bytes`: which limit they exceed, if any (depth first when the pass
+    /// stopped on it).
+    pub fn check(&self, bytes: &[u8]) -> Result<JsonShape, LimitExceeded> {
+        let shape = json_shape(bytes, self.max_depth, self.max_values);
+        if shape.depth > self.max_depth {
+            Err(LimitExceeded::Depth)
+        } else if shape.values > self.max_values {
+            Err(LimitExceeded::Values)
+        } else {
+            Ok(shape)
+        }
+    }
 }
 
 /// Why raw bytes are not a record the gateway will read.
@@ -281,6 +379,73 @@ mod tests {
     #[test]
     fn brackets_in_strings_do_not_count() {
         assert_eq!(nesting_depth(br#"{"a":"[[[[{{\"["}"#, 10), 1);
+    }
+
+    fn values(text: &str) -> usize {
+        json_shape(text.as_bytes(), 100, usize::MAX).values
+    }
+
+    /// The count the limit is checked against, by building the tree and counting its nodes.
+    fn tree_values(v: &Value) -> usize {
+        1 + match v {
+            Value::Array(items) => items.iter().map(tree_values).sum(),
+            Value::Object(members) => members.values().map(tree_values).sum(),
+            _ => 0,
+        }
+    }
+
+    #[test]
+    fn counts_every_value_exactly_on_small_documents() {
+        for (text, expected) in [
+            ("1", 1),
+            (r#""a""#, 1),
+            ("[]", 1),
+            ("{}", 1),
+            (" [ ] ", 1),
+            ("[1]", 2),
+            ("[{},{},{}]", 4),
+            ("[[],[[]],{}]", 5),
+            (r#"{"a":1}"#, 2),
+            (r#"{ "a" : [ 1 , 2 ] , "b" : { } }"#, 5),
+            (r#"{"a":[1,{"b":2}]}"#, 5),
+            (r#"{"k":null,"t":true,"f":false,"n":-1.5e3}"#, 5),
+            ("\n\t{\r\n\"a\":\t[\n]\n}\n", 2),
+        ] {
+            assert_eq!(values(text), expected, "{text}");
+            let tree: Value = serde_json::from_str(text).unwrap();
+            assert_eq!(tree_values(&tree), expected, "{text}");
+        }
+    }
+
+    #[test]
+    fn brackets_commas_and_escaped_quotes_in_strings_and_keys_do_not_count() {
+        assert_eq!(values(r#"["[{,}]", "a,b,c"]"#), 3);
+        assert_eq!(values(r#"{"x,[{":"\",[{,"}"#), 2);
+        assert_eq!(values(r#"["\\", ",", "\"]\\"]"#), 4);
+        assert_eq!(values(r#"{"a":"\u0022,\"},{"}"#), 2);
+    }
+
+    #[test]
+    fn stops_counting_one_past_the_limit() {
+        let many = format!("[{}0]", "0,".repeat(1_000_000));
+        let shape = json_shape(many.as_bytes(), 32, 1000);
+        assert_eq!(shape.values, 1001);
+        assert_eq!(values(&many), 1_000_002);
+        let limits = JsonLimits {
+            max_depth: 32,
+            max_values: 1000,
+        };
+        assert_eq!(limits.check(many.as_bytes()), Err(LimitExceeded::Values));
+        let limits = JsonLimits {
+            max_depth: 32,
+            max_values: 1_000_002,
+        };
+        assert!(limits.check(many.as_bytes()).is_ok());
+        let deep = "[".repeat(100);
+        assert_eq!(
+            JsonLimits::default().check(deep.as_bytes()),
+            Err(LimitExceeded::Depth)
+        );
     }
 
     #[test]

@@ -1262,9 +1262,12 @@ fn acknowledge(
         dropped(AnswerDropped::NotJson, &[]);
         return None;
     }
-    if json_limits::nesting_depth(kept, gateway.config.limits.max_json_depth)
-        > gateway.config.limits.max_json_depth
-    {
+    // The records' limits: an answer is parsed into a tree like a record.
+    let limits = json_limits::JsonLimits {
+        max_depth: gateway.config.limits.max_json_depth,
+        max_values: gateway.config.limits.max_json_values,
+    };
+    if limits.check(kept).is_err() {
         dropped(AnswerDropped::Invalid, &[]);
         return None;
     }

@@ -19,7 +19,7 @@ use bytes::Bytes;
 
 use crate::checkpoint::Checkpoint;
 use crate::error::Refusal;
-use crate::json_limits::DEFAULT_MAX_DEPTH;
+use crate::json_limits::{DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES};
 use crate::policy::{Decision, Effect, Obligation, PolicyEngine};
 use crate::schema::SchemaSet;
 use crate::tls::identity::ClientIdentity;
@@ -389,6 +389,7 @@ pub fn run_all(
                     policies,
                     parks: None,
                     max_json_depth: DEFAULT_MAX_DEPTH,
+                    max_json_values: DEFAULT_MAX_VALUES,
                     // Cases judge the policies on records written for a fixed date; `check`
                     // judges a record's freshness against `--at` as the gateway does.
                     record_window: None,

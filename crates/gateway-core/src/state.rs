@@ -287,6 +287,7 @@ impl Gateway {
             policies: &rules.policies,
             parks: Some(&self.config.parks),
             max_json_depth: self.config.limits.max_json_depth,
+            max_json_values: self.config.limits.max_json_values,
             record_window: Some(RecordWindow::of(&self.config.limits)),
         }
     }

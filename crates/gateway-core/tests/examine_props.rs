@@ -16,7 +16,9 @@ use bytes::Bytes;
 use chrono::{DateTime, Utc};
 use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
 use hetao_gateway_core::config::ParkConfig;
-use hetao_gateway_core::json_limits::{nesting_depth, parse_record, JsonError, DEFAULT_MAX_DEPTH};
+use hetao_gateway_core::json_limits::{
+    json_shape, nesting_depth, parse_record, JsonError, DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES,
+};
 use hetao_gateway_core::policy::obligations::PseudonymKey;
 use hetao_gateway_core::policy::{Effect, PolicyEngine};
 use hetao_gateway_core::registry::Registry;
@@ -98,10 +100,11 @@ fn sender(park: &str, kind: &str, stranger: bool) -> ClientIdentity {
 }
 
 /// The codes a record can be refused with by `examine` (README, "Answers"), with their status.
-const REFUSALS: [(&str, u16); 9] = [
+const REFUSALS: [(&str, u16); 10] = [
     ("malformed_json", 400),
     ("duplicate_key", 400),
     ("json_too_deep", 400),
+    ("json_too_many_values", 400),
     ("invalid_envelope", 400),
     ("unknown_park", 400),
     ("same_park", 400),
@@ -118,6 +121,7 @@ fn examine_is_classified(body: &[u8], who: &ClientIdentity, now: DateTime<Utc>, 
         policies: &r.policies,
         parks: Some(&r.parks),
         max_json_depth: DEFAULT_MAX_DEPTH,
+        max_json_values: DEFAULT_MAX_VALUES,
         record_window: window.then_some(RecordWindow {
             max_age: std::time::Duration::from_secs(7 * 24 * 3600),
             max_future: std::time::Duration::from_secs(300),
@@ -181,6 +185,11 @@ fn json_layer_is_consistent(bytes: &[u8]) {
         Ok(value) => {
             // The same tree serde_json builds; and it survives a round trip.
             assert_eq!(plain.as_ref().ok(), Some(&value));
+            // The raw pass counted exactly the values the tree holds.
+            assert_eq!(
+                json_shape(bytes, DEFAULT_MAX_DEPTH, usize::MAX).values,
+                tree_values(&value)
+            );
             let again = parse_record(&serde_json::to_vec(&value).unwrap()).unwrap();
             assert_eq!(again, value);
         }
@@ -193,6 +202,15 @@ fn json_layer_is_consistent(bytes: &[u8]) {
         Err(JsonError::Malformed(_)) => {
             assert!(plain.is_err(), "refused what serde_json reads");
         }
+    }
+}
+
+/// Every node of a tree: the count `limits.max_json_values` bounds.
+fn tree_values(v: &Value) -> usize {
+    1 + match v {
+        Value::Array(items) => items.iter().map(tree_values).sum(),
+        Value::Object(members) => members.values().map(tree_values).sum(),
+        _ => 0,
     }
 }
 
@@ -457,6 +475,7 @@ fn the_unmutated_records_are_decided() {
             policies: &r.policies,
             parks: Some(&r.parks),
             max_json_depth: DEFAULT_MAX_DEPTH,
+            max_json_values: DEFAULT_MAX_VALUES,
             record_window: None,
         }
         .examine(
