@@ -6,6 +6,14 @@
 #
 #   bench/worst_inflight.sh                 # builds, then ~1 min
 #   ROUNDS=20 SKIP_BUILD=1 bench/worst_inflight.sh
+#   WORST=review SKIP_BUILD=1 bench/worst_inflight.sh
+#
+# WORST chooses the worst record (benches/worst_records.rs builds the same ones):
+#   at-limit (default): the quantum-equipment shipment with `body.items` holding `{"x":0}` items up
+#     to the 20,000 values `limits.max_json_values` allows: the most memory a record the gateway
+#     parses can cost (a one-member map per two values), 422 schema_violation;
+#   review: the same shipment with 348,391 empty objects as items (1,047,047 bytes, the record of
+#     issue 22), now refused 400 json_too_many_values before it is parsed.
 #
 # Output: a few lines of figures on stdout; logs in $OUT (default target/bench-worst/<time>).
 set -euo pipefail
@@ -13,6 +21,8 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 TARGET=${CARGO_TARGET_DIR:-$ROOT/target}
 OUT=${OUT:-$TARGET/bench-worst/$(date -u +%Y%m%dT%H%M%SZ)}
 ROUNDS=${ROUNDS:-10}
+WORST=${WORST:-at-limit}
+MAX_VALUES=${MAX_VALUES:-20000}
 GW_PORT=${GW_PORT:-18443}
 GW_ADMIN=${GW_ADMIN:-18444}
 EP_PORT=${EP_PORT:-18445}
@@ -64,14 +74,21 @@ GW=$!
 PIDS+=("$GW")
 wait_port "$GW_PORT" "gateway"
 
-# Records: valid ones with fresh ids and times, and the worst one (the shipment with its items
-# replaced by empty objects up to the 1 MiB body limit, as benches/worst_records.rs builds it).
+# Records: valid ones with fresh ids and times, and the worst one (see WORST above).
 RECORDS=$OUT/records
 mkdir -p "$RECORDS"
 python3 - "$ROOT/examples/records/data-sz-hk-gba-clinical-followup.json" \
-    "$ROOT/examples/records/materials-sz-hk-quantum-equipment.json" "$RECORDS" "$ROUNDS" <<'EOF'
+    "$ROOT/examples/records/materials-sz-hk-quantum-equipment.json" "$RECORDS" "$ROUNDS" \
+    "$WORST" "$MAX_VALUES" <<'EOF'
 import json, sys, uuid, datetime
 valid_src, shipment_src, out, rounds = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+worst_kind, max_values = sys.argv[5], int(sys.argv[6])
+def values(v):
+    if isinstance(v, dict):
+        return 1 + sum(values(x) for x in v.values())
+    if isinstance(v, list):
+        return 1 + sum(values(x) for x in v)
+    return 1
 now = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 valid = json.load(open(valid_src))
 for i in range(rounds + 5):
@@ -79,7 +96,13 @@ for i in range(rounds + 5):
     json.dump(valid, open(f"{out}/valid-{i}.json", "w"), separators=(",", ":"))
 worst = json.load(open(shipment_src))
 worst["created_at"] = now
-worst["body"]["items"] = [{}] * 348391
+if worst_kind == "review":
+    worst["body"]["items"] = [{}] * 348391
+elif worst_kind == "at-limit":
+    worst["body"]["items"] = []
+    worst["body"]["items"] = [{"x": 0}] * ((max_values - values(worst)) // 2)
+else:
+    sys.exit(f"WORST={worst_kind}: at-limit or review")
 for i in range(2):
     worst["record_id"] = str(uuid.uuid4())
     json.dump(worst, open(f"{out}/worst-{i}.json", "w"), separators=(",", ":"))
@@ -113,6 +136,7 @@ done
 CPU1=$(cpu_ticks "$GW")
 PEAK=$(hwm_kb "$GW")
 # The valid records' CPU is part of the total; valid alone costs well under a millisecond.
+echo "worst record: $WORST, $(wc -c <"$RECORDS/worst-0.json") bytes"
 echo "rounds: $ROUNDS (two worst records and one valid record each)"
 echo "worst answers: $(cut -d' ' -f1 "$OUT/worst.txt" | sort | uniq -c | xargs)"
 echo "worst seconds: $(cut -d' ' -f2 "$OUT/worst.txt" | sort -n | xargs)"
