@@ -26,9 +26,10 @@ pub const DEFAULT_MAX_DEPTH: usize = 32;
 /// `limits.max_json_values` when the configuration does not set it. The largest record the
 /// shipped schemas accept holds about 7,400 values (a shipment with 200 items, each with 20
 /// permit references, and 50 permits); the largest shipped example or policy test record holds
-/// 101. Decided as a `serde_json::Value` tree, a value costs up to ~350 bytes of memory (a
-/// member of an object: its key, its slot in the map, the map's growth), so 20,000 keep the tree
-/// of the worst record under ~7 MiB where 1 MiB of empty objects cost ~50 MiB.
+/// 101. Decided as a `serde_json::Value` tree, a value costs 72 to ~500 bytes of memory (the
+/// most in a chain of one-member maps: each map's entries, hash index and key), so 20,000 keep
+/// the tree of the worst record under ~10 MiB, where 1 MiB of empty objects cost ~52 MiB
+/// (docs/benchmarks.md, "Worst records").
 pub const DEFAULT_MAX_VALUES: usize = 20_000;
 
 /// What one pass over raw JSON found: how deep it nests and how many values it holds.
