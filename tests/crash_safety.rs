@@ -16,6 +16,12 @@
 //! record ids reached them and how often. Cycles: `HETAO_CRASH_CYCLES` (default 20); the figures
 //! of a run are printed at the end (`--nocapture`). docs/audit.md, "Crash safety (SIGKILL under
 //! load)", has the documented runs and how to reproduce them.
+//!
+//! The crash points (`a_kill_...`, at the end) put one record exactly between forwarding and the
+//! outcome entry, where the random kills land only by chance: the endpoint holds it (or has
+//! answered it, the gateway frozen with SIGSTOP so it never reads the answer) when the gateway is
+//! killed, and the sender's retry after the restart is followed through (attempt 2, taken once by
+//! the endpoint, a delivery receipt that verifies).
 
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
