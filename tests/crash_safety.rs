@@ -1046,7 +1046,7 @@ async fn kill_with_the_record_at_the_endpoint(at: AtTheEndpoint) {
     );
     assert!(!deliveries[0].duplicate);
     assert!(deliveries[1].duplicate, "the endpoint acted on it twice");
-    assert_eq!(world.hk.accepted_ids(), [id.clone()]);
+    assert_eq!(world.hk.accepted_ids(), std::slice::from_ref(&id));
 
     // The log: two allow decisions (the second is attempt 2), one outcome, for the second.
     let (decisions, outcomes) = entries_of(&world, &id);
