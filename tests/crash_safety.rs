@@ -16,6 +16,12 @@
 //! record ids reached them and how often. Cycles: `HETAO_CRASH_CYCLES` (default 20); the figures
 //! of a run are printed at the end (`--nocapture`). docs/audit.md, "Crash safety (SIGKILL under
 //! load)", has the documented runs and how to reproduce them.
+//!
+//! The crash points (`a_kill_...`, at the end) put one record exactly between forwarding and the
+//! outcome entry, where the random kills land only by chance: the endpoint holds it (or has
+//! answered it, the gateway frozen with SIGSTOP so it never reads the answer) when the gateway is
+//! killed, and the sender's retry after the restart is followed through (attempt 2, taken once by
+//! the endpoint, a delivery receipt that verifies).
 
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -33,7 +39,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use common::processes::{admin_get, free_port, start_dev_endpoint, GatewayProcess};
 use hetao_client::{ClientOptions, RecordClient};
-use hetao_devkit::endpoint::{ReceivedRecord, RunningEndpoint};
+use hetao_devkit::endpoint::{reference_for, EndpointBehaviour, ReceivedRecord, RunningEndpoint};
 use hetao_gateway_core::audit::chain::{scan_file, ScanEnd};
 use hetao_gateway_core::audit::{
     query_logs, segment_paths, verify_logs, AuditEntry, AuditEntryType, AuditPublicKey, QueryFilter,
@@ -175,10 +181,15 @@ struct World {
 }
 
 impl World {
+    /// In `HETAO_CRASH_DIR` when it names a folder (kept), else in a temporary one.
     async fn new() -> World {
-        let (tmp, dir) = match std::env::var_os("HETAO_CRASH_DIR") {
+        World::at(std::env::var_os("HETAO_CRASH_DIR").map(PathBuf::from)).await
+    }
+
+    /// In `keep` (which must be empty; kept afterwards), or in a temporary folder when `None`.
+    async fn at(keep: Option<PathBuf>) -> World {
+        let (tmp, dir) = match keep {
             Some(d) => {
-                let d = PathBuf::from(d);
                 std::fs::create_dir_all(&d).unwrap();
                 assert!(
                     std::fs::read_dir(&d).unwrap().next().is_none(),
@@ -828,4 +839,260 @@ async fn sigkill_under_load_loses_no_decision_and_forwards_nothing_twice() {
         f.checkpoints,
         started.elapsed().as_secs_f64()
     );
+}
+
+// === crash points: one record at the endpoint when the gateway dies ===
+
+/// Where the record stands at the endpoint when the gateway is killed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AtTheEndpoint {
+    /// Received and taken, not answered yet.
+    Held,
+    /// Answered: the answer is in the gateway's socket, unread (the gateway was stopped with
+    /// SIGSTOP before it could read it, so no outcome entry can have been written).
+    Answered,
+}
+
+/// How long the endpoint holds the record before it answers, in the `Answered` case: the test
+/// stops the gateway well within it.
+const HOLD: Duration = Duration::from_secs(2);
+const DELIVERY_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Bytes waiting to be read in this host's loopback TCP sockets connected to `port`
+/// (`/proc/net/tcp`, `rx_queue`): what the endpoint listening there has sent and its client
+/// has not read.
+fn unread_from(port: u16) -> u64 {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|line| {
+            // sl local_address rem_address st tx_queue:rx_queue ...
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let remote_port = u16::from_str_radix(f.get(2)?.rsplit(':').next()?, 16).ok()?;
+            let rx_queue = u64::from_str_radix(f.get(4)?.split(':').nth(1)?, 16).ok()?;
+            (remote_port == port).then_some(rx_queue)
+        })
+        .sum()
+}
+
+/// The log's decision and outcome entries of one record id, in log order.
+fn entries_of(world: &World, id: &str) -> (Vec<AuditEntry>, Vec<AuditEntry>) {
+    let entries = query_logs(&world.segments(), &QueryFilter::default()).unwrap();
+    let mine = |t: AuditEntryType| {
+        entries
+            .iter()
+            .filter(|e| e.entry_type == t && e.record_id.as_deref() == Some(id))
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    (
+        mine(AuditEntryType::Decision),
+        mine(AuditEntryType::Outcome),
+    )
+}
+
+/// Runs an audit subcommand of the binary; exit status and everything it printed.
+fn audit_cli(args: &[&std::ffi::OsStr]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .arg("audit")
+        .args(args)
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// One allowed Shenzhen → Hong Kong record is sent; the Hong Kong endpoint receives it and holds
+/// it (or answers it, `at`); the gateway is killed with SIGKILL at that moment and restarted on
+/// the same log; then the sender sends the same bytes again. Checks, in order: the sender got no
+/// answer; the log verifies and holds the durable allow decision the record was forwarded under,
+/// with no outcome entry (a kill writes nothing; there is no torn line, so no recovery entry
+/// either: the record stands in the log as an allow without an outcome, which the replay memory
+/// rebuilds as "not known delivered"); the retry is decided again and forwarded as
+/// `x-hetao-attempt: 2`; the endpoint, keyed on the record id, answers its first answer without
+/// acting again; the retry's 200 carries that answer and a delivery receipt that `audit receipt
+/// verify` accepts; after a clean stop `audit verify` passes.
+async fn kill_with_the_record_at_the_endpoint(at: AtTheEndpoint) {
+    let world = World::at(None).await;
+    let hold = match at {
+        // Longer than anything in the test: the endpoint never answers this delivery.
+        AtTheEndpoint::Held => Duration::from_secs(3600),
+        AtTheEndpoint::Answered => HOLD,
+    };
+    world.hk.set_behaviour(EndpointBehaviour::Delay(hold));
+    let gateway = world.start_gateway(0).await;
+
+    let (template, base) = fresh_templates().swap_remove(0);
+    assert_eq!((template.park, template.expect), ("sz", Expect::Allow));
+    let mut record = base;
+    let id = uuid::Uuid::new_v4().to_string();
+    record["record_id"] = json!(id);
+    let body = Bytes::from(serde_json::to_vec(&record).unwrap());
+    let first = tokio::spawn({
+        let (client, url, body) = (world.client("sz"), world.url(), body.clone());
+        async move { client.send(&url, body).await }
+    });
+
+    // The moment: the endpoint has the record.
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let delivered = loop {
+        if let Some(r) = world
+            .hk
+            .received()
+            .into_iter()
+            .find(|r| r.header("x-hetao-record-id") == Some(&*id))
+        {
+            break r;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the record did not reach the endpoint within {DELIVERY_TIMEOUT:?}; gateway log:\n{}",
+            gateway.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    };
+    assert_eq!(delivered.attempt(), Some(1));
+    if at == AtTheEndpoint::Answered {
+        // Freeze the gateway before the endpoint answers, then wait until the answer is in the
+        // gateway's socket: the endpoint has answered, and the gateway cannot have read it.
+        gateway.signal("STOP");
+        let held_for = (chrono::Utc::now() - delivered.received_at)
+            .to_std()
+            .unwrap_or_default();
+        assert!(
+            held_for < HOLD,
+            "the gateway was stopped {held_for:?} after the delivery, not before the answer \
+             ({HOLD:?}): too slow a machine for this test"
+        );
+        let port = world.hk.local_addr().port();
+        let before = unread_from(port);
+        let deadline = Instant::now() + HOLD + DELIVERY_TIMEOUT;
+        while unread_from(port) <= before {
+            assert!(
+                Instant::now() < deadline,
+                "the endpoint's answer never reached the gateway's socket"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+    gateway.sigkill();
+    let first = first.await.unwrap();
+    assert!(
+        first.is_err(),
+        "the sender got an answer from a killed gateway: {:?}",
+        first.map(|a| (a.status, a.json))
+    );
+
+    // The log as the kill left it: the durable decision, nothing after it for this record.
+    let decision_seq: u64 = delivered
+        .header("x-hetao-audit-seq")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let (decisions, outcomes) = entries_of(&world, &id);
+    assert_eq!(decisions.len(), 1, "{decisions:?}");
+    assert_eq!(decisions[0].seq, decision_seq);
+    assert_eq!(decisions[0].decision.as_deref(), Some("allow"));
+    assert_eq!(decisions[0].attempt, None);
+    assert!(outcomes.is_empty(), "{outcomes:?}");
+
+    // Restarted on the same log: it verifies, and the restart added nothing about the record.
+    let gateway = world.start_gateway(1).await;
+    verify_live(&world, "after the restart").await;
+    let (decisions, outcomes) = entries_of(&world, &id);
+    assert_eq!((decisions.len(), outcomes.len()), (1, 0));
+    let recoveries = query_logs(&world.segments(), &QueryFilter::default())
+        .unwrap()
+        .into_iter()
+        .filter(|e| e.entry_type == AuditEntryType::Recovery)
+        .count();
+    assert_eq!(recoveries, 0, "a SIGKILL tears no line");
+
+    // The sender's retry, the same bytes: decided again and forwarded as attempt 2.
+    world.hk.set_behaviour(EndpointBehaviour::Accept);
+    let retry = world.client("sz").send(&world.url(), body.clone()).await;
+    let retry = retry.unwrap();
+    let answer = retry.json.clone().unwrap_or(Value::Null);
+    assert_eq!(retry.status, 200, "{answer:#}");
+    assert_eq!(answer["decision"], "allow");
+    assert!(answer.get("replayed").is_none(), "{answer:#}");
+    let retry_seq = answer["audit_seq"].as_u64().unwrap();
+    assert!(retry_seq > decision_seq);
+    // The endpoint's first answer (the reference is the one it gave the first delivery).
+    assert_eq!(
+        answer["acknowledgement"],
+        json!({"accepted": true, "reference": reference_for(&id)})
+    );
+    assert!(answer["delivery_receipt"].is_object(), "{answer:#}");
+
+    let deliveries: Vec<ReceivedRecord> = world
+        .hk
+        .received()
+        .into_iter()
+        .filter(|r| r.header("x-hetao-record-id") == Some(&*id))
+        .collect();
+    assert_eq!(deliveries.len(), 2);
+    assert_eq!(deliveries[1].attempt(), Some(2));
+    assert_eq!(deliveries[1].body, deliveries[0].body);
+    assert_eq!(deliveries[1].body, body, "no obligations: the bytes sent");
+    assert_eq!(
+        deliveries[1].header("x-hetao-audit-seq"),
+        Some(&*retry_seq.to_string())
+    );
+    assert!(!deliveries[0].duplicate);
+    assert!(deliveries[1].duplicate, "the endpoint acted on it twice");
+    assert_eq!(world.hk.accepted_ids(), std::slice::from_ref(&id));
+
+    // The log: two allow decisions (the second is attempt 2), one outcome, for the second.
+    let (decisions, outcomes) = entries_of(&world, &id);
+    assert_eq!(decisions.len(), 2);
+    assert_eq!(
+        (decisions[1].seq, decisions[1].attempt),
+        (retry_seq, Some(2))
+    );
+    assert_eq!(outcomes.len(), 1, "{outcomes:?}");
+    assert_eq!(outcomes[0].refers_to, Some(retry_seq));
+
+    // The sender's proof of delivery verifies against the log.
+    let answer_file = world.dir.join("retry-answer.json");
+    std::fs::write(&answer_file, serde_json::to_vec_pretty(&answer).unwrap()).unwrap();
+    let (ok, text) = audit_cli(&[
+        "receipt".as_ref(),
+        "verify".as_ref(),
+        answer_file.as_os_str(),
+        "--public-key".as_ref(),
+        world.files.audit_public_key.as_os_str(),
+        "--log".as_ref(),
+        world.files.audit_log.as_os_str(),
+    ]);
+    assert!(ok, "audit receipt verify failed:\n{text}");
+
+    let status = gateway.terminate(SHUTDOWN_TIMEOUT).await;
+    assert!(
+        status.success(),
+        "the gateway exited with {status} on SIGTERM"
+    );
+    let (ok, text) = audit_cli(&[
+        "verify".as_ref(),
+        world.files.audit_log.as_os_str(),
+        "--public-key".as_ref(),
+        world.files.audit_public_key.as_os_str(),
+    ]);
+    assert!(ok, "audit verify failed:\n{text}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_while_the_endpoint_holds_the_record_leaves_its_decision_and_the_retry_is_attempt_2()
+{
+    kill_with_the_record_at_the_endpoint(AtTheEndpoint::Held).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_kill_after_the_endpoint_answered_before_the_outcome_entry_is_the_same_for_the_retry() {
+    kill_with_the_record_at_the_endpoint(AtTheEndpoint::Answered).await;
 }

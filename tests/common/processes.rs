@@ -54,15 +54,20 @@ impl GatewayProcess {
         self.child.wait().unwrap();
     }
 
-    /// SIGTERM: drain and final checkpoint; waits for the exit, at most `limit`.
-    pub async fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+    /// Sends a signal (`"STOP"`, `"CONT"`, `"TERM"`, ...) to this process, by its own id.
+    pub fn signal(&self, name: &str) {
         let ok = Command::new("kill")
-            .arg("-TERM")
+            .arg(format!("-{name}"))
             .arg(self.child.id().to_string())
             .status()
             .unwrap()
             .success();
-        assert!(ok, "kill -TERM failed");
+        assert!(ok, "kill -{name} failed");
+    }
+
+    /// SIGTERM: drain and final checkpoint; waits for the exit, at most `limit`.
+    pub async fn terminate(mut self, limit: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
         let deadline = Instant::now() + limit;
         loop {
             if let Some(status) = self.child.try_wait().unwrap() {

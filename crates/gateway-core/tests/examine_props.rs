@@ -3,84 +3,24 @@
 //! duplicate-key parser). Whatever comes in, nothing panics and every record gets a classified
 //! answer: a verdict (allow with exactly the bytes to forward, or deny with nothing) or a refusal
 //! with a status and code of the answer table. The cargo-fuzz targets in `fuzz/` run the same
-//! checks for as long as one wants (docs/architecture.md).
+//! checks for as long as one wants (docs/architecture.md): the checks are shared with them
+//! (`fuzz_checks/`), and `fuzz_corpus.rs` runs them over the committed corpora.
 
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::collections::BTreeMap;
-use std::path::PathBuf;
-use std::sync::{Arc, OnceLock};
+mod fuzz_checks;
 
 use bytes::Bytes;
 use chrono::{DateTime, Utc};
-use hetao_gateway_core::checkpoint::{Checkpoint, RecordWindow};
-use hetao_gateway_core::config::ParkConfig;
+use fuzz_checks::{examine_is_classified, identity, json_layer_is_consistent, rules};
+use hetao_gateway_core::checkpoint::Checkpoint;
 use hetao_gateway_core::json_limits::{
-    json_shape, nesting_depth, parse_record, JsonError, DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES,
+    parse_record, JsonError, DEFAULT_MAX_DEPTH, DEFAULT_MAX_VALUES,
 };
-use hetao_gateway_core::policy::obligations::PseudonymKey;
-use hetao_gateway_core::policy::{Effect, PolicyEngine};
-use hetao_gateway_core::registry::Registry;
-use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use proptest::prelude::*;
 use serde_json::{json, Value};
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
-struct Rules {
-    schemas: SchemaSet,
-    policies: PolicyEngine,
-    parks: BTreeMap<String, ParkConfig>,
-    /// The policy test records: valid records of every kind, both ways.
-    records: Vec<Value>,
-}
-
-fn rules() -> &'static Rules {
-    static R: OnceLock<Rules> = OnceLock::new();
-    R.get_or_init(|| {
-        let schemas = SchemaSet::load(&root().join("schemas")).unwrap();
-        let key = PseudonymKey::from_hex(&"ab".repeat(32)).unwrap();
-        let registry = Registry::load(&root().join("examples/registry.toml"), None).unwrap();
-        let policies = PolicyEngine::load_with_key(
-            &root().join("policies"),
-            &schemas,
-            &BTreeMap::new(),
-            Some(key),
-        )
-        .unwrap()
-        .with_registry(Some(Arc::new(registry)));
-        let parks = ["sz", "hk"]
-            .into_iter()
-            .map(|id| {
-                let park = ParkConfig {
-                    id: id.into(),
-                    client_ca: PathBuf::new(),
-                    endpoint: String::new(),
-                    endpoint_ca: PathBuf::new(),
-                    crl: Vec::new(),
-                };
-                (id.to_string(), park)
-            })
-            .collect();
-        let mut records: Vec<Value> = std::fs::read_dir(root().join("policies/tests/records"))
-            .unwrap()
-            .map(|e| e.unwrap().path())
-            .filter(|p| p.extension().is_some_and(|x| x == "json"))
-            .map(|p| serde_json::from_slice(&std::fs::read(p).unwrap()).unwrap())
-            .collect();
-        records.sort_by_key(|r| r["record_id"].to_string());
-        Rules {
-            schemas,
-            policies,
-            parks,
-            records,
-        }
-    })
-}
 
 /// The registry's sample sender of the record's park and kind, or a stranger.
 fn sender(park: &str, kind: &str, stranger: bool) -> ClientIdentity {
@@ -91,127 +31,7 @@ fn sender(park: &str, kind: &str, stranger: bool) -> ClientIdentity {
         (_, _, "data") => "Hong Kong Clinical Data Trust",
         _ => "HKSTP Biomedical Ltd.",
     };
-    ClientIdentity {
-        park: park.into(),
-        organisation: organisation.into(),
-        subject: format!("O={organisation}"),
-        fingerprint_sha256: String::new(),
-    }
-}
-
-/// The codes a record can be refused with by `examine` (README, "Answers"), with their status.
-const REFUSALS: [(&str, u16); 10] = [
-    ("malformed_json", 400),
-    ("duplicate_key", 400),
-    ("json_too_deep", 400),
-    ("json_too_many_values", 400),
-    ("invalid_envelope", 400),
-    ("unknown_park", 400),
-    ("same_park", 400),
-    ("stale_record", 400),
-    ("schema_violation", 422),
-    ("origin_mismatch", 403),
-];
-
-/// Examines `body` and checks the answer is one of the classified ones.
-fn examine_is_classified(body: &[u8], who: &ClientIdentity, now: DateTime<Utc>, window: bool) {
-    let r = rules();
-    let checkpoint = Checkpoint {
-        schemas: &r.schemas,
-        policies: &r.policies,
-        parks: Some(&r.parks),
-        max_json_depth: DEFAULT_MAX_DEPTH,
-        max_json_values: DEFAULT_MAX_VALUES,
-        record_window: window.then_some(RecordWindow {
-            max_age: std::time::Duration::from_secs(7 * 24 * 3600),
-            max_future: std::time::Duration::from_secs(300),
-        }),
-    };
-    let body = Bytes::copy_from_slice(body);
-    let exam = checkpoint.examine(&body, who, now);
-    match exam.outcome {
-        Ok(verdict) => {
-            assert_eq!(
-                verdict.forward.is_some(),
-                verdict.decision.effect == Effect::Allow,
-                "only an allow leaves, and it always has its bytes"
-            );
-            assert!(
-                !verdict.decision.matched.is_empty(),
-                "a decision names its rules"
-            );
-            if verdict.applied.is_empty() {
-                if let Some(forward) = &verdict.forward {
-                    assert_eq!(forward, &body, "without obligations, the bytes received");
-                }
-            }
-            assert_eq!(
-                exam.facts.record_id.as_deref(),
-                Some(&*verdict.head.record_id)
-            );
-            // A decided record id is a lowercase UUID: one spelling per record.
-            let id = &verdict.head.record_id;
-            assert!(
-                id.len() == 36
-                    && id
-                        .bytes()
-                        .all(|b| b == b'-' || b.is_ascii_digit() || (b'a'..=b'f').contains(&b)),
-                "{id}"
-            );
-        }
-        Err(refusal) => {
-            let code = refusal.code();
-            let status = refusal.status().as_u16();
-            assert!(
-                REFUSALS.contains(&(code, status)),
-                "unclassified refusal {code} ({status})"
-            );
-            // The answer renders (the one mapping to HTTP), and says what it is.
-            let answer = refusal.body(exam.facts.record_id.as_deref());
-            assert_eq!(answer["error"], code);
-        }
-    }
-}
-
-/// The raw-JSON layer agrees with serde_json where it should and refuses what it must.
-fn json_layer_is_consistent(bytes: &[u8]) {
-    let depth = nesting_depth(bytes, DEFAULT_MAX_DEPTH);
-    assert!(depth <= DEFAULT_MAX_DEPTH + 1);
-    if depth > DEFAULT_MAX_DEPTH {
-        return; // refused before parsing, as the gateway does
-    }
-    let plain = serde_json::from_slice::<Value>(bytes);
-    match parse_record(bytes) {
-        Ok(value) => {
-            // The same tree serde_json builds; and it survives a round trip.
-            assert_eq!(plain.as_ref().ok(), Some(&value));
-            // The raw pass counted exactly the values the tree holds.
-            assert_eq!(
-                json_shape(bytes, DEFAULT_MAX_DEPTH, usize::MAX).values,
-                tree_values(&value)
-            );
-            let again = parse_record(&serde_json::to_vec(&value).unwrap()).unwrap();
-            assert_eq!(again, value);
-        }
-        Err(JsonError::DuplicateKey { pointer }) => {
-            assert!(
-                !pointer.is_empty() || plain.is_err(),
-                "a duplicate names its key"
-            );
-        }
-        Err(JsonError::Malformed(_)) => {
-            assert!(plain.is_err(), "refused what serde_json reads");
-        }
-    }
-}
-
-/// Every node of a tree: the count `limits.max_json_values` bounds.
-fn tree_values(v: &Value) -> usize {
-    1 + match v {
-        Value::Array(items) => items.iter().map(tree_values).sum(),
-        Value::Object(members) => members.values().map(tree_values).sum(),
-        _ => 0,
-    }
+    identity(park, organisation)
 }
 
 /// Bytes that look like JSON often enough to get past the first character.

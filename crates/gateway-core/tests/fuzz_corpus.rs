@@ -1,0 +1,60 @@
+//! The committed fuzz corpora (`fuzz/corpus/<target>/`, minimised with `cargo fuzz cmin`) run in
+//! every `cargo test`, on stable, through the very checks the fuzz targets make (`fuzz_checks/`):
+//! what a fuzz run found interesting, including any input that once crashed, stays covered
+//! without nightly or libFuzzer.
+
+// Test helpers may unwrap: a failure there is the test failing.
+#![allow(clippy::unwrap_used)]
+
+mod fuzz_checks;
+
+use std::path::PathBuf;
+
+use fuzz_checks::{examine_from_every_sender, json_layer_is_consistent, repo_root};
+
+/// The corpus files of a fuzz target, in name order (there must be some: an empty corpus would
+/// make the test pass on nothing).
+fn corpus(target: &str) -> Vec<(PathBuf, Vec<u8>)> {
+    let dir = repo_root().join("fuzz/corpus").join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 10,
+        "{}: {} files",
+        dir.display(),
+        files.len()
+    );
+    files
+        .into_iter()
+        .map(|p| {
+            let bytes = std::fs::read(&p).unwrap();
+            (p, bytes)
+        })
+        .collect()
+}
+
+/// Runs `check` on every file, naming the file that fails.
+fn each(target: &str, check: fn(&[u8])) {
+    for (path, bytes) in corpus(target) {
+        let outcome = std::panic::catch_unwind(|| check(&bytes));
+        assert!(
+            outcome.is_ok(),
+            "{} fails the {target} checks",
+            path.display()
+        );
+    }
+}
+
+#[test]
+fn the_examine_corpus_gets_classified_answers_from_every_sender() {
+    each("examine", examine_from_every_sender);
+}
+
+#[test]
+fn the_json_limits_corpus_keeps_the_json_layer_consistent() {
+    each("json_limits", json_layer_is_consistent);
+}
