@@ -28,7 +28,8 @@ use crate::view::AuditView;
 const MAX_CONNECTIONS: usize = 64;
 /// The longest a connection lives (exports of large views included).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-/// How often the log is looked at for appended entries without a request asking.
+/// How often the log is looked at for appended entries without a request asking (and a
+/// cluster's database for lines shipped since).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 const SECURITY_HEADERS: [(&str, &str); 5] = [
@@ -96,8 +97,7 @@ pub async fn run(
             let mut every = tokio::time::interval(REFRESH_EVERY);
             loop {
                 every.tick().await;
-                let view = view.clone();
-                let _ = tokio::task::spawn_blocking(move || view.refresh()).await;
+                view.follow().await;
             }
         })
     };
