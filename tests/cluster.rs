@@ -10,16 +10,14 @@
 
 mod common;
 
-use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::cluster::{bytes, json, record, run_cli, send, url, World, LEASE_SECS};
+use common::cluster::{bytes, json, record, run_cli, send, url, World};
 use common::processes::{admin_get, free_port};
-use hetao_client::{RecordClient, SendAnswer};
 use serde_json::Value;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
