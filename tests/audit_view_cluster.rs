@@ -313,6 +313,27 @@ async fn one_view_shows_every_instance_filters_by_instance_and_follows_the_datab
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
 
+    // `--instance`: one instance's log only. `LOG` and `--database` do not go together.
+    let (_b_view, b_addr) = start_view(&world, &["--instance", "gw-b"]).await;
+    let b_status = get_json(b_addr, "/api/status").await;
+    let names: Vec<&str> = b_status["instances"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["instance"].as_str().unwrap())
+        .collect();
+    assert_eq!(names, vec!["gw-b"], "{b_status}");
+    let b_all = get_json(b_addr, "/api/entries?type=any&per_page=500").await;
+    assert_eq!(instances_of(&b_all["entries"]), vec!["gw-b"]);
+    let url = world.pg.url();
+    let both = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .args(["audit", "serve", "audit.jsonl", "--database", &url])
+        .args(["--public-key", "x.pub", "--listen", "127.0.0.1:0"])
+        .output()
+        .unwrap();
+    assert_eq!(both.status.code(), Some(2), "{both:?}");
+    assert!(String::from_utf8_lossy(&both.stderr).contains("cannot be used with"));
+
     // The database gone: the view says so and keeps showing what it read.
     let before = get_json(addr, "/api/entries?type=any").await["total"].clone();
     world.pg.stop_server();

@@ -95,6 +95,9 @@ pub async fn run(
         let view = view.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(REFRESH_EVERY);
+            // A database that stops answering holds a round up to its time limit: the next
+            // waits its turn instead of several running back to back.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
                 view.follow().await;
