@@ -366,6 +366,28 @@ async fn one_view_shows_every_instance_filters_by_instance_and_follows_the_datab
         );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
+
+    // A line altered in the database: a view started now shows gw-a's log failing, named, and
+    // gw-b's intact; overall not intact.
+    world.pg.psql(
+        "UPDATE hetao_audit_lines SET line = replace(line, '\"allow\"', '\"deny\"') \
+         WHERE instance = 'gw-a' AND line LIKE '%\"decision\":\"allow\"%'",
+    );
+    let (_tampered, t_addr) = start_view(&world, &[]).await;
+    let status = get_json(t_addr, "/api/status").await;
+    assert_eq!(status["intact"], false, "{status}");
+    assert_eq!(status["instances"][0]["instance"], "gw-a");
+    assert_eq!(status["instances"][0]["intact"], false, "{status}");
+    assert!(
+        status["instances"][0]["report"]["problem"]["seq"].is_u64(),
+        "{status}"
+    );
+    assert_eq!(status["instances"][1]["intact"], true, "{status}");
+    let (_, page) = get(t_addr, "/").await;
+    assert!(
+        page.contains("FAILED: an instance's log does not verify"),
+        "{page}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
