@@ -10,77 +10,21 @@
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
 
-use std::path::{Path, PathBuf};
-use std::process::ExitCode;
-use std::time::Duration;
+mod common;
 
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use common::chromium::{chromium, chromium_or_skip, is_png, unescape};
 use hetao_auditview::AuditView;
 use hetao_gateway::cli::demo::{run as demo, DemoArgs};
 use hetao_gateway_core::audit::{query_logs, AuditEntryType, AuditPublicKey, QueryFilter};
 
-fn find_chromium() -> Option<PathBuf> {
-    let path = std::env::var_os("PATH")?;
-    ["chromium", "chromium-browser", "google-chrome"]
-        .iter()
-        .flat_map(|name| std::env::split_paths(&path).map(move |dir| dir.join(name)))
-        .find(|p| p.is_file())
-}
-
-/// Runs headless Chromium with `args` and returns what it printed.
-async fn chromium(browser: &Path, profile: &Path, args: &[&str]) -> String {
-    let out = tokio::time::timeout(
-        Duration::from_secs(120),
-        tokio::process::Command::new(browser)
-            .args([
-                "--headless",
-                // The tests run as root in CI, where Chromium's sandbox cannot start.
-                "--no-sandbox",
-                "--disable-gpu",
-                "--disable-dev-shm-usage",
-                "--hide-scrollbars",
-                "--no-first-run",
-                "--force-device-scale-factor=1",
-                "--window-size=1200,900",
-            ])
-            .arg(format!("--user-data-dir={}", profile.display()))
-            .args(args)
-            .kill_on_drop(true)
-            .output(),
-    )
-    .await
-    .expect("chromium finished within two minutes")
-    .unwrap();
-    assert!(
-        out.status.success(),
-        "chromium {args:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-/// The DOM's text with the entities its serialisation uses turned back into characters.
-fn unescape(dom: &str) -> String {
-    dom.replace("&lt;", "<")
-        .replace("&gt;", ">")
-        .replace("&quot;", "\"")
-        .replace("&nbsp;", "\u{a0}")
-        .replace("&amp;", "&")
-}
-
-fn is_png(path: &Path) -> bool {
-    std::fs::read(path).is_ok_and(|b| b.starts_with(b"\x89PNG\r\n\x1a\n") && b.len() > 10_000)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn chromium_shows_a_filtered_view_and_an_entry_with_its_reasons() {
-    let Some(browser) = find_chromium() else {
-        if std::env::var_os("CI").is_some() {
-            panic!("chromium is not installed: .ci/run installs Debian's `chromium` package");
-        }
-        eprintln!(
-            "SKIPPED chromium_shows_a_filtered_view_and_an_entry_with_its_reasons: no chromium \
-             on PATH (install it with `apt-get install chromium`, as .ci/run does)"
-        );
+    let Some(browser) =
+        chromium_or_skip("chromium_shows_a_filtered_view_and_an_entry_with_its_reasons")
+    else {
         return;
     };
     let tmp = tempfile::tempdir().unwrap();

@@ -93,13 +93,18 @@ pub struct VerifyArgs {
 #[derive(clap::Args, Debug)]
 pub struct ServeArgs {
     /// Log segment files (the active log brings its archived segments along).
-    #[arg(required = true, value_name = "LOG")]
+    #[arg(required_unless_present = "database", value_name = "LOG")]
     pub logs: Vec<PathBuf>,
+    /// Over a cluster: every instance's log shipped to its database, at once, followed as
+    /// instances ship more.
+    #[command(flatten)]
+    pub cluster: DatabaseArgs,
     /// The gateway's audit public key (PEM, `audit-signing.pub`).
     #[arg(long, value_name = "FILE")]
     pub public_key: PathBuf,
     /// A witness's public key; repeat for each park's witness. Their cosignatures (kept beside
-    /// the log) are checked and shown.
+    /// the log) are checked and shown. With --database they are named but not checked: a
+    /// cluster's cosignatures stay beside each instance's files.
     #[arg(long = "witness-key", value_name = "FILE")]
     pub witness_keys: Vec<PathBuf>,
     /// Address to listen on. Anything but loopback needs --cert, --key and --client-ca.
@@ -846,25 +851,63 @@ async fn serve(a: ServeArgs) -> anyhow::Result<ExitCode> {
         .map(|p| AuditPublicKey::from_pem_file(p))
         .collect::<Result<Vec<_>, _>>()?;
     let started = std::time::Instant::now();
-    let logs = a.logs.clone();
-    let view = tokio::task::spawn_blocking(move || {
-        hetao_auditview::AuditView::open(logs, key, witness_keys)
-    })
-    .await
-    .context("indexing the log stopped")??;
+    let view = match a.cluster.database.as_deref() {
+        Some(database) => {
+            let source =
+                hetao_auditview::DatabaseSource::new(database, a.cluster.database_ca.as_deref())?;
+            // The connection string is never printed: only what the driver or server said.
+            hetao_auditview::AuditView::open_database(
+                source,
+                a.cluster.instance.clone(),
+                key,
+                witness_keys,
+            )
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!("reading the shipped logs from the cluster database: {e}")
+            })?
+        }
+        None => {
+            let logs = a.logs.clone();
+            tokio::task::spawn_blocking(move || {
+                hetao_auditview::AuditView::open(logs, key, witness_keys)
+            })
+            .await
+            .context("indexing the log stopped")??
+        }
+    };
     let listener = tokio::net::TcpListener::bind(a.listen)
         .await
         .with_context(|| format!("cannot listen on {}", a.listen))?;
-    let status = view.status();
+    let overview = view.overview();
     let scheme = if acceptor.is_some() { "https" } else { "http" };
+    let instances = view.instances();
+    let (of, verdict) = if a.cluster.database.is_some() {
+        (
+            format!(
+                " of {} instances ({})",
+                instances.len(),
+                hetao_gateway_core::printable::escape_controls(&instances.join(", "))
+            ),
+            if overview.intact() {
+                "every instance's log verifies"
+            } else {
+                "AN INSTANCE'S LOG DOES NOT VERIFY: see the page"
+            },
+        )
+    } else {
+        (
+            String::new(),
+            if overview.intact() {
+                "the log verifies"
+            } else {
+                "THE LOG DOES NOT VERIFY: see the page"
+            },
+        )
+    };
     say!(
-        "audit view of {} entries ({}) ready in {} ms at {scheme}://{}/",
+        "audit view of {} entries{of} ({verdict}) ready in {} ms at {scheme}://{}/",
         view.entries(),
-        if status.intact {
-            "the log verifies"
-        } else {
-            "THE LOG DOES NOT VERIFY: see the page"
-        },
         started.elapsed().as_millis(),
         listener.local_addr().unwrap_or(a.listen)
     );

@@ -5,6 +5,8 @@
 #![allow(clippy::unwrap_used)]
 #![allow(dead_code)]
 
+pub mod chromium;
+pub mod cluster;
 pub mod postgres;
 pub mod processes;
 

@@ -34,26 +34,34 @@ pub struct Charts {
 }
 
 impl Charts {
-    /// Over the decision entries among `positions`.
-    pub fn of(index: &LogIndex, positions: &[usize]) -> Charts {
-        let rows = index.rows();
-        let decisions: Vec<usize> = positions
+    /// Over the decision entries among the positions of each log (the instances of a
+    /// cluster): one time axis, their counts added up.
+    pub fn of_many(parts: &[(&LogIndex, Vec<usize>)]) -> Charts {
+        let decisions: Vec<(&LogIndex, usize)> = parts
             .iter()
-            .copied()
-            .filter(|&p| rows[p].entry_type == AuditEntryType::Decision && rows[p].time_us > 0)
+            .flat_map(|(index, positions)| {
+                positions
+                    .iter()
+                    .map(move |&p| (*index, p))
+                    .filter(|(index, p)| {
+                        let r = &index.rows()[*p];
+                        r.entry_type == AuditEntryType::Decision && r.time_us > 0
+                    })
+            })
             .collect();
+        let time = |(index, p): &(&LogIndex, usize)| index.rows()[*p].time_us;
         let mut charts = Charts::default();
         let (Some(first), Some(last)) = (
-            decisions.iter().map(|&p| rows[p].time_us).min(),
-            decisions.iter().map(|&p| rows[p].time_us).max(),
+            decisions.iter().map(time).min(),
+            decisions.iter().map(time).max(),
         ) else {
             return charts;
         };
         charts.start_us = first;
         charts.bucket_us = ((last - first) / BUCKETS as i64 + 1).max(1);
-        let mut rules: BTreeMap<u32, u64> = BTreeMap::new();
-        for &p in &decisions {
-            let r = &rows[p];
+        let mut rules: BTreeMap<String, u64> = BTreeMap::new();
+        for &(index, p) in &decisions {
+            let r = &index.rows()[p];
             let bucket = (((r.time_us - first) / charts.bucket_us) as usize).min(BUCKETS - 1);
             let kind = match index.names.name(r.kind) {
                 "" => "(none)".to_string(),
@@ -66,14 +74,11 @@ impl Charts {
             charts.decisions += 1;
             for (id, deny) in index.rules(r) {
                 if deny {
-                    *rules.entry(id).or_default() += 1;
+                    *rules.entry(index.names.name(id).to_string()).or_default() += 1;
                 }
             }
         }
-        let mut top: Vec<(String, u64)> = rules
-            .into_iter()
-            .map(|(id, n)| (index.names.name(id).to_string(), n))
-            .collect();
+        let mut top: Vec<(String, u64)> = rules.into_iter().collect();
         top.sort_by(|a, b| b.1.cmp(&a.1).then_with(|| a.0.cmp(&b.0)));
         top.truncate(TOP_RULES);
         charts.top_deny_rules = top;

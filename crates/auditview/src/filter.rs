@@ -22,6 +22,8 @@ pub use hetao_gateway_core::audit::QueryFilter as ViewFilter;
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ViewQuery {
     pub filter: ViewFilter,
+    /// Over a cluster's database: one instance's entries only.
+    pub instance: Option<String>,
     /// 1-based.
     pub page: usize,
     pub per_page: usize,
@@ -87,6 +89,7 @@ impl ViewQuery {
                 entry_type: default_type,
                 ..ViewFilter::default()
             },
+            instance: None,
             page: 1,
             per_page: DEFAULT_PER_PAGE,
         };
@@ -111,6 +114,7 @@ impl ViewQuery {
                 "decision" => f.decision = text(),
                 "rule" => f.rule = text(),
                 "record_id" => f.record_id = text(),
+                "instance" => q.instance = text(),
                 "page" => {
                     q.page = value
                         .parse::<usize>()
@@ -136,6 +140,9 @@ impl ViewQuery {
     pub fn filter_query(&self) -> String {
         let f = &self.filter;
         let mut s = form_urlencoded::Serializer::new(String::new());
+        if let Some(i) = &self.instance {
+            s.append_pair("instance", i);
+        }
         let time = |t: &DateTime<Utc>| t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true);
         if let Some(t) = &f.since {
             s.append_pair("since", &time(t));
@@ -259,7 +266,7 @@ mod tests {
     #[test]
     fn a_query_string_becomes_a_filter_and_back() {
         let q = ViewQuery::parse(
-            "since=2026-12-01T10%3A30&kind=data&from=sz&to=hk&org=Shenzhen+Bay+Lab&decision=deny&rule=data-no-export&page=3&per_page=20",
+            "instance=gw-b&since=2026-12-01T10%3A30&kind=data&from=sz&to=hk&org=Shenzhen+Bay+Lab&decision=deny&rule=data-no-export&page=3&per_page=20",
             Some(AuditEntryType::Decision),
         )
         .unwrap();
@@ -273,6 +280,7 @@ mod tests {
         );
         let again = ViewQuery::parse(&q.filter_query(), None).unwrap();
         assert_eq!(again.filter, q.filter);
+        assert_eq!(again.instance.as_deref(), Some("gw-b"));
         assert_eq!(again.per_page, 20);
         assert_eq!(again.page, 1);
     }

@@ -11,7 +11,47 @@ use hetao_gateway_core::audit::AuditEntry;
 
 use crate::charts::Charts;
 use crate::filter::ViewQuery;
-use crate::status::Status;
+use crate::status::{Overview, Status};
+
+/// An entry shown, with the instance whose log holds it (`None` over files).
+#[derive(Debug, Clone)]
+pub struct Shown {
+    pub instance: Option<String>,
+    pub entry: AuditEntry,
+}
+
+impl Shown {
+    /// The entry as JSON with its hash, and its `instance` member over a database (as
+    /// `audit query --database --format json` gives it).
+    pub fn to_json(&self) -> serde_json::Value {
+        let mut v = self.entry.to_json_with_hash();
+        if let (Some(obj), Some(i)) = (v.as_object_mut(), &self.instance) {
+            obj.insert("instance".into(), serde_json::Value::String(i.clone()));
+        }
+        v
+    }
+}
+
+fn encode(s: &str) -> String {
+    form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}
+
+/// Where an entry's page is: `/entry/SEQ`, or `/entry/INSTANCE/SEQ` over a database (sequences
+/// repeat across instances).
+pub fn entry_href(instance: Option<&str>, seq: u64) -> String {
+    match instance {
+        Some(i) => format!("/entry/{}/{seq}", encode(i)),
+        None => format!("/entry/{seq}"),
+    }
+}
+
+/// Where a record's evidence is, in an instance's log over a database.
+pub fn evidence_href(instance: Option<&str>, record_id: &str) -> String {
+    match instance {
+        Some(i) => format!("/api/evidence/{}/{}", encode(i), encode(record_id)),
+        None => format!("/api/evidence/{}", encode(record_id)),
+    }
+}
 
 /// The stylesheet (`/style.css`).
 pub const STYLE: &str = r#"
@@ -38,7 +78,7 @@ form.filters label { display: flex; flex-direction: column; font-size: .85em; }
 pre { white-space: pre-wrap; word-break: break-all; background: #fff; border: 1px solid #ddd; padding: .5em; }
 "#;
 
-fn layout(title: &str, status: &Status, body: Markup) -> Markup {
+fn layout(title: &str, overview: &Overview, body: Markup) -> Markup {
     html! {
         (DOCTYPE)
         html lang="en" {
@@ -54,7 +94,7 @@ fn layout(title: &str, status: &Status, body: Markup) -> Markup {
                     nav { a href="/" { "Decisions" } " · " a href="/checkpoints" { "Checkpoints" } " · " a href="/api/" { "JSON API" } }
                 }
                 main {
-                    (status_box(status))
+                    (status_box(overview))
                     (body)
                 }
             }
@@ -62,8 +102,93 @@ fn layout(title: &str, status: &Status, body: Markup) -> Markup {
     }
 }
 
-/// What the verifier found, at the top of every page.
-pub fn status_box(s: &Status) -> Markup {
+/// What the verifier found, at the top of every page: of the log, or of every instance's log and
+/// the database they are read from.
+pub fn status_box(overview: &Overview) -> Markup {
+    match overview.single() {
+        Some(s) => log_status_box(s),
+        None => cluster_status_box(overview),
+    }
+}
+
+fn status_class(s: &Status) -> &'static str {
+    if !s.intact {
+        "bad"
+    } else if s.tail_problem.is_some() {
+        "warn"
+    } else {
+        "ok"
+    }
+}
+
+/// Over a cluster's database: the overall verdict, the database's state, then each instance's
+/// log verified on its own.
+fn cluster_status_box(o: &Overview) -> Markup {
+    let db = o.database.clone().unwrap_or_default();
+    let unsealed = o.logs.iter().any(|(_, s)| s.tail_problem.is_some());
+    let class = if !o.intact() {
+        "status bad"
+    } else if !db.reachable || unsealed || o.logs.is_empty() {
+        "status warn"
+    } else {
+        "status ok"
+    };
+    html! {
+        section class=(class) id="status" {
+            h2 {
+                @if !o.intact() { "FAILED: an instance's log does not verify" }
+                @else if o.logs.is_empty() { "No instance has shipped a log yet" }
+                @else if unsealed { "Intact so far: every instance's log verifies; some tails are not sealed yet" }
+                @else { "Intact: every instance's hashes, links, tree roots and signatures verify" }
+            }
+            p id="database" {
+                @if db.reachable {
+                    "Cluster database: read at "
+                    (db.last_read.map(|t| t.format("%Y-%m-%d %H:%M:%S UTC").to_string()).unwrap_or_default())
+                    ", " (o.logs.len()) " instances."
+                } @else {
+                    span.deny { "Cluster database UNREACHABLE" }
+                    @if let Some(t) = db.failing_since { " since " (t.format("%Y-%m-%d %H:%M:%S UTC")) }
+                    ": " (db.last_error.as_deref().unwrap_or("")) ". Showing what was read"
+                    @if let Some(t) = db.last_read { " at " (t.format("%Y-%m-%d %H:%M:%S UTC")) }
+                    "; entries shipped since are not shown."
+                }
+            }
+            table id="instances" {
+                thead { tr { th { "instance" } th { "verdict" } th { "entries" } th { "hashes and links" } th { "checkpoint signatures" } th { "tail" } th { "problem" } } }
+                tbody { @for (name, s) in &o.logs {
+                    @let r = &s.report;
+                    @let name = name.as_deref().unwrap_or("");
+                    tr class=(status_class(s)) {
+                        td.mono { a href=(format!("/?instance={}", encode(name))) { (name) } }
+                        td { @if !s.intact { span.deny { "FAILED" } } @else if s.tail_problem.is_some() { "intact so far" } @else { span.allow { "intact" } } }
+                        td { (r.entries) @if let (Some(a), Some(b)) = (r.first_seq, r.last_seq) { " (seq " (a) "–" (b) ")" } }
+                        td { @if r.problem.is_none() { "all verified" } @else { "see the problem" } }
+                        td { (r.signatures_verified) " of " (r.checkpoints) }
+                        td { (s.tail_problem.as_deref().unwrap_or("sealed")) }
+                        td { @if let Some(p) = &r.problem { span.deny { (p.to_string()) } } }
+                    }
+                } }
+            }
+            ul {
+                li { "Checkpoint signatures verified with key " span.mono { (o.logs.first().map(|(_, s)| s.key_id.as_str()).unwrap_or("")) } "; tree roots rebuilt from the entries and checked at every checkpoint." }
+                li {
+                    "Witness cosignatures: not checked here. They are kept beside each instance's log files and are not shipped to the database; check them at each instance with "
+                    code { "audit verify LOG --witness-key FILE" } "."
+                    @if !o.unshipped_witnesses.is_empty() {
+                        " Witnesses named: "
+                        @for (i, w) in o.unshipped_witnesses.iter().enumerate() { @if i > 0 { ", " } span.mono { (w) } }
+                        "."
+                    }
+                }
+            }
+            small { "Each instance's log is verified on its own, as `audit verify --database --allow-unsigned-tail` does; the database is not trusted." }
+        }
+    }
+}
+
+/// One log's status (a view over files).
+fn log_status_box(s: &Status) -> Markup {
     let r = &s.report;
     let class = if !s.intact {
         "status bad"
@@ -124,6 +249,8 @@ pub struct Facets {
     pub orgs: Vec<String>,
     pub decisions: Vec<String>,
     pub rules: Vec<String>,
+    /// Over a database: the instances.
+    pub instances: Vec<String>,
 }
 
 fn datalist(id: &str, values: &[String]) -> Markup {
@@ -139,6 +266,13 @@ fn filter_form(q: &ViewQuery, f: &Facets) -> Markup {
     let ty = q.filter.entry_type.map_or("any", |t| t.as_str());
     html! {
         form.filters method="get" action="/" id="filters" {
+            @if !f.instances.is_empty() {
+                @let chosen = q.instance.clone().unwrap_or_default();
+                label { "Instance" select name="instance" {
+                    option value="" selected[chosen.is_empty()] { "every instance" }
+                    @for i in &f.instances { option value=(i) selected[*i == chosen] { (i) } }
+                } }
+            }
             label { "Since (UTC)" input type="datetime-local" step="1" name="since" value=(t(&q.filter.since)); }
             label { "Until (UTC)" input type="datetime-local" step="1" name="until" value=(t(&q.filter.until)); }
             label { "Type" select name="type" {
@@ -179,16 +313,17 @@ fn rule_ids(e: &AuditEntry) -> String {
 
 /// The decisions page: status, filters, charts, one page of entries, exports.
 pub fn list_page(
-    status: &Status,
+    overview: &Overview,
     q: &ViewQuery,
     total: usize,
-    entries: &[AuditEntry],
+    entries: &[Shown],
     charts: &Charts,
     facets: &Facets,
 ) -> Markup {
     let fq = q.filter_query();
     let pages = total.div_ceil(q.per_page).max(1);
     let link = |page: usize| format!("/?{fq}&page={page}");
+    let instances = overview.database.is_some();
     let body = html! {
         (filter_form(q, facets))
         div.charts {
@@ -202,11 +337,12 @@ pub fn list_page(
             a href=(format!("/api/entries?{fq}&page={}", q.page)) { "this page as JSON" }
         }
         table id="entries" {
-            thead { tr { th { "seq" } th { "time (UTC)" } th { "type" } th { "record id" } th { "kind" } th { "route" } th { "organisation" } th { "decision" } th { "status" } th { "rules" } } }
+            thead { tr { @if instances { th { "instance" } } th { "seq" } th { "time (UTC)" } th { "type" } th { "record id" } th { "kind" } th { "route" } th { "organisation" } th { "decision" } th { "status" } th { "rules" } } }
             tbody {
-                @for e in entries {
+                @for Shown { instance, entry: e } in entries {
                     tr {
-                        td { a href=(format!("/entry/{}", e.seq)) { (e.seq) } }
+                        @if instances { td.instance { (instance.as_deref().unwrap_or("")) } }
+                        td { a href=(entry_href(instance.as_deref(), e.seq)) { (e.seq) } }
                         td { (e.time) }
                         td { (e.entry_type.as_str()) }
                         td.mono { (e.record_id.as_deref().unwrap_or("")) }
@@ -226,19 +362,35 @@ pub fn list_page(
             @if q.page < pages { a href=(link(q.page + 1)) rel="next" { "older ›" } a href=(link(pages)) { "last »" } }
         }
     };
-    layout("Decisions", status, body)
+    layout("Decisions", overview, body)
 }
 
 /// One entry: everything the log holds of it, the other entry of its record, its evidence.
 pub fn entry_page(
-    status: &Status,
+    overview: &Overview,
+    instance: Option<&str>,
     entry: &AuditEntry,
     line: &str,
     related: Option<&AuditEntry>,
+    across_instances: bool,
 ) -> Markup {
+    let title = match instance {
+        Some(i) => format!("Entry {} of instance {i}", entry.seq),
+        None => format!("Entry {}", entry.seq),
+    };
     let body = html! {
-        h2 { "Entry " (entry.seq) " (" (entry.entry_type.as_str()) ")" }
+        h2 { (title) " (" (entry.entry_type.as_str()) ")" }
         (entry_table(entry))
+        @if let Some(elsewhere) = &entry.decided_elsewhere {
+            p id="decided-elsewhere" {
+                "The record was decided on instance " span.mono { (elsewhere.instance) }
+                @if let Some(seq) = elsewhere.seq {
+                    ", its entry "
+                    @if across_instances { a href=(entry_href(Some(&elsewhere.instance), seq)) { (seq) } } @else { (seq) }
+                }
+                "; this entry answered a retry with that first answer."
+            }
+        }
         @if !entry.rules.is_empty() {
             h3 { "Matched rules" }
             table id="rules" {
@@ -254,7 +406,7 @@ pub fn entry_page(
             ul id="obligations" { @for o in &entry.obligations { li { (o) } } }
         }
         @if let Some(other) = related {
-            h3 { @if other.seq > entry.seq { "Upstream outcome (entry " } @else { "Its decision (entry " } a href=(format!("/entry/{}", other.seq)) { (other.seq) } ")" }
+            h3 { @if other.seq > entry.seq { "Upstream outcome (entry " } @else { "Its decision (entry " } a href=(entry_href(instance, other.seq)) { (other.seq) } ")" }
             (entry_table(other))
         }
         @if let Some(id) = &entry.record_id {
@@ -263,13 +415,13 @@ pub fn entry_page(
                 "The record's entries as written, their inclusion proofs and the signed (and cosigned) checkpoint they lead to, as "
                 code { "audit prove" } " writes them; check offline with "
                 code { "hetao-gateway audit receipt verify FILE --public-key audit-signing.pub" } ": "
-                a id="evidence" href=(format!("/api/evidence/{}", form_urlencoded::byte_serialize(id.as_bytes()).collect::<String>())) download="evidence.json" { "download evidence (JSON)" }
+                a id="evidence" href=(evidence_href(instance, id)) download="evidence.json" { "download evidence (JSON)" }
             }
         }
         h3 { "The line as written" }
         pre.mono { (line) }
     };
-    layout(&format!("Entry {}", entry.seq), status, body)
+    layout(&title, overview, body)
 }
 
 fn entry_table(e: &AuditEntry) -> Markup {
@@ -354,6 +506,9 @@ fn entry_table(e: &AuditEntry) -> Markup {
 /// A checkpoint as the checkpoints page lists it.
 #[derive(Debug, Clone, serde::Serialize)]
 pub struct CheckpointView {
+    /// Over a database: the instance whose log holds it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance: Option<String>,
     pub seq: u64,
     pub time: String,
     pub tree_size: Option<u64>,
@@ -366,22 +521,29 @@ pub struct CheckpointView {
 }
 
 pub fn checkpoints_page(
-    status: &Status,
+    overview: &Overview,
     checkpoints: &[CheckpointView],
     page: usize,
     pages: usize,
     total: usize,
     cosigned: &BTreeMap<u64, Vec<String>>,
 ) -> Markup {
+    let instances = overview.database.is_some();
+    let witnesses = overview
+        .single()
+        .map(|s| s.report.witnesses.clone())
+        .unwrap_or_default();
     let body = html! {
         h2 { "Checkpoints" }
-        p { (total) " signed checkpoints, newest first; " (cosigned.len()) " tree sizes cosigned by witnesses (kept in the cosignatures file beside the log). A witness is marked verified when every cosignature it made verifies with the --witness-key given for it and names a tree this log holds. "
-            a href=(format!("/api/checkpoints?page={page}")) { "as JSON" } }
+        @if instances { p { (total) " signed checkpoints of every instance, newest first. Witness cosignatures are kept beside each instance's log files, not in the database: check them there with " code { "audit verify LOG --witness-key" } ". " a href=(format!("/api/checkpoints?page={page}")) { "as JSON" } } }
+        @else { p { (total) " signed checkpoints, newest first; " (cosigned.len()) " tree sizes cosigned by witnesses (kept in the cosignatures file beside the log). A witness is marked verified when every cosignature it made verifies with the --witness-key given for it and names a tree this log holds. "
+            a href=(format!("/api/checkpoints?page={page}")) { "as JSON" } } }
         table id="checkpoints" {
-            thead { tr { th { "seq" } th { "time (UTC)" } th { "tree size" } th { "tree root" } th { "key" } th { "final" } th { "cosigned by" } } }
+            thead { tr { @if instances { th { "instance" } } th { "seq" } th { "time (UTC)" } th { "tree size" } th { "tree root" } th { "key" } th { "final" } th { "cosigned by" } } }
             tbody { @for c in checkpoints {
                 tr {
-                    td { a href=(format!("/entry/{}", c.seq)) { (c.seq) } }
+                    @if instances { td.instance { (c.instance.as_deref().unwrap_or("")) } }
+                    td { a href=(entry_href(c.instance.as_deref(), c.seq)) { (c.seq) } }
                     td { (c.time) }
                     td { @if let Some(n) = c.tree_size { (n) } }
                     td.mono { (c.tree_root.as_deref().unwrap_or("")) }
@@ -390,7 +552,7 @@ pub fn checkpoints_page(
                     td { @for (i, w) in c.cosigned_by.iter().enumerate() {
                         @if i > 0 { ", " }
                         span.mono { (w) } " "
-                        @match status.report.witnesses.iter().find(|x| &x.witness == w) {
+                        @match witnesses.iter().find(|x| &x.witness == w) {
                             Some(x) if x.problem.is_none() => { span.allow { "verified" } }
                             Some(_) => { span.deny { "FAILED" } }
                             None => { "(not checked: no --witness-key for it)" }
@@ -405,13 +567,13 @@ pub fn checkpoints_page(
             @if page < pages { a href=(format!("/checkpoints?page={}", page + 1)) { "older ›" } }
         }
     };
-    layout("Checkpoints", status, body)
+    layout("Checkpoints", overview, body)
 }
 
-pub fn error_page(status: &Status, code: u16, message: &str) -> Markup {
+pub fn error_page(overview: &Overview, code: u16, message: &str) -> Markup {
     layout(
         "Error",
-        status,
+        overview,
         html! { h2 { (code) } p id="error" { (message) } p { a href="/" { "Back to the decisions" } } },
     )
 }

@@ -28,7 +28,8 @@ use crate::view::AuditView;
 const MAX_CONNECTIONS: usize = 64;
 /// The longest a connection lives (exports of large views included).
 const CONNECTION_LIFETIME: Duration = Duration::from_secs(300);
-/// How often the log is looked at for appended entries without a request asking.
+/// How often the log is looked at for appended entries without a request asking (and a
+/// cluster's database for lines shipped since).
 pub const REFRESH_EVERY: Duration = Duration::from_secs(5);
 
 const SECURITY_HEADERS: [(&str, &str); 5] = [
@@ -94,10 +95,12 @@ pub async fn run(
         let view = view.clone();
         tokio::spawn(async move {
             let mut every = tokio::time::interval(REFRESH_EVERY);
+            // A database that stops answering holds a round up to its time limit: the next
+            // waits its turn instead of several running back to back.
+            every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 every.tick().await;
-                let view = view.clone();
-                let _ = tokio::task::spawn_blocking(move || view.refresh()).await;
+                view.follow().await;
             }
         })
     };

@@ -93,3 +93,31 @@ fn read_capped(path: &Path) -> String {
     }
     text
 }
+
+/// The status of every log a view shows, and of the database it reads them from: what the top of
+/// every page says.
+#[derive(Debug, Clone)]
+pub struct Overview {
+    /// Each log with its instance (`None`: the files given on the command line).
+    pub logs: Vec<(Option<String>, std::sync::Arc<Status>)>,
+    /// Over a cluster's database (`audit serve --database`).
+    pub database: Option<crate::database::DatabaseState>,
+    /// The witnesses named with `--witness-key` whose cosignatures cannot be checked here: a
+    /// cluster's cosignatures stay beside each instance's files and are not shipped.
+    pub unshipped_witnesses: Vec<String>,
+}
+
+impl Overview {
+    /// Every log verifies (a tail not yet sealed allowed).
+    pub fn intact(&self) -> bool {
+        self.logs.iter().all(|(_, s)| s.intact)
+    }
+
+    /// The one status of a view over files.
+    pub fn single(&self) -> Option<&Status> {
+        match (&self.database, self.logs.as_slice()) {
+            (None, [(_, s)]) => Some(s),
+            _ => None,
+        }
+    }
+}

@@ -1,25 +1,32 @@
-//! The auditors' view: the indexed log, its verification status, and the answer to each request
-//! (HTML pages, the JSON API, exports, evidence). Transport-free: [`crate::server`] carries the
-//! answers over HTTP, tests call [`AuditView::answer`] directly too.
+//! The auditors' view: the indexed logs, their verification status, and the answer to each
+//! request (HTML pages, the JSON API, exports, evidence). Transport-free: [`crate::server`]
+//! carries the answers over HTTP, tests call [`AuditView::answer`] directly too.
+//!
+//! A view shows one log (the files given to `audit serve LOG...`) or, over a cluster's database
+//! (`audit serve --database`), every instance's log at once: each indexed and verified on its
+//! own, their entries listed together with their instance, newest first.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::RwLockReadGuard;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use serde_json::json;
 
 use hetao_gateway_core::audit::evidence;
-use hetao_gateway_core::audit::query::entries_csv;
+use hetao_gateway_core::audit::query::{entries_csv, instances_csv};
 use hetao_gateway_core::audit::{AuditEntry, AuditEntryType, AuditPublicKey};
+use hetao_gateway_core::witness::cosignature::witness_name_of;
 
 use crate::charts::Charts;
+use crate::database::DatabaseSource;
 use crate::filter::Selection as _;
 use crate::filter::ViewQuery;
-use crate::html::{self, CheckpointView, Facets};
+use crate::html::{self, CheckpointView, Facets, Shown};
 use crate::index::{IndexError, LogIndex, NONE};
-use crate::status::{self, Status};
+use crate::status::{self, Overview, Status};
 
 /// The most entries one export holds; past it the answer says it was cut (narrow the filter, or
 /// use `audit query` for larger sets).
@@ -64,13 +71,139 @@ impl Answer {
     }
 }
 
-pub struct AuditView {
-    logs: Vec<PathBuf>,
-    key: AuditPublicKey,
-    witness_keys: Vec<AuditPublicKey>,
+/// One log the view shows: the files given on the command line, or one instance's shipped log
+/// as mirrored from the database.
+struct Log {
+    /// `None`: the files given on the command line.
+    instance: Option<String>,
+    files: Vec<PathBuf>,
     index: RwLock<LogIndex>,
     status: RwLock<Arc<Status>>,
     verifying: AtomicBool,
+}
+
+impl Log {
+    /// Indexes the log and verifies it, side by side on two threads.
+    fn open(
+        instance: Option<String>,
+        files: Vec<PathBuf>,
+        key: &AuditPublicKey,
+        witness_keys: &[AuditPublicKey],
+    ) -> Result<Log, IndexError> {
+        let (index, status) = std::thread::scope(|s| {
+            let verifying = s.spawn(|| status::verify(&files, key, witness_keys));
+            let index = LogIndex::build(&files);
+            let status = verifying
+                .join()
+                .unwrap_or_else(|_| status::verify(&files, key, witness_keys));
+            (index, status)
+        });
+        Ok(Log {
+            instance,
+            index: RwLock::new(index?),
+            status: RwLock::new(Arc::new(status)),
+            files,
+            verifying: AtomicBool::new(false),
+        })
+    }
+
+    fn name(&self) -> Option<&str> {
+        self.instance.as_deref()
+    }
+}
+
+/// An entry among the logs: which log, and its position among that log's rows.
+type Pick = (usize, usize);
+
+/// The logs of a request, each index held for reading while the answer is made.
+struct Held<'a> {
+    logs: &'a [Arc<Log>],
+    indexes: Vec<RwLockReadGuard<'a, LogIndex>>,
+}
+
+impl<'a> Held<'a> {
+    fn new(logs: &'a [Arc<Log>]) -> Held<'a> {
+        Held {
+            logs,
+            indexes: logs.iter().map(|l| read(&l.index)).collect(),
+        }
+    }
+
+    /// The entries matching `q`, oldest first: chain order for one log, time order (then
+    /// instance, then chain order) across several.
+    fn select(&self, q: &ViewQuery) -> Vec<Pick> {
+        let mut picks: Vec<Pick> = Vec::new();
+        for (li, index) in self.indexes.iter().enumerate() {
+            if q.instance
+                .as_deref()
+                .is_some_and(|i| self.logs[li].name() != Some(i))
+            {
+                continue;
+            }
+            picks.extend(q.filter.select(index).into_iter().map(|p| (li, p)));
+        }
+        if self.indexes.len() > 1 {
+            picks.sort_by_key(|&(li, p)| (self.indexes[li].rows()[p].time_us, li));
+        }
+        picks
+    }
+
+    /// The entries of `picks`, in that order, each with its instance.
+    fn read(&self, picks: &[Pick]) -> Result<Vec<Shown>, Failure> {
+        let mut out: Vec<Option<AuditEntry>> = vec![None; picks.len()];
+        for (li, index) in self.indexes.iter().enumerate() {
+            let (at, positions): (Vec<usize>, Vec<usize>) = picks
+                .iter()
+                .enumerate()
+                .filter(|(_, (l, _))| *l == li)
+                .map(|(i, (_, p))| (i, *p))
+                .unzip();
+            if positions.is_empty() {
+                continue;
+            }
+            let entries = index.read_entries(&positions).map_err(Failure::Internal)?;
+            for (i, e) in at.into_iter().zip(entries) {
+                out[i] = Some(e);
+            }
+        }
+        Ok(picks
+            .iter()
+            .zip(out)
+            .filter_map(|(&(li, _), e)| {
+                e.map(|entry| Shown {
+                    instance: self.logs[li].instance.clone(),
+                    entry,
+                })
+            })
+            .collect())
+    }
+
+    fn charts(&self, picks: &[Pick]) -> Charts {
+        let parts: Vec<(&LogIndex, Vec<usize>)> = self
+            .indexes
+            .iter()
+            .enumerate()
+            .map(|(li, index)| {
+                let positions = picks
+                    .iter()
+                    .filter(|(l, _)| *l == li)
+                    .map(|(_, p)| *p)
+                    .collect();
+                (&**index, positions)
+            })
+            .collect();
+        Charts::of_many(&parts)
+    }
+}
+
+pub struct AuditView {
+    logs: RwLock<Vec<Arc<Log>>>,
+    /// Over a cluster's database: where the logs are mirrored from.
+    database: Option<DatabaseSource>,
+    /// With `--instance`: that instance's log only.
+    only_instance: Option<String>,
+    key: AuditPublicKey,
+    witness_keys: Vec<AuditPublicKey>,
     last_refresh: Mutex<Instant>,
     /// One evidence bundle is made at a time (each reads the whole log).
     proving: Mutex<()>,
@@ -91,36 +224,137 @@ impl AuditView {
         key: AuditPublicKey,
         witness_keys: Vec<AuditPublicKey>,
     ) -> Result<Arc<AuditView>, IndexError> {
-        let (index, status) = std::thread::scope(|s| {
-            let verifying = s.spawn(|| status::verify(&logs, &key, &witness_keys));
-            let index = LogIndex::build(&logs);
-            let status = verifying
-                .join()
-                .unwrap_or_else(|_| status::verify(&logs, &key, &witness_keys));
-            (index, status)
-        });
+        let log = Log::open(None, logs, &key, &witness_keys)?;
         Ok(Arc::new(AuditView {
-            index: RwLock::new(index?),
-            status: RwLock::new(Arc::new(status)),
-            logs,
+            logs: RwLock::new(vec![Arc::new(log)]),
+            database: None,
+            only_instance: None,
             key,
             witness_keys,
-            verifying: AtomicBool::new(false),
             last_refresh: Mutex::new(Instant::now()),
             proving: Mutex::new(()),
         }))
     }
 
-    pub fn status(&self) -> Arc<Status> {
-        read(&self.status).clone()
+    /// A view of every instance's log shipped to a cluster's database (or only `instance`'s):
+    /// read once now (an error when the database cannot be read: there is nothing to show yet),
+    /// then followed by [`follow`](Self::follow). Witness cosignatures are not in the database:
+    /// the witnesses named are listed as not checked.
+    pub async fn open_database(
+        source: DatabaseSource,
+        instance: Option<String>,
+        key: AuditPublicKey,
+        witness_keys: Vec<AuditPublicKey>,
+    ) -> Result<Arc<AuditView>, String> {
+        let mirrored = source
+            .pull(instance.as_deref(), true)
+            .await
+            .map_err(|e| e.to_string())?;
+        let view = Arc::new(AuditView {
+            logs: RwLock::new(Vec::new()),
+            database: Some(source),
+            only_instance: instance,
+            key,
+            witness_keys,
+            last_refresh: Mutex::new(Instant::now()),
+            proving: Mutex::new(()),
+        });
+        let adding = view.clone();
+        tokio::task::spawn_blocking(move || adding.add_instances(&mirrored))
+            .await
+            .map_err(|e| e.to_string())?
+            .map_err(|e| e.to_string())?;
+        Ok(view)
     }
 
+    /// Adds the mirrored logs of instances the view does not show yet.
+    fn add_instances(&self, mirrored: &[crate::database::MirroredLog]) -> Result<(), IndexError> {
+        for m in mirrored {
+            let known = read(&self.logs)
+                .iter()
+                .any(|l| l.name() == Some(m.instance.as_str()));
+            if known {
+                continue;
+            }
+            // Cosignatures are not shipped: the mirrors are verified without witness keys, and
+            // the witnesses named are listed as not checked.
+            let log = Log::open(
+                Some(m.instance.clone()),
+                vec![m.path.clone()],
+                &self.key,
+                &[],
+            )?;
+            write(&self.logs).push(Arc::new(log));
+        }
+        Ok(())
+    }
+
+    fn logs(&self) -> Vec<Arc<Log>> {
+        read(&self.logs).clone()
+    }
+
+    /// What the top of every page says: each log's verification, and the database's state.
+    pub fn overview(&self) -> Overview {
+        Overview {
+            logs: self
+                .logs()
+                .iter()
+                .map(|l| (l.instance.clone(), read(&l.status).clone()))
+                .collect(),
+            database: self.database.as_ref().map(DatabaseSource::state),
+            unshipped_witnesses: if self.database.is_some() {
+                self.witness_keys.iter().map(witness_name_of).collect()
+            } else {
+                Vec::new()
+            },
+        }
+    }
+
+    /// The status of the first log (the only one of a view over files).
+    pub fn status(&self) -> Arc<Status> {
+        self.logs()
+            .first()
+            .map(|l| read(&l.status).clone())
+            .unwrap_or_else(|| Arc::new(status::verify(&[], &self.key, &[])))
+    }
+
+    /// Entries in every log shown.
     pub fn entries(&self) -> usize {
-        read(&self.index).rows().len()
+        self.logs()
+            .iter()
+            .map(|l| read(&l.index).rows().len())
+            .sum()
+    }
+
+    /// The instances shown (none for a view over files).
+    pub fn instances(&self) -> Vec<String> {
+        self.logs()
+            .iter()
+            .filter_map(|l| l.instance.clone())
+            .collect()
+    }
+
+    /// Brings the view up to date: over a database, reads the lines shipped since the last
+    /// read (and adds instances that appeared); then takes in what was appended to the files.
+    /// A database that cannot be read leaves the view as it was, its status saying so.
+    pub async fn follow(self: &Arc<Self>) {
+        if let Some(source) = &self.database {
+            if let Ok(mirrored) = source.pull(self.only_instance.as_deref(), false).await {
+                let view = self.clone();
+                let added =
+                    tokio::task::spawn_blocking(move || view.add_instances(&mirrored)).await;
+                if let Ok(Err(e)) = added {
+                    tracing::warn!(target: "hetao::auditview", error = %e, "cannot index an instance's log");
+                }
+            }
+        }
+        let view = self.clone();
+        let _ = tokio::task::spawn_blocking(move || view.refresh_now()).await;
     }
 
     /// Takes in appended entries (a rotated log is read again) and, when anything changed,
-    /// verifies again in the background; the previous status stands until then.
+    /// verifies again in the background; the previous status stands until then. At most once
+    /// a second.
     pub fn refresh(self: &Arc<Self>) {
         {
             let mut last = self.last_refresh.lock().unwrap_or_else(|p| p.into_inner());
@@ -129,28 +363,40 @@ impl AuditView {
             }
             *last = Instant::now();
         }
-        let changed = match write(&self.index).refresh(&self.logs) {
-            Ok(changed) => changed,
-            Err(e) => {
-                tracing::warn!(target: "hetao::auditview", error = %e, "cannot read the log again");
-                false
+        self.refresh_now();
+    }
+
+    fn refresh_now(self: &Arc<Self>) {
+        for log in self.logs() {
+            let changed = match write(&log.index).refresh(&log.files) {
+                Ok(changed) => changed,
+                Err(e) => {
+                    tracing::warn!(target: "hetao::auditview", error = %e, "cannot read the log again");
+                    false
+                }
+            };
+            if changed && !log.verifying.swap(true, Ordering::AcqRel) {
+                let key = self.key.clone();
+                let witness_keys = if log.instance.is_none() {
+                    self.witness_keys.clone()
+                } else {
+                    Vec::new()
+                };
+                std::thread::spawn(move || {
+                    let status = status::verify(&log.files, &key, &witness_keys);
+                    *write(&log.status) = Arc::new(status);
+                    log.verifying.store(false, Ordering::Release);
+                });
             }
-        };
-        if changed && !self.verifying.swap(true, Ordering::AcqRel) {
-            let view = self.clone();
-            std::thread::spawn(move || {
-                let status = status::verify(&view.logs, &view.key, &view.witness_keys);
-                *write(&view.status) = Arc::new(status);
-                view.verifying.store(false, Ordering::Release);
-            });
         }
     }
 
     /// The answer to `GET path?query`.
     pub fn answer(&self, path: &str, query: &str) -> Answer {
-        let status = self.status();
+        let overview = self.overview();
+        let logs = self.logs();
         let result = match path {
-            "/" => self.list_page(&status, query),
+            "/" => self.list_page(&overview, &logs, query),
             "/style.css" => Ok(Answer {
                 status: 200,
                 content_type: "text/css; charset=utf-8",
@@ -158,21 +404,21 @@ impl AuditView {
                 download: None,
                 truncated: false,
             }),
-            "/checkpoints" => self.checkpoints(&status, query, false),
-            "/api" | "/api/" => Ok(Answer::json(200, &api_index())),
-            "/api/status" => Ok(Answer::json(200, &json!(*status))),
-            "/api/entries" => self.entries_json(query),
-            "/api/charts" => self.charts_json(query),
-            "/api/checkpoints" => self.checkpoints(&status, query, true),
-            "/api/export.csv" => self.export(query, true),
-            "/api/export.json" => self.export(query, false),
+            "/checkpoints" => self.checkpoints(&overview, &logs, query, false),
+            "/api" | "/api/" => Ok(Answer::json(200, &api_index(self.database.is_some()))),
+            "/api/status" => Ok(Answer::json(200, &status_json(&overview))),
+            "/api/entries" => self.entries_json(&logs, query),
+            "/api/charts" => self.charts_json(&logs, query),
+            "/api/checkpoints" => self.checkpoints(&overview, &logs, query, true),
+            "/api/export.csv" => self.export(&logs, query, true),
+            "/api/export.json" => self.export(&logs, query, false),
             _ => {
-                if let Some(seq) = path.strip_prefix("/entry/") {
-                    self.entry(&status, seq, false)
-                } else if let Some(seq) = path.strip_prefix("/api/entries/") {
-                    self.entry(&status, seq, true)
-                } else if let Some(id) = path.strip_prefix("/api/evidence/") {
-                    self.evidence(id)
+                if let Some(rest) = path.strip_prefix("/entry/") {
+                    self.entry(&overview, &logs, rest, false)
+                } else if let Some(rest) = path.strip_prefix("/api/entries/") {
+                    self.entry(&overview, &logs, rest, true)
+                } else if let Some(rest) = path.strip_prefix("/api/evidence/") {
+                    self.evidence(&logs, rest)
                 } else {
                     Err(Failure::NotFound("no such page".into()))
                 }
@@ -191,91 +437,123 @@ impl AuditView {
             if path.starts_with("/api") {
                 Answer::json(code, &json!({ "error": message }))
             } else {
-                Answer::html(code, html::error_page(&status, code, message))
+                Answer::html(code, html::error_page(&overview, code, message))
             }
         })
     }
 
-    fn query(query: &str, default_type: Option<AuditEntryType>) -> Result<ViewQuery, Failure> {
-        ViewQuery::parse(query, default_type).map_err(|e| Failure::BadRequest(e.to_string()))
+    fn query(
+        &self,
+        query: &str,
+        default_type: Option<AuditEntryType>,
+    ) -> Result<ViewQuery, Failure> {
+        let q = ViewQuery::parse(query, default_type)
+            .map_err(|e| Failure::BadRequest(e.to_string()))?;
+        if q.instance.is_some() && self.database.is_none() {
+            return Err(Failure::BadRequest(
+                "parameter `instance`: this view shows the log files given, not a cluster's instances".into(),
+            ));
+        }
+        Ok(q)
     }
 
-    /// One page of the matching entries, newest first, and how many match.
-    fn page(&self, q: &ViewQuery) -> Result<(usize, Vec<AuditEntry>, Vec<usize>), Failure> {
-        let index = read(&self.index);
-        let matching = q.filter.select(&index);
-        let total = matching.len();
+    /// One page of the matching entries, newest first, and all that match.
+    fn page(&self, held: &Held, q: &ViewQuery) -> Result<(Vec<Shown>, Vec<Pick>), Failure> {
+        let matching = held.select(q);
         let skip = (q.page - 1).saturating_mul(q.per_page);
-        let mut shown: Vec<usize> = matching
+        let shown: Vec<Pick> = matching
             .iter()
             .rev()
             .skip(skip)
             .take(q.per_page)
             .copied()
             .collect();
-        shown.reverse();
-        let mut entries = index.read_entries(&shown).map_err(Failure::Internal)?;
-        entries.reverse();
-        Ok((total, entries, matching))
+        Ok((held.read(&shown)?, matching))
     }
 
-    fn list_page(&self, status: &Status, query: &str) -> Result<Answer, Failure> {
-        let q = Self::query(query, Some(AuditEntryType::Decision))?;
-        let (total, entries, matching) = self.page(&q)?;
-        let index = read(&self.index);
-        let charts = Charts::of(&index, &matching);
-        let facets = facets(&index);
+    fn list_page(
+        &self,
+        overview: &Overview,
+        logs: &[Arc<Log>],
+        query: &str,
+    ) -> Result<Answer, Failure> {
+        let q = self.query(query, Some(AuditEntryType::Decision))?;
+        let held = Held::new(logs);
+        let (entries, matching) = self.page(&held, &q)?;
+        let charts = held.charts(&matching);
+        let facets = facets(&held);
         Ok(Answer::html(
             200,
-            html::list_page(status, &q, total, &entries, &charts, &facets),
+            html::list_page(overview, &q, matching.len(), &entries, &charts, &facets),
         ))
     }
 
-    fn entries_json(&self, query: &str) -> Result<Answer, Failure> {
-        let q = Self::query(query, Some(AuditEntryType::Decision))?;
-        let (total, entries, _) = self.page(&q)?;
+    fn entries_json(&self, logs: &[Arc<Log>], query: &str) -> Result<Answer, Failure> {
+        let q = self.query(query, Some(AuditEntryType::Decision))?;
+        let held = Held::new(logs);
+        let (entries, matching) = self.page(&held, &q)?;
+        let total = matching.len();
+        let mut filter = json!(q.filter);
+        if let (Some(obj), Some(i)) = (filter.as_object_mut(), &q.instance) {
+            obj.insert("instance".into(), json!(i));
+        }
         Ok(Answer::json(
             200,
             &json!({
-                "filter": q.filter,
+                "filter": filter,
                 "total": total,
                 "page": q.page,
                 "per_page": q.per_page,
                 "pages": total.div_ceil(q.per_page).max(1),
-                "entries": entries.iter().map(AuditEntry::to_json_with_hash).collect::<Vec<_>>(),
+                "entries": entries.iter().map(Shown::to_json).collect::<Vec<_>>(),
             }),
         ))
     }
 
-    fn charts_json(&self, query: &str) -> Result<Answer, Failure> {
-        let q = Self::query(query, Some(AuditEntryType::Decision))?;
-        let index = read(&self.index);
-        let matching = q.filter.select(&index);
-        Ok(Answer::json(200, &json!(Charts::of(&index, &matching))))
+    fn charts_json(&self, logs: &[Arc<Log>], query: &str) -> Result<Answer, Failure> {
+        let q = self.query(query, Some(AuditEntryType::Decision))?;
+        let held = Held::new(logs);
+        let matching = held.select(&q);
+        Ok(Answer::json(200, &json!(held.charts(&matching))))
     }
 
-    fn export(&self, query: &str, csv: bool) -> Result<Answer, Failure> {
-        let q = Self::query(query, Some(AuditEntryType::Decision))?;
+    fn export(&self, logs: &[Arc<Log>], query: &str, csv: bool) -> Result<Answer, Failure> {
+        let q = self.query(query, Some(AuditEntryType::Decision))?;
         if form_urlencoded::parse(query.as_bytes()).any(|(k, _)| k == "page") {
             return Err(Failure::BadRequest(
                 "an export holds every matching entry: leave out `page`".into(),
             ));
         }
-        let index = read(&self.index);
-        let mut matching = q.filter.select(&index);
+        let held = Held::new(logs);
+        let mut matching = held.select(&q);
         let truncated = matching.len() > MAX_EXPORT;
         matching.truncate(MAX_EXPORT);
-        let entries = index.read_entries(&matching).map_err(Failure::Internal)?;
+        let entries = held.read(&matching)?;
         let mut answer = if csv {
+            let body = if self.database.is_some() {
+                // The columns of `audit query --database --format csv`: the instance first.
+                let mut groups: Vec<(String, Vec<AuditEntry>)> = Vec::new();
+                for s in entries {
+                    let name = s.instance.unwrap_or_default();
+                    match groups.last_mut() {
+                        Some((last, run)) if *last == name => run.push(s.entry),
+                        _ => groups.push((name, vec![s.entry])),
+                    }
+                }
+                instances_csv(&groups)
+            } else {
+                let entries: Vec<AuditEntry> = entries.into_iter().map(|s| s.entry).collect();
+                entries_csv(&entries)
+            };
             Answer {
                 status: 200,
                 content_type: "text/csv; charset=utf-8",
-                body: entries_csv(&entries).into_bytes(),
+                body: body.into_bytes(),
                 download: Some("audit.csv".into()),
                 truncated,
             }
         } else {
-            let v: Vec<_> = entries.iter().map(AuditEntry::to_json_with_hash).collect();
+            let v: Vec<_> = entries.iter().map(Shown::to_json).collect();
             Answer::json(200, &json!(v))
         };
         if !csv {
@@ -285,11 +563,45 @@ impl AuditView {
         Ok(answer)
     }
 
-    fn entry(&self, status: &Status, seq: &str, api: bool) -> Result<Answer, Failure> {
+    /// The log an entry path names: `SEQ` over files, `INSTANCE/SEQ` (or `INSTANCE/RECORD_ID`)
+    /// over a database, where sequences repeat across instances.
+    fn named<'l>(
+        &self,
+        logs: &'l [Arc<Log>],
+        rest: &'l str,
+        what: &str,
+    ) -> Result<(&'l Arc<Log>, &'l str), Failure> {
+        if self.database.is_none() {
+            return logs
+                .first()
+                .map(|l| (l, rest))
+                .ok_or_else(|| Failure::NotFound("no log".into()));
+        }
+        let Some((instance, rest)) = rest.split_once('/') else {
+            return Err(Failure::NotFound(format!(
+                "name the instance as well as the {what}: sequences repeat across instances (/entry/INSTANCE/SEQ)"
+            )));
+        };
+        let instance = decode(instance);
+        let log = logs
+            .iter()
+            .find(|l| l.name() == Some(instance.as_str()))
+            .ok_or_else(|| Failure::NotFound(format!("no instance `{instance}` in this view")))?;
+        Ok((log, rest))
+    }
+
+    fn entry(
+        &self,
+        overview: &Overview,
+        logs: &[Arc<Log>],
+        rest: &str,
+        api: bool,
+    ) -> Result<Answer, Failure> {
+        let (log, seq) = self.named(logs, rest, "sequence number")?;
         let seq: u64 = seq
             .parse()
             .map_err(|_| Failure::BadRequest("an entry is named by its sequence number".into()))?;
-        let index = read(&self.index);
+        let index = read(&log.index);
         let row = index
             .row(seq)
             .ok_or_else(|| Failure::NotFound(format!("the log has no entry {seq}")))?;
@@ -302,31 +614,41 @@ impl AuditView {
             },
         };
         drop(index);
+        let instance = log.name();
         if api {
-            return Ok(Answer::json(
-                200,
-                &json!({
-                    "entry": entry.to_json_with_hash(),
-                    "line": line,
-                    "related": related.as_ref().map(AuditEntry::to_json_with_hash),
-                    "evidence": entry.record_id.as_ref().map(|id| format!("/api/evidence/{}", encode(id))),
-                }),
-            ));
+            let mut value = json!({
+                "entry": entry.to_json_with_hash(),
+                "line": line,
+                "related": related.as_ref().map(AuditEntry::to_json_with_hash),
+                "evidence": entry.record_id.as_ref().map(|id| html::evidence_href(instance, id)),
+            });
+            if let (Some(obj), Some(i)) = (value.as_object_mut(), instance) {
+                obj.insert("instance".into(), json!(i));
+            }
+            return Ok(Answer::json(200, &value));
         }
         Ok(Answer::html(
             200,
-            html::entry_page(status, &entry, &line, related.as_ref()),
+            html::entry_page(
+                overview,
+                instance,
+                &entry,
+                &line,
+                related.as_ref(),
+                self.database.is_some(),
+            ),
         ))
     }
 
-    fn evidence(&self, id: &str) -> Result<Answer, Failure> {
+    fn evidence(&self, logs: &[Arc<Log>], rest: &str) -> Result<Answer, Failure> {
+        let (log, id) = self.named(logs, rest, "record id")?;
         let id = decode(id);
         let Ok(_one_at_a_time) = self.proving.try_lock() else {
             return Err(Failure::Unavailable(
                 "another evidence bundle is being made: try again in a moment".into(),
             ));
         };
-        let files = read(&self.index).files.clone();
+        let files = read(&log.index).files.clone();
         match evidence::prove(&files, &id) {
             Ok(bundle) => {
                 let mut a = Answer::json(200, &json!(bundle));
@@ -341,7 +663,13 @@ impl AuditView {
         }
     }
 
-    fn checkpoints(&self, status: &Status, query: &str, api: bool) -> Result<Answer, Failure> {
+    fn checkpoints(
+        &self,
+        overview: &Overview,
+        logs: &[Arc<Log>],
+        query: &str,
+        api: bool,
+    ) -> Result<Answer, Failure> {
         let mut page = 1usize;
         for (k, v) in form_urlencoded::parse(query.as_bytes()) {
             match k.as_ref() {
@@ -359,30 +687,40 @@ impl AuditView {
                 }
             }
         }
-        let cosigned = status::cosignatures(&self.logs);
-        let index = read(&self.index);
-        let all: Vec<usize> = index
-            .rows()
-            .iter()
-            .enumerate()
-            .filter(|(_, r)| r.entry_type == AuditEntryType::Checkpoint)
-            .map(|(i, _)| i)
-            .collect();
+        // Over a database there is no cosignatures file: they stay beside each instance's log.
+        let cosigned = match logs {
+            [log] if log.instance.is_none() => status::cosignatures(&log.files),
+            _ => Default::default(),
+        };
+        let held = Held::new(logs);
+        let mut all: Vec<Pick> = Vec::new();
+        for (li, index) in held.indexes.iter().enumerate() {
+            all.extend(
+                index
+                    .rows()
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.entry_type == AuditEntryType::Checkpoint)
+                    .map(|(i, _)| (li, i)),
+            );
+        }
+        if held.indexes.len() > 1 {
+            all.sort_by_key(|&(li, p)| (held.indexes[li].rows()[p].time_us, li));
+        }
         let total = all.len();
         let pages = total.div_ceil(CHECKPOINTS_PER_PAGE).max(1);
-        let mut shown: Vec<usize> = all
+        let shown: Vec<Pick> = all
             .iter()
             .rev()
             .skip((page - 1).saturating_mul(CHECKPOINTS_PER_PAGE))
             .take(CHECKPOINTS_PER_PAGE)
             .copied()
             .collect();
-        shown.reverse();
-        let mut views: Vec<CheckpointView> = index
-            .read_entries(&shown)
-            .map_err(Failure::Internal)?
+        let views: Vec<CheckpointView> = held
+            .read(&shown)?
             .into_iter()
-            .map(|e| CheckpointView {
+            .map(|Shown { instance, entry: e }| CheckpointView {
+                instance,
                 cosigned_by: e
                     .tree_size
                     .and_then(|n| cosigned.get(&n).cloned())
@@ -395,8 +733,7 @@ impl AuditView {
                 final_checkpoint: e.final_checkpoint,
             })
             .collect();
-        views.reverse();
-        drop(index);
+        drop(held);
         if api {
             return Ok(Answer::json(
                 200,
@@ -405,9 +742,38 @@ impl AuditView {
         }
         Ok(Answer::html(
             200,
-            html::checkpoints_page(status, &views, page, pages, total, &cosigned),
+            html::checkpoints_page(overview, &views, page, pages, total, &cosigned),
         ))
     }
+}
+
+/// `/api/status`: over files, what `audit verify` finds; over a database, that for each
+/// instance, whether all verify, and the database's state.
+fn status_json(overview: &Overview) -> serde_json::Value {
+    if let Some(single) = overview.single() {
+        return json!(single);
+    }
+    let instances: Vec<serde_json::Value> = overview
+        .logs
+        .iter()
+        .map(|(name, s)| {
+            let mut v = json!(**s);
+            if let Some(obj) = v.as_object_mut() {
+                obj.insert("instance".into(), json!(name));
+            }
+            v
+        })
+        .collect();
+    json!({
+        "intact": overview.intact(),
+        "database": overview.database,
+        "instances": instances,
+        "witnesses": {
+            "checked": false,
+            "named": overview.unshipped_witnesses,
+            "why": "witness cosignatures are kept beside each instance's log files and are not shipped to the database: check them there with `audit verify LOG --witness-key`",
+        },
+    })
 }
 
 enum Failure {
@@ -415,10 +781,6 @@ enum Failure {
     NotFound(String),
     Unavailable(String),
     Internal(String),
-}
-
-fn encode(s: &str) -> String {
-    form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
 /// A percent-encoded path segment, decoded.
@@ -429,41 +791,61 @@ fn decode(s: &str) -> String {
         .unwrap_or_default()
 }
 
-/// The values the log holds for each filter, offered in the form.
-fn facets(index: &LogIndex) -> Facets {
-    let mut sets: [BTreeSet<u32>; 5] = Default::default();
+/// The values the logs hold for each filter, offered in the form.
+fn facets(held: &Held) -> Facets {
+    let mut sets: [BTreeSet<String>; 5] = Default::default();
     let mut rules = BTreeSet::new();
-    for r in index.rows() {
-        for (set, sym) in sets
-            .iter_mut()
-            .zip([r.kind, r.from, r.to, r.org, r.decision])
-        {
-            if sym != NONE {
-                set.insert(sym);
+    for index in &held.indexes {
+        let mut syms: [BTreeSet<u32>; 5] = Default::default();
+        let mut rule_syms = BTreeSet::new();
+        for r in index.rows() {
+            for (set, sym) in syms
+                .iter_mut()
+                .zip([r.kind, r.from, r.to, r.org, r.decision])
+            {
+                if sym != NONE {
+                    set.insert(sym);
+                }
             }
+            rule_syms.extend(index.rules(r).map(|(id, _)| id));
         }
-        rules.extend(index.rules(r).map(|(id, _)| id));
+        for (names, syms) in sets.iter_mut().zip(&syms) {
+            names.extend(syms.iter().map(|&s| index.names.name(s).to_string()));
+        }
+        rules.extend(rule_syms.iter().map(|&s| index.names.name(s).to_string()));
     }
-    let names = |set: &BTreeSet<u32>| -> Vec<String> {
-        let mut v: Vec<String> = set
-            .iter()
-            .map(|&s| index.names.name(s).to_string())
-            .collect();
-        v.sort();
-        v
-    };
-    let [kinds, from, to, orgs, decisions] = &sets;
-    let parks: BTreeSet<u32> = from.union(to).copied().collect();
+    let [kinds, from, to, orgs, decisions] = sets;
+    let parks: BTreeSet<String> = from.union(&to).cloned().collect();
     Facets {
-        kinds: names(kinds),
-        parks: names(&parks),
-        orgs: names(orgs),
-        decisions: names(decisions),
-        rules: names(&rules),
+        kinds: kinds.into_iter().collect(),
+        parks: parks.into_iter().collect(),
+        orgs: orgs.into_iter().collect(),
+        decisions: decisions.into_iter().collect(),
+        rules: rules.into_iter().collect(),
+        instances: held
+            .logs
+            .iter()
+            .filter_map(|l| l.instance.clone())
+            .collect(),
     }
 }
 
-fn api_index() -> serde_json::Value {
+fn api_index(database: bool) -> serde_json::Value {
+    if database {
+        return json!({
+            "endpoints": {
+                "/api/status": "for each instance, what `audit verify --allow-unsigned-tail` finds (hashes, links, tree roots, checkpoint signatures); whether all verify; the database's state",
+                "/api/entries": "one page of every instance's entries, newest first, each with its `instance`; filters: instance, since, until (RFC 3339), type (decision by default; any), kind, from, to, org, decision, rule, record_id; page, per_page",
+                "/api/entries/{instance}/{seq}": "one entry of an instance, its line as written, its record's other entry, and where its evidence is",
+                "/api/evidence/{instance}/{record_id}": "the evidence bundle `audit prove` writes from that instance's log (check with `audit receipt verify`)",
+                "/api/checkpoints": "every instance's signed checkpoints, newest first; page",
+                "/api/charts": "decisions over time by kind and the top deny rules, for the same filters",
+                "/api/export.csv": "every matching entry as CSV (as `audit query --database --format csv`: the instance first), same filters",
+                "/api/export.json": "every matching entry as JSON, each with its `instance`, same filters",
+            },
+            "max_export": MAX_EXPORT,
+        });
+    }
     json!({
         "endpoints": {
             "/api/status": "what `audit verify --allow-unsigned-tail` finds: hashes, links, tree roots, checkpoint signatures, witness cosignatures",

@@ -113,6 +113,57 @@ struct Counts {
     settle_batches: AtomicU64,
     settles: AtomicU64,
     lost_claims: AtomicU64,
+    /// How long each batch took against the database (connection included), failed ones too.
+    claim_seconds: BatchSeconds,
+    settle_seconds: BatchSeconds,
+}
+
+/// Upper bounds (seconds) of the registry latency histogram: a round trip on a LAN is about a
+/// millisecond, the statement time limit is 5 s.
+const BATCH_SECONDS_BOUNDS: [f64; 12] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+
+/// A latency histogram without locks: per bucket (not cumulative), the sum in microseconds, and
+/// the count.
+#[derive(Default)]
+struct BatchSeconds {
+    buckets: [AtomicU64; BATCH_SECONDS_BOUNDS.len()],
+    sum_us: AtomicU64,
+    count: AtomicU64,
+}
+
+impl BatchSeconds {
+    fn observe(&self, took: Duration) {
+        let secs = took.as_secs_f64();
+        if let Some(i) = BATCH_SECONDS_BOUNDS.iter().position(|b| secs <= *b) {
+            self.buckets[i].fetch_add(1, Ordering::Relaxed);
+        }
+        let us = u64::try_from(took.as_micros()).unwrap_or(u64::MAX);
+        self.sum_us.fetch_add(us, Ordering::Relaxed);
+        self.count.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The series of one operation, in the Prometheus text format (cumulative buckets).
+    fn render(&self, out: &mut String, name: &str, operation: &str) {
+        use std::fmt::Write;
+        let mut cumulative = 0;
+        for (bound, n) in BATCH_SECONDS_BOUNDS.iter().zip(&self.buckets) {
+            cumulative += n.load(Ordering::Relaxed);
+            let _ = writeln!(
+                out,
+                "{name}_bucket{{operation=\"{operation}\",le=\"{bound}\"}} {cumulative}"
+            );
+        }
+        let count = self.count.load(Ordering::Relaxed);
+        let _ = writeln!(
+            out,
+            "{name}_bucket{{operation=\"{operation}\",le=\"+Inf\"}} {count}"
+        );
+        let sum = self.sum_us.load(Ordering::Relaxed) as f64 / 1e6;
+        let _ = writeln!(out, "{name}_sum{{operation=\"{operation}\"}} {sum}");
+        let _ = writeln!(out, "{name}_count{{operation=\"{operation}\"}} {count}");
+    }
 }
 
 impl Decisions {
@@ -263,6 +314,12 @@ impl Decisions {
                 value.load(Ordering::Relaxed),
             );
         }
+        let name = "hetao_cluster_registry_batch_duration_seconds";
+        out.push_str(&format!(
+            "# HELP {name} Time one batch of claims or settles took against the decision registry (failed batches included).\n# TYPE {name} histogram\n"
+        ));
+        c.claim_seconds.render(&mut out, name, "claim");
+        c.settle_seconds.render(&mut out, name, "settle");
         out
     }
 }
@@ -335,11 +392,13 @@ async fn claim_task(
     while let Some(first) = rx.recv().await {
         let batch = drain(&mut rx, first);
         let (requests, replies): (Vec<ClaimRequest>, Vec<Reply<Claim>>) = batch.into_iter().unzip();
+        let started = std::time::Instant::now();
         let result = async {
             let client = link.client().await?;
             claim_batch(&client, &instance, lease_secs, &requests).await
         }
         .await;
+        counts.claim_seconds.observe(started.elapsed());
         match result {
             Ok(claims) => {
                 health.ok();
@@ -501,11 +560,13 @@ async fn settle_task(
 ) {
     while let Some(first) = rx.recv().await {
         let batch = drain(&mut rx, first);
+        let started = std::time::Instant::now();
         let result = async {
             let client = link.client().await?;
             settle_batch(&client, &instance, &batch).await
         }
         .await;
+        counts.settle_seconds.observe(started.elapsed());
         match result {
             Ok(kept) => {
                 health.ok();
@@ -623,4 +684,41 @@ async fn settle_batch(
         .iter()
         .map(|op| matches!(op.settle, Settle::Release) || kept.contains(&op.key))
         .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_latency_histogram_is_cumulative_with_an_operation_label() {
+        let h = BatchSeconds::default();
+        h.observe(Duration::from_micros(800));
+        h.observe(Duration::from_millis(30));
+        h.observe(Duration::from_secs(9));
+        let mut out = String::new();
+        h.render(&mut out, "x", "claim");
+        assert!(
+            out.contains("x_bucket{operation=\"claim\",le=\"0.001\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{operation=\"claim\",le=\"0.025\"} 1\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{operation=\"claim\",le=\"0.05\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{operation=\"claim\",le=\"5\"} 2\n"),
+            "{out}"
+        );
+        assert!(
+            out.contains("x_bucket{operation=\"claim\",le=\"+Inf\"} 3\n"),
+            "{out}"
+        );
+        assert!(out.contains("x_sum{operation=\"claim\"} 9.0308\n"), "{out}");
+        assert!(out.contains("x_count{operation=\"claim\"} 3\n"), "{out}");
+    }
 }

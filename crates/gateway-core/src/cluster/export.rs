@@ -51,7 +51,7 @@ pub async fn export_logs(
     instance: Option<&str>,
     dir: &Path,
 ) -> Result<Vec<ExportedLog>, ClusterError> {
-    let target = Target::new(database, ca)?;
+    let target = Target::new(database, ca)?.read_only();
     let client = target.connect_once().await?;
     let db = |e: tokio_postgres::Error| ClusterError::from_db(&e);
     let names: Vec<String> = timed(client.query(
@@ -120,4 +120,94 @@ pub async fn export_logs(
         });
     }
     Ok(out)
+}
+
+/// Follows the shipped logs for a view that stays open (`audit serve --database`): each call
+/// reads only what lies past what the caller already holds. Only `SELECT`s, on a session the
+/// server itself keeps read-only. The connection is made again after it breaks.
+pub struct ShippedLines {
+    target: Target,
+    client: Option<tokio_postgres::Client>,
+}
+
+impl ShippedLines {
+    /// Parses the connection string and reads the CA file; connects on first use.
+    pub fn new(database: &str, ca: Option<&Path>) -> Result<ShippedLines, ClusterError> {
+        Ok(ShippedLines {
+            target: Target::new(database, ca)?.read_only(),
+            client: None,
+        })
+    }
+
+    async fn client(&mut self) -> Result<&tokio_postgres::Client, ClusterError> {
+        if self.client.as_ref().is_none_or(|c| c.is_closed()) {
+            self.client = Some(self.target.connect_once().await?);
+        }
+        self.client
+            .as_ref()
+            .ok_or_else(|| ClusterError::Unreachable("not connected".into()))
+    }
+
+    /// Runs `f` on the connection; a connection that failed is dropped, for the next call to
+    /// make again.
+    async fn with_client<T>(
+        &mut self,
+        f: impl AsyncFnOnce(&tokio_postgres::Client) -> Result<T, ClusterError>,
+    ) -> Result<T, ClusterError> {
+        let result = match self.client().await {
+            Ok(client) => f(client).await,
+            Err(e) => Err(e),
+        };
+        if matches!(result, Err(ClusterError::Unreachable(_))) {
+            self.client = None;
+        }
+        result
+    }
+
+    /// The instances that shipped (or announced) a log, by name. `all_lines` also looks
+    /// through the lines themselves (a scan of the table: at start only); otherwise the
+    /// instances announced in `hetao_instances`, which every instance does before it ships.
+    pub async fn instances(&mut self, all_lines: bool) -> Result<Vec<String>, ClusterError> {
+        let sql = if all_lines {
+            "SELECT instance FROM hetao_instances
+             UNION SELECT DISTINCT instance FROM hetao_audit_lines ORDER BY 1"
+        } else {
+            "SELECT instance FROM hetao_instances ORDER BY 1"
+        };
+        self.with_client(async |client| {
+            let rows = timed(client.query(sql, &[]))
+                .await?
+                .map_err(|e| ClusterError::from_db(&e))?;
+            Ok(rows.iter().map(|r| r.get(0)).collect())
+        })
+        .await
+    }
+
+    /// At most `limit` lines of `instance`'s log from sequence `from` on, in order.
+    pub async fn lines_from(
+        &mut self,
+        instance: &str,
+        from: u64,
+        limit: usize,
+    ) -> Result<Vec<(u64, String)>, ClusterError> {
+        let from = i64::try_from(from).unwrap_or(i64::MAX);
+        let limit = i64::try_from(limit).unwrap_or(PAGE);
+        self.with_client(async |client| {
+            let rows = timed(client.query(
+                "SELECT seq, line FROM hetao_audit_lines
+                 WHERE instance = $1 AND seq >= $2 ORDER BY seq LIMIT $3",
+                &[&instance, &from, &limit],
+            ))
+            .await?
+            .map_err(|e| ClusterError::from_db(&e))?;
+            Ok(rows
+                .iter()
+                .map(|r| {
+                    let seq: i64 = r.get(0);
+                    (u64::try_from(seq).unwrap_or(0), r.get::<_, String>(1))
+                })
+                .collect())
+        })
+        .await
+    }
 }

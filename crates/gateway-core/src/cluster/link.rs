@@ -44,10 +44,21 @@ impl Target {
     /// The same database, with commits that do not wait for the WAL flush: for the shipped
     /// copy of the log, which is not the log (the local files are, durable before any answer).
     pub fn with_async_commit(&self) -> Target {
+        self.with_setting("synchronous_commit=off")
+    }
+
+    /// The same database, in sessions the server keeps read-only (`default_transaction_read_only`):
+    /// for auditors' tools, which only ever read.
+    pub fn read_only(&self) -> Target {
+        self.with_setting("default_transaction_read_only=on")
+    }
+
+    /// The same database with one more session setting (`name=value`).
+    fn with_setting(&self, setting: &str) -> Target {
         let mut config = self.config.clone();
         let options = match config.get_options() {
-            Some(o) if !o.is_empty() => format!("{o} -c synchronous_commit=off"),
-            _ => "-c synchronous_commit=off".to_string(),
+            Some(o) if !o.is_empty() => format!("{o} -c {setting}"),
+            _ => format!("-c {setting}"),
         };
         config.options(&options);
         Target {
