@@ -82,6 +82,11 @@ fn record_id(i: usize) -> String {
     format!("{i:08x}-0000-4000-8000-000000000000")
 }
 
+/// Every third record is denied (and so has no outcome entry).
+fn denied(i: usize) -> bool {
+    i.is_multiple_of(3)
+}
+
 fn decision(i: usize) -> AuditEvent {
     AuditEvent {
         entry_type: Some(EntryType::Decision),
@@ -89,9 +94,9 @@ fn decision(i: usize) -> AuditEvent {
         from: Some("sz".into()),
         to: Some("hk".into()),
         body_sha256: Some(format!("{i:064x}")),
-        decision: if i % 3 == 0 { "deny" } else { "allow" }.into(),
-        status: if i % 3 == 0 { 403 } else { 200 },
-        error: (i % 3 == 0).then(|| "policy_denied".to_string()),
+        decision: if denied(i) { "deny" } else { "allow" }.into(),
+        status: if denied(i) { 403 } else { 200 },
+        error: denied(i).then(|| "policy_denied".to_string()),
         policy_version: Some("2026.12".into()),
         latency_us: 100,
         ..Default::default()
@@ -101,7 +106,7 @@ fn decision(i: usize) -> AuditEvent {
 async fn append_records(log: &AuditLog, range: std::ops::Range<usize>) {
     for i in range {
         let d = log.append(decision(i)).await.unwrap();
-        if i % 3 != 0 {
+        if !denied(i) {
             log.append(AuditEvent {
                 entry_type: Some(EntryType::Outcome),
                 record_id: Some(record_id(i)),
@@ -318,7 +323,7 @@ async fn forged_with_the_key(f: &Fixture, records: usize) -> PathBuf {
             d.body_sha256 = Some("ee".repeat(32));
         }
         let appended = log.append(d).await.unwrap();
-        if i % 3 != 0 {
+        if !denied(i) {
             log.append(AuditEvent {
                 entry_type: Some(EntryType::Outcome),
                 record_id: Some(record_id(i)),

@@ -196,7 +196,7 @@ impl Witnesses {
             .filter_map(|l| serde_json::from_str(l).ok())
             .collect();
         // The largest first; only the lines tried are verified.
-        kept.sort_by(|a, b| b.size.cmp(&a.size));
+        kept.sort_by_key(|c| std::cmp::Reverse(c.size));
         kept.into_iter().find_map(|c| {
             let w = self.list.iter().find(|w| w.name == c.witness)?;
             verify_cosignature(&c.note, &w.key).ok()?;
