@@ -186,17 +186,30 @@ pub struct BadLine {
 /// decides whether a bad line is a torn tail (it is the last one) or corruption.
 pub fn scan_file(
     path: &Path,
+    on_entry: impl FnMut(AuditEntry, u64, u64) -> Result<(), LinkError>,
+) -> Result<ScanEnd, ScanError> {
+    scan_file_from(path, 0, 0, on_entry)
+}
+
+/// [`scan_file`] from byte `offset`, the start of the line after line `line` (0 for the file's
+/// start): the rest of a segment whose beginning was read otherwise.
+pub fn scan_file_from(
+    path: &Path,
+    offset: u64,
+    line: u64,
     mut on_entry: impl FnMut(AuditEntry, u64, u64) -> Result<(), LinkError>,
 ) -> Result<ScanEnd, ScanError> {
+    use std::io::Seek;
     let io = |source| ScanError::Io {
         path: path.to_path_buf(),
         source,
     };
-    let file = File::open(path).map_err(io)?;
+    let mut file = File::open(path).map_err(io)?;
+    file.seek(std::io::SeekFrom::Start(offset)).map_err(io)?;
     let mut reader = BufReader::with_capacity(1 << 16, file);
     let mut buf = Vec::with_capacity(1024);
-    let mut offset = 0u64;
-    let mut line_no = 0u64;
+    let mut offset = offset;
+    let mut line_no = line;
     loop {
         let n = match read_line(&mut reader, &mut buf).map_err(io)? {
             LineRead::End => {
@@ -362,6 +375,16 @@ pub struct ChainChecker {
 }
 
 impl ChainChecker {
+    /// A checker that goes on after the entry `seq` with hash `hash`, whose tree (with `seq + 1`
+    /// leaves) is `tree`: the entries up to it were checked otherwise (`audit::startup`).
+    pub fn resume(seq: u64, hash: String, tree: Arc<HashStore>) -> ChainChecker {
+        ChainChecker {
+            tree: Some(tree),
+            last: Some((seq, hash)),
+            ..ChainChecker::default()
+        }
+    }
+
     /// Sequence and hash of the last accepted entry.
     pub fn head(&self) -> Option<(u64, &str)> {
         self.last.as_ref().map(|(s, h)| (*s, h.as_str()))

@@ -275,6 +275,68 @@ pub fn open_line(line: &[u8]) -> Result<AuditEntry, (LineError, Option<u64>)> {
     }
 }
 
+/// A line checked without parsing it as JSON: its hash recomputed over its exact bytes, and the
+/// chain fields read where the writer puts them (`seq`, `time` and `type` first, `prev_hash`
+/// last). For the start's pass over entries that a cosigned checkpoint already seals
+/// (`audit::startup`): a line that hashes right but is not laid out as the writer lays it out is
+/// refused, so the fields read are those the hash covers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HashedLine<'a> {
+    pub seq: u64,
+    pub time: &'a str,
+    /// The `type` value as written (`decision`, `outcome`, ...).
+    pub entry_type: &'a str,
+    /// Hex, as written.
+    pub prev_hash: &'a str,
+    pub hash: &'a str,
+}
+
+/// Checks `line` (without its newline) as [`open_line`] does, without parsing the JSON.
+pub fn hash_line(line: &[u8]) -> Result<HashedLine<'_>, LineError> {
+    const PREV: &[u8] = b",\"prev_hash\":\"";
+    let n = line.len();
+    if n < HASH_TAIL_LEN + PREV.len() + 64 + 2
+        || &line[n - HASH_TAIL_LEN..n - 66] != HASH_MEMBER_PREFIX
+        || &line[n - 2..] != b"\"}"
+    {
+        return Err(LineError::NoHashMember);
+    }
+    let stored = &line[n - 66..n - 2];
+    let body = &line[..n - HASH_TAIL_LEN];
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    ctx.update(body);
+    ctx.update(b"}");
+    let computed = hex::encode(ctx.finish());
+    if computed.as_bytes() != stored {
+        return Err(LineError::HashMismatch {
+            stored: String::from_utf8_lossy(stored).into_owned(),
+            computed,
+        });
+    }
+    let layout = || LineError::Json("not laid out as the writer writes entries".into());
+    let text = std::str::from_utf8(line).map_err(|_| layout())?;
+    let prev_at = body.len().checked_sub(PREV.len() + 65).ok_or_else(layout)?;
+    if &body[prev_at..prev_at + PREV.len()] != PREV || body.last() != Some(&b'"') {
+        return Err(layout());
+    }
+    let rest = text.strip_prefix("{\"seq\":").ok_or_else(layout)?;
+    let digits = rest.bytes().take_while(u8::is_ascii_digit).count();
+    let seq = rest[..digits].parse::<u64>().map_err(|_| layout())?;
+    let rest = rest[digits..]
+        .strip_prefix(",\"time\":\"")
+        .ok_or_else(layout)?;
+    let (time, rest) = rest.split_once('"').ok_or_else(layout)?;
+    let rest = rest.strip_prefix(",\"type\":\"").ok_or_else(layout)?;
+    let (entry_type, _) = rest.split_once('"').ok_or_else(layout)?;
+    Ok(HashedLine {
+        seq,
+        time,
+        entry_type,
+        prev_hash: &text[prev_at + PREV.len()..prev_at + PREV.len() + 64],
+        hash: &text[n - 66..n - 2],
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,6 +403,42 @@ mod tests {
             text.contains(",\"refers_to\":1,\"answer_sha256\":"),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_hashed_line_gives_the_fields_open_line_gives_and_refuses_what_open_line_refuses() {
+        let mut e = AuditEntry::new(
+            41,
+            "2026-12-02T10:00:00.000001Z".into(),
+            AuditEntryType::Outcome,
+            "ab".repeat(32),
+        );
+        e.record_id = Some("r-\"quoted\"".into());
+        e.decision = Some("forwarded".into());
+        let line = seal(&mut e).unwrap();
+        let content = &line[..line.len() - 1];
+        let h = hash_line(content).unwrap();
+        assert_eq!(
+            (h.seq, h.time, h.entry_type, h.prev_hash, h.hash),
+            (
+                41,
+                e.time.as_str(),
+                "outcome",
+                e.prev_hash.as_str(),
+                e.hash.as_str()
+            )
+        );
+        let altered = String::from_utf8(content.to_vec())
+            .unwrap()
+            .replace("forwarded", "forwardex");
+        assert!(matches!(
+            hash_line(altered.as_bytes()),
+            Err(LineError::HashMismatch { .. })
+        ));
+        assert!(matches!(
+            hash_line(b"{\"seq\":1}"),
+            Err(LineError::NoHashMember)
+        ));
     }
 
     #[test]

@@ -29,6 +29,7 @@ pub mod history;
 pub mod keys;
 pub mod note;
 pub mod query;
+pub mod startup;
 pub mod tree;
 pub mod witnessing;
 pub mod writer;
@@ -45,8 +46,10 @@ pub use keys::{
 pub use query::{for_each_entry, query_logs, QueryFilter, QueryStats};
 pub use writer::WriteError;
 
-use chain::{scan_file, ChainChecker, ScanEnd, ScanError};
+use chain::{scan_file_from, ChainChecker, ScanEnd, ScanError};
 use entry::LineError;
+use startup::PrefixError;
+pub use startup::StartupReport;
 use writer::{sync_dir, ChainHead, Command, StatsCells, Writer, BATCH_BUCKETS, FSYNC_BUCKETS};
 
 /// What an entry records. A decision entry is written before anything is forwarded; an outcome
@@ -257,6 +260,12 @@ pub enum OpenError {
         last_checkpoint: Option<u64>,
         most: u64,
     },
+    #[error("{}: {problem}; the log is not the one the witnesses cosigned: an operator must look (run `hetao-gateway audit verify` with --witness-key)", match (seq, line) { (Some(s), l) if *l > 0 => format!("seq {s} (line {l})"), (Some(s), _) => format!("seq {s}"), (None, l) if *l > 0 => format!("line {l}"), (None, _) => "the log".into() })]
+    NotCosigned {
+        line: u64,
+        seq: Option<u64>,
+        problem: String,
+    },
     #[error("{0}; the tree file is rebuilt from the log at start, but the entries of segments moved away from it must still be in it: put those segments back beside the log")]
     Tree(#[source] tree::TreeError),
     #[error("recovering a torn tail: {step}: {source}")]
@@ -319,6 +328,8 @@ struct Inner {
     max_queue: usize,
     /// Handed over once to the replay guard (kept here it would double the memory).
     histories: Mutex<Histories>,
+    /// What the start checked.
+    startup: StartupReport,
     closed: AtomicBool,
     /// Every entry below this sequence is durable under the fsync policy.
     durable: tokio::sync::watch::Receiver<u64>,
@@ -339,6 +350,7 @@ struct Recovered {
     tree: Arc<tree::HashStore>,
     /// The last checkpoint in the log.
     last_checkpoint: Option<witnessing::LoggedCheckpoint>,
+    report: StartupReport,
 }
 
 fn open_error(path: &Path, source: impl Into<OpenError>) -> AuditError {
@@ -363,11 +375,17 @@ pub fn crash_tail_bound(cfg: &AuditConfig) -> u64 {
 /// complete line and an unsigned tail longer than a crash can leave, and sets only an
 /// unterminated (torn) last line aside.
 ///
+/// With witnesses configured and a checkpoint one of them cosigned kept beside the log, the
+/// entries before that checkpoint are checked against its cosigned tree instead
+/// ([`startup`]); then the log's tree at the cosigned size must have the cosigned root whichever
+/// way it was read.
+///
 /// Record histories are kept for decisions made at `remember_since` (Unix seconds) or later.
 fn recover(
     cfg: &AuditConfig,
     key: &AuditPublicKey,
     remember_since: i64,
+    witnesses: &witnessing::Witnesses,
 ) -> Result<Recovered, AuditError> {
     let segments =
         segment_paths(&cfg.log).map_err(|e| open_error(&cfg.log, OpenError::ListSegments(e)))?;
@@ -380,13 +398,63 @@ fn recover(
     let mut last_archive = None;
     let mut active_len = 0;
     let mut torn = None;
-    for (number, path) in &segments {
+    let mut report = StartupReport::default();
+    let anchor = witnesses.latest_cosigned(key);
+    let mut resume = None;
+    if let Some(anchor) = &anchor {
+        match startup::read_cosigned_prefix(
+            &segments,
+            &tree_path,
+            anchor,
+            remember_since,
+            &mut histories,
+        ) {
+            Ok(r) => {
+                report.cosigned = Some((anchor.witness.clone(), anchor.size));
+                report.entries_hashed = r.entries_hashed;
+                report.entries_not_read = anchor.size.saturating_sub(r.entries_hashed);
+                active_segment = r.active_segment;
+                checker = ChainChecker::resume(r.head.0, r.head.1.clone(), Arc::new(r.tree));
+                resume = Some((r.segment_index, r.offset, r.line));
+            }
+            Err(PrefixError::FullCheck(why)) => {
+                tracing::warn!(log = %cfg.log.display(), cosigned_size = anchor.size,
+                    witness = %anchor.witness, reason = %why,
+                    "audit log: cannot start from the cosigned checkpoint; checking the whole log");
+                histories.clear();
+                report.full_check_reason = Some(why);
+            }
+            Err(PrefixError::Altered {
+                path,
+                line,
+                seq,
+                problem,
+            }) => {
+                return Err(open_error(
+                    &path,
+                    OpenError::NotCosigned { line, seq, problem },
+                ))
+            }
+            Err(PrefixError::Io(path, e)) => return Err(open_error(&path, OpenError::Read(e))),
+            Err(PrefixError::Tree(e)) => return Err(open_error(&cfg.log, OpenError::Tree(e))),
+        }
+    } else if !witnesses.is_empty() {
+        report.full_check_reason = Some("no cosigned checkpoint kept beside the log".into());
+    }
+    for (index, (number, path)) in segments.iter().enumerate() {
         if number.is_some() {
             last_archive = *number;
         }
         let is_active = number.is_none();
-        let mut first = true;
-        let end = scan_file(path, |entry, _line, offset| {
+        // Segments before the cosigned checkpoint's were read (or left) by `startup`; its own is
+        // checked from the checkpoint's line on.
+        let (from, from_line) = match resume {
+            Some((at, _, _)) if index < at => continue,
+            Some((at, offset, line)) if index == at => (offset, line),
+            _ => (0, 0),
+        };
+        let mut first = from == 0;
+        let end = scan_file_from(path, from, from_line, |entry, _line, offset| {
             if let (AuditEntryType::Checkpoint, Some(size), Some(note)) =
                 (entry.entry_type, entry.tree_size, &entry.note)
             {
@@ -509,7 +577,31 @@ fn recover(
     if let Err(e) = tree.flush() {
         return Err(open_error(&cfg.log, OpenError::Tree(e)));
     }
+    if let (Some(anchor), None) = (&anchor, resume) {
+        // Read whole: its tree at the cosigned size must still be the cosigned one. (A log
+        // holding fewer entries was cut back: the start's witness round names the witness.)
+        if tree.leaves() >= anchor.size {
+            let root = tree
+                .root(anchor.size)
+                .map_err(|e| open_error(&cfg.log, OpenError::Tree(e)))?;
+            if root != anchor.root {
+                return Err(open_error(
+                    &cfg.log,
+                    OpenError::NotCosigned {
+                        line: 0,
+                        seq: None,
+                        problem: format!(
+                            "the log's first {} entries are not the tree {} cosigned: the log was rewritten",
+                            anchor.size, anchor.witness
+                        ),
+                    },
+                ));
+            }
+        }
+    }
+    report.entries_checked = checker.entries;
     Ok(Recovered {
+        report,
         tree,
         last_checkpoint,
         head: checker.head().map(|(s, h)| (s, h.to_string())),
@@ -598,7 +690,7 @@ impl AuditLog {
             witnessing::Witnesses::load(&cfg.witnesses, cfg.witness_max_lag_entries, &cfg.log)
                 .map_err(|e| open_error(&cfg.log, OpenError::Witness(e)))?,
         );
-        let rec = recover(cfg, &signer.public_key(), since)?;
+        let rec = recover(cfg, &signer.public_key(), since, &witnesses)?;
         let checkpoints = tokio::sync::watch::Sender::new(rec.last_checkpoint.clone());
         let file = OpenOptions::new()
             .create(true)
@@ -678,15 +770,17 @@ impl AuditLog {
             }
         }
         let records = rec.histories.len();
-        let log = Self::start(writer, rec.histories, witnesses, checkpoints)
-            .map_err(|e| open_error(&cfg.log, OpenError::WriterThread(e)))?;
+        let report = rec.report;
         tracing::info!(
             log = %cfg.log.display(),
             next_seq,
             key_id = signer.key_id(),
             records,
+            startup = %report,
             "audit log open"
         );
+        let log = Self::start(writer, rec.histories, witnesses, checkpoints, report)
+            .map_err(|e| open_error(&cfg.log, OpenError::WriterThread(e)))?;
         Ok(log)
     }
 
@@ -696,6 +790,7 @@ impl AuditLog {
         histories: Histories,
         witnesses: Arc<witnessing::Witnesses>,
         checkpoints: tokio::sync::watch::Sender<Option<witnessing::LoggedCheckpoint>>,
+        startup: StartupReport,
     ) -> io::Result<AuditLog> {
         let (tx, rx) = mpsc::channel();
         let inner = Inner {
@@ -710,6 +805,7 @@ impl AuditLog {
             queued: writer.queued.clone(),
             max_queue: writer.max_queue,
             histories: Mutex::new(histories),
+            startup,
             closed: AtomicBool::new(false),
             durable: writer.durable(),
         };
@@ -719,6 +815,12 @@ impl AuditLog {
         Ok(AuditLog {
             inner: Arc::new(inner),
         })
+    }
+
+    /// What the start checked: the whole log, or only what follows the latest cosigned
+    /// checkpoint (and how many entries before it were hashed, or not read).
+    pub fn startup_report(&self) -> &StartupReport {
+        &self.inner.startup
     }
 
     /// The sequence below which every entry is durable (changes as batches are committed).
@@ -1186,6 +1288,7 @@ mod tests {
             Histories::new(),
             witnesses,
             tokio::sync::watch::Sender::new(None),
+            StartupReport::default(),
         )
         .unwrap()
     }

@@ -218,6 +218,43 @@ impl HashStore {
         })
     }
 
+    /// [`HashStore::open_file`] keeping the first `leaves` leaves, but only once every stored
+    /// hash of them in the file has been checked: each inner node is recomputed from its two
+    /// children, and the root of the whole must be `root` (a root the audit key signed and a
+    /// witness cosigned). Then every hash kept is the one the log's entries give, without
+    /// reading them (SHA-256 collisions aside): proofs for old entries and the new entries'
+    /// hashes can be built on the file. About one SHA-256 of 65 bytes per entry, reading 64 bytes
+    /// per entry. `Ok(None)` when the file does not hold that tree (missing, short, stale after a
+    /// crash, or altered): the caller rebuilds it from the log.
+    pub fn open_checked(
+        path: &Path,
+        leaves: u64,
+        root: Hash,
+    ) -> Result<Result<HashStore, String>, TreeError> {
+        let io = |source| TreeError::Io {
+            path: path.to_path_buf(),
+            source,
+        };
+        let file = match File::open(path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(Err("there is no tree file".into()))
+            }
+            Err(e) => return Err(io(e)),
+        };
+        let need = tlog_tiles::stored_hash_count(leaves);
+        let have = file.metadata().map_err(io)?.len() / HASH_SIZE;
+        if have < need {
+            return Ok(Err(format!(
+                "the tree file holds {have} hashes, the {leaves} entries need {need}"
+            )));
+        }
+        if let Some(problem) = check_stored_hashes(file, leaves, root).map_err(io)? {
+            return Ok(Err(problem));
+        }
+        Ok(Ok(HashStore::open_file(path, leaves)?))
+    }
+
     fn read_state(&self) -> std::sync::RwLockReadGuard<'_, StoreState> {
         // Every update leaves the state consistent; a panic elsewhere cannot tear it.
         self.state.read().unwrap_or_else(|p| p.into_inner())
@@ -288,6 +325,12 @@ impl HashStore {
         Ok(())
     }
 
+    /// The hash of leaf `index`.
+    pub fn leaf(&self, index: u64) -> Result<Hash, TreeError> {
+        let mut hashes = self.read_hashes(&[tlog_tiles::stored_hash_index(0, index)])?;
+        hashes.pop().ok_or_else(|| TreeError::Tlog(bad_index()))
+    }
+
     /// The root of the tree of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, TreeError> {
         Ok(tlog_tiles::tree_hash(size, self)?)
@@ -344,6 +387,53 @@ impl HashReader for HashStore {
 
 fn bad_index() -> tlog_tiles::Error {
     tlog_tiles::Error::InvalidInput("stored hash index beyond the tree".into())
+}
+
+/// Reads the stored hashes of the first `leaves` leaves from `file` in order (the layout of
+/// `tlog_tiles::stored_hashes`: each leaf's hash, then the hash of every subtree it completes),
+/// recomputing each subtree's hash from its two halves; then the root from the complete subtrees
+/// left. The first hash that is not what its children give, or a root other than `root`, is the
+/// problem returned.
+fn check_stored_hashes(file: File, leaves: u64, root: Hash) -> std::io::Result<Option<String>> {
+    use std::io::Read;
+    let mut reader = std::io::BufReader::with_capacity(1 << 20, file);
+    let mut next = || -> std::io::Result<Hash> {
+        let mut h = [0u8; 32];
+        reader.read_exact(&mut h)?;
+        Ok(Hash(h))
+    };
+    // The complete subtrees so far, left to right: at most one per level, so at most 64.
+    let mut spine: Vec<Hash> = Vec::with_capacity(64);
+    for n in 0..leaves {
+        spine.push(next()?);
+        for level in 0..(n + 1).trailing_zeros() {
+            let (Some(right), Some(left)) = (spine.pop(), spine.pop()) else {
+                return Ok(Some("the tree file's layout is broken".into()));
+            };
+            let computed = tlog_tiles::node_hash(left, right);
+            if next()? != computed {
+                return Ok(Some(format!(
+                    "the tree file's hash of level {} over entry {n} is not its children's: the file was damaged or altered",
+                    level + 1
+                )));
+            }
+            spine.push(computed);
+        }
+    }
+    let computed = match spine.split_last() {
+        None => tlog_tiles::EMPTY_HASH,
+        Some((last, rest)) => rest
+            .iter()
+            .rev()
+            .fold(*last, |acc, left| tlog_tiles::node_hash(*left, acc)),
+    };
+    Ok((computed != root).then(|| {
+        format!(
+            "the tree file's {leaves} entries have root {}, not the cosigned {}",
+            hash_to_b64(&computed),
+            hash_to_b64(&root)
+        )
+    }))
 }
 
 /// Checks that `proof` shows the leaf `leaf` at `index` in the tree of `size` leaves with root

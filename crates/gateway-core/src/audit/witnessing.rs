@@ -54,6 +54,14 @@ pub struct CosignedCheckpoint {
     pub note: String,
 }
 
+/// A tree head the audit key signed and a configured witness cosigned.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CosignedHead {
+    pub witness: String,
+    pub size: u64,
+    pub root: tlog_tiles::Hash,
+}
+
 /// Where the cosignatures of the log at `log` are kept.
 pub fn cosignatures_path(log: &Path) -> PathBuf {
     let mut name = log.file_name().unwrap_or_default().to_os_string();
@@ -162,6 +170,43 @@ impl Witnesses {
 
     pub fn is_empty(&self) -> bool {
         self.list.is_empty()
+    }
+
+    /// The largest tree a configured witness cosigned, from the cosignatures kept beside the log:
+    /// the note must carry a valid cosignature by that witness's configured key and the audit
+    /// key's signature (`log_key`). What the start checks the log against (`docs/audit.md`,
+    /// "Start-up on a large log"). A kept line that does not verify is passed over (and named
+    /// by `audit verify --witness-key`); `None` when no line verifies or there is no file.
+    pub fn latest_cosigned(&self, log_key: &AuditPublicKey) -> Option<CosignedHead> {
+        if self.list.is_empty() {
+            return None;
+        }
+        let text = match std::fs::read_to_string(&self.side_file) {
+            Ok(t) => t,
+            Err(e) => {
+                if e.kind() != std::io::ErrorKind::NotFound {
+                    tracing::warn!(target: "hetao::audit", file = %self.side_file.display(),
+                        error = %e, "cannot read the kept cosignatures; the start checks the whole log");
+                }
+                return None;
+            }
+        };
+        let mut kept: Vec<CosignedCheckpoint> = text
+            .lines()
+            .filter_map(|l| serde_json::from_str(l).ok())
+            .collect();
+        // The largest first; only the lines tried are verified.
+        kept.sort_by_key(|c| std::cmp::Reverse(c.size));
+        kept.into_iter().find_map(|c| {
+            let w = self.list.iter().find(|w| w.name == c.witness)?;
+            verify_cosignature(&c.note, &w.key).ok()?;
+            let head = super::note::open_checkpoint(&c.note, log_key).ok()?;
+            (head.size == c.size).then(|| CosignedHead {
+                witness: w.name.clone(),
+                size: head.size,
+                root: head.root,
+            })
+        })
     }
 
     /// `audit.witness_max_lag_entries`, when the fail-closed mode is on.
