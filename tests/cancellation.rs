@@ -56,7 +56,7 @@ enum Sending {
         connection: tokio::task::JoinHandle<()>,
     },
     Http1 {
-        tls: Option<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>,
+        tls: Option<Box<tokio_rustls::client::TlsStream<tokio::net::TcpStream>>>,
     },
 }
 
@@ -100,7 +100,9 @@ impl Sending {
                 tls.write_all(head.as_bytes()).await.unwrap();
                 tls.write_all(&body[..sent]).await.unwrap();
                 tls.flush().await.unwrap();
-                Sending::Http1 { tls: Some(tls) }
+                Sending::Http1 {
+                    tls: Some(Box::new(tls)),
+                }
             }
         }
     }
