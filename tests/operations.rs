@@ -11,7 +11,6 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use common::{example, public_key, Options, TestGateway};
-use hetao_devkit::endpoint::EndpointBehaviour;
 use hetao_gateway_core::audit::verify_logs;
 use hetao_gateway_core::replay::Admission;
 use serde_json::json;
@@ -648,105 +647,6 @@ async fn an_http2_rapid_reset_flood_is_cut_off() {
         gw.send(&gw.sz_client(), &example(ALLOWED)).await.status,
         200
     );
-}
-
-/// Waits until the audit log has an outcome entry for `record_id`, up to five seconds.
-async fn outcome_entry(gw: &TestGateway, record_id: &str) -> Option<serde_json::Value> {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    loop {
-        if let Some(e) = gw
-            .audit_entries()
-            .into_iter()
-            .find(|e| e["record_id"] == record_id && e["type"] == "outcome")
-        {
-            return Some(e);
-        }
-        if tokio::time::Instant::now() > deadline {
-            return None;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-}
-
-/// What must hold once a client has walked away from a record it sent: the forward finished,
-/// both audit entries are there, the record id stays decided, and nothing is left in flight.
-async fn settled_after_the_client_left(gw: &TestGateway, record: &serde_json::Value) {
-    let id = record["record_id"].as_str().unwrap();
-    let outcome = outcome_entry(gw, id).await;
-    assert!(outcome.is_some(), "no outcome entry for {id}");
-    assert_eq!(gw.hk_endpoint.received().len(), 1);
-    let entries = gw.audit_entries();
-    assert!(entries
-        .iter()
-        .any(|e| e["record_id"] == id && e["type"] == "decision" && e["decision"] == "allow"));
-    // The reservation was settled: a retry gets the answer the client walked away from, and the
-    // record is not forwarded a second time.
-    gw.hk_endpoint.set_behaviour(EndpointBehaviour::Accept);
-    let again = gw.send(&gw.sz_client(), record).await;
-    assert_eq!(again.status, 200, "{:#}", again.json);
-    assert_eq!(again.json["replayed"], true);
-    assert_eq!(gw.hk_endpoint.received().len(), 1);
-    let (_, metrics) = gw.admin_get("/metrics").await;
-    assert!(
-        metrics.contains("hetao_inflight_requests 0"),
-        "a request is still counted in flight"
-    );
-}
-
-#[tokio::test]
-async fn a_client_that_resets_its_http2_stream_mid_forward_cannot_leave_the_record_halfway() {
-    let gw = TestGateway::start().await;
-    gw.hk_endpoint
-        .set_behaviour(EndpointBehaviour::Delay(Duration::from_millis(800)));
-    let record = example(ALLOWED);
-    let mut config = common::tls_client_config(&gw, Some(&gw.pki.sz_org));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = common::tls_connect(&gw, std::sync::Arc::new(config))
-        .await
-        .unwrap();
-    let (client, connection) = h2::client::handshake(tls).await.unwrap();
-    let driver = tokio::spawn(connection);
-    let mut client = client.ready().await.unwrap();
-    let request = http::Request::post(gw.url())
-        .header("content-type", "application/json")
-        .body(())
-        .unwrap();
-    let (response, mut stream) = client.send_request(request, false).unwrap();
-    stream
-        .send_data(Bytes::from(serde_json::to_vec(&record).unwrap()), true)
-        .unwrap();
-    // The decision is durable and the forward is waiting on the slow endpoint: walk away.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while gw.hk_endpoint.received().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    stream.send_reset(h2::Reason::CANCEL);
-    drop(response);
-    settled_after_the_client_left(&gw, &record).await;
-    driver.abort();
-}
-
-#[tokio::test]
-async fn a_client_that_closes_its_http1_socket_mid_forward_cannot_leave_the_record_halfway() {
-    let gw = TestGateway::start().await;
-    gw.hk_endpoint
-        .set_behaviour(EndpointBehaviour::Delay(Duration::from_millis(800)));
-    let record = example(ALLOWED);
-    let body = serde_json::to_vec(&record).unwrap();
-    let mut tls = tls_connection(&gw).await;
-    let head = format!(
-        "POST /v1/records HTTP/1.1\r\nhost: localhost\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
-        body.len()
-    );
-    tls.write_all(head.as_bytes()).await.unwrap();
-    tls.write_all(&body).await.unwrap();
-    tls.flush().await.unwrap();
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
-    while gw.hk_endpoint.received().is_empty() && tokio::time::Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(10)).await;
-    }
-    drop(tls);
-    settled_after_the_client_left(&gw, &record).await;
 }
 
 #[tokio::test]

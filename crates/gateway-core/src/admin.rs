@@ -178,6 +178,9 @@ async fn route(
         (&Method::GET, "/metrics") => {
             let mut text = gateway.metrics.render();
             text.push_str(&crate::metrics::render_audit(&gateway.audit.stats()));
+            text.push_str(&crate::metrics::render_body_budget(
+                gateway.body_bytes_reserved(),
+            ));
             text.push_str(&crate::metrics::render_witnesses(
                 &gateway.audit.witness_status(),
             ));

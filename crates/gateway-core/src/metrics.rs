@@ -253,6 +253,17 @@ pub fn render_witnesses(status: &[crate::audit::witnessing::WitnessStatus]) -> S
     out
 }
 
+/// The request-body memory budget in use (`limits.max_body_bytes_in_flight`), read from the
+/// budget itself at scrape time so it cannot drift from what requests hold.
+pub fn render_body_budget(reserved_bytes: u64) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(out, "# HELP hetao_body_bytes_reserved Request-body memory reserved by requests in flight (of limits.max_body_bytes_in_flight, in KiB steps).");
+    let _ = writeln!(out, "# TYPE hetao_body_bytes_reserved gauge");
+    let _ = writeln!(out, "hetao_body_bytes_reserved {reserved_bytes}");
+    out
+}
+
 pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
     use std::fmt::Write;
     let mut out = String::new();
@@ -294,6 +305,9 @@ pub fn render_audit(stats: &crate::audit::AuditStats) -> String {
     let _ = writeln!(out, "# HELP hetao_audit_failed 1 once the audit log has failed and the gateway refuses to forward.");
     let _ = writeln!(out, "# TYPE hetao_audit_failed gauge");
     let _ = writeln!(out, "hetao_audit_failed {}", u8::from(stats.failed));
+    let _ = writeln!(out, "# HELP hetao_audit_queue_entries Entries waiting for the audit writer (at audit.max_queue, records get 503 audit_busy).");
+    let _ = writeln!(out, "# TYPE hetao_audit_queue_entries gauge");
+    let _ = writeln!(out, "hetao_audit_queue_entries {}", stats.queued);
     histogram_text(
         &mut out,
         "hetao_audit_fsync_duration_seconds",

@@ -323,6 +323,13 @@ impl Gateway {
         self.shutting_down.store(true, Ordering::SeqCst);
     }
 
+    /// Bytes of the request-body budget held by requests now (in KiB steps, as reserved).
+    pub fn body_bytes_reserved(&self) -> u64 {
+        let total = kib(self.config.limits.max_body_bytes_in_flight);
+        let free = self.body_budget.available_permits();
+        (total.saturating_sub(free) as u64).saturating_mul(1024)
+    }
+
     pub fn is_shutting_down(&self) -> bool {
         self.shutting_down.load(Ordering::SeqCst)
     }

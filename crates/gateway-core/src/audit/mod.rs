@@ -305,6 +305,9 @@ pub struct AuditStats {
     pub rotation_failures: u64,
     /// The log has failed (sticky) and refuses appends.
     pub failed: bool,
+    /// Entries waiting for the writer now; at `audit.max_queue` new decisions get
+    /// `503 audit_busy`.
+    pub queued: usize,
 }
 
 /// Handle to the log; cheap to clone.
@@ -1098,6 +1101,7 @@ impl AuditLog {
                 .lock()
                 .map(|f| f.is_some())
                 .unwrap_or(true),
+            queued: self.inner.queued.load(Ordering::Acquire),
         }
     }
 }
