@@ -10,6 +10,9 @@ mod fuzz_checks;
 
 use std::path::PathBuf;
 
+use fuzz_checks::loaders::{
+    audit_log_verdicts_are_exact, config_parses_or_is_refused, policy_file_loads_or_is_refused,
+};
 use fuzz_checks::{examine_from_every_sender, json_layer_is_consistent, repo_root};
 
 /// The corpus files of a fuzz target, in name order (there must be some: an empty corpus would
@@ -57,4 +60,29 @@ fn the_examine_corpus_gets_classified_answers_from_every_sender() {
 #[test]
 fn the_json_limits_corpus_keeps_the_json_layer_consistent() {
     each("json_limits", json_layer_is_consistent);
+}
+
+#[test]
+fn the_audit_log_corpus_gets_exact_verdicts() {
+    each("audit_log", audit_log_verdicts_are_exact);
+}
+
+#[test]
+fn the_policy_loader_corpus_loads_or_is_refused() {
+    each("policy_loader", policy_file_loads_or_is_refused);
+}
+
+#[test]
+fn the_config_loader_corpus_parses_or_is_refused() {
+    each("config_loader", config_parses_or_is_refused);
+}
+
+/// Not a test: writes the `audit_log` seeds (a log from the real writer and tamperings of it)
+/// into `$HETAO_FUZZ_SEEDS/audit_log/`; `fuzz/seeds.py` writes the other targets' seeds
+/// (fuzz/README.md, "Commands").
+#[test]
+#[ignore = "writes fuzz seeds when asked"]
+fn write_audit_log_seeds() {
+    let out = std::env::var_os("HETAO_FUZZ_SEEDS").expect("HETAO_FUZZ_SEEDS=<corpus folder>");
+    fuzz_checks::loaders::write_audit_seeds(&PathBuf::from(out).join("audit_log"));
 }
