@@ -4,9 +4,19 @@ every kind, both ways), and hand-written hostile inputs (keys written twice, pla
 escapes; case variants and other spellings of a record id; deep and unclosed nesting; numbers
 past every limit; escapes, control bytes and bad UTF-8; stale and far-future `created_at`).
 
-Usage: python3 fuzz/seeds.py <repository> <out>   writes <out>/examine/ and <out>/json_limits/.
+Also, for the loaders: `policy_loader` seeds (a first byte picking one file of the shipped
+policy set, in name order, then a text for it: each shipped file as it is, the examples of
+docs/policies.md, and hostile TOML) and `config_loader` seeds (the Debian package's
+configuration, the one `certs init` writes (from <repository>/target/fuzz-seeds/gateway.toml if
+present), the examples of the README and docs, and hostile TOML). The `audit_log` seeds come from
+the real writer, so from a Rust test: `HETAO_FUZZ_SEEDS=fuzz/corpus cargo test -p
+hetao-gateway-core --test fuzz_corpus -- --ignored write_audit_log_seeds`.
+
+Usage: python3 fuzz/seeds.py <repository> <out> [target...]   writes <out>/<target>/ for each
+target named (default: all: examine, json_limits, policy_loader, config_loader).
 The committed corpora are these seeds plus what the fuzz runs found, minimised (fuzz/README.md).
 """
+import re
 import json, os, glob, sys, hashlib
 root = sys.argv[1]
 seeds = {}
@@ -64,9 +74,65 @@ add('created-far-future', rec.replace(base['created_at'], '9999-12-31T23:59:59Z'
 add('created-bad', rec.replace(base['created_at'], '2026-02-30T25:61:00+08:00'))
 add('from-to-same', rec.replace('"to":"%s"' % base['to'], '"to":"%s"' % base['from']))
 add('unknown-park', rec.replace('"to":"%s"' % base['to'], '"to":"../../etc"'))
+
+def toml_blocks(path):
+    """The ```toml blocks of a Markdown file."""
+    return re.findall(r'```toml\n(.*?)```', open(path, encoding='utf-8').read(), re.S)
+
+# policy_loader: <index of the file replaced> <its new text>
+policy_names = sorted(n for n in os.listdir(root + '/policies') if n.endswith('.toml'))
+policy = {}
+def pol(name, index, text):
+    if isinstance(text, str): text = text.encode()
+    policy[name] = bytes([index]) + text
+manifest = policy_names.index('policy-set.toml')
+rule_file = next(i for i, n in enumerate(policy_names) if n != 'policy-set.toml')
+for i, n in enumerate(policy_names):
+    text = open(root + '/policies/' + n, 'rb').read()
+    pol('shipped-' + n, i, text)
+    pol('shipped-' + n + '-halved', i, text[:len(text) // 2])
+for i, block in enumerate(toml_blocks(root + '/docs/policies.md')):
+    pol('docs-policies-%02d' % i, manifest if 'version' in block and '[[rule' not in block else rule_file, block)
+other = next(n for n in policy_names if n not in ('policy-set.toml', policy_names[rule_file]))
+pol('rule-ids-twice', rule_file, open(root + '/policies/' + other, 'rb').read())
+pol('empty-manifest', manifest, '')
+pol('empty-rules', rule_file, '')
+pol('not-utf8', rule_file, b'\xff\xfe[[rule]]')
+pol('dup-key', rule_file, '[[rule]]\nid = "X1"\nid = "X2"\n')
+pol('deep-arrays', rule_file, 'x = ' + '[' * 3000 + ']' * 3000 + '\n')
+pol('deep-inline', rule_file, 'x = ' + '{a=' * 500 + '1' + '}' * 500 + '\n')
+pol('huge-int', manifest, 'version = 99999999999999999999999\n')
+pol('bad-date', rule_file, 'd = 2026-02-30T25:61:00Z\n')
+
+# config_loader: a configuration file
+config = {}
+def cfg(name, text):
+    config[name] = text.encode() if isinstance(text, str) else text
+cfg('deploy-debian', open(root + '/deploy/debian/gateway.toml', 'rb').read())
+certs_init = root + '/target/fuzz-seeds/gateway.toml'
+if os.path.exists(certs_init):
+    cfg('certs-init', open(certs_init, 'rb').read())
+for doc in ['README.md'] + sorted(glob.glob(root + '/docs/*.md')):
+    path = doc if doc.startswith(root) else root + '/' + doc
+    for i, block in enumerate(toml_blocks(path)):
+        if re.search(r'^\[(server|admin|limits|audit|parks|cluster|rate_limit|upstream|logging)', block, re.M):
+            cfg('%s-%02d' % (os.path.basename(path)[:-3], i), block)
+full = config['deploy-debian'].decode()
+cfg('limits-zero', full + '\n[limits]\nmax_body_bytes = 0\n' if '[limits]' not in full else full.replace('[limits]', '[limits]\nmax_body_bytes = 0', 1))
+cfg('rate-nan', full.replace('[server]', '[rate_limit]\nper_org_per_second = nan\nburst = inf\n\n[server]', 1))
+cfg('values-99', full.replace('[server]', '[limits]\nmax_json_values = 99\n\n[server]', 1) if '[limits]' not in full else full)
+cfg('listen-bad', full.replace('[server]', '[server]\nlisten = "localhost"', 1))
+cfg('dup-table', full + '\n[server]\nlisten = "0.0.0.0:1"\n')
+cfg('empty', '')
+cfg('not-utf8', b'\xc0\xaf[server]')
+cfg('deep-inline', 'x = ' + '{a=' * 500 + '1' + '}' * 500 + '\n')
+cfg('huge-numbers', full.replace('[server]', '[limits]\nmax_body_bytes = 18446744073709551616\nidle_timeout_secs = 1e400\n\n[server]', 1))
+
 out = sys.argv[2]
-for d in ['examine', 'json_limits']:
+targets = sys.argv[3:] or ['examine', 'json_limits', 'policy_loader', 'config_loader']
+for d in targets:
+    chosen = {'policy_loader': policy, 'config_loader': config}.get(d, seeds)
     os.makedirs(os.path.join(out, d), exist_ok=True)
-    for name, data in seeds.items():
-        open(os.path.join(out, d, name), 'wb').write(data)
-print(len(seeds), 'seeds')
+    for name, data in chosen.items():
+        open(os.path.join(out, d, 'seed-' + name if d in ('policy_loader', 'config_loader') else name), 'wb').write(data)
+    print(d, len(chosen), 'seeds')

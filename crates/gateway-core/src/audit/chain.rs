@@ -414,10 +414,14 @@ impl ChainChecker {
                 }
             }
             Some((last_seq, last_hash)) => {
-                let expected = last_seq + 1;
                 if e.seq == *last_seq {
                     return Err(LinkProblem::Duplicate.at(e.seq));
                 }
+                // Nothing can follow the largest sequence there is: whatever comes after it is
+                // out of order (a forged line can claim u64::MAX; its hash is no secret).
+                let Some(expected) = last_seq.checked_add(1) else {
+                    return Err(LinkProblem::OutOfOrder { follows: *last_seq }.at(e.seq));
+                };
                 if e.seq < expected {
                     return Err(LinkProblem::OutOfOrder { follows: *last_seq }.at(e.seq));
                 }
@@ -729,7 +733,9 @@ pub fn verify_logs_with_tree(
                 Some(VerifyProblem {
                     seq: bad
                         .seq
-                        .or_else(|| checker.head().map(|(s, _)| s + 1))
+                        // The one after the last good entry (saturating: a forged chain can
+                        // end at u64::MAX).
+                        .or_else(|| checker.head().map(|(s, _)| s.saturating_add(1)))
                         .or(Some(0)),
                     file: path.clone(),
                     line: Some(bad.line),
@@ -742,7 +748,7 @@ pub fn verify_logs_with_tree(
                     .and_then(|inner| inner.downcast_ref::<LineTooLong>());
                 Some(match too_long {
                     Some(too_long) => VerifyProblem {
-                        seq: checker.head().map(|(s, _)| s + 1).or(Some(0)),
+                        seq: checker.head().map(|(s, _)| s.saturating_add(1)).or(Some(0)),
                         file: path,
                         line: Some(too_long.line),
                         message: LineTooLong::problem(),
@@ -834,6 +840,50 @@ mod tests {
             .enumerate()
             .find_map(|(i, e)| checker.check(e, i == 0, None).err())
             .expect("a broken chain")
+    }
+
+    /// Found by the `audit_log` fuzz target's corpus in a debug build: after an entry claiming
+    /// seq u64::MAX the next sequence overflowed (a panic; wrapped in release).
+    #[test]
+    fn nothing_follows_the_largest_sequence() {
+        let mut start = AuditEntry::new(
+            u64::MAX,
+            "2026-01-01T00:00:00Z".into(),
+            AuditEntryType::SegmentStart,
+            ZERO_HASH.into(),
+        );
+        let mut lines = seal(&mut start).unwrap();
+        let mut next = AuditEntry::new(
+            0,
+            "2026-01-01T00:00:00Z".into(),
+            AuditEntryType::Decision,
+            start.hash.clone(),
+        );
+        lines.extend(seal(&mut next).unwrap());
+        assert_eq!(
+            first_error(&[start.clone(), next]),
+            LinkProblem::OutOfOrder { follows: u64::MAX }.at(0)
+        );
+
+        // And `audit verify` on the file: the first bad line after it names a sequence too.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("audit.jsonl");
+        std::fs::write(&path, &lines).unwrap();
+        let problem = verify_logs(std::slice::from_ref(&path), None)
+            .problem
+            .unwrap();
+        assert_eq!((problem.seq, problem.line), (Some(0), Some(2)), "{problem}");
+        let mut torn = seal(&mut start).unwrap();
+        torn.extend_from_slice(b"{\"seq\":");
+        std::fs::write(&path, &torn).unwrap();
+        let problem = verify_logs(std::slice::from_ref(&path), None)
+            .problem
+            .unwrap();
+        assert_eq!(
+            (problem.seq, problem.line),
+            (Some(u64::MAX), Some(2)),
+            "{problem}"
+        );
     }
 
     #[test]

@@ -285,6 +285,8 @@ pub enum OpenError {
     WriterThread(#[source] io::Error),
     #[error("{0}")]
     Witness(#[source] witnessing::WitnessKeyError),
+    #[error("the last entry has seq {0}, the largest there is: no entry can follow it; the log was altered and needs an operator (run `hetao-gateway audit verify`)")]
+    SequenceExhausted(u64),
 }
 
 /// Counters for metrics (Prometheus-style: bucket counts are cumulative, bounds are upper bounds).
@@ -532,7 +534,9 @@ fn recover(
             } => {
                 let seq = bad
                     .seq
-                    .or_else(|| checker.head().map(|(s, _)| s + 1))
+                    // The one after the last good entry (saturating: a forged chain can end at
+                    // u64::MAX).
+                    .or_else(|| checker.head().map(|(s, _)| s.saturating_add(1)))
                     .unwrap_or(0);
                 return Err(open_error(
                     path,
@@ -702,7 +706,15 @@ impl AuditLog {
             .open(&cfg.log)
             .map_err(|e| open_error(&cfg.log, OpenError::OpenForAppend(e)))?;
         let (next_seq, head_hash) = match &rec.head {
-            Some((seq, hash)) => (seq + 1, hash.clone()),
+            Some((seq, hash)) => {
+                // A log whose last entry claims the largest sequence (a forged line can: its
+                // hash is no secret) cannot be continued. (Recovery refuses a log starting past
+                // tree::MAX_KEPT_LEAVES already; this keeps the sum honest on its own.)
+                let next = seq
+                    .checked_add(1)
+                    .ok_or_else(|| open_error(&cfg.log, OpenError::SequenceExhausted(*seq)))?;
+                (next, hash.clone())
+            }
             None => (0, ZERO_HASH.to_string()),
         };
         let needs_start = rec.active_len == 0;
@@ -1295,6 +1307,50 @@ mod tests {
             StartupReport::default(),
         )
         .unwrap()
+    }
+
+    /// A log can be forged to start at seq u64::MAX (a line's hash is no secret): the start
+    /// refuses it rather than overflow the tree's size (a panic in a debug build, and in a
+    /// release build a tree file cut to a wrapped size).
+    #[tokio::test]
+    async fn a_log_starting_past_the_largest_sequence_is_refused_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        let (private_pem, _) = generate_signing_key().unwrap();
+        let key = dir.path().join("audit-signing.key");
+        crate::key_file::write_private(&key, private_pem.as_bytes()).unwrap();
+        let cfg = AuditConfig {
+            log: dir.path().join("audit.jsonl"),
+            signing_key: key,
+            fsync: FsyncPolicy::Never,
+            fsync_interval: writer::FSYNC_INTERVAL,
+            checkpoint_every_entries: 1000,
+            checkpoint_interval: std::time::Duration::from_secs(3600),
+            segment_max_bytes: 1 << 20,
+            max_batch: 16,
+            max_queue: 1024,
+            witnesses: Vec::new(),
+            witness_max_lag_entries: None,
+        };
+        let mut start = AuditEntry::new(
+            u64::MAX,
+            "2026-01-01T00:00:00Z".into(),
+            AuditEntryType::SegmentStart,
+            ZERO_HASH.into(),
+        );
+        std::fs::write(&cfg.log, entry::seal(&mut start).unwrap()).unwrap();
+
+        let err = AuditLog::open(&cfg).err().expect("open must fail");
+        assert!(
+            err.to_string()
+                .contains("past the most a log can hold (281474976710656)"),
+            "{err}"
+        );
+        // The tree file is left as it was, not cut to a size computed from the forged sequence.
+        let tree_file = tree::HashStore::path_for(&cfg.log);
+        assert_eq!(
+            std::fs::metadata(&tree_file).map(|m| m.len()).unwrap_or(0),
+            0
+        );
     }
 
     #[cfg(target_os = "linux")]

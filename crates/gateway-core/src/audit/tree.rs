@@ -22,6 +22,10 @@ use tlog_tiles::{Hash, HashReader};
 /// Domain tag of a leaf's data.
 const LEAF_DOMAIN: &str = "hetao-audit-leaf/v1";
 const HASH_SIZE: u64 = 32;
+/// The most entries a tree file can be asked to keep: its hash count (about twice the leaves)
+/// times `HASH_SIZE` must fit a u64. Far beyond any log (2^48 entries); a first sequence past it
+/// is a forged line (its hash is no secret), not a log that grew.
+pub const MAX_KEPT_LEAVES: u64 = 1 << 48;
 
 /// What a receipt states about its entry, as the entry holds it. The entry's tree leaf binds every
 /// field.
@@ -187,6 +191,14 @@ impl HashStore {
             path: path.to_path_buf(),
             source,
         };
+        if keep_leaves > MAX_KEPT_LEAVES {
+            return Err(io(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!(
+                    "the segments present start at seq {keep_leaves}, past the most a log can hold ({MAX_KEPT_LEAVES})"
+                ),
+            )));
+        }
         let file = OpenOptions::new()
             .read(true)
             .write(true)

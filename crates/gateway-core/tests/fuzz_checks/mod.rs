@@ -29,6 +29,8 @@ use hetao_gateway_core::schema::SchemaSet;
 use hetao_gateway_core::tls::identity::ClientIdentity;
 use serde_json::Value;
 
+pub mod loaders;
+
 /// The repository: the first folder above the including crate that holds the shipped policies
 /// (the includers sit at different depths: `crates/gateway-core`, `fuzz`).
 pub fn repo_root() -> PathBuf {
@@ -44,6 +46,8 @@ pub struct Rules {
     pub schemas: SchemaSet,
     pub policies: PolicyEngine,
     pub parks: BTreeMap<String, ParkConfig>,
+    /// The development registry the policies decide against.
+    pub registry: Arc<Registry>,
     /// The policy test records: valid records of every kind, both ways, sorted by record id.
     pub records: Vec<Value>,
 }
@@ -54,7 +58,8 @@ pub fn rules() -> &'static Rules {
         let root = repo_root();
         let schemas = SchemaSet::load(&root.join("schemas")).unwrap();
         let key = PseudonymKey::from_hex(&"ab".repeat(32)).unwrap();
-        let registry = Registry::load(&root.join("examples/registry.toml"), None).unwrap();
+        let registry =
+            Arc::new(Registry::load(&root.join("examples/registry.toml"), None).unwrap());
         let policies = PolicyEngine::load_with_key(
             &root.join("policies"),
             &schemas,
@@ -62,7 +67,7 @@ pub fn rules() -> &'static Rules {
             Some(key),
         )
         .unwrap()
-        .with_registry(Some(Arc::new(registry)));
+        .with_registry(Some(registry.clone()));
         let parks = ["sz", "hk"]
             .into_iter()
             .map(|id| {
@@ -87,6 +92,7 @@ pub fn rules() -> &'static Rules {
             schemas,
             policies,
             parks,
+            registry,
             records,
         }
     })
@@ -127,10 +133,22 @@ pub fn default_window() -> RecordWindow {
 /// Examines `body` from `who` at `now` (with the default `created_at` window or none) and checks
 /// the answer is one of the classified ones.
 pub fn examine_is_classified(body: &[u8], who: &ClientIdentity, now: DateTime<Utc>, window: bool) {
+    examine_is_classified_by(&rules().policies, body, who, now, window);
+}
+
+/// [`examine_is_classified`] with another policy set than the shipped one (the policy loader's
+/// check decides with what it loaded).
+pub fn examine_is_classified_by(
+    policies: &PolicyEngine,
+    body: &[u8],
+    who: &ClientIdentity,
+    now: DateTime<Utc>,
+    window: bool,
+) {
     let r = rules();
     let checkpoint = Checkpoint {
         schemas: &r.schemas,
-        policies: &r.policies,
+        policies,
         parks: Some(&r.parks),
         max_json_depth: DEFAULT_MAX_DEPTH,
         max_json_values: DEFAULT_MAX_VALUES,
