@@ -31,13 +31,13 @@ mod common;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use common::processes::{admin_get, free_port, start_dev_endpoint, GatewayProcess};
+use common::processes::{free_port, start_dev_endpoint, start_gateway, GatewayProcess};
 use hetao_client::{ClientOptions, RecordClient};
 use hetao_devkit::endpoint::{reference_for, EndpointBehaviour, ReceivedRecord, RunningEndpoint};
 use hetao_gateway_core::audit::chain::{scan_file, ScanEnd};
@@ -261,40 +261,9 @@ impl World {
 
     /// Starts `serve --config` and waits for `/readyz`; `start` numbers the starts (logs).
     async fn start_gateway(&self, start: usize) -> GatewayProcess {
-        let log_path = self.dir.join(format!("gateway-{start:03}.log"));
-        let log = std::fs::File::create(&log_path).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&self.files.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut gw = GatewayProcess {
-            child,
-            log: log_path,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = gw.child.try_wait().unwrap() {
-                panic!(
-                    "GATEWAY FAILED TO (RE)START (start #{start}): it exited with {status}.\n\
-                     Its log:\n{}",
-                    gw.log_text()
-                );
-            }
-            if admin_get(self.admin, "/readyz").await.map(|r| r.0) == Some(200) {
-                return gw;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "GATEWAY NOT READY within {READY_TIMEOUT:?} (start #{start}). Its log:\n{}",
-                gw.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let log = self.dir.join(format!("gateway-{start:03}.log"));
+        let what = format!("GATEWAY FAILED TO (RE)START (start #{start})");
+        start_gateway(&self.files.config, self.admin, log, READY_TIMEOUT, &what).await
     }
 }
 
@@ -894,17 +863,11 @@ fn entries_of(world: &World, id: &str) -> (Vec<AuditEntry>, Vec<AuditEntry>) {
 
 /// Runs an audit subcommand of the binary; exit status and everything it printed.
 fn audit_cli(args: &[&std::ffi::OsStr]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-        .arg("audit")
-        .args(args)
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::cli_output(
+        Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+            .arg("audit")
+            .args(args),
+    )
 }
 
 /// One allowed Shenzhen → Hong Kong record is sent; the Hong Kong endpoint receives it and holds

@@ -77,21 +77,15 @@ async fn stop_and_verify(gw: &mut TestGateway) {
 fn receipt_verifies(gw: &TestGateway, answer: &Value) -> (bool, String) {
     let file = gw.path("answer.json");
     std::fs::write(&file, serde_json::to_vec_pretty(answer).unwrap()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-        .args(["audit", "receipt", "verify"])
-        .arg(&file)
-        .arg("--public-key")
-        .arg(gw.path("audit-signing.pub"))
-        .arg("--log")
-        .arg(gw.audit_log())
-        .output()
-        .unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::cli_output(
+        std::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+            .args(["audit", "receipt", "verify"])
+            .arg(&file)
+            .arg("--public-key")
+            .arg(gw.path("audit-signing.pub"))
+            .arg("--log")
+            .arg(gw.audit_log()),
+    )
 }
 
 #[tokio::test]

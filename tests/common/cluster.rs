@@ -6,7 +6,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -16,7 +16,7 @@ use hetao_pki::{init_dev_pki, DevPkiFiles, DevPkiOptions};
 use serde_json::Value;
 
 use super::postgres::TestPostgres;
-use super::processes::{admin_get, free_port, start_dev_endpoint, GatewayProcess};
+use super::processes::{free_port, start_dev_endpoint, start_gateway, GatewayProcess};
 
 pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// A claim's lease in these tests: an instance killed mid-request is taken over this long after.
@@ -198,43 +198,9 @@ impl World {
     /// Starts `serve --config` for an instance and waits for `/readyz`.
     pub async fn start(&self, name: &str) -> GatewayProcess {
         let inst = self.instance(name);
-        let log_path = self.dir.join(format!("{name}.log"));
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log_path)
-            .unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-            .arg("serve")
-            .arg("--config")
-            .arg(&inst.config)
-            .env("RUST_LOG", "warn")
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .unwrap();
-        let mut gw = GatewayProcess {
-            child,
-            log: log_path,
-        };
-        let deadline = Instant::now() + READY_TIMEOUT;
-        loop {
-            if let Some(status) = gw.child.try_wait().unwrap() {
-                panic!(
-                    "instance {name} exited with {status}. Its log:\n{}",
-                    gw.log_text()
-                );
-            }
-            if admin_get(inst.admin, "/readyz").await.map(|r| r.0) == Some(200) {
-                return gw;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "instance {name} not ready. Its log:\n{}",
-                gw.log_text()
-            );
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
+        let log = self.dir.join(format!("{name}.log"));
+        let what = format!("instance {name}");
+        start_gateway(&inst.config, inst.admin, log, READY_TIMEOUT, &what).await
     }
 
     /// How many times each record id reached a park endpoint, and the attempts it came with.
@@ -287,16 +253,5 @@ pub fn json(a: &SendAnswer) -> &Value {
 
 /// Runs the binary; exit success and what it printed.
 pub fn run_cli(args: &[&str]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-        .args(args)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ),
-    )
+    super::cli_output(Command::new(env!("CARGO_BIN_EXE_hetao-gateway")).args(args))
 }

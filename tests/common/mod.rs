@@ -10,6 +10,18 @@ pub mod cluster;
 pub mod postgres;
 pub mod processes;
 
+/// Runs a command (the gateway binary, as an operator or auditor would); whether it exited 0,
+/// and everything it printed, stdout then stderr.
+pub fn cli_output(cmd: &mut std::process::Command) -> (bool, String) {
+    let out = cmd.output().unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -491,19 +503,13 @@ impl TestGateway {
     /// `hetao-gateway audit verify` on the log with the public key, as an auditor runs it:
     /// whether it exits 0, and what it printed. Stop the gateway first (its final checkpoint).
     pub fn audit_verify(&self) -> (bool, String) {
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
-            .args(["audit", "verify"])
-            .arg(self.audit_log())
-            .arg("--public-key")
-            .arg(self.path("audit-signing.pub"))
-            .output()
-            .unwrap();
-        let text = format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-        (out.status.success(), text)
+        cli_output(
+            std::process::Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+                .args(["audit", "verify"])
+                .arg(self.audit_log())
+                .arg("--public-key")
+                .arg(self.path("audit-signing.pub")),
+        )
     }
 }
 

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use hetao_devkit::endpoint::{EndpointBehaviour, EndpointOptions, ParkEndpoint, RunningEndpoint};
@@ -35,6 +35,50 @@ pub async fn start_dev_endpoint(files: &DevPkiFiles, park: &str) -> RunningEndpo
     })
     .await
     .unwrap()
+}
+
+/// Starts `serve --config CONFIG` (its stderr appended to `log`) and waits until `/readyz` on
+/// `admin` answers 200, at most `within`; `what` names the start in a failure, which shows the log.
+pub async fn start_gateway(
+    config: &Path,
+    admin: SocketAddr,
+    log: PathBuf,
+    within: Duration,
+    what: &str,
+) -> GatewayProcess {
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&log)
+        .unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_hetao-gateway"))
+        .arg("serve")
+        .arg("--config")
+        .arg(config)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(file))
+        .spawn()
+        .unwrap();
+    let mut gw = GatewayProcess { child, log };
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(status) = gw.child.try_wait().unwrap() {
+            panic!(
+                "{what}: the gateway exited with {status}. Its log:\n{}",
+                gw.log_text()
+            );
+        }
+        if admin_get(admin, "/readyz").await.map(|r| r.0) == Some(200) {
+            return gw;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: the gateway was not ready within {within:?}. Its log:\n{}",
+            gw.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
 }
 
 /// The gateway binary, killed (SIGKILL) when dropped, so a failing test leaves nothing running.
