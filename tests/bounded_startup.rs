@@ -105,19 +105,24 @@ fn decision(i: usize) -> AuditEvent {
 
 async fn append_records(log: &AuditLog, range: std::ops::Range<usize>) {
     for i in range {
-        let d = log.append(decision(i)).await.unwrap();
-        if !denied(i) {
-            log.append(AuditEvent {
-                entry_type: Some(EntryType::Outcome),
-                record_id: Some(record_id(i)),
-                decision: "forwarded".into(),
-                status: 200,
-                refers_to: Some(d.seq),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
+        append_record(log, i, decision(i)).await;
+    }
+}
+
+/// Record `i`'s decision entry `d`, then its outcome entry when it was allowed.
+async fn append_record(log: &AuditLog, i: usize, d: AuditEvent) {
+    let appended = log.append(d).await.unwrap();
+    if !denied(i) {
+        log.append(AuditEvent {
+            entry_type: Some(EntryType::Outcome),
+            record_id: Some(record_id(i)),
+            decision: "forwarded".into(),
+            status: 200,
+            refers_to: Some(appended.seq),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
     }
 }
 
@@ -322,19 +327,7 @@ async fn forged_with_the_key(f: &Fixture, records: usize) -> PathBuf {
             // Another record's body under this record id (same length: the same layout).
             d.body_sha256 = Some("ee".repeat(32));
         }
-        let appended = log.append(d).await.unwrap();
-        if !denied(i) {
-            log.append(AuditEvent {
-                entry_type: Some(EntryType::Outcome),
-                record_id: Some(record_id(i)),
-                decision: "forwarded".into(),
-                status: 200,
-                refers_to: Some(appended.seq),
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        }
+        append_record(&log, i, d).await;
     }
     log.close().await.unwrap();
     forged
