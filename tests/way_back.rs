@@ -425,13 +425,7 @@ fn receipt_verify(gw: &TestGateway, file: &std::path::Path, with_log: bool) -> (
     if with_log {
         cmd.arg("--log").arg(gw.audit_log());
     }
-    let out = cmd.output().unwrap();
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
+    common::cli_output(&mut cmd)
 }
 
 #[tokio::test]
