@@ -463,21 +463,7 @@ fn read_schema_file(path: &Path, file: &str) -> Result<SchemaFile, SchemaLoadErr
     }
     // The meta-schema check reports where in the file the schema is malformed (a bad `type`, a
     // `required` that is not a list, ...), which the compiler would not always say as clearly.
-    let meta_errors: Vec<String> = match jsonschema::meta::try_validate(&doc) {
-        Ok(Ok(())) => Vec::new(),
-        Ok(Err(e)) => vec![format!(
-            "at {}: {}",
-            display_pointer(e.instance_path.as_str()),
-            e.masked_with("the value")
-        )],
-        Err(e) => vec![format!("meta-schema not recognised: {e}")],
-    };
-    if let Some(first) = meta_errors.first() {
-        return Err(SchemaLoadError::invalid(
-            path,
-            format!("is not a valid draft 2020-12 schema {first}"),
-        ));
-    }
+    meta_check(&doc).map_err(|message| SchemaLoadError::invalid(path, message))?;
     // A relative `$id` (or none) resolves against `json-schema:///`, as in the validator.
     let id = doc.get("$id").and_then(Value::as_str).unwrap_or(file);
     let base = referencing::uri::from_str(id.trim_end_matches('#'))
@@ -546,25 +532,91 @@ fn validation_options() -> jsonschema::ValidationOptions {
 }
 
 /// Compiles `file`, with the shared documents it may reference each under the URI given.
+///
+/// The validator is built from `{"$ref": <file>}` with the file as a resource, as the pieces
+/// are: jsonschema 0.33 checks the root schema of every build against its process-wide
+/// meta-schema validator, which grows with each document it is shown and never shrinks (see
+/// [`meta_check`]); a one-line root keeps that check trivial. The file itself was checked
+/// against the meta-schema when it was read. Validation is the same either way: the root
+/// applies the whole document.
 fn compile(
     file: &SchemaFile,
     shared: &[(String, &SchemaFile)],
 ) -> Result<Validator, SchemaLoadError> {
-    let mut options = validation_options().with_base_uri(file.base.clone());
+    let mut options = validation_options()
+        .with_base_uri(PIECE_BASE)
+        .with_resource(file.base.clone(), resource(file)?);
     for (uri, doc) in shared {
         options = options.with_resource(uri.clone(), resource(doc)?);
     }
-    options.build(&file.doc).map_err(|e| {
-        // For a compile error the "instance" is the schema itself: its path says where in
-        // the file the problem is.
-        SchemaLoadError::invalid(
-            &file.path,
+    match options.build(&serde_json::json!({ "$ref": file.base })) {
+        Ok(validator) => Ok(validator),
+        // Compiled as the root, the error's location is a place in the file. Only a file that
+        // fails to compile pays for the process-wide check this way.
+        Err(by_reference) => Err(compile_error(file, shared, by_reference)),
+    }
+}
+
+/// Why `file` does not compile, located in the file.
+fn compile_error(
+    file: &SchemaFile,
+    shared: &[(String, &SchemaFile)],
+    by_reference: ValidationError<'static>,
+) -> SchemaLoadError {
+    let mut options = validation_options().with_base_uri(file.base.clone());
+    for (uri, doc) in shared {
+        match resource(doc) {
+            Ok(r) => options = options.with_resource(uri.clone(), r),
+            Err(e) => return e,
+        }
+    }
+    let e = options.build(&file.doc).err().unwrap_or(by_reference);
+    // For a compile error the "instance" is the schema itself: its path says where in the
+    // file the problem is.
+    SchemaLoadError::invalid(
+        &file.path,
+        format!(
+            "does not compile at {}: {}",
+            display_pointer(e.instance_path.as_str()),
+            e.masked_with("the value")
+        ),
+    )
+}
+
+/// Checks `doc` against the draft 2020-12 meta-schema, with a validator compiled for this one
+/// check on a thread of its own.
+///
+/// Not `jsonschema::meta::try_validate`: in jsonschema 0.33 that validator is process-wide and
+/// its recursive references (`$dynamicRef`) compile lazily, one more clone of the meta-schema
+/// for every level of every document it checks, kept for the life of the process (upstream
+/// issue Stranger6667/jsonschema#675). Checking the shipped schemas left 93 MiB live in every
+/// gateway, most of its memory at start. Compiled per check, the same growth is garbage once the
+/// check ends; and grown on a thread that then exits, it is all in memory the allocator frees
+/// whole, rather than in pages it shares with the compiled schemas that stay.
+fn meta_check(doc: &Value) -> Result<(), String> {
+    let check = || -> Result<(), String> {
+        // The meta-schema documents are built into jsonschema's registry: a reference to the
+        // dialect is all the root needs (and keeps the build's own meta-check trivial).
+        let meta = jsonschema::options()
+            .with_draft(Draft::Draft202012)
+            .build(&serde_json::json!({ "$ref": DIALECT_2020_12 }))
+            .map_err(|e| format!("cannot be checked: the meta-schema does not compile: {e}"))?;
+        meta.validate(doc).map_err(|e| {
             format!(
-                "does not compile at {}: {}",
+                "is not a valid draft 2020-12 schema at {}: {}",
                 display_pointer(e.instance_path.as_str()),
                 e.masked_with("the value")
-            ),
-        )
+            )
+        })
+    };
+    std::thread::scope(|scope| {
+        let checker = std::thread::Builder::new()
+            .name("schema-meta-check".into())
+            .spawn_scoped(scope, check)
+            .map_err(|e| format!("cannot be checked: no thread for the meta-schema check: {e}"))?;
+        checker
+            .join()
+            .unwrap_or_else(|_| Err("cannot be checked: the meta-schema check failed".into()))
     })
 }
 
@@ -2643,8 +2695,10 @@ mod tests {
             errors_examined: 0,
         };
         for error in compiled.validator.iter_errors(value) {
+            // The whole document compiles as `{"$ref": <document>}` (see `compile`).
+            let own = error.schema_path.as_str();
             let (schema_path, instance_path) = (
-                error.schema_path.as_str().to_string(),
+                own.strip_prefix("/$ref").unwrap_or(own).to_string(),
                 error.instance_path.as_str().to_string(),
             );
             to_violations(&mut findings, &error, &schema_path, &instance_path);
