@@ -3,9 +3,12 @@
 //!
 //! Lines are handed to a dedicated writer thread (tracing-appender's non-blocking writer), so a
 //! slow log sink (a stalled journald, a full pipe) never blocks the threads that serve records,
-//! and the access log costs no write system call on the request path. If the sink stalls long
-//! enough for the in-memory queue (128k lines) to fill, further lines are dropped rather than
-//! stalling the gateway; the audit log, not this log, is the record of every decision.
+//! and the access log costs no write system call on the request path. The writer thread takes
+//! every line queued since its last write and hands them to stderr in one write (a buffer it
+//! flushes whenever the queue runs empty), so under load a burst of access-log lines costs one
+//! system call rather than one per line, and when idle each line is written at once. If the sink
+//! stalls long enough for the in-memory queue (128k lines) to fill, further lines are dropped
+//! rather than stalling the gateway; the audit log, not this log, is the record of every decision.
 
 use std::io::IsTerminal;
 
@@ -13,6 +16,9 @@ use tracing_appender::non_blocking::WorkerGuard;
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogFormat, LoggingConfig};
+
+/// Most bytes of log lines handed to stderr in one write.
+const LOG_BATCH_BYTES: usize = 64 * 1024;
 
 /// Installs the global subscriber once; later calls (tests, a demo inside a process) are no-ops
 /// and return `None`. Keep the returned guard alive until exit: dropping it flushes the queue.
@@ -25,7 +31,10 @@ pub fn init(cfg: &LoggingConfig) -> Option<WorkerGuard> {
         LogFormat::Human => false,
         LogFormat::Auto => !std::io::stderr().is_terminal(),
     };
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stderr());
+    // The worker writes each queued line into the buffer and flushes it once the queue is empty:
+    // batching without delaying a line (see the module comment). Flushed again when the guard drops.
+    let sink = std::io::BufWriter::with_capacity(LOG_BATCH_BYTES, std::io::stderr());
+    let (writer, guard) = tracing_appender::non_blocking(sink);
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(writer)
