@@ -146,6 +146,74 @@ async fn an_idle_http2_connection_outlives_the_header_read_timeout() {
     assert!(again.is_ok(), "{again:?}");
 }
 
+// --- the protocol ALPN agreed on -----------------------------------------------------------------
+
+/// A TLS connection of the Shenzhen organisation offering `alpn` (empty: no ALPN at all).
+async fn connect_offering(gw: &TestGateway, alpn: &[&[u8]]) -> Tls {
+    let mut config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    common::tls_connect(gw, Arc::new(config)).await.unwrap()
+}
+
+/// Sends a record over HTTP/2 on `tls`; the status, or the error.
+async fn record_over_http2(gw: &TestGateway, tls: Tls) -> Result<http::StatusCode, String> {
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        TokioIo::new(tls),
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    tokio::spawn(conn);
+    let request = http::Request::post(format!("{}/v1/records", gw.base_url()))
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(record_bytes())))
+        .unwrap();
+    let answer = tokio::time::timeout(Duration::from_secs(5), sender.send_request(request))
+        .await
+        .map_err(|_| "no answer within 5 s".to_string())?;
+    answer.map(|a| a.status()).map_err(|e| e.to_string())
+}
+
+#[tokio::test]
+async fn a_client_offering_no_alpn_is_served_over_http1_and_over_http2_with_prior_knowledge() {
+    let gw = TestGateway::start().await;
+    let mut tls = connect_offering(&gw, &[]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), None);
+    let body = record_bytes();
+    tls.write_all(record_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    tls.write_all(&body).await.unwrap();
+    let answer = read_answer(&mut tls).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    let tls = connect_offering(&gw, &[]).await;
+    assert_eq!(record_over_http2(&gw, tls).await, Ok(http::StatusCode::OK));
+}
+
+#[tokio::test]
+async fn a_connection_is_served_in_the_protocol_alpn_agreed_and_only_in_it() {
+    let gw = TestGateway::start().await;
+    let tls = connect_offering(&gw, &[b"h2"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
+    assert_eq!(record_over_http2(&gw, tls).await, Ok(http::StatusCode::OK));
+
+    let mut tls = connect_offering(&gw, &[b"http/1.1"]).await;
+    assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
+    let body = record_bytes();
+    tls.write_all(record_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    tls.write_all(&body).await.unwrap();
+    let answer = read_answer(&mut tls).await.unwrap();
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+
+    // A client that agreed on HTTP/1.1 and then speaks HTTP/2 is not served as HTTP/2.
+    let tls = connect_offering(&gw, &[b"http/1.1"]).await;
+    let refused = record_over_http2(&gw, tls).await;
+    assert!(refused.is_err(), "{refused:?}");
+}
+
 // --- TLS 1.3 resumption ----------------------------------------------------------------------------
 
 /// One request on a fresh connection with `config` (its session cache carries tickets across

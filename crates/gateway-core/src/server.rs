@@ -126,7 +126,7 @@ pub async fn serve_records(
         unauthenticated_log: LogSampler::new(Duration::from_secs(1)),
     });
     let connections = budgets.connections.clone();
-    let builder = Arc::new(http_builder(&gateway));
+    let builder = Arc::new(HttpBuilders::new(&gateway));
     if let Ok(addr) = listener.local_addr() {
         tracing::info!(target: "hetao::server", %addr, "accepting partner connections (mutual TLS)");
     }
@@ -176,6 +176,39 @@ pub async fn serve_records(
         .await
         .is_ok();
     drained
+}
+
+/// The HTTP server settings, one builder for each way a connection's protocol can be known.
+struct HttpBuilders {
+    /// ALPN named no protocol: hyper reads the first bytes to tell HTTP/2's preface from HTTP/1.1.
+    sniffing: auto::Builder<TokioExecutor>,
+    /// ALPN chose `http/1.1`: served as HTTP/1.1 from the first byte. Sniffing would hand hyper
+    /// the first 24 bytes in a buffer of their own, after which its read buffer grows from 8 to
+    /// 16 KiB on the first request and stays so for the connection's life: 8 KiB more per idle
+    /// connection (docs/benchmarks.md, "Memory per idle connection").
+    http1: auto::Builder<TokioExecutor>,
+    /// ALPN chose `h2`.
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl HttpBuilders {
+    fn new(gateway: &Gateway) -> HttpBuilders {
+        let sniffing = http_builder(gateway);
+        HttpBuilders {
+            http1: sniffing.clone().http1_only(),
+            http2: sniffing.clone().http2_only(),
+            sniffing,
+        }
+    }
+
+    /// The builder for a connection whose TLS handshake agreed on `alpn`.
+    fn for_alpn(&self, alpn: Option<&[u8]>) -> &auto::Builder<TokioExecutor> {
+        match alpn {
+            Some(b"http/1.1") => &self.http1,
+            Some(b"h2") => &self.http2,
+            _ => &self.sniffing,
+        }
+    }
 }
 
 fn http_builder(gateway: &Gateway) -> auto::Builder<TokioExecutor> {
@@ -328,7 +361,7 @@ impl Drop for OrgSlot<'_> {
 
 async fn serve_connection(
     gateway: &Arc<Gateway>,
-    builder: &auto::Builder<TokioExecutor>,
+    builders: &HttpBuilders,
     budgets: &Budgets,
     handshake: OwnedSemaphorePermit,
     tcp: TcpStream,
@@ -376,7 +409,7 @@ async fn serve_connection(
             _ => Err(crate::tls::park_verifier::IdentityError::UnknownPark),
         }
     };
-    let (peer_chain, resumed, http2) = {
+    let (peer_chain, resumed, http2, builder) = {
         let (_, session) = tls.get_ref();
         let chain: Vec<_> = session
             .peer_certificates()
@@ -386,6 +419,7 @@ async fn serve_connection(
             chain,
             session.handshake_kind() == Some(rustls::HandshakeKind::Resumed),
             session.alpn_protocol() == Some(b"h2"),
+            builders.for_alpn(session.alpn_protocol()),
         )
     };
     let identity = match identity {
@@ -445,12 +479,15 @@ async fn serve_connection(
             let gateway = gateway.clone();
             let conn_ctx = conn_ctx.clone();
             let activity = activity.clone();
-            async move {
+            // Boxed: hyper keeps the slot for a request's future for the connection's life, and
+            // the record pipeline's future is ~4.7 KiB. Held inline, every idle connection would
+            // keep that much; boxed, a request allocates it and frees it when answered.
+            Box::pin(async move {
                 activity.begin();
                 let answer = pipeline::handle(gateway, conn_ctx, req).await;
                 activity.end();
                 answer
-            }
+            })
         })
     };
     let conn = builder.serve_connection(
