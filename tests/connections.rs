@@ -155,6 +155,16 @@ async fn connect_offering(gw: &TestGateway, alpn: &[&[u8]]) -> Tls {
     common::tls_connect(gw, Arc::new(config)).await.unwrap()
 }
 
+/// Sends a record over HTTP/1.1 on `tls`; the answer.
+async fn record_over_http1(tls: &mut Tls) -> String {
+    let body = record_bytes();
+    tls.write_all(record_head(body.len()).as_bytes())
+        .await
+        .unwrap();
+    tls.write_all(&body).await.unwrap();
+    read_answer(tls).await.unwrap()
+}
+
 /// Sends a record over HTTP/2 on `tls`; the status, or the error.
 async fn record_over_http2(gw: &TestGateway, tls: Tls) -> Result<http::StatusCode, String> {
     let (mut sender, conn) = hyper::client::conn::http2::handshake(
@@ -179,12 +189,7 @@ async fn a_client_offering_no_alpn_is_served_over_http1_and_over_http2_with_prio
     let gw = TestGateway::start().await;
     let mut tls = connect_offering(&gw, &[]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), None);
-    let body = record_bytes();
-    tls.write_all(record_head(body.len()).as_bytes())
-        .await
-        .unwrap();
-    tls.write_all(&body).await.unwrap();
-    let answer = read_answer(&mut tls).await.unwrap();
+    let answer = record_over_http1(&mut tls).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     let tls = connect_offering(&gw, &[]).await;
@@ -200,12 +205,7 @@ async fn a_connection_is_served_in_the_protocol_alpn_agreed_and_only_in_it() {
 
     let mut tls = connect_offering(&gw, &[b"http/1.1"]).await;
     assert_eq!(tls.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
-    let body = record_bytes();
-    tls.write_all(record_head(body.len()).as_bytes())
-        .await
-        .unwrap();
-    tls.write_all(&body).await.unwrap();
-    let answer = read_answer(&mut tls).await.unwrap();
+    let answer = record_over_http1(&mut tls).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 
     // A client that agreed on HTTP/1.1 and then speaks HTTP/2 is not served as HTTP/2.
@@ -639,12 +639,7 @@ async fn a_ticket_from_one_instance_does_not_resume_on_another_which_does_a_full
         Some(rustls::HandshakeKind::Full),
         "a ticket of one instance resumed on another"
     );
-    let body = record_bytes();
-    tls.write_all(record_head(body.len()).as_bytes())
-        .await
-        .unwrap();
-    tls.write_all(&body).await.unwrap();
-    let answer = read_answer(&mut tls).await.unwrap();
+    let answer = record_over_http1(&mut tls).await;
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
     let _ = stop.send(true);
     let _ = task.await;
