@@ -543,44 +543,60 @@ fn compile(
     file: &SchemaFile,
     shared: &[(String, &SchemaFile)],
 ) -> Result<Validator, SchemaLoadError> {
-    let mut options = validation_options()
-        .with_base_uri(PIECE_BASE)
+    let options = with_shared(validation_options(), shared)?
         .with_resource(file.base.clone(), resource(file)?);
+    // Compiled as the root, the error's location is a place in the file. Only a file that
+    // fails to compile pays for the process-wide check this way.
+    compile_reference(options, &file.base).map_err(|by_reference| {
+        let as_root = match with_shared(validation_options(), shared) {
+            Ok(options) => options.with_base_uri(file.base.clone()),
+            Err(unusable) => return unusable,
+        };
+        let e = as_root
+            .build(&file.doc)
+            .err()
+            .map(Box::new)
+            .unwrap_or(by_reference);
+        // For a compile error the "instance" is the schema itself: its path says where in the
+        // file the problem is.
+        SchemaLoadError::invalid(
+            &file.path,
+            format!(
+                "does not compile at {}: {}",
+                display_pointer(e.instance_path.as_str()),
+                e.masked_with("the value")
+            ),
+        )
+    })
+}
+
+/// `options` with each shared document under the URI given.
+fn with_shared(
+    mut options: jsonschema::ValidationOptions,
+    shared: &[(String, &SchemaFile)],
+) -> Result<jsonschema::ValidationOptions, SchemaLoadError> {
     for (uri, doc) in shared {
         options = options.with_resource(uri.clone(), resource(doc)?);
     }
-    match options.build(&serde_json::json!({ "$ref": file.base })) {
-        Ok(validator) => Ok(validator),
-        // Compiled as the root, the error's location is a place in the file. Only a file that
-        // fails to compile pays for the process-wide check this way.
-        Err(by_reference) => Err(compile_error(file, shared, by_reference)),
-    }
+    Ok(options)
 }
 
-/// Why `file` does not compile, located in the file.
-fn compile_error(
-    file: &SchemaFile,
-    shared: &[(String, &SchemaFile)],
-    by_reference: ValidationError<'static>,
-) -> SchemaLoadError {
-    let mut options = validation_options().with_base_uri(file.base.clone());
-    for (uri, doc) in shared {
-        match resource(doc) {
-            Ok(r) => options = options.with_resource(uri.clone(), r),
-            Err(e) => return e,
-        }
-    }
-    let e = options.build(&file.doc).err().unwrap_or(by_reference);
-    // For a compile error the "instance" is the schema itself: its path says where in the
-    // file the problem is.
-    SchemaLoadError::invalid(
-        &file.path,
-        format!(
-            "does not compile at {}: {}",
-            display_pointer(e.instance_path.as_str()),
-            e.masked_with("the value")
-        ),
-    )
+/// Builds the one-line root `{"$ref": target}` (under [`PIECE_BASE`]) with the documents
+/// `options` holds: how whole documents and pieces are compiled (why: see [`compile`]).
+fn compile_reference(
+    options: jsonschema::ValidationOptions,
+    target: &str,
+) -> Result<Validator, Box<ValidationError<'static>>> {
+    options
+        .with_base_uri(PIECE_BASE)
+        .build(&serde_json::json!({ "$ref": target }))
+        .map_err(Box::new)
+}
+
+/// An error's keyword location without the one-line root's `$ref`: its place in the node the
+/// root refers to.
+fn below_root_ref(schema_path: &str) -> &str {
+    schema_path.strip_prefix("/$ref").unwrap_or(schema_path)
 }
 
 /// Checks `doc` against the draft 2020-12 meta-schema, with a validator compiled for this one
@@ -1258,7 +1274,7 @@ impl<'a> Planner<'a> {
             }
             None => None,
         };
-        let mut options = validation_options().with_base_uri(PIECE_BASE);
+        let mut options = validation_options();
         for (name, i) in &self.names {
             let doc = match (&replaced, *i == at.doc) {
                 (Some(doc), true) => doc.clone(),
@@ -1269,15 +1285,13 @@ impl<'a> Planner<'a> {
             options = options.with_resource(name.clone(), resource);
         }
         let target = format!("{}#{}", self.bases[at.doc], encode_fragment(&at.pointer));
-        let validator = options
-            .build(&serde_json::json!({ "$ref": target }))
-            .map_err(|e| {
-                format!(
-                    "the node at {} does not compile on its own: {}",
-                    display_pointer(&at.pointer),
-                    e.masked_with("the value")
-                )
-            })?;
+        let validator = compile_reference(options, &target).map_err(|e| {
+            format!(
+                "the node at {} does not compile on its own: {}",
+                display_pointer(&at.pointer),
+                e.masked_with("the value")
+            )
+        })?;
         Ok(Piece { validator, eval })
     }
 }
@@ -1457,8 +1471,7 @@ fn list_piece(piece: &Piece, value: &Value, pointer: &str, findings: &mut Findin
     for error in piece.validator.iter_errors(value) {
         findings.errors_examined += 1;
         // The piece is `{"$ref": <node>}`: its errors' keyword locations start with that `$ref`.
-        let own = error.schema_path.as_str();
-        let own = own.strip_prefix("/$ref").unwrap_or(own);
+        let own = below_root_ref(error.schema_path.as_str());
         let schema_path = format!("{}{own}", piece.eval);
         let instance_path = format!("{pointer}{}", error.instance_path.as_str());
         to_violations(findings, &error, &schema_path, &instance_path);
@@ -2696,9 +2709,8 @@ mod tests {
         };
         for error in compiled.validator.iter_errors(value) {
             // The whole document compiles as `{"$ref": <document>}` (see `compile`).
-            let own = error.schema_path.as_str();
             let (schema_path, instance_path) = (
-                own.strip_prefix("/$ref").unwrap_or(own).to_string(),
+                below_root_ref(error.schema_path.as_str()).to_string(),
                 error.instance_path.as_str().to_string(),
             );
             to_violations(&mut findings, &error, &schema_path, &instance_path);
