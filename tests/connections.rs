@@ -102,28 +102,31 @@ async fn a_head_dribbled_after_an_idle_pause_is_cut_off_at_the_header_read_timeo
     );
 }
 
-/// An HTTP/2 connection (ALPN h2) of the Shenzhen organisation: its sender and its task.
-async fn h2_connection<B>(
-    gw: &TestGateway,
-) -> (
+/// The HTTP/2 client handshake on `tls`: the sender and the connection's task.
+async fn h2_handshake<B>(
+    tls: Tls,
+) -> hyper::Result<(
     hyper::client::conn::http2::SendRequest<B>,
     tokio::task::JoinHandle<hyper::Result<()>>,
-)
+)>
 where
     B: hyper::body::Body + Send + Unpin + 'static,
     B::Data: Send,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let mut config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
-    config.alpn_protocols = vec![b"h2".to_vec()];
-    let tls = common::tls_connect(gw, Arc::new(config)).await.unwrap();
     let (sender, conn) = hyper::client::conn::http2::handshake(
         hyper_util::rt::TokioExecutor::new(),
         TokioIo::new(tls),
     )
-    .await
-    .unwrap();
-    (sender, tokio::spawn(conn))
+    .await?;
+    Ok((sender, tokio::spawn(conn)))
+}
+
+/// A TLS connection of the Shenzhen organisation offering `alpn` (empty: no ALPN at all).
+async fn connect_offering(gw: &TestGateway, alpn: &[&[u8]]) -> Tls {
+    let mut config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    common::tls_connect(gw, Arc::new(config)).await.unwrap()
 }
 
 #[tokio::test]
@@ -133,7 +136,9 @@ async fn an_idle_http2_connection_outlives_the_header_read_timeout() {
         ..Options::default()
     })
     .await;
-    let (mut sender, conn) = h2_connection(&gw).await;
+    let (mut sender, conn) = h2_handshake(connect_offering(&gw, &[b"h2"]).await)
+        .await
+        .unwrap();
     let probe = || {
         http::Request::get(format!("{}/v1/nothing", gw.base_url()))
             .body(Full::new(Bytes::new()))
@@ -148,13 +153,6 @@ async fn an_idle_http2_connection_outlives_the_header_read_timeout() {
 
 // --- the protocol ALPN agreed on -----------------------------------------------------------------
 
-/// A TLS connection of the Shenzhen organisation offering `alpn` (empty: no ALPN at all).
-async fn connect_offering(gw: &TestGateway, alpn: &[&[u8]]) -> Tls {
-    let mut config = common::tls_client_config(gw, Some(&gw.pki.sz_org));
-    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
-    common::tls_connect(gw, Arc::new(config)).await.unwrap()
-}
-
 /// Sends a record over HTTP/1.1 on `tls`; the answer.
 async fn record_over_http1(tls: &mut Tls) -> String {
     let body = record_bytes();
@@ -167,13 +165,7 @@ async fn record_over_http1(tls: &mut Tls) -> String {
 
 /// Sends a record over HTTP/2 on `tls`; the status, or the error.
 async fn record_over_http2(gw: &TestGateway, tls: Tls) -> Result<http::StatusCode, String> {
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        TokioIo::new(tls),
-    )
-    .await
-    .map_err(|e| e.to_string())?;
-    tokio::spawn(conn);
+    let (mut sender, _conn) = h2_handshake(tls).await.map_err(|e| e.to_string())?;
     let request = http::Request::post(format!("{}/v1/records", gw.base_url()))
         .header("content-type", "application/json")
         .body(Full::new(Bytes::from(record_bytes())))
@@ -509,7 +501,9 @@ async fn a_reload_that_changes_no_tls_material_keeps_connections_and_tickets() {
 #[tokio::test]
 async fn http2_streams_open_during_a_reload_finish_after_a_goaway() {
     let gw = TestGateway::with_sz_crl().await;
-    let (mut sender, conn) = h2_connection(&gw).await;
+    let (mut sender, conn) = h2_handshake(connect_offering(&gw, &[b"h2"]).await)
+        .await
+        .unwrap();
     let (mut body_tx, body_rx) = Channel::<Bytes, std::io::Error>::new(1);
     let body = record_bytes();
     let request = http::Request::post(gw.url())
