@@ -651,8 +651,10 @@ fn peak_memory_kib(args: &[&str]) -> (u64, u64) {
 }
 
 /// The review: `audit query --format json` on one 250 MiB segment peaked at 2.65 GB. Every
-/// format now holds one entry at a time: on a 32 MiB log, none needs a quarter of the log's size
-/// more than on a log of twelve records.
+/// format now holds one entry at a time: on a 32 MiB log, none needs a third of the log's size
+/// more than on a log of twelve records. (A quarter left too little room: peaks sampled from
+/// `VmHWM` move in mimalloc's 2 MiB huge pages, and landed 8.3-8.6 MiB above the small log's on
+/// some runs, failing one run in three; the old code needed 391 MiB for JSON and 92 for CSV.)
 #[cfg(target_os = "linux")]
 #[tokio::test]
 async fn query_streams_every_format_in_memory_that_does_not_grow_with_the_log() {
@@ -679,7 +681,7 @@ async fn query_streams_every_format_in_memory_that_does_not_grow_with_the_log() 
 
     // What the program needs on a log of twelve records: its code and libraries, mostly.
     let (idle, _) = peak_memory_kib(&["audit", "query", &s.log, "--format", "json"]);
-    let bound = idle + log_kib / 4;
+    let bound = idle + log_kib / 3;
     for format in ["json", "csv", "table"] {
         let (peak, printed) = peak_memory_kib(&["audit", "query", big, "--format", format]);
         assert!(printed > log_kib * 256, "{format}: printed {printed} bytes");
