@@ -140,11 +140,40 @@ pub struct Appended {
     pub place: Option<LinePlace>,
 }
 
-/// The tree after one committed batch and its checkpoint note, signed once for the batch.
-#[derive(Debug, PartialEq, Eq)]
+/// The tree after one committed batch. Its checkpoint note is signed once for the whole batch,
+/// by the first receipt that needs it: the writer thread does not sign (an Ed25519 signature per
+/// batch was a sixth of its work), and a batch whose entries get no receipt (the decision entries
+/// of records then forwarded: their receipt is the outcome's) is never signed.
+#[derive(Debug)]
 pub struct BatchHead {
     pub size: u64,
-    pub note: String,
+    root: tlog_tiles::Hash,
+    note: std::sync::OnceLock<String>,
+}
+
+/// The same tree: the note, once signed, is a function of the size, the root and the log's key.
+impl PartialEq for BatchHead {
+    fn eq(&self, other: &Self) -> bool {
+        self.size == other.size && self.root == other.root
+    }
+}
+
+impl Eq for BatchHead {}
+
+impl BatchHead {
+    pub fn new(size: u64, root: tlog_tiles::Hash) -> BatchHead {
+        BatchHead {
+            size,
+            root,
+            note: std::sync::OnceLock::new(),
+        }
+    }
+
+    /// The checkpoint note of this tree, signed by `signer` on first use.
+    pub fn note(&self, signer: &AuditSigner) -> &str {
+        self.note
+            .get_or_init(|| note::sign_checkpoint(signer, self.size, self.root))
+    }
 }
 
 /// Proof for the sender that its record was logged and decided as stated, checkable offline with
@@ -899,10 +928,7 @@ impl AuditLog {
                 // Not committed through the writer's batches (should not happen): sign now.
                 let size = tree.leaves();
                 let root = tree.root(size).map_err(tree_failure)?;
-                Arc::new(BatchHead {
-                    size,
-                    note: note::sign_checkpoint(&self.inner.signer, size, root),
-                })
+                Arc::new(BatchHead::new(size, root))
             }
         };
         let proof = tree
@@ -912,7 +938,7 @@ impl AuditLog {
             facts: appended.facts.clone(),
             tree_size: head.size,
             inclusion: proof.iter().map(tree::hash_to_b64).collect(),
-            checkpoint: head.note.clone(),
+            checkpoint: head.note(&self.inner.signer).to_owned(),
             key_id: self.inner.signer.key_id().to_string(),
             entry: None,
         })

@@ -355,14 +355,11 @@ impl Writer {
         e
     }
 
-    /// The tree as the batch just committed left it, with its checkpoint note signed once.
+    /// The tree as the batch just committed left it (its note is signed by the first receipt).
     fn batch_head(&self) -> Result<Arc<BatchHead>, WriteError> {
         let size = self.tree.leaves();
         let root = self.tree.root(size).map_err(WriteError::Tree)?;
-        Ok(Arc::new(BatchHead {
-            size,
-            note: sign_checkpoint(&self.signer, size, root),
-        }))
+        Ok(Arc::new(BatchHead::new(size, root)))
     }
 
     /// Writes `buf` with one write and makes it durable per policy (`force` fsyncs regardless).
@@ -702,8 +699,8 @@ impl Writer {
                     if n > 0 {
                         self.stats.observe_batch(n);
                     }
-                    // One signed checkpoint note for the whole batch's receipts: each receipt
-                    // proves its entry's inclusion in the tree as this batch left it.
+                    // One checkpoint note for the whole batch's receipts (signed by the first of
+                    // them): each proves its entry's inclusion in the tree as this batch left it.
                     if !waiting.is_empty() {
                         match self.batch_head() {
                             Ok(head) => {
