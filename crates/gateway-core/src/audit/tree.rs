@@ -305,6 +305,12 @@ impl HashStore {
         Ok(())
     }
 
+    /// Stored hashes not yet written to the tree file.
+    pub fn unwritten(&self) -> u64 {
+        let state = self.read_state();
+        state.mem_base + state.pending.len() as u64 - state.flushed
+    }
+
     /// Writes the pending hashes to the tree file (no fsync: the file is rebuilt at start).
     pub fn flush(&self) -> Result<(), TreeError> {
         let Some((file, path)) = &self.file else {
