@@ -18,6 +18,7 @@ use std::cell::RefCell;
 use std::fmt;
 
 use serde::de::{self, DeserializeSeed, MapAccess, SeqAccess, Visitor};
+use serde_json::map::Entry;
 use serde_json::{Map, Value};
 
 /// `limits.max_json_depth` when the configuration does not set it.
@@ -278,16 +279,21 @@ impl<'de> Visitor<'de> for ValueSeed<'_> {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut object = Map::new();
         while let Some(key) = map.next_key::<String>()? {
-            if object.contains_key(&key) {
-                *self.duplicate.borrow_mut() = Some(vec![key]);
-                return Err(de::Error::custom("duplicate key"));
-            }
+            // One lookup per key (the entry), not a check and then an insert: hashing keys is a
+            // good part of parsing a record.
+            let slot = match object.entry(key) {
+                Entry::Vacant(slot) => slot,
+                Entry::Occupied(taken) => {
+                    *self.duplicate.borrow_mut() = Some(vec![taken.key().clone()]);
+                    return Err(de::Error::custom("duplicate key"));
+                }
+            };
             match map.next_value_seed(self) {
                 Ok(value) => {
-                    object.insert(key, value);
+                    slot.insert(value);
                 }
                 Err(e) => {
-                    self.note_segment(|| key);
+                    self.note_segment(|| slot.key().clone());
                     return Err(e);
                 }
             }
