@@ -22,10 +22,10 @@ use bytes::BytesMut;
 use chrono::Utc;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Full};
-use serde_json::json;
+use serde::Serialize;
 
 use crate::audit::{
-    Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, ReadEntryError,
+    Appended, AuditEntry, AuditError, AuditEvent, EntryType, LoggedEntry, ReadEntryError, Receipt,
     RecordHistory, RuleRef, Standing,
 };
 use crate::checkpoint::{Examination, RecordFacts, Verdict};
@@ -174,7 +174,7 @@ struct Answered {
 }
 
 impl Answered {
-    fn json(status: StatusCode, body: &serde_json::Value, error: &'static str) -> Answered {
+    fn json<T: Serialize + ?Sized>(status: StatusCode, body: &T, error: &'static str) -> Answered {
         let bytes = Bytes::from(serde_json::to_vec(body).unwrap_or_else(|_| b"{}".to_vec()));
         Answered {
             response: crate::error::json_bytes_response(status, bytes.clone()),
@@ -808,17 +808,18 @@ async fn answer_again(
                 Some(line),
             );
             let delivery = delivery.map_err(|e| unreadable("outcome", &e))?;
-            let body = delivered_answer(Delivered {
+            let body = serde_json::to_value(Delivered {
                 record_id: &record_id,
                 audit_seq: decision.seq,
-                receipt: serde_json::to_value(receipt).unwrap_or(serde_json::Value::Null),
+                receipt: Some(receipt),
                 upstream_status: outcome.status.unwrap_or(0),
                 acknowledgement: outcome.acknowledgement,
-                delivery_receipt: serde_json::to_value(delivery).unwrap_or(serde_json::Value::Null),
+                delivery_receipt: Some(delivery),
                 rules: &rules,
                 obligations: &decision.obligations,
                 policy_version: &policy_version,
-            });
+            })
+            .unwrap_or(serde_json::Value::Null);
             (StatusCode::OK, body, "none")
         }
         (Standing::Denied, _) => {
@@ -1101,23 +1102,24 @@ async fn forward(
     // tree unreadable, the outcome entry not written) is reported in the answer as null rather
     // than failing a delivered record.
     let receipt = match gateway.audit.receipt(&appended) {
-        Ok(r) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        Ok(r) => Some(r),
         Err(e) => {
             tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
                 "could not make the receipt");
-            serde_json::Value::Null
+            None
         }
     };
     let delivery_receipt = match delivered.map(|d| gateway.audit.receipt_with_entry(&d)) {
-        Some(Ok(r)) => serde_json::to_value(r).unwrap_or(serde_json::Value::Null),
+        Some(Ok(r)) => Some(r),
         Some(Err(e)) => {
             tracing::error!(target: "hetao::audit", record_id = %head.record_id, error = %e,
                 "could not make the delivery receipt");
-            serde_json::Value::Null
+            None
         }
-        None => serde_json::Value::Null,
+        None => None,
     };
-    let body = delivered_answer(Delivered {
+    // Serialised straight from the answer's parts: no JSON tree built first.
+    let body = Delivered {
         record_id: &head.record_id,
         audit_seq: appended.seq,
         receipt,
@@ -1127,38 +1129,41 @@ async fn forward(
         rules: &verdict.decision.matched,
         obligations: &verdict.applied,
         policy_version: &verdict.decision.policy_version,
-    });
+    };
     Ok(Answered::json(StatusCode::OK, &body, "none"))
 }
 
-/// What the 200 of a delivered record says.
+/// The 200 of a delivered record: built here only, for its first answer and for retries. A
+/// receipt that could not be made is `null`.
 struct Delivered<'a> {
     record_id: &'a str,
     audit_seq: u64,
-    receipt: serde_json::Value,
+    receipt: Option<Receipt>,
     upstream_status: u16,
     acknowledgement: Option<serde_json::Value>,
-    delivery_receipt: serde_json::Value,
+    delivery_receipt: Option<Receipt>,
     rules: &'a [MatchedRule],
     obligations: &'a [String],
     policy_version: &'a str,
 }
 
-/// The 200 of a delivered record: built here only, for its first answer and for retries.
-fn delivered_answer(d: Delivered<'_>) -> serde_json::Value {
-    json!({
-        "record_id": d.record_id,
-        "decision": "allow",
-        "status": "forwarded",
-        "audit_seq": d.audit_seq,
-        "receipt": d.receipt,
-        "upstream_status": d.upstream_status,
-        "acknowledgement": d.acknowledgement,
-        "delivery_receipt": d.delivery_receipt,
-        "rules": d.rules,
-        "obligations": d.obligations,
-        "policy_version": d.policy_version,
-    })
+impl Serialize for Delivered<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        let mut o = s.serialize_struct("Delivered", 11)?;
+        o.serialize_field("record_id", self.record_id)?;
+        o.serialize_field("decision", "allow")?;
+        o.serialize_field("status", "forwarded")?;
+        o.serialize_field("audit_seq", &self.audit_seq)?;
+        o.serialize_field("receipt", &self.receipt)?;
+        o.serialize_field("upstream_status", &self.upstream_status)?;
+        o.serialize_field("acknowledgement", &self.acknowledgement)?;
+        o.serialize_field("delivery_receipt", &self.delivery_receipt)?;
+        o.serialize_field("rules", self.rules)?;
+        o.serialize_field("obligations", self.obligations)?;
+        o.serialize_field("policy_version", self.policy_version)?;
+        o.end()
+    }
 }
 
 /// Writes a delivered record's outcome entry and waits until it is durable, for its receipt.
