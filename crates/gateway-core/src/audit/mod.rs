@@ -141,9 +141,9 @@ pub struct Appended {
 }
 
 /// The tree after one committed batch. Its checkpoint note is signed once for the whole batch,
-/// by the first receipt that needs it: the writer thread does not sign (an Ed25519 signature per
-/// batch was a sixth of its work), and a batch whose entries get no receipt (the decision entries
-/// of records then forwarded: their receipt is the outcome's) is never signed.
+/// by the first receipt that needs it: the writer thread, which every record waits on, does not
+/// sign (an Ed25519 signature per batch was a sixth of its work), and a batch none of whose
+/// entries gets a receipt (refusals, the outcomes of failed deliveries) is never signed.
 #[derive(Debug)]
 pub struct BatchHead {
     pub size: u64,

@@ -24,13 +24,13 @@ use super::witnessing::LoggedCheckpoint;
 use super::{Appended, AuditError, AuditEvent, BatchHead, EntryType, Unavailable};
 use crate::config::{AuditConfig, FsyncPolicy};
 
-/// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
-/// key; see docs/audit.md.)
-/// Default for `audit.fsync_interval_ms` under the `interval` policy.
 /// Tree hashes (32 bytes each, about two per entry) gathered before they are written to the tree
 /// file: 64 KiB per write.
 const TREE_WRITE_HASHES: u64 = 2048;
 
+/// With `fsync = "interval"`: the longest a written batch waits for its fsync. (Not yet a config
+/// key; see docs/audit.md.)
+/// Default for `audit.fsync_interval_ms` under the `interval` policy.
 pub const FSYNC_INTERVAL: Duration = Duration::from_millis(200);
 
 /// What the gateway asks of the writer.
