@@ -52,13 +52,18 @@ NEVER_ADMIN=$((BASE_PORT + 6))
 log() { printf '[load.sh %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
 
 # --- what it needs -------------------------------------------------------------------------------
+SUDO=""
+[ "$(id -u)" -ne 0 ] && SUDO=sudo
 if ! command -v nginx >/dev/null 2>&1 && [ ! -x /usr/sbin/nginx ]; then
     log "installing nginx from Debian's packages"
-    SUDO=""
-    [ "$(id -u)" -ne 0 ] && SUDO=sudo
     $SUDO apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx-light \
         || DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq nginx
+fi
+if ! command -v curl >/dev/null 2>&1; then # asks the gateways' admin listeners for /readyz
+    log "installing curl from Debian's packages"
+    $SUDO apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq curl
 fi
 NGINX=$(command -v nginx || echo /usr/sbin/nginx)
 
@@ -102,6 +107,19 @@ wait_port() {
         sleep 0.05
     done
     log "$what did not start listening on $port"; exit 1
+}
+
+# The partner listener is bound before the rules load; the admin listener answers /readyz 200 only
+# once the gateway serves. Memory "after start" is read then, not in the middle of the load.
+wait_ready() {
+    local admin=$1 what=$2
+    for _ in $(seq 600); do
+        if [ "$(curl -s -o /dev/null -w '%{http_code}' "http://127.0.0.1:$admin/readyz")" = 200 ]; then
+            return 0
+        fi
+        sleep 0.05
+    done
+    log "$what did not become ready (admin :$admin /readyz)"; exit 1
 }
 
 rss_kb() { awk '/^VmRSS/ {print $2}' "/proc/$1/status" 2>/dev/null || echo 0; }
@@ -196,6 +214,7 @@ wait_port "$EP_PORT" "park endpoint"
 GW_PID=$!
 PIDS+=("$GW_PID")
 wait_port "$GW_PORT" "gateway"
+wait_ready "$GW_ADMIN" "gateway"
 
 NGX=$OUT/nginx
 mkdir -p "$NGX"
@@ -300,6 +319,7 @@ if [ "${SKIP_NEVER:-0}" != 1 ]; then
     NEVER_PID=$!
     PIDS+=("$NEVER_PID")
     wait_port "$NEVER_PORT" "gateway (fsync never)"
+    wait_ready "$NEVER_ADMIN" "gateway (fsync never)"
     for conns in $LEVELS; do
         [ "$conns" -ge 16 ] || continue
         run gateway-fsync-never "$conns" 1

@@ -3,6 +3,7 @@
 //!
 //! One [`RecordClient`] holds a pool of keep-alive connections (HTTP/2 multiplexes over one),
 //! so a batch of records pays for one handshake, not one per record.
+#![forbid(unsafe_code)]
 
 use std::error::Error as StdError;
 use std::io;

@@ -18,6 +18,7 @@ pub mod envelope;
 pub mod error;
 pub mod json_limits;
 pub mod key_file;
+pub mod memory;
 pub mod metrics;
 pub mod pipeline;
 pub mod policy;

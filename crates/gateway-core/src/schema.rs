@@ -608,7 +608,8 @@ fn below_root_ref(schema_path: &str) -> &str {
 /// issue Stranger6667/jsonschema#675). Checking the shipped schemas left 93 MiB live in every
 /// gateway, most of its memory at start. Compiled per check, the same growth is garbage once the
 /// check ends; and grown on a thread that then exits, it is all in memory the allocator frees
-/// whole, rather than in pages it shares with the compiled schemas that stay.
+/// whole, rather than in pages it shares with the compiled schemas that stay. The gateway then
+/// has those pages returned to the system once the load is over ([`crate::memory`]).
 fn meta_check(doc: &Value) -> Result<(), String> {
     let check = || -> Result<(), String> {
         // The meta-schema documents are built into jsonschema's registry: a reference to the

@@ -211,6 +211,9 @@ impl Gateway {
             reload_lock: tokio::sync::Mutex::new(()),
         };
         gateway.note_rules_loaded(true);
+        // The load's garbage (the meta-schema check's above all) would otherwise stay resident
+        // for as long as the gateway waits for its first partner.
+        crate::memory::return_freed();
         Ok(gateway)
     }
 
@@ -242,7 +245,7 @@ impl Gateway {
                 message: format!("reload task failed: {e}"),
             }))
         });
-        match result {
+        let outcome = match result {
             Ok(loaded) => {
                 for warning in loaded.rules.policies.warnings() {
                     tracing::warn!(target: "hetao::policy", "{warning}");
@@ -277,7 +280,10 @@ impl Gateway {
                 );
                 Err(e)
             }
-        }
+        };
+        // Whether the new set is in force or refused, loading it freed as much as a start does.
+        crate::memory::return_freed();
+        outcome
     }
 
     /// The decision sequence under `rules`, for this gateway's parks and limits.

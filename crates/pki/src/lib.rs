@@ -12,6 +12,7 @@
 //!   it).
 //!
 //! Keys are ECDSA P-256: small, and the fastest handshakes ring offers.
+#![forbid(unsafe_code)]
 
 mod csr;
 mod dev;
