@@ -646,10 +646,16 @@ async fn receipts_verify_and_fail_when_altered() {
 
 /// Appends `id`, then waits (up to 10 s) for `archive` to appear: the writer rotates after
 /// answering a batch, so a rotation shows only afterwards.
+/// Appends `id`, then waits (up to 10 s) until the writer has rotated: the archive is in place
+/// and the rotation is counted. The writer renames first and counts only once the new segment's
+/// first entry is durable, so the archive alone can be seen a few milliseconds early.
 async fn append_until_archived(log: &AuditLog, id: &str, archive: &Path) {
+    let before = log.stats().rotations;
     log.append(decision(id, "allow")).await.unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while !archive.is_file() && std::time::Instant::now() < deadline {
+    while !(archive.is_file() && log.stats().rotations > before)
+        && std::time::Instant::now() < deadline
+    {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
