@@ -5,7 +5,7 @@
 //! [`crate::schema`]). The binary's allocator (mimalloc) returns freed pages to the system only
 //! a delay after they are freed, and only from inside a later allocator call; a gateway that
 //! loads and then waits for partners keeps all of it resident. Measured on the shipped rules: 111
-//! MiB resident after start, 31 MiB once the freed pages are returned (docs/benchmarks.md).
+//! MiB resident after start, 38 MiB once the freed pages are returned (docs/benchmarks.md).
 //!
 //! The allocator is the binary's choice, so the binary says how to return freed memory
 //! ([`set_return_freed`]); the library calls it after each load ([`return_freed`]). Without one
