@@ -644,11 +644,10 @@ async fn receipts_verify_and_fail_when_altered() {
     );
 }
 
-/// Appends `id`, then waits (up to 10 s) for `archive` to appear: the writer rotates after
-/// answering a batch, so a rotation shows only afterwards.
-/// Appends `id`, then waits (up to 10 s) until the writer has rotated: the archive is in place
-/// and the rotation is counted. The writer renames first and counts only once the new segment's
-/// first entry is durable, so the archive alone can be seen a few milliseconds early.
+/// Appends `id`, then waits (up to 10 s) until the writer has rotated: the writer rotates after
+/// answering a batch, so a rotation shows only afterwards. Both the archive and the count are
+/// waited for: the writer renames first and counts only once the new segment's first entry is
+/// durable, so the archive alone can be seen a few milliseconds early.
 async fn append_until_archived(log: &AuditLog, id: &str, archive: &Path) {
     let before = log.stats().rotations;
     log.append(decision(id, "allow")).await.unwrap();

@@ -639,7 +639,7 @@ fn resident_mib(pid: u32) -> u64 {
     kib / 1024
 }
 
-/// Loading the rules allocates and frees ~60 MiB (the schemas' meta-schema check); mimalloc
+/// Loading the rules allocates and frees ~70 MiB (the schemas' meta-schema check); mimalloc
 /// would keep that resident for as long as the gateway then waits. The binary has it returned
 /// after the start and after every reload: ~50 MiB resident here (a debug build) where it held
 /// ~110 MiB before.
