@@ -98,7 +98,13 @@ async fn the_costliest_records_are_decided_without_stalling_admin_or_other_sende
         (slowest, sent)
     };
     let (((a, b), costly_took), (slowest_valid, valid_sent)) = tokio::join!(costly, valid);
-    let (slowest_healthz, probes) = admin_probe.join().unwrap();
+    // Joined off this thread: the probe may have begun one last /healthz just before it saw
+    // `stop`, and only this thread can answer it (a blocking join here deadlocked until the
+    // probe's 60 s read timeout in a CI run).
+    let (slowest_healthz, probes) = tokio::task::spawn_blocking(move || admin_probe.join())
+        .await
+        .unwrap()
+        .unwrap();
 
     for answer in [&a, &b] {
         assert_eq!(answer.status, 422, "{:#}", answer.json);
