@@ -207,7 +207,8 @@ log "sender: $(basename "$SENDER_CERT"); records: $(ls "$RECORDS"/*-sz-hk-*.json
 "$ENDPOINT" --listen "127.0.0.1:$EP_PORT" --cert "$PKI/hk-endpoint.pem" \
     --key "$PKI/hk-endpoint.key" --client-ca "$PKI/gateway-ca.pem" \
     >"$OUT/endpoint.log" 2>&1 &
-PIDS+=($!)
+EP_PID=$!
+PIDS+=("$EP_PID")
 wait_port "$EP_PORT" "park endpoint"
 
 "$BIN" serve --config "$CONF" >"$OUT/gateway.log" 2>&1 &
@@ -240,21 +241,29 @@ url_of() {
     esac
 }
 run() { # target connections round [extra loadgen flags...]
-    local target=$1 conns=$2 round=$3 before after line
+    local target=$1 conns=$2 round=$3 before after ep_before ep_after line
     shift 3
     before=$(cpu_of "$target")
+    ep_before=$(cpu_ticks "$EP_PID")
     line=$("$LOADGEN" --url "$(url_of "$target")" --cert "$SENDER_CERT" --key "$SENDER_KEY" \
         --ca "$PKI/gateway-ca.pem" --body-dir "$RECORDS" --from sz \
         --connections "$conns" --duration "$DURATION" --warmup "$WARMUP" \
         --label "$target" "$@")
     after=$(cpu_of "$target")
+    ep_after=$(cpu_ticks "$EP_PID")
     # CPU per request of the serving process(es) over warm-up and measurement, assuming the
-    # warm-up ran at the measured rate: the figure that survives a noisy shared machine.
+    # warm-up ran at the measured rate: the figure that survives a noisy shared machine. The
+    # park endpoint's and the load generator's (its own count, start to exit) go next to it:
+    # the three share the machine's cores, so together they bound the rate a run can reach.
     line=$(jq -c --argjson cpu "$(((after - before) * TICK_US))" \
+        --argjson ep "$(((ep_after - ep_before) * TICK_US))" --argjson tick "$TICK_US" \
         --argjson secs "$(awk -v d="$DURATION" -v w="$WARMUP" 'BEGIN {print d + w}')" \
-        '. + {cpu_us_per_req: (if .ok_rps > 0 then ($cpu / (.ok_rps * $secs) | floor) else null end)}' <<<"$line")
+        '(if .ok_rps > 0 then .ok_rps * $secs else null end) as $n
+         | . + {cpu_us_per_req: (if $n then ($cpu / $n | floor) else null end),
+                endpoint_cpu_us_per_req: (if $n then ($ep / $n | floor) else null end),
+                loadgen_cpu_us_per_req: (if $n and .cpu_ticks then (.cpu_ticks * $tick / $n | floor) else null end)}' <<<"$line")
     echo "$line" >>"$RESULTS"
-    jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, cpu_us_per_req, latency_ms, status, errors}
+    jq -c --arg r "$round" '{"label": .label, mode, connections, round: $r, ok_rps, cpu_us_per_req, endpoint_cpu_us_per_req, loadgen_cpu_us_per_req, latency_ms, status, errors}
             + (if has("resumed") then {resumed, full_handshakes} else {} end)' <<<"$line" >&2
 }
 
@@ -347,6 +356,23 @@ fi
            ng: ([.[] | select(.label == "nginx") | .cpu_us_per_req] | sort | .[(length / 2 | floor)])}
         | select(.gw != null and .ng != null)
         | "| \(.mode) | \(.conns) | \(.gw) | \(.ng) | \((.gw / .ng * 100 | round) / 100) |"' "$RESULTS"
+    echo
+    echo "CPU per request along the path, keep-alive (µs, user + system; medians over the rounds). The three processes share the machine's cores, so their sum bounds the rate: at 0.6× nginx's rate, with the cores as busy as in nginx's runs, the path may take nginx's sum / 0.6; less the generator's and the endpoint's share in the gateway's runs, that is what the gateway may spend (\"gateway budget at 0.6×\"):"
+    echo
+    echo "| conns | target | load generator | proxy | park endpoint | sum | gateway budget at 0.6× |"
+    echo "|---:|---|---:|---:|---:|---:|---:|"
+    jq -rs 'def med: sort | .[(length / 2 | floor)];
+        [.[] | select(.mode == "keep-alive" and .cpu_us_per_req != null and .loadgen_cpu_us_per_req != null)]
+        | group_by(.connections)[]
+        | . as $runs
+        | [("gateway", "nginx") as $t | [$runs[] | select(.label == $t)]
+            | select(length > 0)
+            | {t: $t, conns: .[0].connections, lg: ([.[].loadgen_cpu_us_per_req] | med),
+               px: ([.[].cpu_us_per_req] | med), ep: ([.[].endpoint_cpu_us_per_req] | med)}
+            | . + {sum: (.lg + .px + .ep)}]
+        | select(length == 2)
+        | (.[1].sum / 0.6 - .[0].lg - .[0].ep | floor) as $budget
+        | .[] | "| \(.conns) | \(.t) | \(.lg) | \(.px) | \(.ep) | \(.sum) | \(if .t == "gateway" then $budget else "" end) |"' "$RESULTS"
     echo
     echo "| memory (RSS) | gateway | nginx (master + workers) |"
     echo "|---|---:|---:|"

@@ -31,7 +31,8 @@
 //!   all are open).
 //!
 //! Prints one JSON object on stdout: requests, rps, latency percentiles (ms), answers by status,
-//! transport errors by kind. `--report FILE` turns the JSON lines of many runs into markdown
+//! transport errors by kind, and `cpu_ticks`, the generator's own CPU time (user + system, clock
+//! ticks, warm-up included). `--report FILE` turns the JSON lines of many runs into markdown
 //! tables (per mode, connection count and target; the gateway against nginx).
 //!
 //! ```text
@@ -201,15 +202,32 @@ async fn run(args: Args) -> anyhow::Result<()> {
         return Ok(());
     }
     let plan = Arc::new(plan(&args)?);
-    let output = if let Some(n) = args.idle_connections {
+    let mut output = if let Some(n) = args.idle_connections {
         idle(&plan, n, &args).await?
     } else if let Some(n) = args.first_request_latency {
         first_request(&plan, n, &args).await
     } else {
         load(&plan, &args).await
     };
+    // The generator's own CPU shares the machine with what it measures: bench/load.sh puts it
+    // next to the proxy's and the endpoint's to show where a run's CPU went.
+    if let Some(ticks) = own_cpu_ticks() {
+        output["cpu_ticks"] = ticks.into();
+    }
     println!("{output}");
     Ok(())
+}
+
+/// User + system CPU time of this whole process so far, in clock ticks (`/proc/self/stat`
+/// fields 14 and 15); `None` where there is no such file.
+fn own_cpu_ticks() -> Option<u64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // The command name (field 2) is in parentheses and may hold spaces: count from after it.
+    let after_name = &stat[stat.rfind(')')? + 1..];
+    let mut fields = after_name.split_whitespace().skip(11); // field 3 is the first here
+    let user: u64 = fields.next()?.parse().ok()?;
+    let system: u64 = fields.next()?.parse().ok()?;
+    Some(user + system)
 }
 
 fn plan(args: &Args) -> anyhow::Result<Plan> {
