@@ -3,7 +3,8 @@
 //!   and every subcommand they (or inline code) mention answers `--help` with exit 0;
 //! - every TOML block is a configuration `Config::parse` accepts, and the "every key at its
 //!   default" block of docs/configuration.md configures exactly what the skeleton alone does;
-//! - the curl, `send` and `audit` examples run against a real gateway on loopback.
+//! - the curl, `send` and `audit` examples run against a real gateway on loopback, and the
+//!   `check` examples decide their records allowed with that gateway's configuration.
 
 // Test helpers may unwrap: a failure there is the test failing.
 #![allow(clippy::unwrap_used)]
@@ -408,7 +409,7 @@ fn curl_available() -> bool {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn readme_curl_send_and_audit_examples_work() {
+async fn readme_curl_send_check_and_audit_examples_work() {
     let tmp = tempfile::tempdir().unwrap();
     let demo_out = tmp.path().join("demo-out");
     let zone = Zone::start(&demo_out, "127.0.0.1:0".parse().unwrap())
@@ -468,6 +469,31 @@ async fn readme_curl_send_and_audit_examples_work() {
             out.status.success(),
             "{}\n{}{}",
             send.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    // check: every `hetao-gateway check` line of the README decides its example allowed (exit
+    // 0), with the demo folder of this test. The examples carry a fixed `created_at`: a line
+    // without `--at` would be refused as stale a week after the records were written.
+    let checks: Vec<Vec<String>> = readme_lines_starting("hetao-gateway")
+        .into_iter()
+        .filter(|w| w.get(1).map(String::as_str) == Some("check"))
+        .collect();
+    assert!(!checks.is_empty());
+    for check in &checks {
+        let args = localise(&check[1..], &demo_out, &url);
+        let out = tokio::process::Command::new(BIN)
+            .args(&args)
+            .current_dir(repo())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}{}",
+            check.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
