@@ -451,53 +451,12 @@ async fn readme_curl_send_check_and_audit_examples_work() {
         eprintln!("curl is not installed: the curl example is not exercised (CI installs it)");
     }
 
-    // send: every `hetao-gateway send` line of the README.
-    let sends: Vec<Vec<String>> = readme_lines_starting("hetao-gateway")
-        .into_iter()
-        .filter(|w| w.get(1).map(String::as_str) == Some("send"))
-        .collect();
-    assert!(!sends.is_empty());
-    for send in &sends {
-        let args = localise(&send[1..], &demo_out, &url);
-        let out = tokio::process::Command::new(BIN)
-            .args(&args)
-            .current_dir(repo())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}{}",
-            send.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-
-    // check: every `hetao-gateway check` line of the README decides its example allowed (exit
-    // 0), with the demo folder of this test. The examples carry a fixed `created_at`: a line
-    // without `--at` would be refused as stale a week after the records were written.
-    let checks: Vec<Vec<String>> = readme_lines_starting("hetao-gateway")
-        .into_iter()
-        .filter(|w| w.get(1).map(String::as_str) == Some("check"))
-        .collect();
-    assert!(!checks.is_empty());
-    for check in &checks {
-        let args = localise(&check[1..], &demo_out, &url);
-        let out = tokio::process::Command::new(BIN)
-            .args(&args)
-            .current_dir(repo())
-            .output()
-            .await
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{}{}",
-            check.join(" "),
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
+    // send: every `hetao-gateway send` line of the README (exit 0: every record accepted).
+    runs_every_readme_line_of("send", &demo_out, &url).await;
+    // check: every `hetao-gateway check` line decides its example allowed (exit 0), with the
+    // demo folder of this test. The examples carry a fixed `created_at`: a line without `--at`
+    // would be refused as stale a week after the records were written.
+    runs_every_readme_line_of("check", &demo_out, &url).await;
 
     // Stop (final checkpoint), then every `hetao-gateway audit ...` line of the README.
     zone.stop().await.unwrap();
@@ -542,6 +501,31 @@ async fn readme_curl_send_check_and_audit_examples_work() {
             out.status.success(),
             "{}\n{}{}",
             audit.join(" "),
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+/// Runs every README line `hetao-gateway <subcommand> ...` (at least one) with this test's demo
+/// folder and gateway, and asserts each exits 0.
+async fn runs_every_readme_line_of(subcommand: &str, demo_out: &Path, url: &str) {
+    let lines: Vec<Vec<String>> = readme_lines_starting("hetao-gateway")
+        .into_iter()
+        .filter(|w| w.get(1).map(String::as_str) == Some(subcommand))
+        .collect();
+    assert!(!lines.is_empty(), "no `hetao-gateway {subcommand}` line");
+    for line in &lines {
+        let out = tokio::process::Command::new(BIN)
+            .args(localise(&line[1..], demo_out, url))
+            .current_dir(repo())
+            .output()
+            .await
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}\n{}{}",
+            line.join(" "),
             String::from_utf8_lossy(&out.stdout),
             String::from_utf8_lossy(&out.stderr)
         );
